@@ -1,0 +1,82 @@
+"""Shared fixtures: small slices of the shipped data and one tiny pretrain/finetune pair."""
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO = Path(__file__).resolve().parents[1]
+PRETRAINED = REPO / "pretrained"
+SHARED_DATA = REPO.parent / "shared" / "data"
+GLOVE = PRETRAINED / "glove.6B.50d.top20k.txt"
+WORD2VEC = PRETRAINED / "word2vec-googlenews-300d-top5k.bin"
+CORPUS = PRETRAINED / "corpus" / "wikitext-2-valid.txt"
+REVIEWS = PRETRAINED / "movie-reviews"
+
+
+def head_lines(source, target, n):
+    lines = Path(source).read_text(encoding="utf-8").splitlines()[:n]
+    Path(target).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return target
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory):
+    """Paths of a 300-paragraph corpus and 200/60/60-review splits taken from the shipped data."""
+    root = tmp_path_factory.mktemp("data")
+    # Reviews are sorted by label within each split; interleave by taking both ends.
+    return {
+        "corpus": head_lines(CORPUS, root / "corpus.txt", 300),
+        "train": balanced_rows(REVIEWS / "train.csv", root / "train.csv", 200),
+        "valid": balanced_rows(REVIEWS / "valid.csv", root / "valid.csv", 60),
+        "test": balanced_rows(REVIEWS / "test.csv", root / "test.csv", 60),
+    }
+
+
+def balanced_rows(source, target, n, max_words=80):
+    with open(source, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    picked = rows[: n // 2] + rows[-(n // 2) :]
+    with open(target, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for row in picked:
+            writer.writerow([" ".join(row["text"].split()[:max_words]), row["label"]])
+    return target
+
+
+def tiny_overrides(data, cell="gru", units=16, layers=2):
+    """Recipe overrides that train a real but very small model in seconds."""
+    return [
+        f"encoder.cell={cell}",
+        f"encoder.units={units}",
+        f"encoder.layers={layers}",
+        "vocab.max_size=3000",
+        f"pretrain.corpus={data['corpus']}",
+        "pretrain.seq_len=20",
+        "pretrain.batch_size=32",
+        "pretrain.epochs=1",
+        f"finetune.train={data['train']}",
+        f"finetune.valid={data['valid']}",
+        f"finetune.test={data['test']}",
+        "finetune.max_len=60",
+        "finetune.batch_size=16",
+        f"finetune.epochs={layers + 1}",
+        "precision.policy=float32",
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory, small_data):
+    """One real pretrain run and one finetune run from it (GRU on the shipped GloVe subset)."""
+    from tftune.recipe import load_recipe
+    from tftune.train import finetune, pretrain
+
+    root = tmp_path_factory.mktemp("runs")
+    recipe = load_recipe("gru-glove", tiny_overrides(small_data))
+    pretrain(recipe, root / "pretrain")
+    finetune(recipe, root / "pretrain", root / "finetune")
+    return {"recipe": recipe, "pretrain": root / "pretrain", "finetune": root / "finetune", "data": small_data}

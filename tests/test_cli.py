@@ -1,0 +1,82 @@
+"""End to end through the real command line: pretrain -> finetune -> export -> reload -> predict."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import GLOVE, WORD2VEC, tiny_overrides
+
+pytestmark = pytest.mark.slow
+TFTUNE = [sys.executable, "-m", "tftune.cli"]
+
+
+def tftune(*args):
+    result = subprocess.run([*TFTUNE, *map(str, args)], capture_output=True, text=True)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def settings(data, cell):
+    return [arg for override in tiny_overrides(data, cell=cell, units=12) for arg in ("--set", override)]
+
+
+@pytest.mark.parametrize(
+    "cell, vectors, fmt",
+    [
+        ("simple_rnn", GLOVE, "glove"),
+        ("lstm", WORD2VEC, "word2vec-binary"),
+        ("gru", GLOVE, "glove"),
+    ],
+)
+def test_pretrain_finetune_export_predict(tmp_path, small_data, cell, vectors, fmt):
+    pretrain_dir, finetune_dir = tmp_path / "pretrain", tmp_path / "finetune"
+    out = tftune(
+        "pretrain", "--recipe", "gru-glove", "--embeddings", vectors, "--embeddings-format", fmt,
+        "--out", pretrain_dir, *settings(small_data, cell),
+    )
+    assert out.strip().splitlines()[-1] == str(pretrain_dir)
+    out = tftune("finetune", "--from", pretrain_dir, "--out", finetune_dir, "--set", "finetune.epochs=3")
+    assert out.strip().splitlines()[-1] == str(finetune_dir / "export")
+
+    recipe = (finetune_dir / "recipe.toml").read_text()
+    assert f'cell = "{cell}"' in recipe and f'format = "{fmt}"' in recipe
+    texts = ["a wonderful , moving film .", "the worst movie of the year ."]
+    lines = tftune("predict", finetune_dir / "export", *texts).strip().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        label, probability = line.split("\t")
+        assert label in {"negative", "positive"} and 0.5 <= float(probability) <= 1.0
+
+    metrics = json.loads(tftune("evaluate", finetune_dir, "--data", small_data["test"]))
+    recorded = json.loads((finetune_dir / "metrics.json").read_text())["test"]
+    assert metrics["accuracy"] == pytest.approx(recorded["accuracy"])
+    assert metrics["examples"] == 60
+
+
+def test_embeddings_inspect_reports_size_dim_and_coverage(small_data):
+    report = json.loads(tftune("embeddings", "inspect", WORD2VEC, "--format", "word2vec-binary", "--corpus", small_data["corpus"]))
+    assert (report["size"], report["dim"]) == (5000, 300)
+    assert 0.3 < report["coverage"]["token_share"] <= 1
+
+
+def test_recipes_show_applies_overrides():
+    toml = tftune("recipes", "show", "lstm-glove", "--set", "encoder.units=64")
+    assert "units = 64" in toml and 'cell = "lstm"' in toml
+
+
+def test_export_command_rewrites_an_identical_model(tiny_runs, tmp_path):
+    out = tmp_path / "again"
+    assert tftune("export", tiny_runs["finetune"], "--out", out).strip() == str(out)
+    texts = ["a wonderful , moving film .", "dull and far too long"]
+    assert tftune("predict", out, *texts) == tftune("predict", tiny_runs["finetune"], *texts)
+
+
+def test_predict_reads_standard_input(tiny_runs):
+    result = subprocess.run(
+        [*TFTUNE, "predict", str(tiny_runs["finetune"])], input="great fun\nawful\n", capture_output=True, text=True
+    )
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 2

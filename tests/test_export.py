@@ -1,0 +1,129 @@
+"""The exported SavedModel: raw strings in, probabilities and labels out, in a fresh process."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tftune.data import read_labeled
+from tftune.export import Predictor, find_export
+from tftune.train import load_pretrain_run, restore_encoder
+
+pytestmark = pytest.mark.slow
+
+FRESH_PROCESS = """
+import json, sys
+import tensorflow as tf
+serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+texts = json.loads(sys.stdin.read())
+out = serve(text=tf.constant(texts))
+assert "tftune" not in sys.modules
+print(json.dumps({
+    "probabilities": out["probabilities"].numpy().tolist(),
+    "label": [x.decode() for x in out["label"].numpy()],
+    "dtype": out["probabilities"].dtype.name,
+    "inputs": {k: [v.dtype.name, v.shape.as_list()] for k, v in serve.structured_input_signature[1].items()},
+}))
+"""
+
+
+def in_process_probabilities(run, texts):
+    """Probabilities of the trained classifier, computed by the Keras model in this process."""
+    import keras
+
+    from tftune.models import build_classifier
+    from tftune.recipe import Recipe
+    from tftune.text import Tokenizer, Vocabulary
+
+    recipe = Recipe.from_toml_file(run / "recipe.toml")
+    info = json.loads((run / "run.json").read_text())
+    vocab = Vocabulary.load(run / "vocab.txt")
+    labels = json.loads((run / "labels.json").read_text())
+    pretrained = load_pretrain_run(info["pretrain_run"])
+    encoder = restore_encoder(pretrained, dropout=0.0)
+    settings = recipe["finetune"]
+    classifier = build_classifier(encoder, len(labels), settings["head"], settings["head_units"])
+    classifier.load_weights(run / "classifier.weights.h5")
+    ids = vocab.encode(texts, Tokenizer.from_config(info["tokenizer"]))
+    rows = []
+    for doc in ids:
+        logits = classifier(np.asarray([doc[: settings["max_len"]]]), training=False)
+        rows.append(keras.ops.convert_to_numpy(keras.ops.softmax(logits))[0])
+    return np.stack(rows)
+
+
+def test_fresh_process_matches_in_process_model_on_the_whole_test_set(tiny_runs):
+    run = tiny_runs["finetune"]
+    texts, _ = read_labeled(tiny_runs["data"]["test"])
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, str(run / "export")],
+        input=json.dumps(texts),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    served = json.loads(result.stdout)
+    assert served["inputs"] == {"text": ["string", [None]]}
+    assert served["dtype"] == "float32"
+    expected = in_process_probabilities(run, texts)
+    np.testing.assert_allclose(np.array(served["probabilities"]), expected, atol=1e-5)
+    labels = json.loads((run / "labels.json").read_text())
+    assert served["label"] == [labels[i] for i in expected.argmax(axis=1)]
+
+
+def test_saved_model_cli_runs_the_signature(tiny_runs):
+    cli = Path(sys.executable).with_name("saved_model_cli")
+    if not cli.exists():
+        pytest.skip("saved_model_cli is not installed next to this Python")
+    result = subprocess.run(
+        [
+            str(cli), "run", "--dir", str(tiny_runs["finetune"] / "export"), "--tag_set", "serve",
+            "--signature_def", "serving_default", "--input_exprs", 'text=["a wonderful film", "dull"]',
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "probabilities" in result.stdout and "label" in result.stdout
+
+
+def test_export_has_no_gpu_only_ops_and_float32_outputs(tiny_runs):
+    import tensorflow as tf
+
+    path = tiny_runs["finetune"] / "export"
+    loaded = tf.saved_model.load(str(path))
+    signature = loaded.signatures["serving_default"]
+    assert {name: spec.dtype for name, spec in signature.structured_outputs.items()} == {
+        "probabilities": tf.float32,
+        "label": tf.string,
+    }
+    saved_model = (path / "saved_model.pb").read_bytes()
+    assert b"Cudnn" not in saved_model
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        [""],
+        ["   \t "],
+        ["Ünïcödé ʻokina ☃ 東京 , naïve café"],
+        ["UNSEEN-WORDS qwertyuiop zxcvbnm"],
+        ["good " * 5000],
+        ["a fine film"] * 1000,
+    ],
+    ids=["empty", "whitespace", "non-ascii", "unseen", "very-long", "batch-1000"],
+)
+def test_serving_handles_awkward_inputs(tiny_runs, texts):
+    labels, probabilities = Predictor(tiny_runs["finetune"]).predict(texts)
+    assert len(labels) == len(texts)
+    assert np.all(np.isfinite(probabilities))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_find_export_accepts_a_run_or_its_export(tiny_runs):
+    run = tiny_runs["finetune"]
+    assert find_export(run) == run / "export"
+    assert find_export(run / "export") == run / "export"

@@ -1,0 +1,78 @@
+"""Encoder, heads and pooling on a tiny vocabulary."""
+
+import keras
+import numpy as np
+import pytest
+
+from tftune.models import (
+    ConcatPooling,
+    build_classifier,
+    build_encoder,
+    build_language_model,
+    cudnn_report,
+)
+
+VOCAB, DIM = 12, 4
+
+
+@pytest.fixture
+def vectors():
+    return np.random.default_rng(0).normal(size=(VOCAB, DIM)).astype("float32")
+
+
+@pytest.mark.parametrize("cell, layer_type", [("simple_rnn", "SimpleRNN"), ("lstm", "LSTM"), ("gru", "GRU")])
+def test_encoder_stacks_the_recipe_cell_on_a_frozen_embedding(vectors, cell, layer_type):
+    encoder = build_encoder(vectors, cell, layers=3, units=5)
+    rnns = [layer for layer in encoder.layers if layer.name.startswith("rnn_") and "dropout" not in layer.name]
+    assert [type(layer).__name__ for layer in rnns] == [layer_type] * 3
+    embedding = encoder.get_layer("embedding")
+    assert not embedding.trainable
+    assert all(not w.path.startswith("embedding") for w in encoder.trainable_weights)
+    np.testing.assert_array_equal(embedding.get_weights()[0], vectors)
+    assert encoder(np.array([[3, 4, 5]])).shape == (1, 3, 5)
+
+
+def test_gru_and_lstm_keep_cudnn_settings(vectors):
+    gru = build_encoder(vectors, "gru", layers=2, units=5)
+    assert gru.get_layer("rnn_1").cell.reset_after
+    assert all(line.endswith("cuDNN-eligible") for line in cudnn_report(gru))
+    assert all("not cuDNN-eligible" in line for line in cudnn_report(build_encoder(vectors, "simple_rnn", 1, 5)))
+    assert "use_cudnn=False" in cudnn_report(build_encoder(vectors, "lstm", 1, 5, use_cudnn=False))[0]
+
+
+def test_language_model_scores_every_position_in_float32(vectors):
+    model = build_language_model(build_encoder(vectors, "lstm", 1, 5))
+    logits = model(np.array([[3, 4, 5, 6]]))
+    assert logits.shape == (1, 4, VOCAB) and logits.dtype == "float32"
+
+
+@pytest.mark.parametrize("mode", ["concat_pool", "last"])
+def test_padding_never_changes_the_classifier_output(vectors, mode):
+    classifier = build_classifier(build_encoder(vectors, "gru", 2, 6), n_classes=3, head=mode)
+    short = classifier(np.array([[3, 4, 5, 2]]), training=False)
+    padded = classifier(np.array([[3, 4, 5, 2, 0, 0, 0]]), training=False)
+    np.testing.assert_allclose(short, padded, atol=1e-6)
+
+
+def test_concat_pooling_takes_last_max_and_mean_over_real_steps():
+    x = np.array([[[1.0, -1.0], [3.0, -5.0], [9.0, 9.0]]], "float32")
+    mask = np.array([[True, True, False]])
+    pooled = ConcatPooling()(x, mask=mask).numpy()
+    np.testing.assert_allclose(pooled, [[3.0, -5.0, 3.0, -1.0, 2.0, -3.0]])
+    assert ConcatPooling("last")(x, mask=mask).numpy().tolist() == [[3.0, -5.0]]
+
+
+def test_concat_pooling_config_round_trip():
+    layer = ConcatPooling("last", name="pool")
+    copy = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert isinstance(copy, ConcatPooling) and copy.mode == "last" and copy.name == "pool"
+
+
+def test_mixed_precision_keeps_logits_float32(vectors):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        classifier = build_classifier(build_encoder(vectors, "lstm", 1, 5), n_classes=2)
+        assert classifier(np.array([[3, 4, 2]])).dtype == "float32"
+        assert classifier.get_layer("encoder").get_layer("rnn_1").compute_dtype == "float16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

@@ -1,0 +1,265 @@
+"""The `tftune` command line: a thin shell over the Python API.
+
+Errors caused by the input print one line (`error: ...`) on stderr and exit with status 2;
+unexpected failures print one line and exit with status 1 (set `TFTUNE_DEBUG=1` to see the
+traceback).
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from tftune.errors import TftuneError
+
+EMBEDDING_FORMATS = ("glove", "word2vec", "word2vec-binary", "keyedvectors")
+
+
+def _import_tensorflow_quietly():
+    """TensorFlow prints CPU/CUDA notices at import; keep the terminal for our own messages."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" in sys.modules or os.environ.get("TFTUNE_DEBUG"):
+        return
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+
+
+class TftuneGroup(click.Group):
+    """Turns known errors into one-line messages and exit codes instead of tracebacks."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TftuneError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; nothing was written", err=True)
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as e:  # noqa: BLE001 - the last line of defence for users
+            if os.environ.get("TFTUNE_DEBUG"):
+                raise
+            message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            click.echo(
+                f"internal error: {type(e).__name__}: {message} (set TFTUNE_DEBUG=1 for details)",
+                err=True,
+            )
+            ctx.exit(1)
+
+
+def _overrides(pairs, settings):
+    """`section.key=value` strings for the flags that were given, then the --set ones."""
+    flags = [f"{key}={json.dumps(value)}" for key, value in pairs if value is not None and value != []]
+    return flags + list(settings)
+
+
+recipe_option = click.option(
+    "--recipe", metavar="NAME|FILE", help="A shipped recipe name (see `tftune recipes list`) or a TOML file."
+)
+set_option = click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override a recipe field, e.g. --set encoder.units=128 (repeatable).",
+)
+force_option = click.option("--force", is_flag=True, help="Replace an existing non-empty output directory.")
+
+
+@click.group(cls=TftuneGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tftune")
+def main():
+    """ULMFiT-style transfer learning with Keras recurrent stacks on frozen GloVe/word2vec vectors.
+
+    Typical flow: `tftune pretrain` (language model on unlabeled text), then `tftune finetune`
+    (classifier with gradual unfreezing; writes a SavedModel to RUN/export), then
+    `tftune predict RUN "some text"`.
+    """
+
+
+@main.command()
+@recipe_option
+@click.option("--corpus", multiple=True, metavar="PATH", help="Unlabeled text: .txt (one document per line), or the text column of .csv/.tsv/.jsonl (repeatable).")
+@click.option("--embeddings", metavar="PATH", help="Pretrained vectors file (overrides embeddings.path).")
+@click.option("--embeddings-format", type=click.Choice(EMBEDDING_FORMATS), help="Format of --embeddings.")
+@click.option("--out", metavar="DIR", help="Run directory to create [default: runs/RECIPE-pretrain].")
+@set_option
+@force_option
+def pretrain(recipe, corpus, embeddings, embeddings_format, out, settings, force):
+    """Pretrain the encoder as a next-token language model."""
+    from tftune.recipe import load_recipe
+    from tftune.runs import check_writable_target
+
+    resolved = load_recipe(
+        recipe,
+        _overrides(
+            [("pretrain.corpus", list(corpus)), ("embeddings.path", embeddings), ("embeddings.format", embeddings_format)],
+            settings,
+        ),
+    )
+    out = Path(out or f"runs/{resolved['name']}-pretrain")
+    check_writable_target(out, force)  # before the slow TensorFlow import
+    _import_tensorflow_quietly()
+    from tftune.train import pretrain as run_pretrain
+
+    run_pretrain(resolved, out, force=force)
+    click.echo(out)
+
+
+@main.command()
+@click.option("--from", "from_run", required=True, metavar="PRETRAIN_RUN", help="A pretrain run directory.")
+@recipe_option
+@click.option("--train", metavar="PATH", help="Labeled training data (.csv/.tsv/.jsonl).")
+@click.option("--valid", metavar="PATH", help="Labeled validation data [default: hold out part of --train].")
+@click.option("--test", metavar="PATH", help="Labeled test data, evaluated once at the end.")
+@click.option("--text-column", metavar="NAME", help="Text column or key [default: text].")
+@click.option("--label-column", metavar="NAME", help="Label column or key [default: label].")
+@click.option("--out", metavar="DIR", help="Run directory to create [default: runs/RECIPE-finetune].")
+@set_option
+@force_option
+def finetune(from_run, recipe, train, valid, test, text_column, label_column, out, settings, force):
+    """Fine-tune a pretrained encoder as a classifier, with gradual unfreezing, and export it.
+
+    Without --recipe, the pretrain run's own recipe is used (its [finetune] section).
+    """
+    from tftune.recipe import load_recipe
+    from tftune.runs import check_writable_target, read_run_info
+
+    # A wrong --from fails here, before the slow TensorFlow import; training checks the rest of the run.
+    read_run_info(from_run, "pretrain", required=() if recipe else ("recipe.toml",))
+    base = recipe or str(Path(from_run) / "recipe.toml")
+    flags = [
+        ("finetune.train", train),
+        ("finetune.valid", valid),
+        ("finetune.test", test),
+        ("finetune.text_column", text_column),
+        ("finetune.label_column", label_column),
+    ]
+    if train and not valid:
+        flags.append(("finetune.valid", ""))
+    if train and not test:
+        flags.append(("finetune.test", ""))
+    resolved = load_recipe(base, _overrides(flags, settings))
+    out = Path(out or f"runs/{resolved['name']}-finetune")
+    check_writable_target(out, force)
+    _import_tensorflow_quietly()
+    from tftune.train import finetune as run_finetune
+
+    run_finetune(resolved, from_run, out, force=force)
+    click.echo(out / "export")
+
+
+@main.command()
+@click.argument("run_dir", metavar="RUN_DIR")
+@click.option("--out", metavar="DIR", help="Export directory [default: RUN_DIR/export].")
+@force_option
+def export(run_dir, out, force):
+    """Export a finetune run as a SavedModel that serves raw strings."""
+    _import_tensorflow_quietly()
+    from tftune.train import reexport
+
+    out = Path(out or Path(run_dir) / "export")
+    reexport(run_dir, out, force=force)
+    click.echo(out)
+
+
+@main.command()
+@click.argument("model", metavar="RUN_OR_EXPORT")
+@click.option("--data", required=True, metavar="PATH", help="Labeled data (.csv/.tsv/.jsonl).")
+@click.option("--text-column", default="text", show_default=True, help="Text column or key.")
+@click.option("--label-column", default="label", show_default=True, help="Label column or key.")
+def evaluate(model, data, text_column, label_column):
+    """Evaluate an exported model on labeled data; prints a JSON object of metrics."""
+    from tftune.data import read_labeled
+
+    texts, labels = read_labeled(data, text_column, label_column)
+    _import_tensorflow_quietly()
+    from tftune.export import evaluate_export
+
+    click.echo(json.dumps(evaluate_export(model, texts, labels, source=data), indent=2))
+
+
+@main.command()
+@click.argument("model", metavar="RUN_OR_EXPORT")
+@click.argument("texts", nargs=-1, metavar="TEXT...")
+def predict(model, texts):
+    """Classify texts with an exported model: one `label<TAB>probability` line per text.
+
+    With no TEXT, or with `-`, texts are read from standard input, one per line.
+    """
+    if not texts or texts == ("-",):
+        texts = [line.rstrip("\n") for line in sys.stdin]
+    _import_tensorflow_quietly()
+    from tftune.export import Predictor
+
+    labels, probabilities = Predictor(model).predict(list(texts))
+    for label, row in zip(labels, probabilities):
+        click.echo(f"{label}\t{row.max():.4f}")
+
+
+@main.group()
+def embeddings():
+    """Inspect pretrained vector files."""
+
+
+@embeddings.command("inspect")
+@click.argument("path", metavar="PATH")
+@click.option("--format", "fmt", type=click.Choice(EMBEDDING_FORMATS), default="glove", show_default=True)
+@click.option("--corpus", multiple=True, metavar="PATH", help="Report the coverage of this text (repeatable).")
+@click.option("--lowercase/--no-lowercase", default=True, show_default=True, help="Lowercase the corpus first.")
+def inspect_embeddings(path, fmt, corpus, lowercase):
+    """Size, dimension, and coverage of a corpus by a vectors file (JSON)."""
+    from collections import Counter
+
+    _import_tensorflow_quietly()  # tftune.text imports TensorFlow
+    from tftune.data import read_corpus
+    from tftune.embeddings import inspect_vectors
+    from tftune.text import Tokenizer
+
+    counts = None
+    if corpus:
+        tokenizer = Tokenizer(lowercase=lowercase)
+        counts = Counter(token for doc in read_corpus(corpus) for token in tokenizer.tokenize(doc))
+    click.echo(json.dumps(inspect_vectors(path, fmt, counts), indent=2))
+
+
+@main.group()
+def recipes():
+    """List and show the shipped recipes."""
+
+
+@recipes.command("list")
+def list_recipes():
+    """Names and descriptions of the shipped recipes."""
+    from tftune.recipe import DEFAULT_RECIPE, list_recipes as names
+
+    for name, description in names():
+        marker = " (default)" if name == DEFAULT_RECIPE else ""
+        click.echo(f"{name}{marker}\t{description}")
+
+
+@recipes.command("show")
+@click.argument("name", metavar="NAME|FILE")
+@set_option
+def show_recipe(name, settings):
+    """Print a recipe, fully resolved, as TOML."""
+    from tftune.recipe import load_recipe
+
+    click.echo(load_recipe(name, list(settings)).to_toml(), nl=False)
+
+
+if __name__ == "__main__":
+    main()

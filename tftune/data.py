@@ -1,0 +1,237 @@
+"""Readers for text and labeled files, and the `tf.data` pipelines that feed training.
+
+Readers accept:
+
+- `.txt`: one document per line (blank lines are skipped);
+- `.csv` / `.tsv`: a header row, then one example per row (columns `text`, `label` by default);
+- `.jsonl`: one JSON object per line with the same keys.
+
+Every problem with a file raises `DataError` with one line naming the file (and the line or
+column) and what is wrong.
+
+Example:
+
+>>> from tftune.data import read_labeled
+>>> texts, labels = read_labeled("pretrained/movie-reviews/valid.csv")  # doctest: +SKIP
+"""
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from tftune.errors import DataError
+
+LABELED_SUFFIXES = (".csv", ".tsv", ".jsonl")
+TEXT_SUFFIXES = (".txt",) + LABELED_SUFFIXES
+# Only these end a line: str.splitlines() would also break inside a document or a JSON string
+# at characters such as U+2028 or form feed.
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+# === Readers ===
+
+
+def _read_lines(path, encoding):
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a file")
+    try:
+        with open(path, encoding=encoding, newline="") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}: not valid {encoding} text (byte {e.start}); is it a binary file, or text in another encoding?"
+        ) from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    # Spreadsheet programs start UTF-8 CSV files with a byte order mark; it is not part of the header.
+    text = text.removeprefix("\ufeff")
+    if "\x00" in text:
+        raise DataError(f"{path}: contains NUL bytes; is it a binary file?")
+    if not text.strip():
+        raise DataError(f"{path}: file is empty")
+    return text
+
+
+def _split_lines(text):
+    return _LINE_BREAK.split(text)
+
+
+def _check_suffix(path, allowed):
+    suffix = Path(path).suffix.lower()
+    if suffix not in allowed:
+        raise DataError(f"{path}: unsupported file type {suffix or '(none)'!r}; expected one of {', '.join(allowed)}")
+    return suffix
+
+
+def _read_table(path, encoding):
+    """Rows of a CSV/TSV/JSONL file as dicts, with 1-based line numbers for messages."""
+    suffix = _check_suffix(path, LABELED_SUFFIXES)
+    text = _read_lines(path, encoding)
+    if suffix == ".jsonl":
+        rows = []
+        for number, line in enumerate(_split_lines(text), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: line {number}: invalid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: line {number}: expected a JSON object")
+            rows.append((number, row))
+        return rows
+    # newline="" lets the csv module see quoted line breaks inside fields, and count lines right.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
+    try:
+        header = next(reader)
+        rows = []
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise DataError(
+                    f"{path}: line {reader.line_num}: {len(row)} fields, but the header has {len(header)}"
+                )
+            rows.append((reader.line_num, dict(zip(header, row))))
+    except csv.Error as e:
+        raise DataError(f"{path}: line {reader.line_num}: malformed {suffix[1:].upper()} ({e})") from None
+    return rows
+
+
+def _column(path, rows, column, role):
+    # Every CSV/TSV row has the header's columns, so a missing one is the header's fault.
+    in_header = Path(path).suffix.lower() != ".jsonl"
+    values = []
+    for number, row in rows:
+        if column not in row:
+            available = ", ".join(map(str, row)) or "none"
+            where = "header" if in_header else f"line {number}"
+            raise DataError(f"{path}: {where}: no {role} column {column!r} (columns: {available})")
+        value = row[column]
+        values.append("" if value is None else str(value))
+    return values
+
+
+def read_labeled(path, text_column="text", label_column="label", encoding="utf-8"):
+    """Reads `(texts, labels)` from a CSV, TSV or JSONL file.
+
+    Args:
+        path: the file.
+        text_column: name of the text column (or JSON key).
+        label_column: name of the label column (or JSON key).
+        encoding: the file's text encoding.
+
+    Returns:
+        Two lists of strings of equal length.
+    """
+    rows = _read_table(path, encoding)
+    if not rows:
+        raise DataError(f"{path}: no examples after the header")
+    texts = _column(path, rows, text_column, "text")
+    labels = _column(path, rows, label_column, "label")
+    for (number, _), label in zip(rows, labels):
+        if not label.strip():
+            raise DataError(f"{path}: line {number}: empty label")
+    return texts, [label.strip() for label in labels]
+
+
+def read_corpus(paths, text_column="text", encoding="utf-8"):
+    """Documents of one or more corpus files: lines of `.txt`, or the text column of a labeled file."""
+    documents = []
+    for path in paths:
+        suffix = _check_suffix(path, TEXT_SUFFIXES)
+        if suffix == ".txt":
+            lines = [line for line in _split_lines(_read_lines(path, encoding)) if line.strip()]
+        else:
+            lines = _column(path, _read_table(path, encoding), text_column, "text")
+        documents.extend(lines)
+    if not documents:
+        raise DataError(f"{', '.join(map(str, paths))}: no documents")
+    return documents
+
+
+# === Language-model windows ===
+
+
+def lm_windows(ids, seq_len):
+    """Cuts a flat id stream into contiguous `(inputs, targets)` windows shifted by one token."""
+    n_windows = (len(ids) - 1) // seq_len
+    if n_windows < 1:
+        raise DataError(f"corpus too small: {len(ids)} tokens for sequence length {seq_len}")
+    usable = n_windows * seq_len
+    inputs = ids[:usable].reshape(n_windows, seq_len)
+    targets = ids[1 : usable + 1].reshape(n_windows, seq_len)
+    return inputs, targets
+
+
+def lm_dataset(ids, seq_len, batch_size, shuffle=False, seed=0):
+    """A `tf.data.Dataset` of `(inputs, targets)` LM batches of shape `[batch, seq_len]`."""
+    import tensorflow as tf
+
+    inputs, targets = lm_windows(np.asarray(ids, dtype="int32"), seq_len)
+    dataset = tf.data.Dataset.from_tensor_slices((inputs, targets))
+    if shuffle:
+        dataset = dataset.shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+# === Classification batches ===
+
+
+def truncate(id_lists, max_len):
+    """Keeps the first `max_len` ids of every document (the export graph does the same)."""
+    return [ids[:max_len] for ids in id_lists]
+
+
+def length_buckets(lengths, batch_size, n_buckets=8):
+    """Bucket boundaries at length quantiles, so that each bucket holds similar lengths."""
+    quantiles = np.quantile(lengths, np.linspace(0, 1, n_buckets + 1)[1:-1])
+    return sorted({int(q) + 1 for q in quantiles})
+
+
+def classification_dataset(id_lists, labels, batch_size, shuffle=False, seed=0):
+    """Right-padded `(ids, label)` batches, bucketed by length to keep padding small.
+
+    Args:
+        id_lists: one int array per document (already truncated).
+        labels: int class index per document.
+        batch_size: examples per batch.
+        shuffle: reshuffle examples (and so batches) every epoch.
+        seed: shuffle seed.
+    """
+    import tensorflow as tf
+
+    lengths = np.asarray([len(ids) for ids in id_lists], dtype="int64")
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    flat_ids = tf.constant(np.concatenate(id_lists).astype("int32"))
+    dataset = tf.data.Dataset.from_tensor_slices((starts, lengths, np.asarray(labels, dtype="int32")))
+    if shuffle:
+        dataset = dataset.shuffle(len(id_lists), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.map(
+        lambda start, length, label: (flat_ids[start : start + length], label),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    boundaries = length_buckets(lengths, batch_size)
+    dataset = dataset.bucket_by_sequence_length(
+        element_length_func=lambda ids, label: tf.shape(ids)[0],
+        bucket_boundaries=boundaries,
+        bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
+        pad_to_bucket_boundary=False,
+    )
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def count_batches(dataset):
+    """Counts the batches of a finite dataset and records it, so Keras knows the epoch length."""
+    import tensorflow as tf
+
+    steps = int(dataset.reduce(0, lambda count, _: count + 1))
+    return dataset.apply(tf.data.experimental.assert_cardinality(steps)), steps

@@ -1,0 +1,188 @@
+"""The encoder (frozen embedding + recurrent stack), the language-model head and the classifier.
+
+All three are Keras functional models built from the recipe's `encoder` section. Layer names
+are fixed (`embedding`, `rnn_1` ... `rnn_N` from the bottom up, `lm_head`, `classifier_*`) so
+that weights move between the language model, the classifier and the export by name.
+
+Example:
+
+>>> import numpy as np
+>>> from tftune.models import build_encoder, build_classifier
+>>> vectors = np.random.rand(100, 8).astype("float32")
+>>> encoder = build_encoder(vectors, cell="gru", layers=2, units=16)
+>>> classifier = build_classifier(encoder, n_classes=3)
+>>> classifier(np.array([[5, 6, 2, 0]])).shape
+TensorShape([1, 3])
+"""
+
+import keras
+from keras import layers, ops
+
+CELLS = {"simple_rnn": layers.SimpleRNN, "lstm": layers.LSTM, "gru": layers.GRU}
+
+
+def recurrent_layer_names(n_layers):
+    """Names of the recurrent layers, bottom first."""
+    return [f"rnn_{i}" for i in range(1, n_layers + 1)]
+
+
+def make_recurrent_layer(cell, units, name, use_cudnn="auto"):
+    """One recurrent layer with the settings that keep cuDNN usable on a GPU.
+
+    Keras' defaults already match cuDNN's conditions (tanh / sigmoid, `recurrent_dropout=0`,
+    `unroll=False`, `use_bias=True`); GRU also needs `reset_after=True`. Masks are
+    right-padded by construction of the input pipeline. `use_cudnn=False` forces the portable
+    kernel, as used for export.
+    """
+    if cell not in CELLS:
+        raise ValueError(f"unknown cell {cell!r}; expected one of {sorted(CELLS)}")
+    options = {"units": units, "return_sequences": True, "name": name}
+    if cell == "gru":
+        options["reset_after"] = True
+    if cell != "simple_rnn":
+        options["use_cudnn"] = use_cudnn
+    return CELLS[cell](**options)
+
+
+def cudnn_report(encoder):
+    """One line per recurrent layer: whether Keras can run it with cuDNN on a GPU, and why not."""
+    lines = []
+    for layer in encoder.layers:
+        if not isinstance(layer, (layers.LSTM, layers.GRU, layers.SimpleRNN)):
+            continue
+        reasons = []
+        if isinstance(layer, layers.SimpleRNN):
+            reasons.append("SimpleRNN has no cuDNN kernel in Keras")
+        else:
+            cell = layer.cell
+            if cell.activation is not keras.activations.tanh:
+                reasons.append("activation is not tanh")
+            if cell.recurrent_activation is not keras.activations.sigmoid:
+                reasons.append("recurrent_activation is not sigmoid")
+            if cell.recurrent_dropout:
+                reasons.append("recurrent_dropout > 0")
+            if layer.unroll:
+                reasons.append("unroll=True")
+            if not cell.use_bias:
+                reasons.append("use_bias=False")
+            if isinstance(layer, layers.GRU) and not cell.reset_after:
+                reasons.append("reset_after=False")
+            if layer.use_cudnn is False:
+                reasons.append("use_cudnn=False")
+        verdict = "cuDNN-eligible" if not reasons else "not cuDNN-eligible: " + ", ".join(reasons)
+        lines.append(f"{layer.name} ({type(layer).__name__}, {layer.units} units): {verdict}")
+    return lines
+
+
+def build_encoder(vectors, cell, layers, units, dropout=0.0, use_cudnn="auto"):
+    """The shared encoder: frozen embedding, then `layers` recurrent layers.
+
+    Args:
+        vectors: float array `[vocab_size, dim]`, the aligned pretrained vectors. Row 0 is the
+            padding token (id 0 is masked).
+        cell: `"simple_rnn"`, `"lstm"` or `"gru"`.
+        layers: number of stacked recurrent layers.
+        units: units per recurrent layer.
+        dropout: dropout rate after the embedding and after each recurrent layer.
+        use_cudnn: passed to LSTM/GRU (`"auto"` for training, `False` for export).
+
+    Returns:
+        A `keras.Model` named `encoder` mapping int ids `[batch, time]` to hidden states
+        `[batch, time, units]`, with the padding mask attached.
+    """
+    vocab_size, dim = vectors.shape
+    ids = keras.Input(shape=(None,), dtype="int32", name="ids")
+    embedding = keras.layers.Embedding(
+        vocab_size, dim, mask_zero=True, trainable=False, name="embedding"
+    )
+    x = embedding(ids)
+    embedding.set_weights([vectors])
+    x = keras.layers.Dropout(dropout, name="embedding_dropout")(x)
+    for name in recurrent_layer_names(layers):
+        x = make_recurrent_layer(cell, units, name, use_cudnn)(x)
+        x = keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
+    return keras.Model(ids, x, name="encoder")
+
+
+def build_language_model(encoder):
+    """Encoder + a full-softmax next-token head; returns float32 logits `[batch, time, vocab]`."""
+    vocab_size = encoder.get_layer("embedding").input_dim
+    ids = keras.Input(shape=(None,), dtype="int32", name="ids")
+    hidden = encoder(ids)
+    logits = keras.layers.Dense(vocab_size, dtype="float32", name="lm_head")(hidden)
+    return keras.Model(ids, logits, name="language_model")
+
+
+@keras.saving.register_keras_serializable(package="tftune")
+class ConcatPooling(keras.layers.Layer):
+    """ULMFiT's concat pooling over the real (unmasked) time steps.
+
+    Returns `[last hidden state, max over time, mean over time]`, concatenated, so the output
+    is `3 * units` wide (or `units` with `mode="last"`). Padding never changes the result.
+
+    Args:
+        mode: `"concat_pool"` or `"last"`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.array([[[1.0], [3.0], [0.0]]], "float32")
+    >>> mask = np.array([[True, True, False]])
+    >>> ConcatPooling()(x, mask=mask).numpy().tolist()
+    [[3.0, 3.0, 2.0]]
+    """
+
+    def __init__(self, mode="concat_pool", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("concat_pool", "last"):
+            raise ValueError(f"unknown pooling mode {mode!r}")
+        self.mode = mode
+        self.supports_masking = True
+
+    def call(self, inputs, mask=None):
+        if mask is None:
+            mask = ops.ones(ops.shape(inputs)[:2], dtype="bool")
+        real_steps = ops.sum(ops.cast(mask, "int32"), axis=1)
+        # Right-padded sequences: the last real step sits at index length - 1.
+        last_index = ops.maximum(real_steps - 1, 0)
+        last = ops.take_along_axis(inputs, last_index[:, None, None], axis=1)[:, 0, :]
+        if self.mode == "last":
+            return last
+        has_steps = (real_steps > 0)[:, None]
+        step_mask = mask[:, :, None]
+        masked = ops.where(step_mask, inputs, ops.full_like(inputs, float("-inf")))
+        max_pool = ops.where(has_steps, ops.max(masked, axis=1), ops.zeros_like(last))
+        weights = ops.cast(step_mask, inputs.dtype)
+        total = ops.sum(inputs * weights, axis=1)
+        count = ops.maximum(ops.sum(weights, axis=1), ops.cast(1, inputs.dtype))
+        return ops.concatenate([last, max_pool, total / count], axis=-1)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def compute_output_shape(self, input_shape):
+        width = input_shape[-1] if self.mode == "last" else 3 * input_shape[-1]
+        return (input_shape[0], width)
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+def build_classifier(encoder, n_classes, head="concat_pool", head_units=50, head_dropout=0.3):
+    """Encoder + pooling + a small MLP; returns float32 logits `[batch, n_classes]`.
+
+    Args:
+        encoder: the model from `build_encoder` (its weights are shared, not copied).
+        n_classes: number of labels.
+        head: `"concat_pool"` ([last, max, mean]) or `"last"` (last real hidden state).
+        head_units: width of the hidden layer of the head.
+        head_dropout: dropout before each dense layer of the head.
+    """
+    ids = keras.Input(shape=(None,), dtype="int32", name="ids")
+    hidden = encoder(ids)
+    x = ConcatPooling(head, name="classifier_pooling")(hidden)
+    x = keras.layers.Dropout(head_dropout, name="classifier_dropout_1")(x)
+    x = keras.layers.Dense(head_units, activation="relu", name="classifier_hidden")(x)
+    x = keras.layers.Dropout(head_dropout, name="classifier_dropout_2")(x)
+    logits = keras.layers.Dense(n_classes, dtype="float32", name="classifier_logits")(x)
+    return keras.Model(ids, logits, name="classifier")

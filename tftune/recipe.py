@@ -1,0 +1,610 @@
+"""Recipes: TOML files that spell out every setting of a tftune run.
+
+A recipe is data. One schema table below (`SCHEMA`) declares each key's type,
+default, allowed values and help; it drives validation, defaults, `--set`
+overrides and the docs printed by `describe_schema()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import tomllib
+import types
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tftune.errors import RecipeError
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+DEFAULT_RECIPE = "lstm-glove"
+
+
+class _Sentinel:
+    def __init__(self, label: str):
+        self.label = label
+
+    def __repr__(self) -> str:
+        return self.label
+
+
+REQUIRED = _Sentinel("required")
+FILE_NAME = _Sentinel("file name")  # the recipe's file name without ".toml"
+
+_STRING_KINDS = ("str", "text", "choice", "path", "optional_path", "path_list")
+_PATH_KINDS = ("path", "optional_path", "path_list")
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """Declaration of one recipe key.
+
+    Attributes:
+        kind: "str" (non-empty), "text" (any string), "int", "float", "bool",
+            "choice", "path", "optional_path" (a path or "" for none) or
+            "path_list" (a non-empty list of paths).
+        help: One line shown in the docs.
+        default: Value used when the key is left out; `REQUIRED` if it must be given.
+        choices: Allowed values of a "choice" key.
+        low: Smallest allowed number, or None.
+        high: Largest allowed number, or None.
+        low_open: Whether `low` itself is excluded.
+        high_open: Whether `high` itself is excluded.
+    """
+
+    kind: str
+    help: str
+    default: Any = REQUIRED
+    choices: tuple[str, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    def type_label(self) -> str:
+        """Short type for the docs, e.g. `int 1..8` or `float [0, 1)`."""
+        if self.kind in ("int", "float"):
+            return f"{self.kind} {self._range_label()}".strip()
+        return {
+            "text": "str",
+            "optional_path": 'path or ""',
+            "path_list": "list of paths",
+        }.get(self.kind, self.kind)
+
+    def expected(self) -> str:
+        """What a valid value looks like, for error messages."""
+        if self.kind == "int":
+            return f"an int {self._range_label()}".strip()
+        if self.kind == "float":
+            return f"a number {self._range_label()}".strip()
+        if self.kind == "choice":
+            return "one of " + ", ".join(_toml_value(choice) for choice in self.choices)
+        return {
+            "str": "a non-empty string",
+            "text": "a string",
+            "bool": "true or false",
+            "path": "a non-empty path string",
+            "optional_path": 'a path string, or "" for none',
+            "path_list": "a non-empty list of path strings",
+        }[self.kind]
+
+    def _range_label(self) -> str:
+        low, high = _number_text(self.low), _number_text(self.high)
+        if self.low is not None and self.high is not None:
+            if self.kind == "int":
+                return f"in {low}..{high}"
+            return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {low}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {high}"
+        return ""
+
+    def check(self, value: Any) -> Any:
+        """Returns `value` in canonical form, or raises ValueError if invalid."""
+        if self.kind in ("str", "text", "choice", "path", "optional_path"):
+            ok = isinstance(value, str) and (value != "" or self.kind in ("text", "optional_path"))
+            if self.kind == "choice":
+                ok = ok and value in self.choices
+        elif self.kind == "path_list":
+            if isinstance(value, str):
+                value = [value]
+            ok = (isinstance(value, (list, tuple)) and len(value) > 0
+                  and all(isinstance(item, str) and item for item in value))
+            value = tuple(value) if ok else value
+        elif self.kind == "bool":
+            ok = isinstance(value, bool)
+        elif self.kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool) and self._in_range(value)
+        elif self.kind == "float":
+            # An int is fine where a float is expected ("epochs = 1" vs "lr = 1").
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and math.isfinite(value) and self._in_range(value))
+            value = float(value) if ok else value
+        else:
+            raise AssertionError(f"unknown field kind {self.kind!r}")
+        if not ok:
+            raise ValueError(self.expected())
+        return value
+
+    def _in_range(self, number: float) -> bool:
+        if self.low is not None and (number < self.low or (self.low_open and number == self.low)):
+            return False
+        if self.high is not None and (number > self.high or (self.high_open and number == self.high)):
+            return False
+        return True
+
+
+def _choice(help: str, choices: tuple[str, ...], default: Any = REQUIRED) -> Field:
+    return Field("choice", help, default, choices=choices)
+
+
+TOP_LEVEL: dict[str, Field] = {
+    "name": Field("str", "Short name of the recipe.", FILE_NAME),
+    "description": Field("text", "One line saying what the recipe is for.", ""),
+}
+
+SCHEMA: dict[str, dict[str, Field]] = {
+    "embeddings": {
+        "path": Field("path", "Word vectors file; the vectors stay frozen during training."),
+        "format": _choice("How the vectors file is stored (keyedvectors = gensim KeyedVectors.save).",
+                          ("glove", "word2vec", "word2vec-binary", "keyedvectors")),
+        "lowercase": Field("bool", "Lowercase text before tokenizing (GloVe vectors are lowercase, GoogleNews word2vec ones cased).",
+                           True),
+        "oov": _choice("Vector of vocabulary words missing from the file: random (normal, per-dimension "
+                       "std of the vectors), zeros, or the mean vector.",
+                       ("random", "zeros", "mean"), "random"),
+    },
+    "vocab": {
+        "max_size": Field("int", "Most words kept in the vocabulary, most frequent first.", 20000, low=10),
+        "min_freq": Field("int", "Fewest occurrences in the pretraining corpus for a word to be kept.", 2, low=1),
+    },
+    "encoder": {
+        "cell": _choice("Recurrent cell of every layer.", ("simple_rnn", "lstm", "gru")),
+        "layers": Field("int", "Number of stacked recurrent layers.", 2, low=1, high=8),
+        "units": Field("int", "Units (state size) of each recurrent layer.", 256, low=1),
+        "dropout": Field("float", "Dropout rate between layers (0 = none).", 0.2, low=0, high=1, high_open=True),
+    },
+    "pretrain": {
+        "corpus": Field("path_list", "Plain-text files for language-model pretraining, one document a line."),
+        "valid_fraction": Field("float", "Share of corpus lines held out to measure perplexity.", 0.05,
+                                low=0, high=0.5, low_open=True, high_open=True),
+        "seq_len": Field("int", "Tokens per training sequence (backpropagation through time).", 70, low=2),
+        "batch_size": Field("int", "Sequences per batch.", 64, low=1),
+        "epochs": Field("int", "Passes over the corpus.", low=1),
+        "learning_rate": Field("float", "Adam learning rate.", 0.003, low=0, low_open=True),
+        "seed": Field("int", "Random seed of pretraining.", 0, low=0, high=2**32 - 1),
+    },
+    "finetune": {
+        "train": Field("path", "Labelled CSV file to train the classifier on."),
+        "valid": Field("optional_path", 'Labelled CSV file for validation; "" holds out valid_fraction of train.', ""),
+        "test": Field("optional_path", 'Labelled CSV file scored once after training; "" for none.', ""),
+        "valid_fraction": Field("float", 'Share of train held out for validation when valid is "".', 0.1,
+                                low=0, high=0.5, low_open=True, high_open=True),
+        "text_column": Field("str", "CSV column holding the text.", "text"),
+        "label_column": Field("str", "CSV column holding the label.", "label"),
+        "max_len": Field("int", "Tokens kept per document; longer documents are cut.", 400, low=1),
+        "batch_size": Field("int", "Documents per batch.", 32, low=1),
+        "head": _choice("Classifier input: concat_pool = last state, max-pool and mean-pool of the top layer; "
+                        "last = last state only.", ("concat_pool", "last"), "concat_pool"),
+        "head_units": Field("int", "Units of the hidden dense layer of the classifier head.", 50, low=1),
+        "head_dropout": Field("float", "Dropout rate in the classifier head.", 0.3, low=0, high=1, high_open=True),
+        "unfreeze": _choice("gradual = train the head first, then one more layer per stage (ULMFiT); "
+                            "all = train every layer from the start.", ("gradual", "all"), "gradual"),
+        "stage_epochs": Field("int", "Epochs of each gradual-unfreezing stage before the last.", 1, low=1),
+        "epochs": Field("int", "Epochs of fine-tuning in all (the last stage gets at least 1).", low=1),
+        "learning_rate": Field("float", "Peak learning rate of the top layer and the head.", 0.004,
+                               low=0, low_open=True),
+        "lr_decay": Field("float", "Each lower layer learns this many times slower (discriminative rates).",
+                          2.6, low=1),
+        "schedule": _choice("stlr = slanted triangular learning rate; constant = fixed rate.",
+                            ("stlr", "constant"), "stlr"),
+        "seed": Field("int", "Random seed of fine-tuning.", 0, low=0, high=2**32 - 1),
+    },
+    "precision": {
+        "policy": _choice("Keras dtype policy; auto picks a mixed policy on hardware that gains from it, "
+                          "else float32.", ("auto", "float32", "mixed_float16", "mixed_bfloat16"), "auto"),
+    },
+}
+
+
+def _number_text(number: float | None) -> str:
+    if number is None:
+        return ""
+    return str(int(number)) if float(number).is_integer() and abs(number) < 1e15 else repr(number)
+
+
+def _suggest(word: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _unknown_name_error(origin: str, section: str | None, key: str) -> RecipeError:
+    if section is None:
+        names = list(TOP_LEVEL) + list(SCHEMA)
+        return RecipeError(f"{origin}: unknown section or key {key!r}{_suggest(key, names)}; "
+                           f"valid sections: {', '.join(SCHEMA)}; valid top-level keys: {', '.join(TOP_LEVEL)}")
+    if section not in SCHEMA:
+        return RecipeError(f"{origin}: unknown section [{section}]{_suggest(section, list(SCHEMA))}; "
+                           f"valid sections: {', '.join(SCHEMA)}")
+    keys = list(SCHEMA[section])
+    return RecipeError(f"{origin}: unknown key {section}.{key}{_suggest(key, keys)}; "
+                       f"valid keys of [{section}]: {', '.join(keys)}")
+
+
+def _resolve_path(path: str, base_dir: Path) -> str:
+    if path == "":
+        return path
+    expanded = Path(path).expanduser()
+    return os.path.normpath(expanded if expanded.is_absolute() else base_dir / expanded)
+
+
+def _checked(field: Field, value: Any, dotted: str, origin: str, base_dir: Path) -> Any:
+    try:
+        value = field.check(value)
+    except ValueError as exc:
+        raise RecipeError(f"{origin}: {dotted} must be {exc}, got {_show(value)}") from None
+    if field.kind == "path_list":
+        return tuple(_resolve_path(item, base_dir) for item in value)
+    if field.kind in _PATH_KINDS:
+        return _resolve_path(value, base_dir)
+    return value
+
+
+def _check_tree(data: Mapping[str, Any], origin: str, base_dir: Path) -> dict[str, Any]:
+    """Validates a possibly partial recipe tree; resolves relative paths against `base_dir`."""
+    tree: dict[str, Any] = {}
+    for name, value in data.items():
+        if name in TOP_LEVEL:
+            tree[name] = _checked(TOP_LEVEL[name], value, name, origin, base_dir)
+        elif name in SCHEMA:
+            if not isinstance(value, Mapping):
+                raise RecipeError(f"{origin}: {name} must be a [{name}] section, got {_show(value)}")
+            tree[name] = {}
+            for key, item in value.items():
+                if key not in SCHEMA[name]:
+                    raise _unknown_name_error(origin, name, key)
+                tree[name][key] = _checked(SCHEMA[name][key], item, f"{name}.{key}", origin, base_dir)
+        elif isinstance(value, Mapping):
+            raise _unknown_name_error(origin, name, "")
+        else:
+            raise _unknown_name_error(origin, None, name)
+    return tree
+
+
+def _complete(tree: Mapping[str, Any], origin: str, file_name: str) -> dict[str, Any]:
+    """Fills in defaults, in schema order; every key without a default must be present."""
+    complete: dict[str, Any] = {}
+    missing = []
+    for name, field in TOP_LEVEL.items():
+        complete[name] = tree.get(name, file_name if field.default is FILE_NAME else field.default)
+    for section, fields in SCHEMA.items():
+        given = tree.get(section, {})
+        complete[section] = {}
+        for key, field in fields.items():
+            if key in given:
+                complete[section][key] = given[key]
+            elif field.required:
+                missing.append(f"{section}.{key}")
+            else:
+                complete[section][key] = field.default
+    if missing:
+        raise RecipeError(f"{origin}: missing required key{'s' if len(missing) > 1 else ''} "
+                          f"{', '.join(missing)}")
+    return complete
+
+
+def _parse_override(text: str) -> tuple[str | None, str, str]:
+    """Splits "section.key=value" into (section, key, raw value); section is None for top-level keys."""
+    form = f"override {text!r} must look like section.key=value, e.g. encoder.units=512"
+    if "=" not in text:
+        raise RecipeError(form)
+    dotted, raw = (part.strip() for part in text.split("=", 1))
+    if "." not in dotted:
+        if dotted in TOP_LEVEL:
+            return None, dotted, raw
+        raise RecipeError(form)
+    section, key = dotted.split(".", 1)
+    if not section or not key:
+        raise RecipeError(form)
+    return section, key, raw
+
+
+def _parse_override_value(raw: str, field: Field) -> Any:
+    """Reads `raw` as a TOML value (3, 0.5, true, "x", ["a", "b"]), falling back to the bare string."""
+    try:
+        parsed = tomllib.loads(f"value = {raw}")
+    except tomllib.TOMLDecodeError:
+        return raw
+    if list(parsed) != ["value"]:
+        return raw
+    value = parsed["value"]
+    # A string key takes the text as typed: name=2024 means "2024", not 2024.
+    wanted = (str, list) if field.kind == "path_list" else str
+    if field.kind in _STRING_KINDS and not isinstance(value, wanted):
+        return raw
+    return value
+
+
+def _apply_overrides(tree: dict[str, Any], overrides: Sequence[str], base_dir: Path) -> dict[str, Any]:
+    tree = {name: dict(value) if isinstance(value, Mapping) else value for name, value in tree.items()}
+    if isinstance(overrides, str):
+        overrides = [overrides]  # a single override passed bare
+    for text in overrides:
+        section, key, raw = _parse_override(text)
+        origin = f"override {text!r}"
+        if section is None:
+            field = TOP_LEVEL[key]
+            tree[key] = _checked(field, _parse_override_value(raw, field), key, origin, base_dir)
+            continue
+        if section not in SCHEMA or key not in SCHEMA[section]:
+            raise _unknown_name_error(origin, section, key)
+        field = SCHEMA[section][key]
+        value = _checked(field, _parse_override_value(raw, field), f"{section}.{key}", origin, base_dir)
+        tree.setdefault(section, {})[key] = value
+    return tree
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        raise RecipeError(f"recipe file {path} does not exist") from None
+    except OSError as exc:
+        raise RecipeError(f"cannot read recipe {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: recipe is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        # The message ends with "(at line L, column C)".
+        raise RecipeError(f"{path}: invalid TOML: {exc}") from None
+
+
+def _toml_string(text: str) -> str:
+    escapes = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r", "\b": "\\b", "\f": "\\f"}
+    out = []
+    for char in text:
+        if char in escapes:
+            out.append(escapes[char])
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\u{ord(char):04X}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_value(value: Any) -> str:
+    """TOML text of a str, int, float, bool or list of those; floats round-trip exactly."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)  # shortest text that reads back as the same double
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def _show(value: Any) -> str:
+    try:
+        return _toml_value(value)
+    except TypeError:
+        return repr(value)
+
+
+def find_recipe(name_or_path: str | os.PathLike | None = None) -> Path:
+    """Returns the file of a shipped recipe name, or checks a recipe file path.
+
+    Args:
+        name_or_path: A shipped recipe name (see `list_recipes()`), or a path
+            (anything with a "/" or ending in ".toml"). None = `DEFAULT_RECIPE`.
+
+    Returns:
+        The recipe file's path.
+
+    Example:
+
+    ```python
+    find_recipe("gru-glove")  # .../recipes/gru-glove.toml
+    ```
+    """
+    text = os.fspath(name_or_path) if name_or_path is not None else DEFAULT_RECIPE
+    if "/" in text or os.sep in text or text.endswith(".toml"):
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise RecipeError(f"recipe file {text} does not exist")
+        return path
+    path = RECIPES_DIR / f"{text}.toml"
+    if not path.is_file():
+        available = ", ".join(name for name, _ in list_recipes()) or "none"
+        raise RecipeError(f"unknown recipe {text!r}; available recipes: {available} (or give a .toml file path)")
+    return path
+
+
+def list_recipes() -> list[tuple[str, str]]:
+    """Lists the shipped recipes.
+
+    Returns:
+        (name, description) pairs sorted by name.
+
+    Example:
+
+    ```python
+    for name, description in list_recipes():
+        print(f"{name:16} {description}")
+    ```
+    """
+    recipes = []
+    for path in sorted(RECIPES_DIR.glob("*.toml")):
+        description = _read_toml(path).get("description", "")
+        recipes.append((path.stem, description if isinstance(description, str) else ""))
+    return recipes
+
+
+def load_recipe(name_or_path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Recipe:
+    """Loads, completes and validates a recipe.
+
+    Relative paths in the file resolve against the file's directory; relative
+    paths in `overrides` resolve against the current working directory.
+
+    Args:
+        name_or_path: A shipped recipe name or a recipe file path; None =
+            `DEFAULT_RECIPE`.
+        overrides: "section.key=value" strings applied on top of the file;
+            values are read as TOML (`3`, `0.5`, `true`, `["a", "b"]`) or else
+            as a bare string.
+
+    Returns:
+        The `Recipe`.
+
+    Raises:
+        RecipeError: unknown recipe, invalid TOML, unknown key, bad value or
+            missing required key.
+
+    Example:
+
+    ```python
+    recipe = load_recipe("gru-glove", ["encoder.units=512", "finetune.epochs=6"])
+    recipe["encoder"]["units"]  # 512
+    ```
+    """
+    return _load_file(find_recipe(name_or_path), overrides)
+
+
+def _load_file(path: Path, overrides: Sequence[str]) -> Recipe:
+    tree = _check_tree(_read_toml(path), str(path), path.resolve().parent)
+    tree = _apply_overrides(tree, overrides, Path.cwd())
+    return Recipe(tree, source=path)
+
+
+class Recipe:
+    """A complete, validated recipe: sections of settings.
+
+    Sections are read-only mappings; lists (`pretrain.corpus`) are tuples;
+    paths are absolute strings.
+
+    Args:
+        data: Recipe tree like the TOML file's (missing keys take their
+            defaults). Relative paths resolve against the current directory.
+        source: The file the recipe came from, if any; relative paths are
+            NOT resolved against it here (use `load_recipe` for files).
+
+    Example:
+
+    ```python
+    recipe = load_recipe("lstm-glove")
+    recipe["encoder"]["units"], recipe.get("finetune.head"), recipe.name
+    bigger = recipe.with_overrides(["encoder.units=512"])
+    Path("run/recipe.toml").write_text(bigger.to_toml())
+    ```
+    """
+
+    def __init__(self, data: Mapping[str, Any], source: str | os.PathLike | None = None):
+        self._source = Path(source) if source is not None else None
+        origin = str(self._source) if self._source is not None else "recipe"
+        file_name = self._source.stem if self._source is not None else "custom"
+        tree = _check_tree(data, origin, Path.cwd())
+        self._data = _complete(tree, origin, file_name)
+
+    @classmethod
+    def from_toml_file(cls, path: str | os.PathLike) -> Recipe:
+        """Loads a recipe file (e.g. one written by `to_toml`)."""
+        return _load_file(Path(path).expanduser(), ())
+
+    @property
+    def name(self) -> str:
+        return self._data["name"]
+
+    @property
+    def description(self) -> str:
+        return self._data["description"]
+
+    @property
+    def source(self) -> Path | None:
+        """The recipe file this recipe was loaded from, or None."""
+        return self._source
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._data:
+            raise _unknown_name_error("recipe", None, name)
+        value = self._data[name]
+        return types.MappingProxyType(value) if isinstance(value, dict) else value
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._data
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def get(self, dotted_key: str) -> Any:
+        """Returns one setting by its dotted name, e.g. `"encoder.units"` or `"name"`."""
+        if "." not in dotted_key:
+            return self[dotted_key]
+        section, key = dotted_key.split(".", 1)
+        if section not in SCHEMA or key not in SCHEMA[section]:
+            raise _unknown_name_error("recipe", section, key)
+        return self._data[section][key]
+
+    def with_overrides(self, overrides: Sequence[str]) -> Recipe:
+        """Returns a copy with "section.key=value" overrides applied (paths relative to the cwd)."""
+        return Recipe(_apply_overrides(self._data, overrides, Path.cwd()), source=self._source)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the recipe as plain nested dicts and lists (a fresh copy)."""
+        def plain(value):
+            if isinstance(value, dict):
+                return {key: plain(item) for key, item in value.items()}
+            return list(value) if isinstance(value, tuple) else value
+        return plain(self._data)
+
+    def to_toml(self) -> str:
+        """Returns the recipe as TOML text that `Recipe.from_toml_file` reads back equal."""
+        lines = [f"{name} = {_toml_value(self._data[name])}" for name in TOP_LEVEL]
+        for section in SCHEMA:
+            lines += ["", f"[{section}]"]
+            lines += [f"{key} = {_toml_value(value)}" for key, value in self._data[section].items()]
+        return "\n".join(lines) + "\n"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Recipe):
+            return NotImplemented
+        return self._data == other._data
+
+    def __repr__(self) -> str:
+        return f"Recipe(name={self.name!r}, source={str(self._source) if self._source else None!r})"
+
+
+def describe_schema() -> str:
+    """Returns the docs of every recipe key: key, type, default and help.
+
+    Example:
+
+    ```python
+    print(describe_schema())
+    ```
+    """
+    rows = [(name, field) for name, field in TOP_LEVEL.items()]
+    rows += [(f"{section}.{key}", field) for section, fields in SCHEMA.items() for key, field in fields.items()]
+    table = []
+    for dotted, field in rows:
+        default = repr(field.default) if isinstance(field.default, _Sentinel) else _toml_value(field.default)
+        help_text = field.help
+        if field.kind == "choice":
+            help_text += " One of: " + ", ".join(field.choices) + "."
+        table.append((dotted, field.type_label(), default, help_text))
+    headers = ("key", "type", "default", "help")
+    widths = [max(len(row[i]) for row in [headers, *table]) for i in range(3)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3]
+        for row in [headers, *table]
+    ) + "\n"

@@ -1,0 +1,105 @@
+"""Run directories: written in a temporary place, then moved into place whole.
+
+A run (pretrain or finetune) writes all its files into a hidden sibling directory and renames
+it to `--out` only when everything succeeded, so a crash or a bad input never leaves a
+half-written run that a later command could mistake for a complete one. An existing non-empty
+`--out` is only replaced with `force=True`, and only once the new run is complete.
+
+Example:
+
+>>> with RunDirectory("runs/pretrain", force=False) as run:  # doctest: +SKIP
+...     run.write_json("metrics.json", {"valid": {"perplexity": 123.4}})
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from tftune.errors import RunError
+
+RUN_INFO = "run.json"
+
+
+def check_writable_target(out, force):
+    """Fails early (before any training) when `out` exists and would be overwritten."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise RunError(f"{out}: exists and is not empty; choose another --out or pass --force to replace it")
+
+
+def replace_directory(staging, out):
+    """Moves a finished `staging` directory to `out`, replacing what was there."""
+    out = Path(out)
+    backup = None
+    if out.exists():
+        backup = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(backup)
+    Path(staging).rename(out)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+class RunDirectory:
+    """A context manager that stages a run directory and publishes it on success.
+
+    Args:
+        out: the final directory.
+        force: replace an existing non-empty `out`.
+    """
+
+    def __init__(self, out, force=False):
+        self.out = Path(out)
+        self.force = force
+        self.path = None
+
+    def __enter__(self):
+        check_writable_target(self.out, self.force)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        if exc_type is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return False
+        os.chmod(self.path, 0o755)
+        replace_directory(self.path, self.out)
+        self.path = self.out
+        return False
+
+    def file(self, name):
+        return self.path / name
+
+    def write_json(self, name, data):
+        write_json(self.path / name, data)
+
+    def write_text(self, name, text):
+        (self.path / name).write_text(text, encoding="utf-8")
+
+
+def write_json(path, data):
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def read_run_info(path, kind, required=()):
+    """Reads `run.json` of a run directory and checks that it is a complete run of `kind`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(f"{path}: no such run directory")
+    info_path = path / RUN_INFO
+    if not info_path.is_file():
+        raise RunError(f"{path}: not a tftune run directory (no {RUN_INFO})")
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise RunError(f"{info_path}: unreadable ({e})") from None
+    if info.get("kind") != kind:
+        raise RunError(f"{path}: is a {info.get('kind', 'unknown')} run, expected a {kind} run")
+    missing = [name for name in required if not (path / name).is_file()]
+    if missing:
+        raise RunError(f"{path}: incomplete {kind} run, missing {', '.join(missing)}")
+    return info

@@ -1,0 +1,493 @@
+"""Language-model pretraining and classifier fine-tuning with gradual unfreezing.
+
+Both entry points take a resolved `Recipe` and write a complete run directory (see
+`tftune.runs`). Training features live in small Keras callbacks around `Model.fit`
+(throughput, history with the unfreezing stage), in the spirit of flair's trainer plugins.
+
+Example:
+
+>>> from tftune.recipe import load_recipe
+>>> from tftune.train import pretrain, finetune
+>>> recipe = load_recipe("gru-glove", ["pretrain.epochs=1"])  # doctest: +SKIP
+>>> pretrain(recipe, "runs/lm")  # doctest: +SKIP
+>>> finetune(recipe, "runs/lm", "runs/clf")  # doctest: +SKIP
+"""
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tftune import __version__
+from tftune.data import classification_dataset, count_batches, lm_dataset, read_corpus, read_labeled, truncate
+from tftune.embeddings import align, load_vectors
+from tftune.errors import DataError, RunError
+from tftune.export import export_classifier
+from tftune.metrics import classification_metrics
+from tftune.models import (
+    build_classifier,
+    build_encoder,
+    build_language_model,
+    cudnn_report,
+    recurrent_layer_names,
+)
+from tftune.recipe import Recipe
+from tftune.runs import RunDirectory, check_writable_target, read_run_info
+from tftune.schedules import (
+    DiscriminativeAdam,
+    SlantedTriangular,
+    Stage,
+    discriminative_multipliers,
+    unfreezing_stages,
+)
+from tftune.text import Tokenizer, Vocabulary
+
+PRETRAIN_FILES = ("recipe.toml", "vocab.txt", "encoder.weights.h5", "metrics.json")
+FINETUNE_FILES = ("recipe.toml", "vocab.txt", "labels.json", "classifier.weights.h5", "metrics.json")
+# ULMFiT's Adam betas for fine-tuning.
+ADAM_BETAS = {"beta_1": 0.7, "beta_2": 0.99}
+
+
+def log(message):
+    print(f"tftune: {message}", file=sys.stderr, flush=True)
+
+
+def fit_verbosity():
+    """A live progress bar on a terminal, one line per epoch in logs."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+# === Precision ===
+
+
+def resolve_policy(name):
+    """`auto` is `mixed_float16` when a GPU is visible, else `float32`."""
+    if name == "auto":
+        return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+    return name
+
+
+def set_precision(name):
+    """Sets Keras' global dtype policy for the models built next; returns the policy used."""
+    policy = resolve_policy(name)
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+# === Callbacks ===
+
+
+class Throughput(keras.callbacks.Callback):
+    """Training tokens per second of step time, leaving out the first (tracing) step."""
+
+    def __init__(self, tokens_per_step):
+        super().__init__()
+        self.tokens_per_step = tokens_per_step
+        self.seconds = 0.0
+        self.steps = 0
+        self._first_step_done = False
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self._first_step_done:
+            self._first_step_done = True
+            return
+        self.seconds += time.perf_counter() - self._start
+        self.steps += 1
+
+    @property
+    def tokens_per_second(self):
+        return self.steps * self.tokens_per_step / self.seconds if self.seconds else None
+
+
+class StageHistory(keras.callbacks.Callback):
+    """Collects per-epoch logs across several `fit` calls, tagged with the unfreezing stage."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+        self.stage = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        record = {"epoch": epoch + 1}
+        if self.stage is not None:
+            record.update(self.stage)
+        record.update({key: float(value) for key, value in (logs or {}).items()})
+        self.epochs.append(record)
+
+
+# === Pretraining ===
+
+
+def split_documents(documents, valid_fraction):
+    """Holds out the last `valid_fraction` of the documents (at least one) for validation."""
+    if len(documents) < 2:
+        raise DataError("the corpus needs at least 2 documents (one is held out for validation)")
+    n_valid = min(len(documents) - 1, max(1, round(len(documents) * valid_fraction)))
+    return documents[:-n_valid], documents[-n_valid:]
+
+
+def flatten(id_lists):
+    return np.concatenate(id_lists).astype("int32")
+
+
+def _align_vectors(recipe, vocab, vectors, counts):
+    settings = recipe["embeddings"]
+    log(f"{len(vectors):,} {settings['format']} vectors from {settings['path']}")
+    matrix, coverage = align(vocab, vectors, oov=settings["oov"], seed=recipe["pretrain"]["seed"], counts=counts)
+    log(coverage.summary())
+    return matrix, coverage
+
+
+def pretrain(recipe: Recipe, out, force=False, callbacks=()):
+    """Trains the encoder as a next-token language model and writes a pretrain run.
+
+    Args:
+        recipe: the resolved recipe (its `embeddings`, `vocab`, `encoder`, `pretrain` and
+            `precision` sections are used).
+        out: the run directory to create.
+        force: replace an existing non-empty `out`.
+        callbacks: extra Keras callbacks for `fit`.
+
+    Returns:
+        The metrics written to `metrics.json`.
+    """
+    check_writable_target(out, force)
+    started = time.time()
+    settings = recipe["pretrain"]
+    keras.utils.set_random_seed(settings["seed"])
+    tokenizer = Tokenizer(lowercase=recipe["embeddings"]["lowercase"])
+
+    documents = read_corpus(settings["corpus"])
+    train_docs, valid_docs = split_documents(documents, settings["valid_fraction"])
+    # Before tokenizing and the first log line, so a bad vectors file fails fast, as one line.
+    vectors = load_vectors(recipe["embeddings"]["path"], recipe["embeddings"]["format"])
+    train_tokens = [tokenizer.tokenize(doc) for doc in train_docs]
+    counts = Counter(token for tokens in train_tokens for token in tokens)
+    vocab = Vocabulary.build(train_tokens, recipe["vocab"]["max_size"], recipe["vocab"]["min_freq"])
+    log(f"corpus: {len(documents):,} documents, {sum(counts.values()):,} training tokens, vocabulary {len(vocab):,}")
+    matrix, coverage = _align_vectors(recipe, vocab, vectors, counts)
+
+    train_ids = flatten(vocab.encode(train_docs, tokenizer))
+    valid_ids = flatten(vocab.encode(valid_docs, tokenizer))
+    seq_len, batch_size = settings["seq_len"], settings["batch_size"]
+    train_data = lm_dataset(train_ids, seq_len, batch_size, shuffle=True, seed=settings["seed"])
+    valid_data = lm_dataset(valid_ids, seq_len, batch_size)
+
+    policy = set_precision(recipe["precision"]["policy"])
+    encoder_settings = recipe["encoder"]
+    encoder = build_encoder(
+        matrix,
+        encoder_settings["cell"],
+        encoder_settings["layers"],
+        encoder_settings["units"],
+        encoder_settings["dropout"],
+    )
+    language_model = build_language_model(encoder)
+    log(f"precision policy: {policy}")
+    for line in cudnn_report(encoder):
+        log(line)
+    language_model.compile(
+        optimizer=keras.optimizers.Adam(settings["learning_rate"], global_clipnorm=1.0),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    throughput = Throughput(seq_len * batch_size)
+    history = StageHistory()
+    language_model.fit(
+        train_data,
+        validation_data=valid_data,
+        epochs=settings["epochs"],
+        callbacks=[throughput, history, *callbacks],
+        shuffle=False,
+        verbose=fit_verbosity(),
+    )
+    valid_loss = float(language_model.evaluate(valid_data, verbose=0))
+    metrics = {
+        "valid": {"loss": valid_loss, "perplexity": math.exp(min(valid_loss, 700.0))},
+        "vocab_size": len(vocab),
+        "train_tokens": int(len(train_ids)),
+        "valid_tokens": int(len(valid_ids)),
+        "train_tokens_per_second": throughput.tokens_per_second,
+        "coverage": dataclasses.asdict(coverage),
+        "precision_policy": policy,
+        "wall_seconds": round(time.time() - started, 1),
+    }
+    log(f"validation perplexity {metrics['valid']['perplexity']:.1f}")
+    with RunDirectory(out, force) as run:
+        run.write_json(
+            "run.json",
+            {
+                "kind": "pretrain",
+                "tftune_version": __version__,
+                "vocab_fingerprint": vocab.fingerprint(),
+                "embedding_dim": int(matrix.shape[1]),
+                "tokenizer": tokenizer.get_config(),
+            },
+        )
+        run.write_text("recipe.toml", recipe.to_toml())
+        vocab.save(run.file("vocab.txt"))
+        encoder.save_weights(run.file("encoder.weights.h5"))
+        language_model.save_weights(run.file("language_model.weights.h5"))
+        run.write_json("history.json", history.epochs)
+        run.write_json("metrics.json", metrics)
+    log(f"pretrain run written to {out}")
+    return metrics
+
+
+# === Fine-tuning ===
+
+
+@dataclass
+class PretrainedRun:
+    """What fine-tuning reuses from a pretrain run."""
+
+    path: Path
+    recipe: Recipe
+    vocab: Vocabulary
+    tokenizer: Tokenizer
+    embedding_dim: int
+
+
+def load_pretrain_run(path):
+    """Opens a complete pretrain run; a missing file or a changed vocabulary is a clear error."""
+    path = Path(path)
+    info = read_run_info(path, "pretrain", PRETRAIN_FILES)
+    vocab = Vocabulary.load(path / "vocab.txt")
+    if vocab.fingerprint() != info["vocab_fingerprint"]:
+        raise RunError(f"{path / 'vocab.txt'}: vocabulary does not match the one the encoder was trained with")
+    return PretrainedRun(
+        path=path,
+        recipe=Recipe.from_toml_file(path / "recipe.toml"),
+        vocab=vocab,
+        tokenizer=Tokenizer.from_config(info["tokenizer"]),
+        embedding_dim=info["embedding_dim"],
+    )
+
+
+def check_encoder_matches(recipe, pretrained):
+    """The fine-tuning recipe must describe the same encoder as the pretrain run."""
+    for section in ("encoder", "vocab"):
+        for key, value in pretrained.recipe[section].items():
+            if key == "dropout":
+                continue
+            if recipe[section][key] != value:
+                raise RunError(
+                    f"{section}.{key} is {recipe[section][key]!r} in the recipe but {value!r} in the "
+                    f"pretrain run {pretrained.path}; fine-tuning reuses the pretrained encoder"
+                )
+
+
+def restore_encoder(pretrained, dropout, use_cudnn="auto"):
+    """Rebuilds the pretrained encoder and loads its weights (embedding included)."""
+    settings = pretrained.recipe["encoder"]
+    placeholder = np.zeros((len(pretrained.vocab), pretrained.embedding_dim), dtype="float32")
+    encoder = build_encoder(placeholder, settings["cell"], settings["layers"], settings["units"], dropout, use_cudnn)
+    try:
+        encoder.load_weights(pretrained.path / "encoder.weights.h5")
+    except ValueError as e:
+        raise RunError(f"{pretrained.path / 'encoder.weights.h5'}: does not fit the recipe's encoder ({e})") from None
+    return encoder
+
+
+@dataclass
+class LabeledSplits:
+    labels: list
+    train: tuple
+    valid: tuple
+    test: tuple | None
+
+
+def load_labeled_splits(settings):
+    """Reads train/valid/test; holds out part of train when there is no valid file."""
+    columns = {"text_column": settings["text_column"], "label_column": settings["label_column"]}
+    train = read_labeled(settings["train"], **columns)
+    if settings["valid"]:
+        valid = read_labeled(settings["valid"], **columns)
+    else:
+        order = np.random.default_rng(settings["seed"]).permutation(len(train[0]))
+        n_valid = max(1, round(len(order) * settings["valid_fraction"]))
+        pick = lambda rows, idx: [rows[i] for i in idx]  # noqa: E731
+        held, kept = order[:n_valid], order[n_valid:]
+        valid = (pick(train[0], held), pick(train[1], held))
+        train = (pick(train[0], kept), pick(train[1], kept))
+    test = read_labeled(settings["test"], **columns) if settings["test"] else None
+    labels = sorted(set(train[1]))
+    if len(labels) < 2:
+        raise DataError(f"{settings['train']}: only one class ({labels[0]!r}); a classifier needs at least 2")
+    for name, split, path in (("valid", valid, settings["valid"]), ("test", test, settings["test"])):
+        if split is None:
+            continue
+        unseen = sorted(set(split[1]) - set(labels))
+        if unseen:
+            raise DataError(
+                f"{path or settings['train']}: {name} label(s) {', '.join(map(repr, unseen[:5]))} never seen in training"
+            )
+    return LabeledSplits(labels, train, valid, test)
+
+
+def predict_dataset(model, dataset):
+    """Predicted and true class indices over a `(ids, label)` dataset."""
+    predicted, true = [], []
+    for ids, labels in dataset:
+        predicted.append(np.argmax(model(ids, training=False), axis=-1))
+        true.append(labels.numpy())
+    return np.concatenate(true), np.concatenate(predicted)
+
+
+def finetune(recipe: Recipe, from_run, out, force=False, callbacks=()):
+    """Fine-tunes a pretrained encoder as a classifier with gradual unfreezing, then exports it.
+
+    Stage 0 trains the head only; each following stage unfreezes one more recurrent layer
+    from the top, until all train. The embedding stays frozen throughout. Each stage runs a
+    slanted triangular learning-rate cycle with discriminative rates (each layer down gets
+    the rate of the one above divided by `finetune.lr_decay`).
+
+    Args:
+        recipe: the resolved recipe (`finetune` and `precision` sections are used; its
+            encoder must match the pretrain run's).
+        from_run: the pretrain run directory.
+        out: the finetune run directory to create (the SavedModel goes to `out/export`).
+        force: replace an existing non-empty `out`.
+        callbacks: extra Keras callbacks for every `fit` call.
+
+    Returns:
+        The metrics written to `metrics.json`.
+    """
+    check_writable_target(out, force)
+    started = time.time()
+    pretrained = load_pretrain_run(from_run)
+    check_encoder_matches(recipe, pretrained)
+    settings = recipe["finetune"]
+    keras.utils.set_random_seed(settings["seed"])
+    splits = load_labeled_splits(settings)
+    label_index = {label: i for i, label in enumerate(splits.labels)}
+
+    def encode(split):
+        texts, labels = split
+        ids = truncate(pretrained.vocab.encode(texts, pretrained.tokenizer), settings["max_len"])
+        return ids, [label_index[label] for label in labels]
+
+    batch_size = settings["batch_size"]
+    train_data = classification_dataset(*encode(splits.train), batch_size, shuffle=True, seed=settings["seed"])
+    valid_data, _ = count_batches(classification_dataset(*encode(splits.valid), batch_size))
+    test_data = classification_dataset(*encode(splits.test), batch_size) if splits.test else None
+    train_data, steps_per_epoch = count_batches(train_data)
+    log(
+        f"classes: {', '.join(splits.labels)}; {len(splits.train[0]):,} train, "
+        f"{len(splits.valid[0]):,} valid, {len(splits.test[0]) if splits.test else 0:,} test examples"
+    )
+
+    policy = set_precision(recipe["precision"]["policy"])
+    log(f"precision policy: {policy}")
+    encoder = restore_encoder(pretrained, pretrained.recipe["encoder"]["dropout"])
+    classifier = build_classifier(
+        encoder, len(splits.labels), settings["head"], settings["head_units"], settings["head_dropout"]
+    )
+    layer_names = recipe_layer_names(pretrained.recipe)
+    multipliers = discriminative_multipliers(layer_names, settings["lr_decay"])
+    history = StageHistory()
+    epochs_done = 0
+    if settings["unfreeze"] == "gradual":
+        stages = unfreezing_stages(len(layer_names), settings["stage_epochs"], settings["epochs"])
+    else:
+        stages = [Stage(trainable_layers=len(layer_names), epochs=settings["epochs"])]
+    for number, stage in enumerate(stages):
+        trainable = set(layer_names[len(layer_names) - stage.trainable_layers :])
+        for name in layer_names:
+            encoder.get_layer(name).trainable = name in trainable
+        log(
+            f"stage {number + 1}/{len(stages)}: training the head"
+            + (f" and {', '.join(sorted(trainable))}" if trainable else " only")
+            + f" for {stage.epochs} epoch(s)"
+        )
+        total_steps = stage.epochs * steps_per_epoch
+        learning_rate = (
+            SlantedTriangular(settings["learning_rate"], total_steps)
+            if settings["schedule"] == "stlr"
+            else settings["learning_rate"]
+        )
+        # Trainable flags are read at compile time, so every stage compiles again.
+        classifier.compile(
+            optimizer=DiscriminativeAdam(learning_rate, multipliers=multipliers, **ADAM_BETAS),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        history.stage = {"stage": number + 1, "trainable_layers": sorted(trainable)}
+        classifier.fit(
+            train_data,
+            validation_data=valid_data,
+            initial_epoch=epochs_done,
+            epochs=epochs_done + stage.epochs,
+            callbacks=[history, *callbacks],
+            shuffle=False,
+            verbose=fit_verbosity(),
+        )
+        epochs_done += stage.epochs
+
+    metrics = {"valid": classification_metrics(*predict_dataset(classifier, valid_data), splits.labels)}
+    if test_data is not None:
+        metrics["test"] = classification_metrics(*predict_dataset(classifier, test_data), splits.labels)
+    metrics.update(precision_policy=policy, epochs=epochs_done)
+    summary = f"valid accuracy {metrics['valid']['accuracy']:.4f}"
+    if "test" in metrics:
+        summary += f", test accuracy {metrics['test']['accuracy']:.4f}, macro-F1 {metrics['test']['macro_f1']:.4f}"
+    log(summary)
+
+    with RunDirectory(out, force) as run:
+        run.write_json(
+            "run.json",
+            {
+                "kind": "finetune",
+                "tftune_version": __version__,
+                "pretrain_run": str(Path(from_run)),
+                "vocab_fingerprint": pretrained.vocab.fingerprint(),
+                "embedding_dim": pretrained.embedding_dim,
+                "tokenizer": pretrained.tokenizer.get_config(),
+            },
+        )
+        run.write_text("recipe.toml", recipe.to_toml())
+        pretrained.vocab.save(run.file("vocab.txt"))
+        run.write_json("labels.json", splits.labels)
+        classifier.save_weights(run.file("classifier.weights.h5"))
+        run.write_json("history.json", history.epochs)
+        export_classifier(classifier, pretrained.vocab, pretrained.tokenizer, splits.labels, settings["max_len"], run.file("export"))
+        metrics["wall_seconds"] = round(time.time() - started, 1)
+        run.write_json("metrics.json", metrics)
+    log(f"finetune run written to {out}")
+    return metrics
+
+
+def recipe_layer_names(recipe):
+    return recurrent_layer_names(recipe["encoder"]["layers"])
+
+
+def reexport(run_dir, out, force=False):
+    """Exports a finetune run's classifier again (e.g. to another directory)."""
+    run_dir = Path(run_dir)
+    info = read_run_info(run_dir, "finetune", FINETUNE_FILES)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise RunError(f"{out}: exists and is not empty; choose another --out or pass --force to replace it")
+    recipe = Recipe.from_toml_file(run_dir / "recipe.toml")
+    vocab = Vocabulary.load(run_dir / "vocab.txt")
+    labels = json.loads((run_dir / "labels.json").read_text(encoding="utf-8"))
+    settings = recipe["finetune"]
+    encoder_settings = recipe["encoder"]
+    placeholder = np.zeros((len(vocab), info["embedding_dim"]), dtype="float32")
+    encoder = build_encoder(
+        placeholder, encoder_settings["cell"], encoder_settings["layers"], encoder_settings["units"], 0.0, use_cudnn=False
+    )
+    classifier = build_classifier(encoder, len(labels), settings["head"], settings["head_units"])
+    classifier.load_weights(run_dir / "classifier.weights.h5")
+    tokenizer = Tokenizer.from_config(info["tokenizer"])
+    return export_classifier(classifier, vocab, tokenizer, labels, settings["max_len"], out)
