@@ -53,8 +53,12 @@ SPECIAL_CASES = [
 ]
 
 
+def _string_tensor(texts):
+    return tf.constant([text.encode("utf-8") for text in texts], tf.string, [len(texts)])
+
+
 def _tf_tokens(tokenizer, texts):
-    ragged = tokenizer.tf_tokenize(tf.constant([text.encode("utf-8") for text in texts], tf.string, [len(texts)]))
+    ragged = tokenizer.tf_tokenize(_string_tensor(texts))
     return [[token.decode("utf-8") for token in row] for row in ragged.to_list()]
 
 
@@ -66,8 +70,7 @@ def _assert_same_tokens(tokenizer, texts, batch_size=2000):
 
     for start in range(0, len(texts), batch_size):
         batch = texts[start : start + batch_size]
-        tf_joined = joined_tf_tokens(tf.constant([text.encode("utf-8") for text in batch], tf.string, [len(batch)]))
-        for text, tf_tokens in zip(batch, tf_joined.numpy()):
+        for text, tf_tokens in zip(batch, joined_tf_tokens(_string_tensor(batch)).numpy()):
             python_tokens = tokenizer.tokenize(text)
             assert " ".join(python_tokens) == tf_tokens.decode("utf-8"), (text, python_tokens, tf_tokens.split())
 

@@ -8,11 +8,11 @@ Both run the same steps, with regular expressions built from shared parts:
    and the curly apostrophes ’ ‘ become '.
 2. Optional lowercasing with `str.lower()` / `tf.strings.lower(encoding="utf-8")`, after two
    pre-normalisations: İ (U+0130) becomes i, so that "İstanbul" gives the vectors' "istanbul"
-   rather than "i̇stanbul" with a combining dot (its full lowercase); Σ and ς become σ (sigma folding, as `str.casefold()` does), because
-   the final-sigma rule depends on context properties that differ between the Unicode versions of
-   Python and of TensorFlow's ICU. Capital letters that Python lowercases but TensorFlow's ICU does
-   not know yet (`_ICU_LOWERCASE_GAPS`) are lowercased with explicit replacements on the
-   TensorFlow side.
+   rather than its full lowercase with a combining dot; Σ and ς become σ (sigma folding, as
+   `str.casefold()` does), because the final-sigma rule depends on context properties that differ
+   between the Unicode versions of Python and of TensorFlow's ICU. Capital letters that Python
+   lowercases but TensorFlow's ICU does not know yet (`_ICU_LOWERCASE_GAPS`) are lowercased with
+   explicit replacements on the TensorFlow side.
 3. "n't" is split off a preceding word character (don't -> do n't, can't -> ca n't), and a quote
    that only looks like a clitic because a word follows it is split off ('sometimes -> ' sometimes).
 4. Tokens, by the first alternative that matches: a special token (<unk>, <eos>, <pad>) | n't |
@@ -187,6 +187,10 @@ class Tokenizer:
 
         Returns:
             The tokens, none of them empty or containing whitespace.
+
+        Raises:
+            TimeoutError: From NLTK's 5 s limit per regex call (NLTK 3.10), reached only by a
+                single text of tens of megabytes; tokenize such input line by line.
         """
         text = text.translate(self._translation)
         if self.lowercase:
