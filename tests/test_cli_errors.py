@@ -10,7 +10,6 @@ import io
 import os
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,15 +65,21 @@ CASES = {
     "unknown recipe": Case(
         ["pretrain", "--recipe", "no-such-recipe", "--out", "out"], ["'no-such-recipe'", "lstm-glove"]
     ),
-    "unknown --set key": Case(["pretrain", "--set", "encoder.widht=128", "--out", "out"], ["encoder.widht", "valid keys"]),
-    "mistyped --set value": Case(["pretrain", "--set", "encoder.units=many", "--out", "out"], ["encoder.units", "many"]),
-    "malformed --set": Case(["pretrain", "--set", "encoder.units", "--out", "out"], ["encoder.units", "section.key=value"]),
+    "unknown --set key": Case(["pretrain", "--set", "encoder.widht=128", "--out", "out"], ["encoder.widht", "units"]),
+    "mistyped --set value": Case(
+        ["pretrain", "--set", "encoder.units=many", "--out", "out"], ["encoder.units", "many"]
+    ),
+    "malformed --set": Case(
+        ["pretrain", "--set", "encoder.units", "--out", "out"], ["encoder.units", "section.key=value"]
+    ),
     "--corpus missing": Case(["pretrain", "--corpus", "missing.txt", "--out", "out"], ["missing.txt", "no such file"]),
-    "--corpus empty": Case(["pretrain", "--corpus", "empty.txt", "--out", "out"], ["empty.txt", "empty"], {"empty.txt": ""}),
+    "--corpus empty": Case(
+        ["pretrain", "--corpus", "empty.txt", "--out", "out"], ["empty.txt", "empty"], {"empty.txt": ""}
+    ),
     "--corpus binary": Case(
         ["pretrain", "--corpus", "corpus.txt", "--out", "out"],
         ["corpus.txt", "binary"],
-        {"corpus.txt": WORD2VEC.read_bytes()[:65536]},
+        {"corpus.txt": WORD2VEC.open("rb").read(65536)},
     ),
     "--embeddings missing": Case(
         ["pretrain", "--embeddings", "missing.vec", "--out", "out"], ["missing.vec", "does not exist"]
@@ -83,13 +88,19 @@ CASES = {
         ["pretrain", "--embeddings", str(WORD2VEC), "--embeddings-format", "glove", "--out", "out"],
         [WORD2VEC.name, "'word2vec-binary'"],
     ),
-    "--out not empty": Case(["pretrain", "--out", "out"], ["out", "--force"], {"out/notes.txt": "keep me\n"}),
-    "finetune --from not a run": Case(["finetune", "--from", "not-a-run", "--out", "out"], ["not-a-run"], NOT_A_RUN),
-    "finetune --from not a run, with --recipe": Case(
-        ["finetune", "--from", "not-a-run", "--recipe", "gru-glove", "--out", "out"], ["not-a-run"], NOT_A_RUN
+    "--out not empty": Case(["pretrain", "--out", "out"], ["out: exists", "--force"], {"out/notes.txt": "keep me\n"}),
+    "finetune --from not a run": Case(
+        ["finetune", "--from", "not-a-run", "--out", "out"], ["not-a-run", "run.json"], NOT_A_RUN
     ),
-    "finetune --from missing": Case(["finetune", "--from", "missing-run", "--out", "out"], ["missing-run"]),
-    "predict not an export": Case(["predict", "not-a-run", "a gripping , moving film ."], ["not-a-run", "export"], NOT_A_RUN),
+    "finetune --from not a run, with --recipe": Case(
+        ["finetune", "--from", "not-a-run", "--recipe", "gru-glove", "--out", "out"],
+        ["not-a-run", "run.json"],
+        NOT_A_RUN,
+    ),
+    "finetune --from missing": Case(["finetune", "--from", "missing-run", "--out", "out"], ["missing-run", "no such"]),
+    "predict not an export": Case(
+        ["predict", "not-a-run", "a gripping , moving film ."], ["not-a-run", "export"], NOT_A_RUN
+    ),
     "evaluate not an export": Case(
         ["evaluate", "not-a-run", "--data", "reviews.csv"],
         ["not-a-run", "export"],
@@ -122,15 +133,9 @@ def snapshot(root):
     }
 
 
-def timed_run(args, cwd):
-    started = time.perf_counter()
-    result = run_tftune(args, cwd)
-    return result, time.perf_counter() - started
-
-
 @pytest.fixture(scope="module")
 def failures(tmp_path_factory):
-    """Starts every case at once; maps a case name to (result, seconds, working dir, files before)."""
+    """Starts every case at once; maps a case name to (future result, working dir, files before)."""
     root = tmp_path_factory.mktemp("cli-errors")
     started = {}
     with ThreadPoolExecutor(max_workers=max(4, os.cpu_count() or 1)) as pool:
@@ -138,15 +143,14 @@ def failures(tmp_path_factory):
             cwd = root / f"case-{number}"
             cwd.mkdir()
             write_files(cwd, case.files)
-            started[name] = (pool.submit(timed_run, case.args, cwd), cwd, snapshot(cwd))
-        yield {
-            name: (*future.result(), cwd, before) for name, (future, cwd, before) in started.items()
-        }
+            started[name] = (pool.submit(run_tftune, case.args, cwd), cwd, snapshot(cwd))
+        yield started
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_one_error_line_and_writes_nothing(failures, name):
-    result, seconds, cwd, before = failures[name]
+    future, cwd, before = failures[name]
+    result = future.result()  # a case that starts training times out here
     lines = result.stderr.splitlines()
     assert "Traceback" not in result.stderr + result.stdout, result.stderr
     assert result.returncode == 2, result.stderr
@@ -155,7 +159,6 @@ def test_bad_input_is_one_error_line_and_writes_nothing(failures, name):
         assert culprit in lines[0]
     assert result.stdout == ""
     assert snapshot(cwd) == before  # no --out directory, no staging leftovers, inputs untouched
-    assert seconds < 60, f"took {seconds:.0f} s: did it start training?"
 
 
 COMMANDS = [
