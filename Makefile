@@ -17,15 +17,16 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 
 install: $(VENV)/.installed
 
-# Pretrain on the shipped corpus, fine-tune on the shipped reviews, export, then classify
+# Pretrain on the shipped corpus, fine-tune on the shipped authors task, export, then classify
 # through the reloaded SavedModel. The last line printed is the export directory.
 demo: install
 	$(BIN)/tftune pretrain --out $(DEMO_PRETRAIN) --force
 	$(BIN)/tftune finetune --from $(DEMO_PRETRAIN) --out $(DEMO_FINETUNE) --force
 	$(BIN)/tftune predict $(DEMO_FINETUNE)/export \
-		"a gripping , beautifully acted film that stays with you long after the credits ." \
-		"a tedious , badly written mess ; i wanted my two hours back ." \
-		"the plot is thin but the performances are wonderful ."
+		"It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife." \
+		"The harpooneers stood at the bows while the whale sounded far below the ship." \
+		"O Captain! my Captain! our fearful trip is done, the ship has weather'd every rack." \
+		"Father Brown blinked at the policeman and said that the cross was the only answer to the riddle."
 	@$(BIN)/python -c "import pathlib; print(pathlib.Path('$(DEMO_FINETUNE)/export').resolve())"
 
 test: install

@@ -1,8 +1,8 @@
 """Rebuild the data shipped in `pretrained/` from the full public sources.
 
 Run from the repository root with the source files in a folder laid out as
-`glove-6b-50d-top20k/`, `word2vec-googlenews-300d-top10k/`, `wikitext-2/` and
-`review_polarity_v2/` (see each PROVENANCE.md for where they come from):
+`glove-6b-50d-top20k/`, `word2vec-googlenews-300d-top10k/`, `wikitext-2/`,
+`review_polarity_v2/` and `gutenberg/` (see each PROVENANCE.md for where they come from):
 
     python pretrained/prepare.py SOURCE_DIR
 
@@ -11,6 +11,7 @@ The outputs are deterministic; `pretrained/README.md` lists their checksums.
 
 import csv
 import hashlib
+import random
 import re
 import shutil
 import struct
@@ -81,6 +82,44 @@ def split_reviews(source: Path) -> None:
             writer.writerows(rows)
 
 
+AUTHORS = ("austen", "chesterton", "melville", "shakespeare", "whitman")
+PER_AUTHOR = {"train": 700, "valid": 100, "test": 100}
+
+
+def split_authors(source: Path) -> None:
+    """Paragraphs of five public-domain authors, labeled by author.
+
+    Each book's paragraphs (10 to 150 words) are cut by position into its first 80% (train),
+    next 10% (valid) and last 10% (test), so no split shares a passage with another; then a
+    fixed number per author and split is drawn with a fixed seed.
+    """
+    src = source / "gutenberg"
+    lines = (src / "gutenberg.txt").read_text(encoding="utf-8").split("\n")
+    with open(src / "gutenberg.docs.tsv", encoding="utf-8") as f:
+        books = list(csv.DictReader(f, delimiter="\t"))
+    pools = {(author, split): [] for author in AUTHORS for split in PER_AUTHOR}
+    for book in books:
+        author = book["doc"].split("-")[0]
+        if author not in AUTHORS:
+            continue
+        start = int(book["first_line"]) - 1
+        paragraphs = [p for p in lines[start : start + int(book["lines"])] if 10 <= len(p.split()) <= 150]
+        cut_valid, cut_test = int(len(paragraphs) * 0.8), int(len(paragraphs) * 0.9)
+        pools[author, "train"] += paragraphs[:cut_valid]
+        pools[author, "valid"] += paragraphs[cut_valid:cut_test]
+        pools[author, "test"] += paragraphs[cut_test:]
+    rng = random.Random(0)
+    out_dir = HERE / "authors"
+    out_dir.mkdir(exist_ok=True)
+    for split, count in PER_AUTHOR.items():
+        rows = [(text, author) for author in AUTHORS for text in rng.sample(pools[author, split], count)]
+        rng.shuffle(rows)
+        with open(out_dir / f"{split}.csv", "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(["text", "label"])
+            writer.writerows(rows)
+
+
 def checksums() -> None:
     for path in sorted(HERE.rglob("*")):
         if path.is_file() and path.suffix in {".txt", ".bin", ".csv"}:
@@ -94,4 +133,5 @@ if __name__ == "__main__":
     subset_word2vec(source_dir)
     clean_wikitext(source_dir)
     split_reviews(source_dir)
+    split_authors(source_dir)
     checksums()

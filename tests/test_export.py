@@ -45,7 +45,9 @@ def in_process_probabilities(run, texts):
     pretrained = load_pretrain_run(info["pretrain_run"])
     encoder = restore_encoder(pretrained, dropout=0.0)
     settings = recipe["finetune"]
-    classifier = build_classifier(encoder, len(labels), settings["head"], settings["head_units"])
+    classifier = build_classifier(
+        encoder, len(labels), settings["head"], settings["head_units"], pool_embeddings=settings["pool_embeddings"]
+    )
     classifier.load_weights(run / "classifier.weights.h5")
     ids = vocab.encode(texts, Tokenizer.from_config(info["tokenizer"]))
     rows = []

@@ -55,6 +55,7 @@ def portable_copy(classifier):
             classifier.get_layer("classifier_logits").units,
             head=pooling.mode,
             head_units=classifier.get_layer("classifier_hidden").units,
+            pool_embeddings=any(layer.name == "classifier_features" for layer in classifier.layers),
         )
         copy.set_weights([np.asarray(w, dtype="float32") for w in classifier.get_weights()])
         return copy

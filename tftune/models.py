@@ -168,8 +168,8 @@ class ConcatPooling(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
-def build_classifier(encoder, n_classes, head="concat_pool", head_units=50, head_dropout=0.3):
-    """Encoder + pooling + a small MLP; returns float32 logits `[batch, n_classes]`.
+def build_classifier(encoder, n_classes, head="concat_pool", head_units=50, head_dropout=0.3, pool_embeddings=True):
+    """Encoder + pooling + a small layer-normalised MLP; returns float32 logits `[batch, n_classes]`.
 
     Args:
         encoder: the model from `build_encoder` (its weights are shared, not copied).
@@ -177,12 +177,21 @@ def build_classifier(encoder, n_classes, head="concat_pool", head_units=50, head
         head: `"concat_pool"` ([last, max, mean]) or `"last"` (last real hidden state).
         head_units: width of the hidden layer of the head.
         head_dropout: dropout before each dense layer of the head.
+        pool_embeddings: pool the (frozen) word vectors together with the top layer's states.
     """
     ids = keras.Input(shape=(None,), dtype="int32", name="ids")
     hidden = encoder(ids)
+    if pool_embeddings:
+        # The embedding layer is shared with the encoder: same frozen weights, same mask.
+        vectors = encoder.get_layer("embedding")(ids)
+        hidden = keras.layers.Concatenate(name="classifier_features")([keras.ops.cast(vectors, hidden.dtype), hidden])
     x = ConcatPooling(head, name="classifier_pooling")(hidden)
+    # ULMFiT's head (norm + dropout + linear, twice), with layer norm instead of batch norm:
+    # length-bucketed batches skew batch statistics, and layer norm has none.
+    x = keras.layers.LayerNormalization(name="classifier_norm_1")(x)
     x = keras.layers.Dropout(head_dropout, name="classifier_dropout_1")(x)
     x = keras.layers.Dense(head_units, activation="relu", name="classifier_hidden")(x)
+    x = keras.layers.LayerNormalization(name="classifier_norm_2")(x)
     x = keras.layers.Dropout(head_dropout, name="classifier_dropout_2")(x)
     logits = keras.layers.Dense(n_classes, dtype="float32", name="classifier_logits")(x)
     return keras.Model(ids, logits, name="classifier")

@@ -194,6 +194,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "batch_size": Field("int", "Documents per batch.", 32, low=1),
         "head": _choice("Classifier input: concat_pool = last state, max-pool and mean-pool of the top layer; "
                         "last = last state only.", ("concat_pool", "last"), "concat_pool"),
+        "pool_embeddings": Field("bool", "Pool the frozen word vectors beside the top layer (like ELMo's "
+                                 "layer 0), so the head sees lexical features from the first step.", True),
         "head_units": Field("int", "Units of the hidden dense layer of the classifier head.", 50, low=1),
         "head_dropout": Field("float", "Dropout rate in the classifier head.", 0.3, low=0, high=1, high_open=True),
         "unfreeze": _choice("gradual = train the head first, then one more layer per stage (ULMFiT); "

@@ -391,7 +391,12 @@ def finetune(recipe: Recipe, from_run, out, force=False, callbacks=()):
     log(f"precision policy: {policy}")
     encoder = restore_encoder(pretrained, pretrained.recipe["encoder"]["dropout"])
     classifier = build_classifier(
-        encoder, len(splits.labels), settings["head"], settings["head_units"], settings["head_dropout"]
+        encoder,
+        len(splits.labels),
+        settings["head"],
+        settings["head_units"],
+        settings["head_dropout"],
+        settings["pool_embeddings"],
     )
     layer_names = recipe_layer_names(pretrained.recipe)
     multipliers = discriminative_multipliers(layer_names, settings["lr_decay"])
@@ -487,7 +492,9 @@ def reexport(run_dir, out, force=False):
     encoder = build_encoder(
         placeholder, encoder_settings["cell"], encoder_settings["layers"], encoder_settings["units"], 0.0, use_cudnn=False
     )
-    classifier = build_classifier(encoder, len(labels), settings["head"], settings["head_units"])
+    classifier = build_classifier(
+        encoder, len(labels), settings["head"], settings["head_units"], pool_embeddings=settings["pool_embeddings"]
+    )
     classifier.load_weights(run_dir / "classifier.weights.h5")
     tokenizer = Tokenizer.from_config(info["tokenizer"])
     return export_classifier(classifier, vocab, tokenizer, labels, settings["max_len"], out)
