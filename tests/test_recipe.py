@@ -88,8 +88,14 @@ def test_shipped_recipe_is_complete_and_typed(name):
             assert _python_type_ok(field.kind, value), f"{section}.{key} = {value!r}"
             assert field.check(value) == value
     assert Path(recipe.get("embeddings.path")).parent == REPO / "pretrained"
-    assert recipe.get("pretrain.corpus") == (str(REPO / "pretrained" / "corpus" / "wikitext-2-valid.txt"),)
-    assert recipe.get("finetune.test") == str(REPO / "pretrained" / "movie-reviews" / "test.csv")
+    assert recipe.get("pretrain.corpus") == (
+        str(REPO / "pretrained" / "corpus" / "wikitext-2-valid.txt"),
+        str(REPO / "pretrained" / "authors" / "train.csv"),
+    )
+    assert recipe.get("finetune.test") == str(REPO / "pretrained" / "authors" / "test.csv")
+    for key in ("embeddings.path", "finetune.train", "finetune.valid", "finetune.test", "pretrain.corpus"):
+        paths = recipe.get(key)
+        assert all(Path(p).is_file() for p in ([paths] if isinstance(paths, str) else paths)), key
 
 
 def test_default_recipe_is_loaded_without_a_name():

@@ -16,6 +16,7 @@ TensorShape([1, 3])
 """
 
 import keras
+import tensorflow as tf
 from keras import layers, ops
 
 CELLS = {"simple_rnn": layers.SimpleRNN, "lstm": layers.LSTM, "gru": layers.GRU}
@@ -104,13 +105,169 @@ def build_encoder(vectors, cell, layers, units, dropout=0.0, use_cudnn="auto"):
     return keras.Model(ids, x, name="encoder")
 
 
-def build_language_model(encoder):
-    """Encoder + a full-softmax next-token head; returns float32 logits `[batch, time, vocab]`."""
-    vocab_size = encoder.get_layer("embedding").input_dim
-    ids = keras.Input(shape=(None,), dtype="int32", name="ids")
-    hidden = encoder(ids)
-    logits = keras.layers.Dense(vocab_size, dtype="float32", name="lm_head")(hidden)
-    return keras.Model(ids, logits, name="language_model")
+OUTPUTS = ("full", "sampled", "tied")
+
+
+@keras.saving.register_keras_serializable(package="tftune")
+class TiedOutput(keras.layers.Layer):
+    """Scores hidden states against a given matrix of word vectors, plus a trained bias per word.
+
+    The matrix is passed in at call time (the encoder's frozen embedding), so this layer owns
+    only the bias.
+
+    Args:
+        vocab_size: number of words (rows of the matrix).
+
+    Example:
+
+    >>> import numpy as np
+    >>> vectors = np.eye(3, 2, dtype="float32")
+    >>> TiedOutput(3)(np.array([[[2.0, 5.0]]], "float32"), vectors).numpy().tolist()
+    [[[2.0, 5.0, 0.0]]]
+    """
+
+    def __init__(self, vocab_size, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.supports_masking = True
+
+    def build(self, inputs_shape, vectors_shape=None):
+        self.bias = self.add_weight(shape=(self.vocab_size,), initializer="zeros", name="bias")
+
+    def call(self, inputs, vectors):
+        return ops.matmul(inputs, ops.transpose(ops.cast(vectors, inputs.dtype))) + self.bias
+
+    def compute_output_shape(self, inputs_shape, vectors_shape=None):
+        return (*inputs_shape[:-1], self.vocab_size)
+
+    def get_config(self):
+        return {**super().get_config(), "vocab_size": self.vocab_size}
+
+
+class LanguageModel(keras.Model):
+    """Encoder + next-token head that can train on a sampled softmax but always evaluates on the full one.
+
+    `call` returns float32 logits over the whole vocabulary, and the model's own loss is the
+    full-softmax cross-entropy, so `evaluate`, `validation_data` and perplexity are exact
+    for every output kind. Compile with an optimizer only.
+
+    Output kinds:
+        - `"full"`: `Dense(vocab)` head (`lm_head`), full softmax in training.
+        - `"sampled"`: the same `lm_head`; training scores the true word and `num_sampled`
+          candidates drawn from a log-uniform (Zipf) distribution, which fits a vocabulary
+          sorted by frequency (`tf.nn.sampled_softmax_loss`). Metrics compiled with the
+          model are only updated in evaluation, as training produces no full logits.
+        - `"tied"`: `Dense(dim)` (`lm_projection`) maps the top layer's states to the
+          embedding space, and `lm_head` scores them against the frozen embedding matrix
+          plus a trained bias: a full softmax with `units * vocab` fewer weights.
+
+    LM batches are never padded, so no position is masked.
+
+    Args:
+        encoder: the model from `build_encoder`; its weights are shared, not copied.
+        output: `"full"`, `"sampled"` or `"tied"`.
+        num_sampled: candidates per training step for `"sampled"` (at most the vocabulary size).
+        **kwargs: passed to `keras.Model` (e.g. `name`).
+
+    Example:
+
+    >>> import numpy as np
+    >>> vectors = np.random.rand(100, 8).astype("float32")
+    >>> encoder = build_encoder(vectors, cell="lstm", layers=1, units=16)
+    >>> model = LanguageModel(encoder, output="sampled", num_sampled=20)
+    >>> model.compile(optimizer="adam")
+    >>> ids = np.random.randint(3, 100, size=(4, 11)).astype("int32")
+    >>> model.fit(ids[:, :-1], ids[:, 1:], verbose=0).history["loss"][0] > 0
+    True
+    >>> model(ids[:, :-1]).shape
+    TensorShape([4, 10, 100])
+    """
+
+    def __init__(self, encoder, output="full", num_sampled=1024, **kwargs):
+        kwargs.setdefault("name", "language_model")
+        super().__init__(**kwargs)
+        if output not in OUTPUTS:
+            raise ValueError(f"unknown output {output!r}; expected one of {OUTPUTS}")
+        embedding = encoder.get_layer("embedding")
+        self.encoder = encoder
+        self.output_kind = output
+        self.vocab_size = embedding.input_dim
+        self.num_sampled = min(num_sampled, self.vocab_size)
+        units = encoder.output.shape[-1]
+        if output == "tied":
+            self.lm_projection = layers.Dense(embedding.output_dim, name="lm_projection")
+            self.lm_projection.build((None, None, units))
+            self.lm_head = TiedOutput(self.vocab_size, dtype="float32", name="lm_head")
+            self.lm_head.build((None, None, embedding.output_dim))
+        else:
+            self.lm_projection = None
+            self.lm_head = layers.Dense(self.vocab_size, dtype="float32", name="lm_head")
+            self.lm_head.build((None, None, units))
+        self._cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def hidden_states(self, ids, training=False):
+        """The float32 vectors `[batch, time, d]` that the head scores against the output matrix."""
+        hidden = self.encoder(ids, training=training)
+        if self.lm_projection is not None:
+            hidden = self.lm_projection(hidden)
+        return ops.cast(hidden, "float32")
+
+    def call(self, ids, training=False):
+        hidden = self.hidden_states(ids, training=training)
+        if self.output_kind == "tied":
+            return self.lm_head(hidden, self.encoder.get_layer("embedding").embeddings)
+        return self.lm_head(hidden)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Full-softmax cross-entropy per token, in float32 (Keras' default `train_step`/`test_step` use it)."""
+        return self._cross_entropy(y, y_pred, sample_weight)
+
+    def sampled_loss(self, hidden, targets):
+        """Sampled-softmax cross-entropy per token, averaged: the training loss of `"sampled"`."""
+        features = ops.reshape(hidden, (-1, hidden.shape[-1]))
+        labels = ops.reshape(ops.cast(targets, "int64"), (-1, 1))
+        losses = tf.nn.sampled_softmax_loss(
+            weights=ops.transpose(self.lm_head.kernel),
+            biases=self.lm_head.bias,
+            labels=labels,
+            inputs=features,
+            num_sampled=self.num_sampled,
+            num_classes=self.vocab_size,
+            remove_accidental_hits=True,
+        )
+        return ops.mean(losses)
+
+    def train_step(self, data):
+        if self.output_kind != "sampled":
+            return super().train_step(data)
+        # Mirrors keras/src/backend/tensorflow/trainer.py, with the sampled loss in place of
+        # the full logits: loss scaling for mixed_float16 and the batch-weighted loss metric.
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if sample_weight is not None:
+            raise ValueError("sampled-softmax training takes no sample weights")
+        with tf.GradientTape() as tape:
+            loss = self.sampled_loss(self.hidden_states(x, training=True), y)
+            scaled_loss = self.optimizer.scale_loss(loss)
+        for metric in self.metrics:
+            if metric.name == "loss":
+                metric.update_state(loss, sample_weight=tf.shape(x)[0])
+        gradients = tape.gradient(scaled_loss, self.trainable_weights)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
+        return self.get_metrics_result()
+
+
+def build_language_model(encoder, output="full", num_sampled=1024):
+    """Encoder + next-token head; see `LanguageModel` for the output kinds.
+
+    Args:
+        encoder: the model from `build_encoder`.
+        output: `"full"`, `"sampled"` or `"tied"`.
+        num_sampled: candidates per training step for `"sampled"`.
+
+    Returns:
+        A `LanguageModel` whose call returns float32 logits `[batch, time, vocab]`.
+    """
+    return LanguageModel(encoder, output=output, num_sampled=num_sampled)
 
 
 @keras.saving.register_keras_serializable(package="tftune")

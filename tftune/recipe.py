@@ -180,6 +180,12 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "batch_size": Field("int", "Sequences per batch.", 64, low=1),
         "epochs": Field("int", "Passes over the corpus.", low=1),
         "learning_rate": Field("float", "Adam learning rate.", 0.003, low=0, low_open=True),
+        "output": _choice("Language-model output: full = softmax over the whole vocabulary; sampled = the same "
+                          "head trained on a sampled softmax of num_sampled words (validation always uses the "
+                          "full softmax); tied = project to the embedding size and score against the frozen "
+                          "word vectors.", ("full", "sampled", "tied"), "sampled"),
+        "num_sampled": Field("int", 'Words sampled per training step when output = "sampled" (log-uniform over '
+                             "the frequency-sorted vocabulary).", 1024, low=1),
         "seed": Field("int", "Random seed of pretraining.", 0, low=0, high=2**32 - 1),
     },
     "finetune": {

@@ -390,6 +390,8 @@ def finetune(recipe: Recipe, from_run, out, force=False, callbacks=()):
     policy = set_precision(recipe["precision"]["policy"])
     log(f"precision policy: {policy}")
     encoder = restore_encoder(pretrained, pretrained.recipe["encoder"]["dropout"])
+    for line in cudnn_report(encoder):
+        log(line)
     classifier = build_classifier(
         encoder,
         len(splits.labels),
