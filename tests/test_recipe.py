@@ -243,7 +243,7 @@ def test_to_dict_is_plain_and_sections_are_read_only():
     data = recipe.to_dict()
     assert isinstance(data["pretrain"]["corpus"], list)
     data["encoder"]["units"] = 1
-    assert recipe.get("encoder.units") == 256
+    assert recipe.get("encoder.units") == 128
     with pytest.raises(TypeError):
         recipe["encoder"]["units"] = 1
     assert Recipe(data).get("encoder.units") == 1
