@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_PRETRAIN := runs/demo-pretrain
 DEMO_FINETUNE := runs/demo-finetune
 
-.PHONY: demo test install clean
+.PHONY: demo test bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The benchmark suite (about an hour on 2 cores); results go to bench/results/, see bench/README.md.
+bench: install
+	$(BIN)/python -m bench
 
 
 clean:

@@ -58,7 +58,7 @@ def test_sampled_softmax_trains_and_validates_with_the_full_softmax(vectors, dat
     train, valid = data
     model = language_model(vectors, "sampled")
     before = model.evaluate(valid, verbose=0)
-    history = model.fit(train, validation_data=valid, epochs=3, verbose=0).history
+    history = model.fit(train, validation_data=valid, epochs=3, shuffle=False, verbose=0).history
     assert history["loss"][-1] < history["loss"][0]
     after = model.evaluate(valid, verbose=0)
     assert after < before
@@ -90,7 +90,7 @@ def test_tied_head_scores_against_the_frozen_embedding_matrix(vectors, data):
     head = model.get_layer("lm_head")
     assert [weight.path for weight in head.weights] == ["lm_head/bias"]
     assert not any(weight.path.startswith("embedding") for weight in model.trainable_weights)
-    model.fit(train, epochs=1, verbose=0)
+    model.fit(train, epochs=1, shuffle=False, verbose=0)
 
     embedding = model.encoder.get_layer("embedding").get_weights()[0]
     np.testing.assert_array_equal(embedding, vectors)  # bit for bit
@@ -111,7 +111,7 @@ def test_mixed_float16_sampled_loss_is_finite_float32(vectors, data):
         loss = model.sampled_loss(model.hidden_states(inputs, training=True), targets)
         assert loss.dtype == "float32" and np.isfinite(float(loss))
         kernel_before = model.get_layer("lm_head").get_weights()[0]
-        history = model.fit(train, epochs=2, verbose=0).history
+        history = model.fit(train, epochs=2, shuffle=False, verbose=0).history
         assert all(math.isfinite(value) for value in history["loss"])
         assert not np.array_equal(model.get_layer("lm_head").get_weights()[0], kernel_before)
         assert model(inputs).dtype == "float32"
@@ -123,7 +123,7 @@ def test_mixed_float16_sampled_loss_is_finite_float32(vectors, data):
 def test_encoder_weights_of_the_language_model_load_into_the_classifier(vectors, data, tmp_path, output):
     train, _ = data
     model = language_model(vectors, output)
-    model.fit(train.take(3), epochs=1, verbose=0)
+    model.fit(train.take(3), epochs=1, shuffle=False, verbose=0)
     model.encoder.save_weights(tmp_path / "encoder.weights.h5")
 
     encoder = build_encoder(np.zeros_like(vectors), "lstm", 1, UNITS)
@@ -132,6 +132,15 @@ def test_encoder_weights_of_the_language_model_load_into_the_classifier(vectors,
         np.testing.assert_array_equal(trained.numpy(), loaded.numpy())
     classifier = build_classifier(encoder, n_classes=3)
     assert classifier(np.array([[5, 6, 2]])).shape == (1, 3)
+
+
+@pytest.mark.parametrize("output", ["full", "sampled", "tied"])
+def test_output_bias_starts_at_the_log_unigram_probabilities(vectors, corpus_ids, output):
+    ids, vocab_size = corpus_ids
+    counts = np.bincount(ids, minlength=vocab_size)
+    model = LanguageModel(build_encoder(vectors, "lstm", 1, UNITS), output=output, unigram_counts=counts)
+    bias = model.get_layer("lm_head").get_weights()[-1]
+    np.testing.assert_allclose(np.exp(bias), (counts + 1) / (counts + 1).sum(), rtol=1e-5)
 
 
 def test_pretrain_records_the_output_kind(small_data, tmp_path):

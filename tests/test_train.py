@@ -117,3 +117,24 @@ def test_existing_output_is_kept_without_force(tiny_runs, small_data, tmp_path):
     with pytest.raises(RunError, match="--force"):
         pretrain(recipe, out)
     assert (out / "keep.txt").read_text() == "results"
+
+
+def test_a_run_being_written_cannot_be_written_by_a_second_process(small_data, tmp_path):
+    from tftune.runs import exclusive_output
+
+    out = tmp_path / "run"
+    recipe = load_recipe("gru-glove", tiny_overrides(small_data))
+    with exclusive_output(out, force=False):
+        with pytest.raises(RunError, match="another tftune process"):
+            pretrain(recipe, out)
+    assert not out.exists()
+    assert not (tmp_path / ".run.lock").exists()
+
+
+def test_non_finite_loss_stops_with_an_error_and_writes_nothing(tiny_runs, tmp_path):
+    from tftune.errors import TrainingError
+
+    recipe = tiny_runs["recipe"].with_overrides(["finetune.learning_rate=1e30", "finetune.schedule=constant"])
+    with pytest.raises(TrainingError, match="nothing was written"):
+        finetune(recipe, tiny_runs["pretrain"], tmp_path / "run")
+    assert not (tmp_path / "run").exists()

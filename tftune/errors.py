@@ -21,3 +21,9 @@ class EmbeddingsError(TftuneError):
 
 class RunError(TftuneError):
     """A run directory is missing, incomplete, locked or would be overwritten."""
+
+
+class TrainingError(TftuneError):
+    """Training diverged (non-finite loss); nothing was written."""
+
+    exit_code = 1

@@ -1,8 +1,10 @@
 """The encoder (frozen embedding + recurrent stack), the language-model head and the classifier.
 
-All three are Keras functional models built from the recipe's `encoder` section. Layer names
-are fixed (`embedding`, `rnn_1` ... `rnn_N` from the bottom up, `lm_head`, `classifier_*`) so
-that weights move between the language model, the classifier and the export by name.
+The encoder and the classifier are Keras functional models built from the recipe's `encoder`
+section; the language model is a `LanguageModel` (a `keras.Model` subclass with its own training
+step for the sampled softmax). Layer names are fixed (`embedding`, `rnn_1` ... `rnn_N` from the
+bottom up, `lm_projection`, `lm_head`, `classifier_*`) so that weights move between the
+language model, the classifier and the export by name.
 
 Example:
 
@@ -16,10 +18,13 @@ TensorShape([1, 3])
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-CELLS = {"simple_rnn": layers.SimpleRNN, "lstm": layers.LSTM, "gru": layers.GRU}
+from tftune.fast_rnn import FastGRU, FastLSTM, FastSimpleRNN
+
+CELLS = {"simple_rnn": FastSimpleRNN, "lstm": FastLSTM, "gru": FastGRU}
 
 
 def recurrent_layer_names(n_layers):
@@ -33,7 +38,8 @@ def make_recurrent_layer(cell, units, name, use_cudnn="auto"):
     Keras' defaults already match cuDNN's conditions (tanh / sigmoid, `recurrent_dropout=0`,
     `unroll=False`, `use_bias=True`); GRU also needs `reset_after=True`. Masks are
     right-padded by construction of the input pipeline. `use_cudnn=False` forces the portable
-    kernel, as used for export.
+    kernel, as used for export. The layers are `tftune.fast_rnn`'s subclasses of the Keras
+    layers: the same weights and files, with a faster kernel wherever cuDNN is not used.
     """
     if cell not in CELLS:
         raise ValueError(f"unknown cell {cell!r}; expected one of {sorted(CELLS)}")
@@ -159,14 +165,21 @@ class LanguageModel(keras.Model):
           model are only updated in evaluation, as training produces no full logits.
         - `"tied"`: `Dense(dim)` (`lm_projection`) maps the top layer's states to the
           embedding space, and `lm_head` scores them against the frozen embedding matrix
-          plus a trained bias: a full softmax with `units * vocab` fewer weights.
+          plus a trained bias: a full softmax that trains `units * dim` weights instead of
+          `units * vocab`.
 
-    LM batches are never padded, so no position is masked.
+    Logits and losses are float32 under mixed precision too. The sampled loss ignores the
+    padding mask: LM batches (`lm_dataset`) are never padded.
 
     Args:
         encoder: the model from `build_encoder`; its weights are shared, not copied.
         output: `"full"`, `"sampled"` or `"tied"`.
         num_sampled: candidates per training step for `"sampled"` (at most the vocabulary size).
+        unigram_counts: optional count of every id in the training corpus. The output bias then
+            starts at the log unigram probabilities (add-one smoothed), so training starts from a
+            unigram model instead of a uniform one. Needed with `"sampled"`: rare words are
+            seldom sampled, so without it their logits stay high for long and the full-softmax
+            perplexity lags far behind.
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -183,7 +196,7 @@ class LanguageModel(keras.Model):
     TensorShape([4, 10, 100])
     """
 
-    def __init__(self, encoder, output="full", num_sampled=1024, **kwargs):
+    def __init__(self, encoder, output="full", num_sampled=1024, unigram_counts=None, **kwargs):
         kwargs.setdefault("name", "language_model")
         super().__init__(**kwargs)
         if output not in OUTPUTS:
@@ -203,6 +216,9 @@ class LanguageModel(keras.Model):
             self.lm_projection = None
             self.lm_head = layers.Dense(self.vocab_size, dtype="float32", name="lm_head")
             self.lm_head.build((None, None, units))
+        if unigram_counts is not None:
+            counts = np.asarray(unigram_counts, dtype="float64") + 1.0
+            self.lm_head.bias.assign(np.log(counts / counts.sum()).astype("float32"))
         self._cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     def hidden_states(self, ids, training=False):
@@ -256,18 +272,20 @@ class LanguageModel(keras.Model):
         return self.get_metrics_result()
 
 
-def build_language_model(encoder, output="full", num_sampled=1024):
+def build_language_model(encoder, output="full", num_sampled=1024, unigram_counts=None):
     """Encoder + next-token head; see `LanguageModel` for the output kinds.
 
     Args:
         encoder: the model from `build_encoder`.
         output: `"full"`, `"sampled"` or `"tied"`.
         num_sampled: candidates per training step for `"sampled"`.
+        unigram_counts: optional count of every id in the training corpus, to start the
+            output bias at the log unigram probabilities.
 
     Returns:
         A `LanguageModel` whose call returns float32 logits `[batch, time, vocab]`.
     """
-    return LanguageModel(encoder, output=output, num_sampled=num_sampled)
+    return LanguageModel(encoder, output=output, num_sampled=num_sampled, unigram_counts=unigram_counts)
 
 
 @keras.saving.register_keras_serializable(package="tftune")

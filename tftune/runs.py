@@ -11,6 +11,10 @@ Example:
 ...     run.write_json("metrics.json", {"valid": {"perplexity": 123.4}})
 """
 
+import contextlib
+import fcntl
+import functools
+import inspect
 import json
 import os
 import shutil
@@ -29,6 +33,42 @@ def check_writable_target(out, force):
         raise RunError(f"{out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise RunError(f"{out}: exists and is not empty; choose another --out or pass --force to replace it")
+
+
+@contextlib.contextmanager
+def exclusive_output(out, force):
+    """Holds a lock beside `out` for the whole run, so two processes never write the same run.
+
+    The lock file (`.NAME.lock` in the parent directory) is an advisory `flock`: the operating
+    system releases it when the process dies, so a crashed run never leaves a stale lock.
+    """
+    out = Path(out)
+    check_writable_target(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = out.with_name(f".{out.name}.lock")
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"{out}: another tftune process is writing this run (lock {lock_path})") from None
+        try:
+            yield out
+        finally:
+            lock_path.unlink(missing_ok=True)
+
+
+def holds_output_lock(train_function):
+    """Runs `train_function` under `exclusive_output` for its `out` and `force` arguments."""
+    signature = inspect.signature(train_function)
+
+    @functools.wraps(train_function)
+    def locked(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        with exclusive_output(bound.arguments["out"], bound.arguments["force"]):
+            return train_function(*args, **kwargs)
+
+    return locked
 
 
 def replace_directory(staging, out):

@@ -29,7 +29,7 @@ import tensorflow as tf
 from tftune import __version__
 from tftune.data import classification_dataset, count_batches, lm_dataset, read_corpus, read_labeled, truncate
 from tftune.embeddings import align, load_vectors
-from tftune.errors import DataError, RunError
+from tftune.errors import DataError, RunError, TrainingError
 from tftune.export import export_classifier
 from tftune.metrics import classification_metrics
 from tftune.models import (
@@ -40,7 +40,7 @@ from tftune.models import (
     recurrent_layer_names,
 )
 from tftune.recipe import Recipe
-from tftune.runs import RunDirectory, check_writable_target, read_run_info
+from tftune.runs import RunDirectory, holds_output_lock, read_run_info
 from tftune.schedules import (
     DiscriminativeAdam,
     SlantedTriangular,
@@ -110,6 +110,21 @@ class Throughput(keras.callbacks.Callback):
         return self.steps * self.tokens_per_step / self.seconds if self.seconds else None
 
 
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops at the first non-finite training loss with an error instead of a ruined model."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingError(
+                f"training loss became {float(loss)} at epoch {self.epoch + 1}, step {batch + 1}; "
+                "nothing was written (try a lower learning rate, or precision.policy=float32)"
+            )
+
+
 class StageHistory(keras.callbacks.Callback):
     """Collects per-epoch logs across several `fit` calls, tagged with the unfreezing stage."""
 
@@ -149,6 +164,7 @@ def _align_vectors(recipe, vocab, vectors, counts):
     return matrix, coverage
 
 
+@holds_output_lock
 def pretrain(recipe: Recipe, out, force=False, callbacks=()):
     """Trains the encoder as a next-token language model and writes a pretrain run.
 
@@ -162,7 +178,6 @@ def pretrain(recipe: Recipe, out, force=False, callbacks=()):
     Returns:
         The metrics written to `metrics.json`.
     """
-    check_writable_target(out, force)
     started = time.time()
     settings = recipe["pretrain"]
     keras.utils.set_random_seed(settings["seed"])
@@ -193,14 +208,17 @@ def pretrain(recipe: Recipe, out, force=False, callbacks=()):
         encoder_settings["units"],
         encoder_settings["dropout"],
     )
-    language_model = build_language_model(encoder)
+    language_model = build_language_model(
+        encoder,
+        settings["output"],
+        settings["num_sampled"],
+        unigram_counts=np.bincount(train_ids, minlength=len(vocab)),
+    )
     log(f"precision policy: {policy}")
     for line in cudnn_report(encoder):
         log(line)
-    language_model.compile(
-        optimizer=keras.optimizers.Adam(settings["learning_rate"], global_clipnorm=1.0),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
+    # The model owns its loss: sampled or full softmax in training, always the full one in evaluation.
+    language_model.compile(optimizer=keras.optimizers.Adam(settings["learning_rate"], global_clipnorm=1.0))
     throughput = Throughput(seq_len * batch_size)
     history = StageHistory()
     language_model.fit(
@@ -220,6 +238,7 @@ def pretrain(recipe: Recipe, out, force=False, callbacks=()):
         "train_tokens_per_second": throughput.tokens_per_second,
         "coverage": dataclasses.asdict(coverage),
         "precision_policy": policy,
+        "output": settings["output"],
         "wall_seconds": round(time.time() - started, 1),
     }
     log(f"validation perplexity {metrics['valid']['perplexity']:.1f}")
@@ -344,6 +363,7 @@ def predict_dataset(model, dataset):
     return np.concatenate(true), np.concatenate(predicted)
 
 
+@holds_output_lock
 def finetune(recipe: Recipe, from_run, out, force=False, callbacks=()):
     """Fine-tunes a pretrained encoder as a classifier with gradual unfreezing, then exports it.
 
@@ -363,7 +383,6 @@ def finetune(recipe: Recipe, from_run, out, force=False, callbacks=()):
     Returns:
         The metrics written to `metrics.json`.
     """
-    check_writable_target(out, force)
     started = time.time()
     pretrained = load_pretrain_run(from_run)
     check_encoder_matches(recipe, pretrained)
@@ -435,7 +454,7 @@ def finetune(recipe: Recipe, from_run, out, force=False, callbacks=()):
             validation_data=valid_data,
             initial_epoch=epochs_done,
             epochs=epochs_done + stage.epochs,
-            callbacks=[history, *callbacks],
+            callbacks=[history, StopOnNonFiniteLoss(), *callbacks],
             shuffle=False,
             verbose=fit_verbosity(),
         )

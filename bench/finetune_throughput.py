@@ -1,0 +1,253 @@
+"""Classifier training: tftune's length-bucketed batches against batches padded to `max_len`.
+
+The same tftune classifier (the recipe's encoder and head, default `lstm-glove`: 2 × 128 LSTM
+units, concat pooling over the states and the word vectors; the shipped 50-d GloVe vectors
+aligned to a vocabulary built from the task's training text) trains on two input pipelines
+of the same truncated ids:
+
+- **bucketed**: `tftune.data.classification_dataset` (batches of similar lengths, each padded
+  to its longest document) — what `tftune finetune` uses;
+- **padded** (the plain baseline): `tf.data` `padded_batch` of every document to `max_len`.
+
+For each, one short warm-up fit traces the model, then one timed epoch gives examples/s; the
+share of real (non-pad) tokens is counted over one epoch of batches. Tasks: SST-2 and TREC-6
+from `../shared/data` (skipped with a message when absent) and the shipped authors task, each
+on its training split. The ratio is bucketed / padded examples/s.
+
+Example:
+
+```sh
+python -m bench.finetune_throughput --max-examples 2000
+```
+"""
+
+import time
+
+from bench import common
+
+NAME = "finetune_throughput"
+TASKS = ("sst2", "trec6", "authors")
+SMOKE = {"examples": 96, "layers": 1, "units": 16, "max_len": 60, "batch_size": 16, "warmup_steps": 2}
+WARMUP_STEPS = 5
+
+
+def add_arguments(parser):
+    parser.add_argument("--recipe", default="lstm-glove", help="recipe whose encoder, head and max_len are used")
+    parser.add_argument("--max-examples", type=int, default=None,
+                        help="use at most this many training examples per task [default: all]")
+
+
+# === Tasks ===
+
+
+def _read_prefixed_lines(path, encoding, label_of):
+    texts, labels = [], []
+    for line in path.read_text(encoding=encoding).splitlines():
+        if line.strip():
+            first, text = line.split(" ", 1)
+            texts.append(text)
+            labels.append(label_of(first))
+    return texts, labels
+
+
+def load_task(name):
+    """`(texts, labels, source)` of a task's training split, or a string saying why it is skipped."""
+    from tftune.data import read_labeled
+
+    if name == "authors":
+        path = common.AUTHORS / "train.csv"
+        return (*read_labeled(path), common.display_path(path))
+    if name == "sst2":
+        # `label sentence` per line; 0 = negative, 1 = positive.
+        path = common.SHARED_DATA / "sst" / "stsa.binary.train"
+        label_of, encoding = str, "utf-8"
+    else:
+        # `COARSE:fine question ...`; one byte of the training file is not UTF-8.
+        path = common.SHARED_DATA / "trec6" / "train_5500.label"
+        label_of, encoding = (lambda field: field.split(":", 1)[0]), "latin-1"
+    if not path.is_file():
+        return f"{common.display_path(path)} not found"
+    return (*_read_prefixed_lines(path, encoding, label_of), common.display_path(path))
+
+
+# === Pipelines ===
+
+
+def padded_dataset(id_lists, labels, batch_size, max_len, seed=0):
+    """The plain baseline: every document padded with 0 to `max_len`, shuffled like tftune's."""
+    import numpy as np
+    import tensorflow as tf
+
+    lengths = np.asarray([len(ids) for ids in id_lists], dtype="int64")
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    flat_ids = tf.constant(np.concatenate(id_lists).astype("int32"))
+    dataset = tf.data.Dataset.from_tensor_slices((starts, lengths, np.asarray(labels, dtype="int32")))
+    dataset = dataset.shuffle(len(id_lists), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.map(lambda start, length, label: (flat_ids[start : start + length], label))
+    return dataset.padded_batch(batch_size, padded_shapes=([max_len], [])).prefetch(tf.data.AUTOTUNE)
+
+
+def count_tokens(dataset):
+    """Real (non-pad) tokens, all token slots and batches in one epoch of a dataset."""
+    import numpy as np
+
+    real = slots = batches = 0
+    for ids, _ in dataset:
+        ids = ids.numpy()
+        real += int(np.count_nonzero(ids))
+        slots += ids.size
+        batches += 1
+    return real, slots, batches
+
+
+def time_training(build, dataset, n_examples, warmup_steps):
+    """Examples/s of one epoch of `fit`, after a warm-up fit that traces the model."""
+    model = build()
+    model.fit(dataset.take(warmup_steps), epochs=1, verbose=0)
+    started = time.perf_counter()
+    model.fit(dataset, epochs=1, verbose=0)
+    seconds = time.perf_counter() - started
+    return {"epoch_seconds": round(seconds, 2), "examples_per_second": n_examples / seconds}
+
+
+def measure_task(name, recipe, vectors, sizes, max_examples):
+    import keras
+    import numpy as np
+
+    from tftune.data import classification_dataset, truncate
+    from tftune.embeddings import align
+    from tftune.models import build_classifier, build_encoder
+    from tftune.text import Tokenizer, Vocabulary
+
+    loaded = load_task(name)
+    if isinstance(loaded, str):
+        common.log(f"{NAME}: skipping {name}: {loaded}")
+        return {"skipped": loaded}
+    texts, labels, source = loaded
+    texts, labels = texts[:max_examples], labels[:max_examples]
+    label_index = {label: i for i, label in enumerate(sorted(set(labels)))}
+    targets = [label_index[label] for label in labels]
+
+    tokenizer = Tokenizer(lowercase=recipe["embeddings"]["lowercase"])
+    vocab = Vocabulary.build([tokenizer.tokenize(text) for text in texts], recipe["vocab"]["max_size"],
+                             recipe["vocab"]["min_freq"])
+    matrix, _ = align(vocab, vectors, seed=recipe["finetune"]["seed"])
+    max_len, batch_size = sizes["max_len"], sizes["batch_size"]
+    ids = truncate(vocab.encode(texts, tokenizer), max_len)
+    encoder_settings, head = recipe["encoder"], recipe["finetune"]
+
+    def build():
+        keras.utils.set_random_seed(head["seed"])
+        encoder = build_encoder(matrix, encoder_settings["cell"], sizes["layers"], sizes["units"],
+                                encoder_settings["dropout"])
+        model = build_classifier(encoder, len(label_index), head["head"], head["head_units"], head["head_dropout"],
+                                 head["pool_embeddings"])
+        model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return model
+
+    pipelines = {
+        "bucketed": classification_dataset(ids, targets, batch_size, shuffle=True, seed=head["seed"]),
+        "padded": padded_dataset(ids, targets, batch_size, max_len, seed=head["seed"]),
+    }
+    result = {
+        "source": source,
+        "examples": len(texts),
+        "classes": len(label_index),
+        "mean_tokens": round(float(np.mean([len(x) for x in ids])), 1),
+        "longest": max(len(x) for x in ids),
+    }
+    for pipeline, dataset in pipelines.items():
+        common.log(f"{NAME}: {name} / {pipeline}: {len(texts):,} examples")
+        real, slots, batches = count_tokens(dataset)
+        result[pipeline] = {
+            **time_training(build, dataset, len(texts), sizes["warmup_steps"]),
+            "real_token_share": round(real / slots, 4),
+            "mean_batch_length": round(slots / len(texts), 1),
+            "batches": batches,
+        }
+    result["ratios"] = {
+        "examples_per_second": common.ratio(result["bucketed"]["examples_per_second"],
+                                            result["padded"]["examples_per_second"]),
+        "real_token_share": common.ratio(result["bucketed"]["real_token_share"], result["padded"]["real_token_share"]),
+    }
+    return result
+
+
+def measure(args):
+    import keras
+
+    from tftune.embeddings import load_vectors
+    from tftune.recipe import load_recipe
+
+    keras.mixed_precision.set_global_policy("float32")
+    recipe = load_recipe(args.recipe)
+    finetune = recipe["finetune"]
+    if args.smoke:
+        sizes = SMOKE
+    else:
+        sizes = {"examples": None, "layers": recipe["encoder"]["layers"], "units": recipe["encoder"]["units"],
+                 "max_len": finetune["max_len"], "batch_size": finetune["batch_size"], "warmup_steps": WARMUP_STEPS}
+    max_examples = args.max_examples or sizes["examples"]
+    vectors = load_vectors(common.SHIPPED_GLOVE, "glove")
+    tasks = {name: measure_task(name, recipe, vectors, sizes, max_examples) for name in TASKS}
+    config = {key: value for key, value in sizes.items() if key != "examples"}
+    return {
+        "config": {
+            "recipe": args.recipe,
+            "cell": recipe["encoder"]["cell"],
+            "head": finetune["head"],
+            "pool_embeddings": finetune["pool_embeddings"],
+            "max_examples": max_examples,
+            **config,
+        },
+        "tasks": tasks,
+    }
+
+
+def summary(result):
+    parts = []
+    for name, task in result["tasks"].items():
+        if "skipped" in task:
+            parts.append(f"{name} skipped ({task['skipped']})")
+            continue
+        parts.append(
+            f"{name} {task['ratios']['examples_per_second']:.2f}x examples/s "
+            f"({task['bucketed']['examples_per_second']:,.0f} vs {task['padded']['examples_per_second']:,.0f}), "
+            f"real tokens {task['bucketed']['real_token_share']:.0%} vs {task['padded']['real_token_share']:.0%}"
+        )
+    return f"{NAME} (bucketed vs padded to max_len {result['config']['max_len']}): " + "; ".join(parts)
+
+
+def markdown(result):
+    config = result["config"]
+    lines = [
+        "### Classifier training (`python -m bench.finetune_throughput`)",
+        "",
+        f"Recipe `{config['recipe']}` classifier ({config['layers']} × {config['units']} {config['cell']} units, "
+        f"{config['head']} head, pooled word vectors {'on' if config['pool_embeddings'] else 'off'}), batch "
+        f"{config['batch_size']}, documents cut to {config['max_len']} tokens; one timed epoch after "
+        f"{config['warmup_steps']} warm-up steps.",
+        "",
+        "| task | examples | mean tokens | bucketed examples/s | padded examples/s | ratio | "
+        "bucketed real tokens | padded real tokens |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, task in result["tasks"].items():
+        if "skipped" in task:
+            lines.append(f"| {name} | skipped: {task['skipped']} | | | | | | |")
+            continue
+        bucketed, padded = task["bucketed"], task["padded"]
+        lines.append(
+            f"| {name} | {task['examples']:,} | {task['mean_tokens']:g} | {bucketed['examples_per_second']:,.0f} | "
+            f"{padded['examples_per_second']:,.0f} | {task['ratios']['examples_per_second']:.2f}× | "
+            f"{bucketed['real_token_share']:.1%} | {padded['real_token_share']:.1%} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    return common.main(NAME, "Bucketed vs padded classifier training.", measure, summary, add_arguments, argv=argv)
+
+
+if __name__ == "__main__":
+    main()

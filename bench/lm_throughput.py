@@ -1,0 +1,325 @@
+"""Language-model pretraining: tftune's `pretrain` against a plain Keras LM on the same data.
+
+For each cell (LSTM, GRU, SimpleRNN) two fresh processes train for the same wall-clock budget:
+
+- **tftune**: `tftune.train.pretrain` with a recipe (default `lstm-glove`) and overrides that fix
+  the shared configuration; tokens/s is `train_tokens_per_second` from its returned metrics.
+- **Keras**: a plain model built here, `Embedding(V, dim)` (frozen, the same aligned vectors) →
+  2 × `LSTM/GRU/SimpleRNN(units, return_sequences=True)` → `Dense(V, softmax)`, trained with
+  `model.fit` on the same windows of the same corpus ids, with Adam at the recipe's learning rate.
+
+Shared configuration: sequence length 70, batch 64, 256 units, 2 layers, a vocabulary of at
+most 20,000 words built by tftune's tokenizer from the training split, the shipped 50-d GloVe
+vectors (the baseline of the original report used 100-d vectors; only 50-d ones ship here), no
+dropout (tftune's recipes use 0.2; `--set encoder.dropout=0.2` restores it) and float32. Data:
+`../shared/data/ptb/` (train, with valid held out) beside the checkout when present, else the
+shipped WikiText-2 paragraphs with 5% held out.
+
+Both stop at `--budget-seconds` through a Keras callback (validation at the end of an epoch
+inside the budget counts against it); the validation perplexity is then measured with the full
+softmax over the same held-out windows. Each process reports its peak RSS. Ratios are
+tftune / Keras: above 1 is faster for tokens/s, below 1 is better for perplexity.
+
+Example:
+
+```sh
+python -m bench.lm_throughput --budget-seconds 120 --cells lstm
+```
+"""
+
+import json
+import math
+import tempfile
+from pathlib import Path
+
+from bench import common
+
+NAME = "lm_throughput"
+CELLS = ("lstm", "gru", "simple_rnn")
+FULL = {"seq_len": 70, "batch_size": 64, "units": 256, "layers": 2, "vocab_max_size": 20000}
+SMOKE = {"seq_len": 20, "batch_size": 16, "units": 16, "layers": 1, "vocab_max_size": 2000}
+SMOKE_CORPUS_LINES = 300
+SMOKE_BUDGET_SECONDS = 3.0
+# Large enough that the wall-clock budget, not the epoch count, ends training.
+MANY_EPOCHS = 100_000
+
+
+def add_arguments(parser):
+    parser.add_argument("--budget-seconds", type=float, default=None,
+                        help="training time of every model [default: 300; 3 with --smoke]")
+    parser.add_argument("--cells", default=None,
+                        help="comma-separated cells [default: lstm,gru,simple_rnn; lstm with --smoke]")
+    parser.add_argument("--recipe", default="lstm-glove", help="tftune recipe the tftune side starts from")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="extra tftune recipe override, applied last (repeatable)")
+
+
+# === Data ===
+
+
+def _count_documents(path):
+    from tftune.data import read_corpus
+
+    return len(read_corpus([path]))
+
+
+def choose_corpus(smoke, tmp):
+    """(label, corpus files, valid_fraction) such that tftune's split holds out the right documents."""
+    ptb = common.SHARED_DATA / "ptb"
+    if smoke:
+        lines = common.SHIPPED_CORPUS.read_text(encoding="utf-8").splitlines()[:SMOKE_CORPUS_LINES]
+        path = Path(tmp) / "corpus.txt"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return "wikitext-2-valid (first 300 paragraphs)", [path], 0.05
+    if (ptb / "ptb.train.txt").is_file() and (ptb / "ptb.valid.txt").is_file():
+        files = [ptb / "ptb.train.txt", ptb / "ptb.valid.txt"]
+        n_train, n_valid = (_count_documents(path) for path in files)
+        # tftune holds out the last round(n * valid_fraction) documents: exactly ptb.valid.txt.
+        return "ptb (train; valid held out)", files, n_valid / (n_train + n_valid)
+    return "wikitext-2-valid (shipped; 5% held out)", [common.SHIPPED_CORPUS], 0.05
+
+
+# === Workers ===
+
+
+def _work_tftune(spec):
+    from tftune.recipe import load_recipe
+    from tftune.text import Vocabulary
+    from tftune.train import pretrain
+
+    from bench.callbacks import WallClockBudget
+
+    recipe = load_recipe(spec["recipe"], spec["recipe_overrides"])
+    budget = WallClockBudget(spec["budget_seconds"])
+    metrics = pretrain(recipe, spec["run_dir"], callbacks=[budget])
+    settings = recipe["pretrain"]
+    windows = (metrics["train_tokens"] - 1) // settings["seq_len"]
+    return {
+        "tokens_per_second": metrics["train_tokens_per_second"],
+        "valid_perplexity": metrics["valid"]["perplexity"],
+        "lm_output": metrics.get("output", "full"),
+        "steps": budget.steps,
+        "epochs": round(budget.steps / math.ceil(windows / settings["batch_size"]), 2),
+        "train_seconds": round(budget.elapsed, 1),
+        "vocab_size": metrics["vocab_size"],
+        "train_tokens": metrics["train_tokens"],
+        "valid_tokens": metrics["valid_tokens"],
+        "vocab_fingerprint": Vocabulary.load(Path(spec["run_dir"]) / "vocab.txt").fingerprint(),
+    }
+
+
+def _work_keras(spec):
+    import keras
+    import numpy as np
+
+    from tftune.data import lm_windows, read_corpus
+    from tftune.embeddings import align, load_vectors
+    from tftune.text import Tokenizer, Vocabulary
+    from tftune.train import split_documents
+
+    from bench.callbacks import StepTimer, WallClockBudget
+
+    s = spec["settings"]
+    keras.utils.set_random_seed(s["seed"])
+    keras.mixed_precision.set_global_policy("float32")
+    # The same documents, split, vocabulary, ids and vectors as tftune's pretrain builds.
+    train_docs, valid_docs = split_documents(read_corpus(spec["corpus"]), spec["valid_fraction"])
+    vectors = load_vectors(spec["vectors"], spec.get("vectors_format", "glove"))
+    tokenizer = Tokenizer(lowercase=s["lowercase"])
+    vocab = Vocabulary.build([tokenizer.tokenize(doc) for doc in train_docs], s["vocab_max_size"], s["min_freq"])
+    matrix, _ = align(vocab, vectors, oov=s["oov"], seed=s["seed"])
+    train_ids = np.concatenate(vocab.encode(train_docs, tokenizer)).astype("int32")
+    valid_ids = np.concatenate(vocab.encode(valid_docs, tokenizer)).astype("int32")
+    x, y = lm_windows(train_ids, s["seq_len"])
+    valid_x, valid_y = lm_windows(valid_ids, s["seq_len"])
+
+    recurrent = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU, "simple_rnn": keras.layers.SimpleRNN}[spec["cell"]]
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(s["seq_len"],), dtype="int32"),
+            keras.layers.Embedding(
+                len(vocab), matrix.shape[1], embeddings_initializer=keras.initializers.Constant(matrix), trainable=False
+            ),
+            *[recurrent(s["units"], return_sequences=True) for _ in range(s["layers"])],
+            keras.layers.Dense(len(vocab), activation="softmax"),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(s["learning_rate"]), loss="sparse_categorical_crossentropy")
+    budget, timer = WallClockBudget(spec["budget_seconds"]), StepTimer()
+    model.fit(
+        x,
+        y,
+        batch_size=s["batch_size"],
+        epochs=MANY_EPOCHS,
+        validation_data=(valid_x, valid_y),
+        shuffle=True,
+        callbacks=[timer, budget],
+        verbose=2,
+    )
+    valid_loss = float(model.evaluate(valid_x, valid_y, batch_size=s["batch_size"], verbose=0))
+    tokens_per_step = s["batch_size"] * s["seq_len"]
+    return {
+        "tokens_per_second": timer.steps_per_second * tokens_per_step if timer.steps_per_second else None,
+        "valid_perplexity": math.exp(min(valid_loss, 700.0)),
+        "steps": budget.steps,
+        "epochs": round(budget.steps / math.ceil(len(x) / s["batch_size"]), 2),
+        "train_seconds": round(budget.elapsed, 1),
+        "vocab_size": len(vocab),
+        "train_tokens": int(len(train_ids)),
+        "valid_tokens": int(len(valid_ids)),
+        "vocab_fingerprint": vocab.fingerprint(),
+    }
+
+
+def work(spec):
+    return {"tftune": _work_tftune, "keras": _work_keras}[spec["impl"]](spec)
+
+
+# === The benchmark ===
+
+
+def measure(args):
+    from tftune.recipe import load_recipe
+
+    sizes = SMOKE if args.smoke else FULL
+    budget_seconds = args.budget_seconds or (SMOKE_BUDGET_SECONDS if args.smoke else 300.0)
+    cells = (args.cells or ("lstm" if args.smoke else ",".join(CELLS))).split(",")
+    unknown = sorted(set(cells) - set(CELLS))
+    if unknown:
+        raise SystemExit(f"error: unknown cell(s) {', '.join(unknown)}; expected {', '.join(CELLS)}")
+
+    with tempfile.TemporaryDirectory(prefix="tftune-bench-lm-") as tmp:
+        corpus_label, corpus, valid_fraction = choose_corpus(args.smoke, tmp)
+        fixed = [
+            f"embeddings.path={json.dumps(str(common.SHIPPED_GLOVE))}",
+            "embeddings.format=glove",
+            f"pretrain.corpus={json.dumps([str(path) for path in corpus])}",
+            f"pretrain.valid_fraction={valid_fraction!r}",
+            f"encoder.units={sizes['units']}",
+            f"encoder.layers={sizes['layers']}",
+            "encoder.dropout=0.0",
+            f"vocab.max_size={sizes['vocab_max_size']}",
+            f"pretrain.seq_len={sizes['seq_len']}",
+            f"pretrain.batch_size={sizes['batch_size']}",
+            f"pretrain.epochs={MANY_EPOCHS}",
+            "precision.policy=float32",
+        ]
+        recipe = load_recipe(args.recipe, fixed + args.overrides)
+        # The Keras side follows whatever the recipe ends up with, --set included.
+        settings = {
+            "seq_len": recipe["pretrain"]["seq_len"],
+            "batch_size": recipe["pretrain"]["batch_size"],
+            "units": recipe["encoder"]["units"],
+            "layers": recipe["encoder"]["layers"],
+            "vocab_max_size": recipe["vocab"]["max_size"],
+            "learning_rate": recipe["pretrain"]["learning_rate"],
+            "min_freq": recipe["vocab"]["min_freq"],
+            "lowercase": recipe["embeddings"]["lowercase"],
+            "oov": recipe["embeddings"]["oov"],
+            "seed": recipe["pretrain"]["seed"],
+        }
+        shared = {
+            "corpus": [str(path) for path in corpus],
+            "valid_fraction": valid_fraction,
+            "vectors": recipe["embeddings"]["path"],
+            "vectors_format": recipe["embeddings"]["format"],
+            "budget_seconds": budget_seconds,
+            "settings": settings,
+        }
+        results = {}
+        for cell in cells:
+            runs = {}
+            for impl in ("keras", "tftune"):
+                common.log(f"{NAME}: {cell} / {impl}, {budget_seconds:g} s budget")
+                runs[impl] = common.run_worker(
+                    f"bench.{NAME}",
+                    {
+                        **shared,
+                        "name": f"{cell}/{impl}",
+                        "impl": impl,
+                        "cell": cell,
+                        "recipe": args.recipe,
+                        "recipe_overrides": fixed + [f"encoder.cell={cell}"] + args.overrides,
+                        "run_dir": str(Path(tmp) / f"{cell}-pretrain"),
+                    },
+                )
+            tftune_run, keras_run = runs["tftune"], runs["keras"]
+            results[cell] = {
+                **runs,
+                "same_vocabulary": tftune_run.pop("vocab_fingerprint") == keras_run.pop("vocab_fingerprint"),
+                "ratios": {
+                    key: common.ratio(tftune_run[key], keras_run[key])
+                    for key in ("tokens_per_second", "valid_perplexity", "peak_rss_mb")
+                },
+            }
+    return {
+        "config": {
+            "corpus": corpus_label,
+            "corpus_files": [common.display_path(path) for path in corpus],
+            "vectors": f"{common.display_path(recipe['embeddings']['path'])} (the original report used 100-d GloVe)",
+            **settings,
+            "budget_seconds": budget_seconds,
+            "tftune_recipe": args.recipe,
+            "tftune_overrides": args.overrides,
+            "tftune_dropout": recipe["encoder"]["dropout"],
+            "tftune_lm_output": recipe["pretrain"]["output"],
+            "tftune_num_sampled": recipe["pretrain"]["num_sampled"],
+        },
+        "cells": results,
+    }
+
+
+def _number(value, digits=0):
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def summary(result):
+    parts = []
+    for cell, runs in result["cells"].items():
+        tftune_run, keras_run, ratios = runs["tftune"], runs["keras"], runs["ratios"]
+        parts.append(
+            f"{cell} {_number(ratios['tokens_per_second'], 2)}x tokens/s "
+            f"({_number(tftune_run['tokens_per_second'])} vs {_number(keras_run['tokens_per_second'])}), "
+            f"perplexity {_number(tftune_run['valid_perplexity'], 1)} vs {_number(keras_run['valid_perplexity'], 1)}"
+        )
+    config = result["config"]
+    return f"{NAME} (tftune vs Keras, {config['corpus']}, {config['budget_seconds']:g} s each): " + "; ".join(parts)
+
+
+def markdown(result):
+    config = result["config"]
+    any_run = next(iter(result["cells"].values()))["keras"]
+    output = config["tftune_lm_output"]
+    if output == "sampled":
+        output += f" softmax of {config['tftune_num_sampled']:,} words"
+    lines = [
+        "### Language-model pretraining (`python -m bench.lm_throughput`)",
+        "",
+        f"Corpus {config['corpus']}: {any_run['train_tokens']:,} training / {any_run['valid_tokens']:,} validation "
+        f"tokens, vocabulary {any_run['vocab_size']:,}; {config['vectors']}; sequence {config['seq_len']}, "
+        f"batch {config['batch_size']}, {config['layers']} × {config['units']} units; "
+        f"{config['budget_seconds']:g} s of training each. tftune: recipe `{config['tftune_recipe']}`, "
+        f"LM output: {output}, dropout {config['tftune_dropout']:g}. Keras: full softmax. "
+        "Perplexity: validation, full softmax, after the budget.",
+        "",
+        "| cell | tftune tokens/s | Keras tokens/s | ratio | tftune perplexity | Keras perplexity | "
+        "tftune steps | Keras steps | tftune peak RSS (MiB) | Keras peak RSS (MiB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for cell, runs in result["cells"].items():
+        t, k = runs["tftune"], runs["keras"]
+        lines.append(
+            f"| {cell} | {_number(t['tokens_per_second'])} | {_number(k['tokens_per_second'])} | "
+            f"{_number(runs['ratios']['tokens_per_second'], 2)}× | {_number(t['valid_perplexity'], 1)} | "
+            f"{_number(k['valid_perplexity'], 1)} | {t['steps']:,} | {k['steps']:,} | "
+            f"{_number(t['peak_rss_mb'])} | {_number(k['peak_rss_mb'])} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    return common.main(NAME, "tftune LM pretraining vs a plain Keras LM.", measure, summary, add_arguments, work, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Training throughput of a 2-layer recurrent stack: plain Keras layers vs `tftune.fast_rnn`.
+
+Times one forward + backward pass (gradients w.r.t. the inputs and all weights) of two stacked
+`return_sequences=True` layers, for LSTM, GRU and SimpleRNN, with the same weights in both
+implementations, on a right-padded mask like the training batches (`--no-mask` to drop it).
+The default shape is the issue's: 256 units on 100-d inputs, batch 64, 70 steps.
+
+Repetitions are interleaved across the configurations so that load from other processes
+spreads evenly over them. Each configuration reports its median step time, its fastest step
+and the process CPU time per step (the steadier figure on a busy machine). FLOP per token counts
+the matmuls only: `2 * gates * units * (input_dim + units)` per layer forward (4 gates for LSTM,
+3 for GRU, 1 for SimpleRNN), times 3 for forward + backward.
+
+Example:
+
+```sh
+python -m bench.rnn_stack                   # all three cells, about a minute and a half on 2 cores
+python -m bench.rnn_stack --cells lstm      # one cell, under a minute
+python -m bench.rnn_stack --smoke           # tiny shapes, a few seconds
+```
+"""
+
+import statistics
+import time
+
+from bench import common
+
+NAME = "rnn_stack"
+GATES = {"lstm": 4, "gru": 3, "simple_rnn": 1}
+IMPLEMENTATIONS = ("keras", "fast")
+
+
+def add_arguments(parser):
+    parser.add_argument("--cells", nargs="+", choices=sorted(GATES), default=["lstm", "gru", "simple_rnn"])
+    parser.add_argument("--no-mask", dest="mask", action="store_false", help="run without a padding mask")
+
+
+def flop_per_token(gates, input_dim, units, layers):
+    """Matmul FLOP per token of forward + backward through the stack."""
+    forward = sum(2 * gates * units * ((input_dim if i == 0 else units) + units) for i in range(layers))
+    return 3 * forward
+
+
+def _layer_classes(cell):
+    import keras
+
+    from tftune.fast_rnn import FastGRU, FastLSTM, FastSimpleRNN
+
+    return {
+        "lstm": (keras.layers.LSTM, FastLSTM),
+        "gru": (keras.layers.GRU, FastGRU),
+        "simple_rnn": (keras.layers.SimpleRNN, FastSimpleRNN),
+    }[cell]
+
+
+def _stack(layer_class, shape):
+    """`shape["layers"]` built layers of `layer_class`, bottom first."""
+    stack, width = [], shape["input_dim"]
+    for _ in range(shape["layers"]):
+        layer = layer_class(shape["units"], return_sequences=True)
+        layer.build((shape["batch"], shape["time"], width))
+        stack.append(layer)
+        width = shape["units"]
+    return stack
+
+
+def _training_step(stack, shape, masked):
+    """A compiled forward + backward step through `stack` on fixed inputs, as a no-argument callable."""
+    import numpy as np
+    import tensorflow as tf
+
+    batch, steps = shape["batch"], shape["time"]
+    rng = np.random.default_rng(0)
+    inputs = tf.constant(rng.normal(size=(batch, steps, shape["input_dim"])).astype("float32"))
+    # Right-padded like the training batches: the last sequence is half padding.
+    lengths = np.full(batch, steps)
+    lengths[-1] = steps // 2
+    mask = tf.constant(np.arange(steps)[None, :] < lengths[:, None]) if masked else None
+    variables = [v for layer in stack for v in layer.trainable_variables]
+
+    @tf.function
+    def step(inputs):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            hidden = inputs
+            for layer in stack:
+                hidden = layer(hidden, mask=mask)
+            loss = tf.reduce_mean(tf.square(hidden))
+        return loss, tape.gradient(loss, [inputs] + variables)
+
+    return lambda: step(inputs)[0].numpy()
+
+
+def measure(args):
+    if args.smoke:
+        shape = {"layers": 2, "units": 16, "input_dim": 8, "batch": 4, "time": 6}
+        schedule = {"warmup": 1, "rounds": 1, "steps": 2}
+    else:
+        shape = {"layers": 2, "units": 256, "input_dim": 100, "batch": 64, "time": 70}
+        schedule = {"warmup": 2, "rounds": 3, "steps": 3}
+
+    runs = {}
+    for cell in args.cells:
+        common.log(f"building {cell}")
+        keras_stack, fast_stack = (_stack(layer_class, shape) for layer_class in _layer_classes(cell))
+        for keras_layer, fast_layer in zip(keras_stack, fast_stack):
+            fast_layer.set_weights(keras_layer.get_weights())
+        for implementation, stack in zip(IMPLEMENTATIONS, (keras_stack, fast_stack)):
+            run = _training_step(stack, shape, args.mask)
+            for _ in range(schedule["warmup"]):
+                run()
+            runs[cell, implementation] = {
+                "run": run,
+                "fast_path": all(getattr(layer, "uses_fast_path", False) for layer in stack),
+                "wall": [],
+                "cpu": [],
+            }
+
+    common.log("timing")
+    for _ in range(schedule["rounds"]):
+        for timings in runs.values():
+            for _ in range(schedule["steps"]):
+                wall, cpu = time.perf_counter(), time.process_time()
+                timings["run"]()
+                timings["wall"].append(time.perf_counter() - wall)
+                timings["cpu"].append(time.process_time() - cpu)
+
+    tokens = shape["batch"] * shape["time"]
+    cells = {}
+    for (cell, implementation), timings in runs.items():
+        flop = flop_per_token(GATES[cell], shape["input_dim"], shape["units"], shape["layers"])
+        wall, cpu = statistics.median(timings["wall"]), statistics.median(timings["cpu"])
+        cells.setdefault(cell, {"flop_per_token": flop})[implementation] = {
+            "fast_path": timings["fast_path"],
+            "step_ms": round(1000 * wall, 2),
+            "fastest_step_ms": round(1000 * min(timings["wall"]), 2),
+            "cpu_ms_per_step": round(1000 * cpu, 2),
+            "tokens_per_second": round(tokens / wall),
+            "gflop_per_second": round(flop * tokens / wall / 1e9, 1),
+        }
+    for result in cells.values():
+        keras_result, fast_result = result["keras"], result["fast"]
+        result["ratios"] = {
+            "tokens_per_second": common.ratio(fast_result["tokens_per_second"], keras_result["tokens_per_second"]),
+            "fastest_step": common.ratio(keras_result["fastest_step_ms"], fast_result["fastest_step_ms"]),
+            "cpu_per_step": common.ratio(keras_result["cpu_ms_per_step"], fast_result["cpu_ms_per_step"]),
+        }
+    return {"config": {**shape, "mask": args.mask, **schedule}, "cells": cells}
+
+
+def summary(result):
+    return "rnn_stack: " + "; ".join(
+        f"{cell} {r['keras']['tokens_per_second']:,} -> {r['fast']['tokens_per_second']:,} tokens/s "
+        f"(x{r['ratios']['tokens_per_second']:.2f}, x{r['ratios']['cpu_per_step']:.2f} CPU time, "
+        f"{r['fast']['gflop_per_second']} GFLOP/s)"
+        for cell, r in result["cells"].items()
+    )
+
+
+def markdown(result):
+    config = result["config"]
+    lines = [
+        "### Recurrent stack (`python -m bench.rnn_stack`)",
+        "",
+        f"{config['layers']} layers of {config['units']} units on {config['input_dim']}-d inputs, batch "
+        f"{config['batch']} × {config['time']} steps{', right-padded mask' if config['mask'] else ''}; "
+        "forward + backward (gradients w.r.t. inputs and weights), median step.",
+        "",
+        "| cell | Keras tokens/s | fast tokens/s | ratio | CPU-time ratio | fast GFLOP/s | FLOP/token |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for cell, r in result["cells"].items():
+        lines.append(
+            f"| {cell} | {r['keras']['tokens_per_second']:,} | {r['fast']['tokens_per_second']:,} | "
+            f"{r['ratios']['tokens_per_second']:.2f}× | {r['ratios']['cpu_per_step']:.2f}× | "
+            f"{r['fast']['gflop_per_second']} | {r['flop_per_token']:,} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    return common.main(NAME, "Keras vs tftune.fast_rnn recurrent stacks, forward + backward.", measure, summary,
+                       add_arguments, argv=argv)
+
+
+if __name__ == "__main__":
+    main()

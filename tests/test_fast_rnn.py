@@ -1,0 +1,166 @@
+"""The fast recurrent layers match the Keras layers they replace: values, gradients, files, configs."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tftune.fast_rnn import FastGRU, FastLSTM, FastSimpleRNN
+
+PAIRS = {
+    "lstm": (FastLSTM, keras.layers.LSTM),
+    "gru": (FastGRU, keras.layers.GRU),
+    "simple_rnn": (FastSimpleRNN, keras.layers.SimpleRNN),
+}
+BATCH, TIME, DIM, UNITS = 4, 7, 3, 5
+# Right-padded rows of every length, including a fully padded one.
+MASK = np.arange(TIME)[None, :] < np.array([TIME, 4, 1, 0])[:, None]
+
+
+def twin_layers(cell, **options):
+    """A fast layer and a Keras layer with the same, non-trivial weights."""
+    fast_class, keras_class = PAIRS[cell]
+    fast, plain = fast_class(UNITS, **options), keras_class(UNITS, **options)
+    fast.build((BATCH, TIME, DIM))
+    plain.build((BATCH, TIME, DIM))
+    rng = np.random.default_rng(1)
+    # Random biases too, so that every bias (GRU has two) affects the result.
+    weights = [0.5 * rng.normal(size=w.shape).astype("float32") for w in plain.get_weights()]
+    fast.set_weights(weights)
+    plain.set_weights(weights)
+    return fast, plain
+
+
+def fixed_weights(tensor):
+    """Deterministic, varied weights shaped like `tensor`, so no gradient is trivially symmetric."""
+    return tf.sin(tf.reshape(tf.range(tf.size(tensor), dtype="float32"), tf.shape(tensor)))
+
+
+def values_and_gradients(layer, inputs, mask, initial_state=None):
+    """Outputs, and gradients of a fixed projection of all outputs w.r.t. inputs, weights and states."""
+
+    @tf.function
+    def run(inputs):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            tape.watch(initial_state or [])
+            outputs = layer(inputs, mask=mask, initial_state=initial_state)
+            outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+            loss = sum(tf.reduce_sum(tf.cast(o, "float32") * fixed_weights(o)) for o in outputs)
+        sources = [inputs] + layer.trainable_variables + list(initial_state or [])
+        return outputs, tape.gradient(loss, sources)
+
+    outputs, gradients = run(tf.constant(inputs))
+    return [np.asarray(o, "float32") for o in outputs], [np.asarray(g, "float32") for g in gradients]
+
+
+def assert_all_close(actual, expected, tolerance):
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a, e, rtol=tolerance, atol=tolerance)
+
+
+def uses_custom_gradient(layer, inputs):
+    """Whether the traced layer contains the fast path's custom-gradient op."""
+    graph = tf.function(layer).get_concrete_function(tf.constant(inputs)).graph
+    return any("_gradient_op_type" in op.node_def.attr for op in graph.get_operations())
+
+
+@pytest.fixture
+def inputs():
+    return np.random.default_rng(0).normal(size=(BATCH, TIME, DIM)).astype("float32")
+
+
+# The last output of a padded row is the one of its last real step, hence "last" with a mask.
+@pytest.mark.parametrize(
+    "return_sequences, masked", [(True, False), (True, True), (False, True)], ids=["sequences", "masked", "last"]
+)
+@pytest.mark.parametrize("cell", sorted(PAIRS))
+def test_outputs_and_gradients_match_keras(cell, return_sequences, masked, inputs):
+    fast, plain = twin_layers(cell, return_sequences=return_sequences)
+    assert fast.uses_fast_path and uses_custom_gradient(fast, inputs)
+    mask = tf.constant(MASK) if masked else None
+    fast_outputs, fast_gradients = values_and_gradients(fast, inputs, mask)
+    keras_outputs, keras_gradients = values_and_gradients(plain, inputs, mask)
+    assert_all_close(fast_outputs, keras_outputs, 1e-5)
+    assert_all_close(fast_gradients, keras_gradients, 1e-5)
+
+
+@pytest.mark.parametrize("cell", sorted(PAIRS))
+def test_initial_state_and_return_state_match_keras(cell, inputs):
+    fast, plain = twin_layers(cell, return_sequences=True, return_state=True)
+    n_states = 2 if cell == "lstm" else 1
+    rng = np.random.default_rng(2)
+    # Masked leading steps: Keras outputs zeros there but carries the initial state.
+    mask = tf.constant(np.concatenate([np.zeros((BATCH, 2), bool), MASK[:, :-2]], axis=1))
+    states = [tf.constant(rng.normal(size=(BATCH, UNITS)).astype("float32")) for _ in range(n_states)]
+    fast_outputs, fast_gradients = values_and_gradients(fast, inputs, mask, states)
+    keras_outputs, keras_gradients = values_and_gradients(plain, inputs, mask, states)
+    assert len(fast_outputs) == 1 + n_states
+    assert_all_close(fast_outputs, keras_outputs, 1e-5)
+    assert_all_close(fast_gradients, keras_gradients, 1e-5)
+
+
+@pytest.mark.parametrize("policy, tolerance", [("mixed_float16", 1e-2), ("mixed_bfloat16", 5e-2)])
+@pytest.mark.parametrize("cell", sorted(PAIRS))
+def test_mixed_precision_matches_keras(cell, policy, tolerance, inputs):
+    fast, plain = twin_layers(cell, return_sequences=True, dtype=policy)
+    compute_dtype = policy.removeprefix("mixed_")
+    assert fast.uses_fast_path and fast.compute_dtype == compute_dtype and fast.cell.kernel.dtype == "float32"
+    assert fast(inputs).dtype == compute_dtype
+    fast_outputs, fast_gradients = values_and_gradients(fast, inputs, tf.constant(MASK))
+    keras_outputs, keras_gradients = values_and_gradients(plain, inputs, tf.constant(MASK))
+    assert_all_close(fast_outputs, keras_outputs, tolerance)
+    assert_all_close(fast_gradients, keras_gradients, tolerance)
+
+
+@pytest.mark.parametrize("cell", sorted(PAIRS))
+def test_dropout_falls_back_to_keras(cell, inputs):
+    fast, plain = twin_layers(cell, dropout=0.5)
+    assert not fast.uses_fast_path and not uses_custom_gradient(fast, inputs)
+    np.testing.assert_allclose(fast(inputs, training=False), plain(inputs, training=False), atol=1e-6)
+
+
+def test_other_unsafe_settings_fall_back_to_keras():
+    assert not FastLSTM(2, go_backwards=True).uses_fast_path
+    assert not FastLSTM(2, recurrent_dropout=0.1).uses_fast_path
+    assert not FastLSTM(2, activation="relu").uses_fast_path
+    assert not FastLSTM(2, use_cudnn=True).uses_fast_path
+    assert not FastGRU(2, reset_after=False).uses_fast_path
+    assert not FastSimpleRNN(2, unroll=True).uses_fast_path
+    assert not FastSimpleRNN(2, stateful=True).uses_fast_path
+    assert FastLSTM(2, use_cudnn=False).uses_fast_path
+
+
+def stack(cell, fast):
+    """Two layers named as in the encoder, fast or plain Keras."""
+    layer_class = PAIRS[cell][0 if fast else 1]
+    layers = [layer_class(UNITS, return_sequences=True, name="rnn_1"), layer_class(UNITS, name="rnn_2")]
+    return keras.Sequential([keras.Input((None, DIM)), *layers], name="stack")
+
+
+@pytest.mark.parametrize("cell", sorted(PAIRS))
+def test_weight_files_are_interchangeable_both_ways(cell, tmp_path):
+    for source_is_fast in (True, False):
+        source, target = stack(cell, source_is_fast), stack(cell, not source_is_fast)
+        assert [v.path for v in source.weights] == [v.path for v in target.weights]
+        path = tmp_path / f"{cell}-{source_is_fast}.weights.h5"
+        source.save_weights(path)
+        target.load_weights(path)
+        for expected, actual in zip(source.get_weights(), target.get_weights()):
+            np.testing.assert_array_equal(actual, expected)
+
+
+@pytest.mark.parametrize("cell", sorted(PAIRS))
+def test_config_round_trip(cell, tmp_path):
+    fast_class, keras_class = PAIRS[cell]
+    layer = fast_class(UNITS, return_sequences=True, name="rnn_1")
+    assert layer.get_config() == keras_class(UNITS, return_sequences=True, name="rnn_1").get_config()
+    copy = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert type(copy) is fast_class and copy.get_config() == layer.get_config()
+    model = stack(cell, fast=True)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert type(loaded.get_layer("rnn_2")) is fast_class
+    x = np.ones((1, 2, DIM), "float32")
+    np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)

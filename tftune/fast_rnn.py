@@ -1,0 +1,420 @@
+"""Recurrent layers that run faster on a CPU and keep Keras' weight layout.
+
+`FastLSTM`, `FastGRU` and `FastSimpleRNN` are drop-in subclasses of the Keras layers: same
+constructor, variables (`rnn_1/lstm_cell/kernel`, ...), config and `.weights.h5` layout. Only
+`call` differs, and only where it is safe: like cuDNN, the fast path projects the inputs of all
+time steps with one large matmul before the loop, so the loop itself holds just the recurrent
+matmul and the gate math. Its backward pass (a custom gradient) runs the loop in reverse and
+again leaves only `grad @ recurrent_kernel.T` inside; the gradient of the recurrent kernel
+becomes one large matmul after the loop instead of one small matmul per step.
+
+The fast path is taken on the TensorFlow backend when no cuDNN kernel can be used (no GPU
+visible or `use_cudnn=False`; `FastSimpleRNN` has no cuDNN kernel at all), with Keras'
+default activations (tanh, sigmoid), no dropout or recurrent dropout, not stateful, not
+`go_backwards`, not `unroll`, and for GRU `reset_after=True`. Everything else, a GPU in
+particular, goes to the Keras implementation, so cuDNN is still used where it exists.
+The outputs follow Keras' formulas and masking exactly: a masked step keeps the previous
+state and repeats the previous output.
+
+The classes report Keras' class names (`FastLSTM.__name__ == "LSTM"`): Keras names the
+groups of a `.weights.h5` file after each layer's class name, so this keeps weight files
+interchangeable with the plain layers in both directions.
+
+Example:
+
+>>> import numpy as np
+>>> from tftune.fast_rnn import FastLSTM
+>>> layer = FastLSTM(8, return_sequences=True)
+>>> x = np.random.rand(2, 5, 3).astype("float32")
+>>> mask = np.array([[True] * 5, [True, True, False, False, False]])
+>>> layer(x, mask=mask).shape
+TensorShape([2, 5, 8])
+"""
+
+import keras
+import tensorflow as tf
+from keras import layers, ops
+
+TANH, SIGMOID = keras.activations.tanh, keras.activations.sigmoid
+
+
+def _keep_keras_class_name(keras_class):
+    """Gives the decorated class `keras_class`'s name, which Keras uses in `.weights.h5` paths."""
+
+    def rename(cls):
+        cls.__name__ = keras_class.__name__
+        return cls
+
+    return rename
+
+
+def _gpu_visible():
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def _scan(step, sequences, carry, output_widths, reverse=False):
+    """Runs `step` over the leading (time) axis, like a lean `tf.scan`.
+
+    Args:
+        step: `step(step_inputs, carry) -> (carry, step_outputs)`. `step_inputs` holds one time
+            step of each sequence (`None` where the sequence is `None`); `step_outputs` is a
+            tuple of `[batch, width]` tensors.
+        sequences: tuple of time-major tensors `[time, ...]` or `None`.
+        carry: tuple of loop-carried tensors, the first one `[batch, units]`.
+        output_widths: the width of each step output.
+        reverse: run from the last step to the first.
+
+    Returns:
+        `(carry, outputs)`: the final carry and the step outputs stacked to `[time, batch, width]`.
+    """
+    present = [s for s in sequences if s is not None]
+    length = tf.shape(present[0])[0]
+    readers = [
+        None if s is None else tf.TensorArray(s.dtype, size=length, element_shape=s.shape[1:]).unstack(s)
+        for s in sequences
+    ]
+    batch = carry[0].shape[0]
+    writers = tuple(
+        tf.TensorArray(carry[0].dtype, size=length, element_shape=tf.TensorShape([batch, width]))
+        for width in output_widths
+    )
+
+    def body(t, carry, writers):
+        index = length - 1 - t if reverse else t
+        step_inputs = tuple(None if r is None else r.read(index) for r in readers)
+        carry, outputs = step(step_inputs, carry)
+        return t + 1, carry, tuple(w.write(index, o) for w, o in zip(writers, outputs))
+
+    _, carry, writers = tf.while_loop(
+        lambda t, *_: t < length, body, (tf.constant(0), tuple(carry), writers), maximum_iterations=length
+    )
+    return carry, tuple(w.stack() for w in writers)
+
+
+def _keep_if_masked(mask_t, new, old):
+    """`new` on real steps and `old` on masked ones: Keras carries states over masked steps."""
+    return new if mask_t is None else tf.where(mask_t, new, old)
+
+
+def _split_by_mask(mask_t, grad):
+    """Splits a state gradient into the part through the cell and the part skipping a masked step."""
+    if mask_t is None:
+        return grad, None
+    zeros = tf.zeros_like(grad)
+    return tf.where(mask_t, grad, zeros), tf.where(mask_t, zeros, grad)
+
+
+def _plus(tensor, skipped):
+    return tensor if skipped is None else tensor + skipped
+
+
+def _zeros_if_none(grad, like):
+    return tf.zeros_like(like) if grad is None else grad
+
+
+def _before_each_step(initial, sequence):
+    """`[initial, sequence[0], ..., sequence[-2]]`: the value each step starts from."""
+    return tf.concat([initial[None], sequence[:-1]], axis=0)
+
+
+def _recurrent_kernel_grad(previous_outputs, recurrent_grads):
+    """`sum_t h_{t-1}^T @ recurrent_grads_t` as one matmul over all time steps."""
+    units, width = previous_outputs.shape[-1], recurrent_grads.shape[-1]
+    return tf.matmul(
+        tf.reshape(previous_outputs, [-1, units]), tf.reshape(recurrent_grads, [-1, width]), transpose_a=True
+    )
+
+
+def _lstm_recurrence(inputs, recurrent_kernel, h0, c0, mask):
+    """LSTM over time-major projected inputs `[time, batch, 4 * units]` (gates i, f, c, o)."""
+    units = recurrent_kernel.shape[0]
+
+    @tf.custom_gradient
+    def run(inputs, recurrent_kernel, h0, c0):
+        def forward(step_inputs, carry):
+            x, mask_t = step_inputs
+            h, c = carry
+            z = x + tf.matmul(h, recurrent_kernel)
+            i, f, g, o = tf.split(z, 4, axis=1)
+            i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
+            c_new = f * c + i * g
+            h_new = o * tf.tanh(c_new)
+            h, c = _keep_if_masked(mask_t, h_new, h), _keep_if_masked(mask_t, c_new, c)
+            return (h, c), (h, c, tf.concat([i, f, g, o], axis=1))
+
+        (h, c), (outputs, carries, gates) = _scan(forward, (inputs, mask), (h0, c0), (units, units, 4 * units))
+
+        def backward(d_outputs, d_h, d_c):
+            transposed_kernel = tf.transpose(recurrent_kernel)
+            previous_carries = _before_each_step(c0, carries)
+
+            def step(step_inputs, carry):
+                d_output, gate, c_t, c_tm1, mask_t = step_inputs
+                dh, dc = carry
+                dh, dh_skipped = _split_by_mask(mask_t, dh + d_output)
+                dc, dc_skipped = _split_by_mask(mask_t, dc)
+                i, f, g, o = tf.split(gate, 4, axis=1)
+                tanh_c = tf.tanh(c_t)
+                dc = dc + dh * o * (1 - tanh_c * tanh_c)
+                dz = tf.concat(
+                    [dc * g * i * (1 - i), dc * c_tm1 * f * (1 - f), dc * i * (1 - g * g), dh * tanh_c * o * (1 - o)],
+                    axis=1,
+                )
+                dh = _plus(tf.matmul(dz, transposed_kernel), dh_skipped)
+                return (dh, _plus(dc * f, dc_skipped)), (dz,)
+
+            (dh0, dc0), (dz,) = _scan(
+                step,
+                (_zeros_if_none(d_outputs, outputs), gates, carries, previous_carries, mask),
+                (_zeros_if_none(d_h, h), _zeros_if_none(d_c, c)),
+                (4 * units,),
+                reverse=True,
+            )
+            return dz, _recurrent_kernel_grad(_before_each_step(h0, outputs), dz), dh0, dc0
+
+        return (outputs, h, c), backward
+
+    outputs, h, c = run(inputs, recurrent_kernel, h0, c0)
+    return outputs, [h, c]
+
+
+def _gru_recurrence(inputs, recurrent_kernel, recurrent_bias, h0, mask):
+    """GRU (`reset_after=True`) over time-major projected inputs `[time, batch, 3 * units]` (gates z, r, h)."""
+    units = recurrent_kernel.shape[0]
+
+    @tf.custom_gradient
+    def run(inputs, recurrent_kernel, recurrent_bias, h0):
+        def forward(step_inputs, carry):
+            x, mask_t = step_inputs
+            (h,) = carry
+            x_z, x_r, x_h = tf.split(x, 3, axis=1)
+            inner = tf.matmul(h, recurrent_kernel) + recurrent_bias
+            inner_z, inner_r, inner_h = tf.split(inner, 3, axis=1)
+            z = tf.sigmoid(x_z + inner_z)
+            r = tf.sigmoid(x_r + inner_r)
+            candidate = tf.tanh(x_h + r * inner_h)
+            h = _keep_if_masked(mask_t, z * h + (1 - z) * candidate, h)
+            return (h,), (h, tf.concat([z, r, candidate, inner_h], axis=1))
+
+        (h,), (outputs, saved) = _scan(forward, (inputs, mask), (h0,), (units, 4 * units))
+
+        def backward(d_outputs, d_h):
+            transposed_kernel = tf.transpose(recurrent_kernel)
+            previous_outputs = _before_each_step(h0, outputs)
+
+            def step(step_inputs, carry):
+                d_output, saved_t, h_tm1, mask_t = step_inputs
+                (dh,) = carry
+                dh, dh_skipped = _split_by_mask(mask_t, dh + d_output)
+                z, r, candidate, inner_h = tf.split(saved_t, 4, axis=1)
+                d_candidate = dh * (1 - z) * (1 - candidate * candidate)
+                d_z = dh * (h_tm1 - candidate) * z * (1 - z)
+                d_r = d_candidate * inner_h * r * (1 - r)
+                d_inner = tf.concat([d_z, d_r, d_candidate * r], axis=1)
+                dh = _plus(tf.matmul(d_inner, transposed_kernel) + dh * z, dh_skipped)
+                return (dh,), (tf.concat([d_z, d_r, d_candidate], axis=1), d_inner)
+
+            (dh0,), (d_inputs, d_inner) = _scan(
+                step,
+                (_zeros_if_none(d_outputs, outputs), saved, previous_outputs, mask),
+                (_zeros_if_none(d_h, h),),
+                (3 * units, 3 * units),
+                reverse=True,
+            )
+            d_bias = tf.reduce_sum(d_inner, axis=[0, 1])
+            return d_inputs, _recurrent_kernel_grad(previous_outputs, d_inner), d_bias, dh0
+
+        return (outputs, h), backward
+
+    outputs, h = run(inputs, recurrent_kernel, recurrent_bias, h0)
+    return outputs, [h]
+
+
+def _simple_rnn_recurrence(inputs, recurrent_kernel, h0, mask):
+    """tanh SimpleRNN over time-major projected inputs `[time, batch, units]`."""
+    units = recurrent_kernel.shape[0]
+
+    @tf.custom_gradient
+    def run(inputs, recurrent_kernel, h0):
+        def forward(step_inputs, carry):
+            x, mask_t = step_inputs
+            (h,) = carry
+            h = _keep_if_masked(mask_t, tf.tanh(x + tf.matmul(h, recurrent_kernel)), h)
+            return (h,), (h,)
+
+        (h,), (outputs,) = _scan(forward, (inputs, mask), (h0,), (units,))
+
+        def backward(d_outputs, d_h):
+            transposed_kernel = tf.transpose(recurrent_kernel)
+
+            def step(step_inputs, carry):
+                d_output, h_t, mask_t = step_inputs
+                (dh,) = carry
+                dh, dh_skipped = _split_by_mask(mask_t, dh + d_output)
+                da = dh * (1 - h_t * h_t)
+                return (_plus(tf.matmul(da, transposed_kernel), dh_skipped),), (da,)
+
+            (dh0,), (da,) = _scan(
+                step,
+                (_zeros_if_none(d_outputs, outputs), outputs, mask),
+                (_zeros_if_none(d_h, h),),
+                (units,),
+                reverse=True,
+            )
+            return da, _recurrent_kernel_grad(_before_each_step(h0, outputs), da), dh0
+
+        return (outputs, h), backward
+
+    outputs, h = run(inputs, recurrent_kernel, h0)
+    return outputs, [h]
+
+
+class _FastRecurrentCall:
+    """The shared fast `call`; subclasses say when it applies and run their recurrence."""
+
+    @property
+    def uses_fast_path(self):
+        """Whether `call` takes the fast path with the current settings and devices."""
+        cell = self.cell
+        return (
+            keras.backend.backend() == "tensorflow"
+            and not (self.stateful or self.go_backwards or self.unroll)
+            and not (cell.dropout or cell.recurrent_dropout)
+        )
+
+    def _cudnn_possible(self):
+        """Whether Keras would (try to) use cuDNN: then the Keras implementation must run."""
+        return self.use_cudnn is True or (self.use_cudnn == "auto" and _gpu_visible())
+
+    def call(self, sequences, initial_state=None, mask=None, training=False):
+        if not self.uses_fast_path:
+            return super().call(sequences, initial_state=initial_state, mask=mask, training=training)
+        dtype = self.compute_dtype
+        if isinstance(mask, (list, tuple)):
+            mask = mask[0]
+        batch = tf.shape(sequences)[0]
+        if initial_state is None:
+            states = [tf.zeros([batch, self.units], dtype) for _ in range(self._state_count)]
+        else:
+            given = initial_state if isinstance(initial_state, (list, tuple)) else [initial_state]
+            states = [tf.cast(state, dtype) for state in given]
+
+        # Time-major before the projection: the input is narrower than the projection.
+        time_major = tf.transpose(sequences, [1, 0, 2])
+        kernel = ops.cast(self.cell.kernel, dtype)
+        projected = tf.matmul(tf.reshape(time_major, [-1, kernel.shape[0]]), kernel)
+        projected = tf.reshape(projected, tf.concat([tf.shape(time_major)[:2], [kernel.shape[1]]], axis=0))
+        input_bias = self._input_bias()
+        if input_bias is not None:
+            projected = projected + ops.cast(input_bias, dtype)
+        step_mask = None if mask is None else tf.transpose(tf.cast(mask, "bool"))[:, :, None]
+
+        outputs, states = self._recurrence(projected, ops.cast(self.cell.recurrent_kernel, dtype), states, step_mask)
+        if step_mask is not None and initial_state is not None:
+            # Keras outputs zeros, not the initial state, before a sequence's first real step.
+            started = tf.cumsum(tf.cast(step_mask, "int32"), axis=0) > 0
+            outputs = tf.where(started, outputs, tf.zeros_like(outputs))
+        output = tf.transpose(outputs, [1, 0, 2]) if self.return_sequences else outputs[-1]
+        if self.return_state:
+            return output, *states
+        return output
+
+
+@_keep_keras_class_name(layers.LSTM)
+@keras.saving.register_keras_serializable(package="tftune")
+class FastLSTM(_FastRecurrentCall, layers.LSTM):
+    """`keras.layers.LSTM` with a faster CPU implementation (see the module docstring).
+
+    Takes the same arguments as `keras.layers.LSTM`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> FastLSTM(4)(np.zeros((2, 3, 5), "float32")).shape
+    TensorShape([2, 4])
+    """
+
+    _state_count = 2
+
+    @property
+    def uses_fast_path(self):
+        cell = self.cell
+        return (
+            super().uses_fast_path
+            and not self._cudnn_possible()
+            and cell.activation is TANH
+            and cell.recurrent_activation is SIGMOID
+        )
+
+    def _input_bias(self):
+        return self.cell.bias
+
+    def _recurrence(self, projected, recurrent_kernel, states, mask):
+        return _lstm_recurrence(projected, recurrent_kernel, states[0], states[1], mask)
+
+
+@_keep_keras_class_name(layers.GRU)
+@keras.saving.register_keras_serializable(package="tftune")
+class FastGRU(_FastRecurrentCall, layers.GRU):
+    """`keras.layers.GRU` with a faster CPU implementation (see the module docstring).
+
+    Takes the same arguments as `keras.layers.GRU`; the fast path needs `reset_after=True`
+    (the default).
+
+    Example:
+
+    >>> import numpy as np
+    >>> FastGRU(4, return_sequences=True)(np.zeros((2, 3, 5), "float32")).shape
+    TensorShape([2, 3, 4])
+    """
+
+    _state_count = 1
+
+    @property
+    def uses_fast_path(self):
+        cell = self.cell
+        return (
+            super().uses_fast_path
+            and not self._cudnn_possible()
+            and cell.activation is TANH
+            and cell.recurrent_activation is SIGMOID
+            and cell.reset_after
+        )
+
+    def _input_bias(self):
+        return None if self.cell.bias is None else self.cell.bias[0]
+
+    def _recurrence(self, projected, recurrent_kernel, states, mask):
+        bias = self.cell.bias
+        dtype = recurrent_kernel.dtype
+        recurrent_bias = tf.zeros([3 * self.units], dtype) if bias is None else ops.cast(bias[1], dtype)
+        return _gru_recurrence(projected, recurrent_kernel, recurrent_bias, states[0], mask)
+
+
+@_keep_keras_class_name(layers.SimpleRNN)
+@keras.saving.register_keras_serializable(package="tftune")
+class FastSimpleRNN(_FastRecurrentCall, layers.SimpleRNN):
+    """`keras.layers.SimpleRNN` with a faster CPU implementation (see the module docstring).
+
+    Takes the same arguments as `keras.layers.SimpleRNN`; the fast path needs
+    `activation="tanh"` (the default). SimpleRNN has no cuDNN kernel, so the fast path is
+    also taken on a GPU.
+
+    Example:
+
+    >>> import numpy as np
+    >>> FastSimpleRNN(4)(np.zeros((2, 3, 5), "float32")).shape
+    TensorShape([2, 4])
+    """
+
+    _state_count = 1
+
+    @property
+    def uses_fast_path(self):
+        return super().uses_fast_path and self.cell.activation is TANH
+
+    def _input_bias(self):
+        return self.cell.bias
+
+    def _recurrence(self, projected, recurrent_kernel, states, mask):
+        return _simple_rnn_recurrence(projected, recurrent_kernel, states[0], mask)
