@@ -234,11 +234,16 @@ def worker_main(argv, work):
 # === Running a benchmark ===
 
 
-def ratio(numerator, denominator, digits=3):
-    """`numerator / denominator`, rounded; None if either is missing or the denominator is 0."""
+def ratio(numerator, denominator, digits=4):
+    """`numerator / denominator` to `digits` significant digits; None if either is missing or the denominator is 0."""
     if numerator is None or denominator in (None, 0):
         return None
-    return round(numerator / denominator, digits)
+    return significant(numerator / denominator, digits)
+
+
+def significant(value, digits=4):
+    """`value` rounded to `digits` significant digits (0.000123456 -> 0.0001235)."""
+    return float(f"{value:.{digits}g}")
 
 
 def main(name, description, measure, summary, add_arguments=None, work=None, argv=None):

@@ -124,7 +124,7 @@ def _work_keras(spec):
     keras.mixed_precision.set_global_policy("float32")
     # The same documents, split, vocabulary, ids and vectors as tftune's pretrain builds.
     train_docs, valid_docs = split_documents(read_corpus(spec["corpus"]), spec["valid_fraction"])
-    vectors = load_vectors(spec["vectors"], spec.get("vectors_format", "glove"))
+    vectors = load_vectors(spec["vectors"], spec["vectors_format"])
     tokenizer = Tokenizer(lowercase=s["lowercase"])
     vocab = Vocabulary.build([tokenizer.tokenize(doc) for doc in train_docs], s["vocab_max_size"], s["min_freq"])
     matrix, _ = align(vocab, vectors, oov=s["oov"], seed=s["seed"])

@@ -59,9 +59,9 @@ def _load(spec):
         "vectors": len(vectors),
         "dim": vectors.vector_size,
         "import_rss_mb": import_rss,
-        "load_seconds": round(load_seconds, 3),
+        "load_seconds": common.significant(load_seconds),
         "rss_after_load_mb": after_load_rss,
-        "align_seconds": round(time.perf_counter() - started, 3),
+        "align_seconds": common.significant(time.perf_counter() - started),
         "peak_rss_mb": common.phase_peak_rss_mb(),
     }
 
@@ -226,8 +226,8 @@ def summary(result):
         text, kv = variants["text"], variants["keyedvectors_mmap"]
         return (
             f"{label}: text {text['load_seconds']:.2f} s / +{text['added_peak_mb']:.0f} MiB peak, "
-            f"mmap KeyedVectors {kv['load_seconds']:.3f} s / +{kv['added_peak_mb']:.0f} MiB "
-            f"({kv['ratios']['load_seconds']:.3f}x time)"
+            f"mmap KeyedVectors {kv['load_seconds']:.2g} s / +{kv['added_peak_mb']:.0f} MiB "
+            f"({text['load_seconds'] / kv['load_seconds']:,.0f}x faster)"
         )
 
     parts = [describe("shipped 20k", result["shipped"]["variants"])]
@@ -237,7 +237,7 @@ def summary(result):
     else:
         rows = full["variants"]["vocabulary_rows"]
         parts.append(describe("full 400k", full["variants"]) +
-                     f", vocabulary rows {rows['load_seconds']:.3f} s / +{rows['added_peak_mb']:.0f} MiB")
+                     f", vocabulary rows {rows['load_seconds']:.2g} s / +{rows['added_peak_mb']:.0f} MiB")
     return f"{NAME} (GloVe text vs memory-mapped KeyedVectors): " + "; ".join(parts)
 
 
@@ -245,9 +245,9 @@ def _times(value):
     return "n/a" if value is None else f"{value:.2f}×"
 
 
-def _faster(time_ratio):
-    """A load-time ratio (this / text) as a speed-up: 0.01 -> 100×."""
-    return "n/a" if not time_ratio else f"{1 / time_ratio:,.0f}×"
+def _faster(seconds, text_seconds):
+    """How many times faster than the text load: 0.1 s against 10 s -> 100×."""
+    return f"{text_seconds / seconds:,.0f}×"
 
 
 def markdown(result):
@@ -271,9 +271,10 @@ def markdown(result):
     for label, variants in sections:
         for variant, row in variants.items():
             lines.append(
-                f"| {label} | {names[variant]} | {row['load_seconds']:.3f} | {row['align_seconds']:.3f} | "
+                f"| {label} | {names[variant]} | {row['load_seconds']:.3g} | {row['align_seconds']:.3g} | "
                 f"{row['import_rss_mb']:.0f} | {row['rss_after_load_mb']:.0f} | {row['added_peak_mb']:.0f} | "
-                f"{_faster(row['ratios']['load_seconds'])} | {_times(row['ratios']['added_peak_mb'])} |"
+                f"{_faster(row['load_seconds'], variants['text']['load_seconds'])} | "
+                f"{_times(row['ratios']['added_peak_mb'])} |"
             )
     if "skipped" in full:
         lines += ["", f"Full 400k GloVe: skipped ({full['skipped']})."]
