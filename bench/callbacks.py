@@ -1,11 +1,12 @@
-"""Keras callbacks the benchmarks use to time training and to stop it at a wall-clock budget.
+"""Keras callbacks the benchmarks use to stop training at a wall-clock budget (step timing is
+`tftune.train.Throughput`).
 
 Example:
 
 ```python
-budget, timer = WallClockBudget(300), StepTimer()
-model.fit(x, y, epochs=1000, callbacks=[budget, timer])
-timer.steps_per_second, budget.steps
+budget = WallClockBudget(300)
+model.fit(x, y, epochs=1000, callbacks=[budget])
+budget.steps
 ```
 """
 
@@ -48,27 +49,3 @@ class WallClockBudget(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.elapsed = time.perf_counter() - self._started
-
-
-class StepTimer(keras.callbacks.Callback):
-    """Time of the training steps, leaving out the first one (tracing); measured like tftune's `Throughput`."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds = 0.0
-        self.steps = 0
-        self._first_step_done = False
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        if not self._first_step_done:
-            self._first_step_done = True
-            return
-        self.seconds += time.perf_counter() - self._start
-        self.steps += 1
-
-    @property
-    def steps_per_second(self):
-        return self.steps / self.seconds if self.seconds else None

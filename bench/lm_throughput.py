@@ -117,7 +117,8 @@ def _work_keras(spec):
     from tftune.text import Tokenizer, Vocabulary
     from tftune.train import split_documents
 
-    from bench.callbacks import StepTimer, WallClockBudget
+    from bench.callbacks import WallClockBudget
+    from tftune.train import Throughput
 
     s = spec["settings"]
     keras.utils.set_random_seed(s["seed"])
@@ -145,7 +146,8 @@ def _work_keras(spec):
         ]
     )
     model.compile(optimizer=keras.optimizers.Adam(s["learning_rate"]), loss="sparse_categorical_crossentropy")
-    budget, timer = WallClockBudget(spec["budget_seconds"]), StepTimer()
+    tokens_per_step = s["batch_size"] * s["seq_len"]
+    budget, timer = WallClockBudget(spec["budget_seconds"]), Throughput(tokens_per_step)
     model.fit(
         x,
         y,
@@ -157,9 +159,8 @@ def _work_keras(spec):
         verbose=2,
     )
     valid_loss = float(model.evaluate(valid_x, valid_y, batch_size=s["batch_size"], verbose=0))
-    tokens_per_step = s["batch_size"] * s["seq_len"]
     return {
-        "tokens_per_second": timer.steps_per_second * tokens_per_step if timer.steps_per_second else None,
+        "tokens_per_second": timer.tokens_per_second,
         "valid_perplexity": math.exp(min(valid_loss, 700.0)),
         "steps": budget.steps,
         "epochs": round(budget.steps / math.ceil(len(x) / s["batch_size"]), 2),

@@ -235,8 +235,7 @@ def test_directory(tmp_path):
 @pytest.mark.parametrize("name", ["empty.txt", "empty.txt.gz"])
 def test_empty_file(tmp_path, name):
     path = tmp_path / name
-    with (gzip.open if name.endswith(".gz") else open)(path, "wb"):
-        pass
+    (gzip.open if name.endswith(".gz") else open)(path, "wb").close()
     _assert_error(path, "glove", "file is empty")
 
 
