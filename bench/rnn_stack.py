@@ -9,7 +9,8 @@ Repetitions are interleaved across the configurations so that load from other pr
 spreads evenly over them. Each configuration reports its median step time, its fastest step
 and the process CPU time per step (the steadier figure on a busy machine). FLOP per token counts
 the matmuls only: `2 * gates * units * (input_dim + units)` per layer forward (4 gates for LSTM,
-3 for GRU, 1 for SimpleRNN), times 3 for forward + backward.
+3 for GRU, 1 for SimpleRNN), times 3 for forward + backward. The achieved share of the machine is
+measured against the float32 matmul peak of this process (a square matmul, timed the same way).
 
 Example:
 
@@ -39,6 +40,22 @@ def flop_per_token(gates, input_dim, units, layers):
     """Matmul FLOP per token of forward + backward through the stack."""
     forward = sum(2 * gates * units * ((input_dim if i == 0 else units) + units) for i in range(layers))
     return 3 * forward
+
+
+def matmul_peak_gflops(size, repeats):
+    """Float32 GFLOP/s of a `size` × `size` matmul: the ceiling the recurrent stack is held to."""
+    import tensorflow as tf
+
+    a = tf.random.normal((size, size))
+    b = tf.random.normal((size, size))
+    matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    matmul().numpy()
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul().numpy()
+        timings.append(time.perf_counter() - start)
+    return 2 * size**3 / min(timings) / 1e9
 
 
 def _layer_classes(cell):
@@ -94,10 +111,10 @@ def _training_step(stack, shape, masked):
 def measure(args):
     if args.smoke:
         shape = {"layers": 2, "units": 16, "input_dim": 8, "batch": 4, "time": 6}
-        schedule = {"warmup": 1, "rounds": 1, "steps": 2}
+        schedule = {"warmup": 1, "rounds": 1, "steps": 2, "peak": {"size": 64, "repeats": 2}}
     else:
         shape = {"layers": 2, "units": 256, "input_dim": 100, "batch": 64, "time": 70}
-        schedule = {"warmup": 2, "rounds": 3, "steps": 3}
+        schedule = {"warmup": 2, "rounds": 3, "steps": 3, "peak": {"size": 2048, "repeats": 10}}
 
     runs = {}
     for cell in args.cells:
@@ -125,6 +142,8 @@ def measure(args):
                 timings["wall"].append(time.perf_counter() - wall)
                 timings["cpu"].append(time.process_time() - cpu)
 
+    common.log("timing the matmul peak")
+    peak = matmul_peak_gflops(**schedule["peak"])
     tokens = shape["batch"] * shape["time"]
     cells = {}
     for (cell, implementation), timings in runs.items():
@@ -137,6 +156,7 @@ def measure(args):
             "cpu_ms_per_step": round(1000 * cpu, 2),
             "tokens_per_second": round(tokens / wall),
             "gflop_per_second": round(flop * tokens / wall / 1e9, 1),
+            "share_of_matmul_peak": round(flop * tokens / wall / 1e9 / peak, 3),
         }
     for result in cells.values():
         keras_result, fast_result = result["keras"], result["fast"]
@@ -145,14 +165,15 @@ def measure(args):
             "fastest_step": common.ratio(keras_result["fastest_step_ms"], fast_result["fastest_step_ms"]),
             "cpu_per_step": common.ratio(keras_result["cpu_ms_per_step"], fast_result["cpu_ms_per_step"]),
         }
-    return {"config": {**shape, "mask": args.mask, **schedule}, "cells": cells}
+    return {"config": {**shape, "mask": args.mask, **schedule}, "matmul_peak_gflop_per_second": round(peak, 1),
+            "cells": cells}
 
 
 def summary(result):
     return "rnn_stack: " + "; ".join(
         f"{cell} {r['keras']['tokens_per_second']:,} -> {r['fast']['tokens_per_second']:,} tokens/s "
         f"(x{r['ratios']['tokens_per_second']:.2f}, x{r['ratios']['cpu_per_step']:.2f} CPU time, "
-        f"{r['fast']['gflop_per_second']} GFLOP/s)"
+        f"{r['fast']['gflop_per_second']} GFLOP/s = {r['fast']['share_of_matmul_peak']:.0%} of the matmul peak)"
         for cell, r in result["cells"].items()
     )
 
@@ -164,16 +185,19 @@ def markdown(result):
         "",
         f"{config['layers']} layers of {config['units']} units on {config['input_dim']}-d inputs, batch "
         f"{config['batch']} × {config['time']} steps{', right-padded mask' if config['mask'] else ''}; "
-        "forward + backward (gradients w.r.t. inputs and weights), median step.",
+        "forward + backward (gradients w.r.t. inputs and weights), median step. Float32 matmul peak "
+        f"measured in the same process: {result['matmul_peak_gflop_per_second']} GFLOP/s.",
         "",
-        "| cell | Keras tokens/s | fast tokens/s | ratio | CPU-time ratio | fast GFLOP/s | FLOP/token |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| cell | Keras tokens/s | fast tokens/s | ratio | CPU-time ratio | fast GFLOP/s | share of peak "
+        "(Keras → fast) | FLOP/token |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for cell, r in result["cells"].items():
         lines.append(
             f"| {cell} | {r['keras']['tokens_per_second']:,} | {r['fast']['tokens_per_second']:,} | "
             f"{r['ratios']['tokens_per_second']:.2f}× | {r['ratios']['cpu_per_step']:.2f}× | "
-            f"{r['fast']['gflop_per_second']} | {r['flop_per_token']:,} |"
+            f"{r['fast']['gflop_per_second']} | {r['keras']['share_of_matmul_peak']:.0%} → "
+            f"{r['fast']['share_of_matmul_peak']:.0%} | {r['flop_per_token']:,} |"
         )
     return "\n".join(lines)
 

@@ -17,6 +17,18 @@ CORPUS = PRETRAINED / "corpus" / "wikitext-2-valid.txt"
 REVIEWS = PRETRAINED / "movie-reviews"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def corpus_cache_dir(tmp_path_factory):
+    """Keeps the corpus cache out of the user's home, in this process and the CLI subprocesses."""
+    previous = os.environ.get("TFTUNE_CACHE_DIR")
+    os.environ["TFTUNE_CACHE_DIR"] = str(tmp_path_factory.mktemp("corpus-cache"))
+    yield Path(os.environ["TFTUNE_CACHE_DIR"])
+    if previous is None:
+        del os.environ["TFTUNE_CACHE_DIR"]
+    else:
+        os.environ["TFTUNE_CACHE_DIR"] = previous
+
+
 def head_lines(source, target, n):
     lines = Path(source).read_text(encoding="utf-8").splitlines()[:n]
     Path(target).write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = ("lm_throughput", "finetune_throughput", "vectors", "serving")
+BENCHMARKS = ("lm_throughput", "rnn_stack", "finetune_throughput", "vectors", "serving")
 RUN_KEYS = {"tokens_per_second", "valid_perplexity", "steps", "epochs", "train_seconds", "vocab_size",
             "train_tokens", "valid_tokens", "peak_rss_mb"}
 LOAD_KEYS = {"vectors", "dim", "import_rss_mb", "load_seconds", "rss_after_load_mb", "align_seconds",
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smoke_outputs():
-    """{benchmark: (exit status, stdout, stderr)} of all four smoke runs, started together."""
+    """{benchmark: (exit status, stdout, stderr)} of all the smoke runs, started together."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     processes = {
         name: subprocess.Popen(
@@ -62,8 +62,17 @@ def test_lm_throughput(smoke_outputs):
     cell = result["cells"]["lstm"]
     assert RUN_KEYS <= set(cell["tftune"]) and RUN_KEYS <= set(cell["keras"])
     assert cell["same_vocabulary"] is True
-    assert set(cell["ratios"]) == {"tokens_per_second", "valid_perplexity", "peak_rss_mb"}
+    assert set(cell["ratios"]) == {"tokens_per_second", "tokens_per_cpu_second", "valid_perplexity", "peak_rss_mb"}
     assert cell["keras"]["tokens_per_second"] > 0 and cell["tftune"]["tokens_per_second"] > 0
+
+
+def test_rnn_stack(smoke_outputs):
+    result = result_of(smoke_outputs, "rnn_stack")
+    assert result["matmul_peak_gflop_per_second"] > 0
+    assert set(result["cells"]) == {"lstm", "gru", "simple_rnn"}
+    for cell in result["cells"].values():
+        assert cell["fast"]["fast_path"] is True and cell["keras"]["fast_path"] is False
+        assert 0 < cell["fast"]["share_of_matmul_peak"] and cell["flop_per_token"] > 0
 
 
 def test_finetune_throughput(smoke_outputs):
@@ -106,6 +115,6 @@ def test_markdown_table_from_results(smoke_outputs, tmp_path):
     )
     table = completed.stdout
     assert "TensorFlow" in table and "Keras" in table
-    for heading in ("bench.lm_throughput", "bench.finetune_throughput", "bench.vectors", "bench.serving"):
+    for heading in (f"bench.{name}" for name in BENCHMARKS):
         assert heading in table
-    assert table.count("| --- |") == 4
+    assert table.count("| --- |") == len(BENCHMARKS)

@@ -58,6 +58,14 @@ def test_stlr_short_runs_stay_in_range_and_end_low(total_steps):
         assert values[0] == pytest.approx(1.0)
 
 
+def test_stlr_cycle_starts_at_start_step():
+    base = SlantedTriangular(max_lr=0.01, total_steps=200)
+    shifted = SlantedTriangular(max_lr=0.01, total_steps=200, start_step=700)
+    assert _lr(shifted, 0) == _lr(shifted, 700) == pytest.approx(0.01 / 32)
+    for step in (0, 10, 20, 110, 200, 260):
+        assert _lr(shifted, 700 + step) == pytest.approx(_lr(base, step))
+
+
 def test_stlr_works_on_symbolic_steps():
     schedule = SlantedTriangular(max_lr=0.01, total_steps=1000)
     traced = tf.function(schedule)
@@ -66,7 +74,7 @@ def test_stlr_works_on_symbolic_steps():
 
 
 def test_stlr_serialization_round_trip():
-    schedule = SlantedTriangular(max_lr=0.004, total_steps=321, cut_frac=0.2, ratio=16)
+    schedule = SlantedTriangular(max_lr=0.004, total_steps=321, cut_frac=0.2, ratio=16, start_step=40)
     config = keras.saving.serialize_keras_object(schedule)
     json.dumps(config)
     restored = keras.saving.deserialize_keras_object(config)
@@ -80,6 +88,7 @@ def test_stlr_serialization_round_trip():
     {"max_lr": 0.1, "total_steps": 0},
     {"max_lr": 0.1, "total_steps": 10, "cut_frac": 1.0},
     {"max_lr": 0.1, "total_steps": 10, "ratio": 0.5},
+    {"max_lr": 0.1, "total_steps": 10, "start_step": -1},
 ])
 def test_stlr_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError):

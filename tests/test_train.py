@@ -21,7 +21,7 @@ def test_pretrain_run_holds_what_finetune_needs(tiny_runs):
     metrics = json.loads((run / "metrics.json").read_text())
     # A model that learned nothing sits at the vocabulary size; a trained one is far below.
     assert 1 < metrics["valid"]["perplexity"] < metrics["vocab_size"]
-    assert metrics["train_tokens_per_second"] > 0
+    assert metrics["train_tokens_per_second"] > 0 and metrics["train_tokens_per_cpu_second"] > 0
     assert len(json.loads((run / "history.json").read_text())) == 1
     assert not list(run.parent.glob(".pretrain.tmp-*")), "staging directory left behind"
 
@@ -35,6 +35,20 @@ def test_finetune_run_has_metrics_labels_and_export(tiny_runs):
     assert (run / "export" / "saved_model.pb").is_file()
     stages = [epoch["stage"] for epoch in json.loads((run / "history.json").read_text())]
     assert stages == [1, 2, 3]
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "finetune"])
+def test_history_also_goes_to_tensorboard_logs(tiny_runs, kind):
+    import tensorflow as tf
+
+    events = list((tiny_runs[kind] / "logs").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    scalars = {}
+    for event in tf.compat.v1.train.summary_iterator(str(events[0])):
+        for value in event.summary.value:
+            scalars.setdefault(value.tag, []).append(float(tf.make_ndarray(value.tensor)))
+    history = json.loads((tiny_runs[kind] / "history.json").read_text())
+    assert scalars["val_loss"] == pytest.approx([epoch["val_loss"] for epoch in history])
 
 
 class WeightLog(keras.callbacks.Callback):
@@ -138,3 +152,109 @@ def test_non_finite_loss_stops_with_an_error_and_writes_nothing(tiny_runs, tmp_p
     with pytest.raises(TrainingError, match="nothing was written"):
         finetune(recipe, tiny_runs["pretrain"], tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+class OptimizerLog(keras.callbacks.Callback):
+    """Records, at the start of each fit call, the optimizer's step, rate and head moments."""
+
+    def __init__(self):
+        super().__init__()
+        self.stages = []
+
+    def on_train_begin(self, logs=None):
+        optimizer = self.model.optimizer
+        head_kernel = self.model.trainable_variables[-1]
+        moment = optimizer._momentums[optimizer._get_variable_index(head_kernel)]
+        self.stages.append(
+            {
+                "iterations": int(optimizer.iterations),
+                "learning_rate": float(optimizer.learning_rate),
+                "head_moment": np.abs(keras.ops.convert_to_numpy(moment)).sum(),
+            }
+        )
+
+
+def test_one_optimizer_keeps_its_state_across_unfreezing_stages(tiny_runs, tmp_path):
+    log = OptimizerLog()
+    metrics = finetune(tiny_runs["recipe"], tiny_runs["pretrain"], tmp_path / "run", callbacks=[log])
+    steps = [stage["iterations"] for stage in log.stages]
+    assert steps[0] == 0 and steps[1] > 0 and steps[2] == 2 * steps[1]  # the step counter carries on
+    assert log.stages[0]["head_moment"] == 0 and log.stages[1]["head_moment"] > 0  # Adam's moments too
+    # Each stage starts a new slanted triangular cycle at its lowest rate.
+    peak = tiny_runs["recipe"]["finetune"]["learning_rate"]
+    assert [stage["learning_rate"] for stage in log.stages] == pytest.approx([peak / 32] * 3)
+    assert metrics["epochs"] == 3 and metrics["weights_from_epoch"] == metrics["best_epoch"]
+
+
+def test_keep_best_weights_restores_the_best_epoch_and_stops_after_patience():
+    from tftune.train import KeepBestWeights
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    best = KeepBestWeights(patience=2)
+    best.set_model(model)
+    weights_by_epoch = []
+    for epoch, accuracy in enumerate([0.5, 0.7, 0.7, 0.6, 0.65]):
+        model.set_weights([np.full((2, 1), epoch, "float32"), np.zeros(1, "float32")])
+        weights_by_epoch.append(model.get_weights())
+        best.on_epoch_end(epoch, {"val_accuracy": accuracy})
+        if best.stopped:
+            break
+    assert best.stopped and epoch == 4  # two epochs without a better accuracy after epoch 3
+    assert best.best_epoch == 3  # a tie goes to the later epoch
+    best.restore()
+    assert same(model.get_weights(), weights_by_epoch[2])
+
+
+def test_balanced_class_weights():
+    from tftune.train import balanced_class_weights
+
+    assert balanced_class_weights([0, 0, 0, 1], 2) == {0: pytest.approx(4 / 6), 1: pytest.approx(2.0)}
+
+
+def test_finetune_with_class_weights_and_early_stopping(tiny_runs, tmp_path):
+    recipe = tiny_runs["recipe"].with_overrides(
+        ["finetune.class_weight=balanced", "finetune.patience=1", "finetune.unfreeze=all", "finetune.epochs=6"]
+    )
+    metrics = finetune(recipe, tiny_runs["pretrain"], tmp_path / "run")
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert metrics["epochs"] == len(history) <= 6
+    assert metrics["stopped_early"] == (len(history) < 6)
+    best = max(range(len(history)), key=lambda i: (history[i]["val_accuracy"], i))
+    assert metrics["weights_from_epoch"] == best + 1
+
+
+def test_pretrain_from_a_run_continues_its_encoder_on_new_text(tiny_runs, tmp_path):
+    base = tiny_runs["pretrain"]
+    task_text = [str(tiny_runs["data"]["train"])]
+    # Zero epochs: the continued run holds exactly the base run's weights and vocabulary.
+    untouched = tiny_runs["recipe"].with_overrides([f"pretrain.corpus={json.dumps(task_text)}", "pretrain.epochs=0"])
+    before = pretrain(untouched, tmp_path / "zero", from_run=base)
+    assert (tmp_path / "zero" / "vocab.txt").read_text() == (base / "vocab.txt").read_text()
+    info = json.loads((tmp_path / "zero" / "run.json").read_text())
+    assert info["from_run"] == str(base) and info["vocab_fingerprint"] == load_pretrain_run(base).vocab.fingerprint()
+    from tftune.train import restore_encoder
+
+    weights = [restore_encoder(load_pretrain_run(run), 0.0).get_weights() for run in (base, tmp_path / "zero")]
+    assert same(*weights)
+    # Two epochs on the task's text lower the perplexity on held-out task text.
+    after = pretrain(untouched.with_overrides(["pretrain.epochs=2"]), tmp_path / "two", from_run=base)
+    assert after["valid"]["perplexity"] < before["valid"]["perplexity"]
+    assert after["vocab_size"] == before["vocab_size"] == len(load_pretrain_run(base).vocab)
+    finetune(tiny_runs["recipe"], tmp_path / "two", tmp_path / "classifier")
+    assert (tmp_path / "classifier" / "export" / "saved_model.pb").is_file()
+
+
+def test_pretrain_from_a_run_refuses_another_encoder(tiny_runs, tmp_path):
+    recipe = tiny_runs["recipe"].with_overrides(["encoder.units=32"])
+    with pytest.raises(RunError, match="encoder.units"):
+        pretrain(recipe, tmp_path / "run", from_run=tiny_runs["pretrain"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_zero_epoch_pretrain_is_an_untrained_encoder_to_fine_tune_from_scratch(tiny_runs, tmp_path):
+    metrics = pretrain(tiny_runs["recipe"].with_overrides(["pretrain.epochs=0"]), tmp_path / "scratch")
+    assert json.loads((tmp_path / "scratch" / "history.json").read_text()) == []
+    assert metrics["train_tokens_per_second"] is None
+    trained = json.loads((tiny_runs["pretrain"] / "metrics.json").read_text())
+    assert metrics["valid"]["perplexity"] > trained["valid"]["perplexity"]
+    finetune(tiny_runs["recipe"], tmp_path / "scratch", tmp_path / "classifier")

@@ -93,18 +93,28 @@ def main():
 @main.command()
 @recipe_option
 @click.option("--corpus", multiple=True, metavar="PATH", help="Unlabeled text: .txt (one document per line), or the text column of .csv/.tsv/.jsonl (repeatable).")
+@click.option("--from", "from_run", metavar="PRETRAIN_RUN", help="Continue language-model training of this pretrain run (its vocabulary and weights) on --corpus, e.g. the task's own text.")
 @click.option("--embeddings", metavar="PATH", help="Pretrained vectors file (overrides embeddings.path).")
 @click.option("--embeddings-format", type=click.Choice(EMBEDDING_FORMATS), help="Format of --embeddings.")
 @click.option("--out", metavar="DIR", help="Run directory to create [default: runs/RECIPE-pretrain].")
 @set_option
 @force_option
-def pretrain(recipe, corpus, embeddings, embeddings_format, out, settings, force):
-    """Pretrain the encoder as a next-token language model."""
-    from tftune.recipe import load_recipe
-    from tftune.runs import check_writable_target
+def pretrain(recipe, corpus, from_run, embeddings, embeddings_format, out, settings, force):
+    """Pretrain the encoder as a next-token language model.
 
+    With --from, training continues from an existing pretrain run (ULMFiT's target-domain
+    step); without --recipe, that run's own recipe is used.
+    """
+    from tftune.recipe import load_recipe
+    from tftune.runs import check_writable_target, read_run_info
+
+    base = recipe
+    if from_run is not None:
+        # A wrong --from fails here, before the slow TensorFlow import.
+        read_run_info(from_run, "pretrain", required=() if recipe else ("recipe.toml",))
+        base = recipe or str(Path(from_run) / "recipe.toml")
     resolved = load_recipe(
-        recipe,
+        base,
         _overrides(
             [("pretrain.corpus", list(corpus)), ("embeddings.path", embeddings), ("embeddings.format", embeddings_format)],
             settings,
@@ -115,7 +125,7 @@ def pretrain(recipe, corpus, embeddings, embeddings_format, out, settings, force
     _import_tensorflow_quietly()
     from tftune.train import pretrain as run_pretrain
 
-    run_pretrain(resolved, out, force=force)
+    run_pretrain(resolved, out, force=force, from_run=from_run)
     click.echo(out)
 
 

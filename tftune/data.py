@@ -190,14 +190,18 @@ def truncate(id_lists, max_len):
     return [ids[:max_len] for ids in id_lists]
 
 
-def length_buckets(lengths, batch_size, n_buckets=8):
-    """Bucket boundaries at length quantiles, so that each bucket holds similar lengths."""
-    quantiles = np.quantile(lengths, np.linspace(0, 1, n_buckets + 1)[1:-1])
-    return sorted({int(q) + 1 for q in quantiles})
+# Documents sorted by length within pools of this many batches: batches then hold nearly equal
+# lengths (little padding) while the pools keep the order random from epoch to epoch.
+BATCHES_PER_POOL = 50
 
 
 def classification_dataset(id_lists, labels, batch_size, shuffle=False, seed=0):
-    """Right-padded `(ids, label)` batches, bucketed by length to keep padding small.
+    """Right-padded `(ids, label)` batches of documents of similar length, to keep padding small.
+
+    Documents are drawn in pools of `BATCHES_PER_POOL` batches (shuffled when `shuffle`),
+    sorted by length inside each pool and cut into batches, and the batches are shuffled
+    again, so every batch is padded only to its own longest document. The dataset knows its
+    length (`ceil(len(id_lists) / batch_size)` batches), so Keras does too.
 
     Args:
         id_lists: one int array per document (already truncated).
@@ -205,33 +209,37 @@ def classification_dataset(id_lists, labels, batch_size, shuffle=False, seed=0):
         batch_size: examples per batch.
         shuffle: reshuffle examples (and so batches) every epoch.
         seed: shuffle seed.
+
+    Example:
+
+    >>> dataset = classification_dataset([np.array([5, 6]), np.array([7])], [0, 1], batch_size=2)
+    >>> [ids.numpy().tolist() for ids, _ in dataset]  # doctest: +SKIP
+    [[[5, 6], [7, 0]]]
     """
     import tensorflow as tf
 
     lengths = np.asarray([len(ids) for ids in id_lists], dtype="int64")
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    flat_ids = tf.constant(np.concatenate(id_lists).astype("int32"))
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype("int64")
+    flat_ids = tf.constant(np.concatenate([np.zeros(0, "int32"), *id_lists]).astype("int32"))
+    n_batches = -(-len(id_lists) // batch_size)
+    pool_size = batch_size * BATCHES_PER_POOL
+
+    def sort_by_length(starts, lengths, labels):
+        order = tf.argsort(lengths, stable=True)
+        return tf.gather(starts, order), tf.gather(lengths, order), tf.gather(labels, order)
+
+    def gather_padded(starts, lengths, labels):
+        positions = tf.range(tf.reduce_max(lengths), dtype=tf.int64)
+        real = positions[None, :] < lengths[:, None]
+        ids = tf.gather(flat_ids, tf.where(real, starts[:, None] + positions[None, :], 0))
+        return tf.where(real, ids, 0), labels
+
     dataset = tf.data.Dataset.from_tensor_slices((starts, lengths, np.asarray(labels, dtype="int32")))
     if shuffle:
         dataset = dataset.shuffle(len(id_lists), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.map(
-        lambda start, length, label: (flat_ids[start : start + length], label),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-    boundaries = length_buckets(lengths, batch_size)
-    dataset = dataset.bucket_by_sequence_length(
-        element_length_func=lambda ids, label: tf.shape(ids)[0],
-        bucket_boundaries=boundaries,
-        bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
-        pad_to_bucket_boundary=False,
-    )
-    return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def count_batches(dataset):
-    """Counts the batches of a finite dataset and records it, so Keras knows the epoch length."""
-    import tensorflow as tf
-
-    steps = int(dataset.reduce(0, lambda count, _: count + 1))
-    return dataset.apply(tf.data.experimental.assert_cardinality(steps)), steps
+    # A pool is a whole number of batches, so no batch straddles two pools.
+    dataset = dataset.batch(pool_size).map(sort_by_length).unbatch().batch(batch_size)
+    if shuffle:
+        dataset = dataset.shuffle(2 * BATCHES_PER_POOL, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.map(gather_padded, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(tf.data.AUTOTUNE)

@@ -178,8 +178,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
                                 low=0, high=0.5, low_open=True, high_open=True),
         "seq_len": Field("int", "Tokens per training sequence (backpropagation through time).", 70, low=2),
         "batch_size": Field("int", "Sequences per batch.", 64, low=1),
-        "epochs": Field("int", "Passes over the corpus.", low=1),
-        "learning_rate": Field("float", "Adam learning rate.", 0.003, low=0, low_open=True),
+        "epochs": Field("int", "Passes over the corpus; 0 = no training (a vocabulary and an untrained encoder).", low=0),
+        "learning_rate": Field("float", "Adam learning rate (gradients clipped to global norm 1).", 0.01, low=0, low_open=True),
         "output": _choice("Language-model output: full = softmax over the whole vocabulary; sampled = the same "
                           "head trained on a sampled softmax of num_sampled words (validation always uses the "
                           "full softmax); tied = project to the embedding size and score against the frozen "
@@ -214,6 +214,13 @@ SCHEMA: dict[str, dict[str, Field]] = {
                           2.6, low=1),
         "schedule": _choice("stlr = slanted triangular learning rate; constant = fixed rate.",
                             ("stlr", "constant"), "stlr"),
+        "restore_best": Field("bool", "Keep the weights of the epoch with the best validation accuracy (across "
+                              "all stages), not those of the last epoch.", True),
+        "patience": Field("int", "Stop after this many epochs without a better validation accuracy; 0 = run "
+                          "every epoch.", 0, low=0),
+        "class_weight": _choice("none = every example counts the same; balanced = weight each class by "
+                                "examples / (classes * its examples), for imbalanced data.",
+                                ("none", "balanced"), "none"),
         "seed": Field("int", "Random seed of fine-tuning.", 0, low=0, high=2**32 - 1),
     },
     "precision": {

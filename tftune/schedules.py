@@ -21,13 +21,16 @@ class SlantedTriangular(keras.optimizers.schedules.LearningRateSchedule):
     The fall spans `total_steps - cut` steps, which is the paper's
     `cut * (1 / cut_frac - 1)` whenever `total_steps * cut_frac` is whole and
     keeps the rate positive when it is not. With `cut == 0` (very short runs)
-    there is no climb: the rate starts at `max_lr`.
+    there is no climb: the rate starts at `max_lr`. Steps count from
+    `start_step`, so an optimizer that keeps its state (and step counter)
+    across gradual-unfreezing stages can start a fresh cycle in each stage.
 
     Args:
         max_lr: Peak learning rate, reached at step `cut`.
         total_steps: Number of optimizer steps in the whole run (>= 1).
         cut_frac: Share of the steps spent climbing, in (0, 1).
         ratio: How much smaller the lowest rate is than `max_lr` (>= 1).
+        start_step: The optimizer step at which the cycle starts (>= 0).
         name: Optional name of the schedule.
 
     Example:
@@ -38,7 +41,7 @@ class SlantedTriangular(keras.optimizers.schedules.LearningRateSchedule):
     ```
     """
 
-    def __init__(self, max_lr, total_steps, cut_frac=0.1, ratio=32.0, name=None):
+    def __init__(self, max_lr, total_steps, cut_frac=0.1, ratio=32.0, start_step=0, name=None):
         if not max_lr > 0:
             raise ValueError(f"max_lr must be > 0, got {max_lr!r}")
         if int(total_steps) != total_steps or total_steps < 1:
@@ -47,16 +50,19 @@ class SlantedTriangular(keras.optimizers.schedules.LearningRateSchedule):
             raise ValueError(f"cut_frac must be in (0, 1), got {cut_frac!r}")
         if not ratio >= 1:
             raise ValueError(f"ratio must be >= 1, got {ratio!r}")
+        if int(start_step) != start_step or start_step < 0:
+            raise ValueError(f"start_step must be an int >= 0, got {start_step!r}")
         self.max_lr = float(max_lr)
         self.total_steps = int(total_steps)
         self.cut_frac = float(cut_frac)
         self.ratio = float(ratio)
+        self.start_step = int(start_step)
         self.name = name
         self.cut = math.floor(self.total_steps * self.cut_frac)
 
     def __call__(self, step):
         # Past the end of the run the rate keeps its final value.
-        t = ops.minimum(ops.cast(step, "float32"), float(self.total_steps))
+        t = ops.clip(ops.cast(step, "float32") - float(self.start_step), 0.0, float(self.total_steps))
         falling = 1.0 - (t - self.cut) / float(self.total_steps - self.cut)
         if self.cut > 0:
             climbing = t / float(self.cut)
@@ -72,6 +78,7 @@ class SlantedTriangular(keras.optimizers.schedules.LearningRateSchedule):
             "total_steps": self.total_steps,
             "cut_frac": self.cut_frac,
             "ratio": self.ratio,
+            "start_step": self.start_step,
             "name": self.name,
         }
 

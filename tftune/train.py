@@ -18,7 +18,6 @@ import json
 import math
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,8 @@ import numpy as np
 import tensorflow as tf
 
 from tftune import __version__
-from tftune.data import classification_dataset, count_batches, lm_dataset, read_corpus, read_labeled, truncate
+from tftune.cache import PendingCorpus, split_documents  # split_documents: bench imports it from here
+from tftune.data import classification_dataset, lm_dataset, read_labeled, truncate
 from tftune.embeddings import align, load_vectors
 from tftune.errors import DataError, RunError, TrainingError
 from tftune.export import export_classifier
@@ -86,28 +86,39 @@ def set_precision(name):
 
 
 class Throughput(keras.callbacks.Callback):
-    """Training tokens per second of step time, leaving out the first (tracing) step."""
+    """Training tokens per second of step time, leaving out the first (tracing) step.
+
+    Both wall-clock and CPU time are kept: the CPU figure (all threads of this process) is
+    what to compare on a machine shared with other jobs, where wall time depends on them.
+    """
 
     def __init__(self, tokens_per_step):
         super().__init__()
         self.tokens_per_step = tokens_per_step
         self.seconds = 0.0
+        self.cpu_seconds = 0.0
         self.steps = 0
         self._first_step_done = False
 
     def on_train_batch_begin(self, batch, logs=None):
         self._start = time.perf_counter()
+        self._cpu_start = time.process_time()
 
     def on_train_batch_end(self, batch, logs=None):
         if not self._first_step_done:
             self._first_step_done = True
             return
         self.seconds += time.perf_counter() - self._start
+        self.cpu_seconds += time.process_time() - self._cpu_start
         self.steps += 1
 
     @property
     def tokens_per_second(self):
         return self.steps * self.tokens_per_step / self.seconds if self.seconds else None
+
+    @property
+    def tokens_per_cpu_second(self):
+        return self.steps * self.tokens_per_step / self.cpu_seconds if self.cpu_seconds else None
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
@@ -123,6 +134,40 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
                 f"training loss became {float(loss)} at epoch {self.epoch + 1}, step {batch + 1}; "
                 "nothing was written (try a lower learning rate, or precision.policy=float32)"
             )
+
+
+class KeepBestWeights(keras.callbacks.Callback):
+    """Remembers the weights of the best epoch by validation accuracy, across several `fit` calls.
+
+    Ties go to the later epoch (more training at the same accuracy). With `patience` > 0 it
+    stops training after that many epochs without improvement and sets `stopped`.
+
+    Args:
+        patience: epochs without a better validation accuracy before stopping; 0 = never stop.
+    """
+
+    def __init__(self, patience=0):
+        super().__init__()
+        self.patience = patience
+        self.best_accuracy = -math.inf
+        self.best_epoch = None
+        self.best_weights = None
+        self.stopped = False
+        self._epochs_without_gain = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        accuracy = float((logs or {}).get("val_accuracy", -math.inf))
+        if accuracy >= self.best_accuracy:
+            self.best_accuracy, self.best_epoch = accuracy, epoch + 1
+            self.best_weights = self.model.get_weights()
+            self._epochs_without_gain = 0
+            return
+        self._epochs_without_gain += 1
+        if self.patience and self._epochs_without_gain >= self.patience:
+            self.model.stop_training = self.stopped = True
+
+    def restore(self):
+        self.model.set_weights(self.best_weights)
 
 
 class StageHistory(keras.callbacks.Callback):
@@ -141,19 +186,25 @@ class StageHistory(keras.callbacks.Callback):
         self.epochs.append(record)
 
 
+def write_tensorboard_logs(epochs, directory):
+    """Writes the per-epoch history as TensorBoard scalars (`tensorboard --logdir RUN/logs`).
+
+    Uses TensorFlow's own summary writer with the scalars plugin's metadata, so the
+    `tensorboard` package is needed only to view the logs, not to write them.
+    """
+    from tensorflow.core.framework import summary_pb2
+
+    scalar = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+    writer = tf.summary.create_file_writer(str(directory))
+    with writer.as_default():
+        for record in epochs:
+            for key, value in record.items():
+                if key not in ("epoch", "stage") and isinstance(value, float):
+                    tf.summary.write(key, tf.constant(value, tf.float32), step=record["epoch"], metadata=scalar)
+    writer.close()
+
+
 # === Pretraining ===
-
-
-def split_documents(documents, valid_fraction):
-    """Holds out the last `valid_fraction` of the documents (at least one) for validation."""
-    if len(documents) < 2:
-        raise DataError("the corpus needs at least 2 documents (one is held out for validation)")
-    n_valid = min(len(documents) - 1, max(1, round(len(documents) * valid_fraction)))
-    return documents[:-n_valid], documents[-n_valid:]
-
-
-def flatten(id_lists):
-    return np.concatenate(id_lists).astype("int32")
 
 
 def _align_vectors(recipe, vocab, vectors, counts):
@@ -165,15 +216,22 @@ def _align_vectors(recipe, vocab, vectors, counts):
 
 
 @holds_output_lock
-def pretrain(recipe: Recipe, out, force=False, callbacks=()):
+def pretrain(recipe: Recipe, out, force=False, callbacks=(), from_run=None):
     """Trains the encoder as a next-token language model and writes a pretrain run.
+
+    With `from_run`, language-model training continues from an existing pretrain run over
+    `pretrain.corpus` (ULMFiT's target-domain step: e.g. the task's own text), keeping the
+    run's vocabulary, tokenizer, encoder and LM head. With `pretrain.epochs = 0` nothing
+    trains: the run holds the vocabulary and an untrained encoder (a from-scratch baseline).
 
     Args:
         recipe: the resolved recipe (its `embeddings`, `vocab`, `encoder`, `pretrain` and
-            `precision` sections are used).
+            `precision` sections are used; with `from_run`, its encoder and vocab sections
+            must match the run's).
         out: the run directory to create.
         force: replace an existing non-empty `out`.
         callbacks: extra Keras callbacks for `fit`.
+        from_run: an existing pretrain run directory to continue from.
 
     Returns:
         The metrics written to `metrics.json`.
@@ -181,39 +239,55 @@ def pretrain(recipe: Recipe, out, force=False, callbacks=()):
     started = time.time()
     settings = recipe["pretrain"]
     keras.utils.set_random_seed(settings["seed"])
-    tokenizer = Tokenizer(lowercase=recipe["embeddings"]["lowercase"])
+    base = None
+    if from_run is not None:
+        base = load_pretrain_run(from_run)
+        check_encoder_matches(recipe, base)
+        tokenizer, vocab_options = base.tokenizer, {"vocab": base.vocab}
+    else:
+        tokenizer = Tokenizer(lowercase=recipe["embeddings"]["lowercase"])
+        vocab_options = {"max_size": recipe["vocab"]["max_size"], "min_freq": recipe["vocab"]["min_freq"]}
 
-    documents = read_corpus(settings["corpus"])
-    train_docs, valid_docs = split_documents(documents, settings["valid_fraction"])
-    # Before tokenizing and the first log line, so a bad vectors file fails fast, as one line.
-    vectors = load_vectors(recipe["embeddings"]["path"], recipe["embeddings"]["format"])
-    train_tokens = [tokenizer.tokenize(doc) for doc in train_docs]
-    counts = Counter(token for tokens in train_tokens for token in tokens)
-    vocab = Vocabulary.build(train_tokens, recipe["vocab"]["max_size"], recipe["vocab"]["min_freq"])
-    log(f"corpus: {len(documents):,} documents, {sum(counts.values()):,} training tokens, vocabulary {len(vocab):,}")
-    matrix, coverage = _align_vectors(recipe, vocab, vectors, counts)
+    # Reads the corpus, unless the cache holds its ids, so a bad corpus file fails first.
+    pending = PendingCorpus(settings["corpus"], tokenizer, settings["valid_fraction"], **vocab_options, log=log)
+    if base is None:
+        # Before tokenizing and the first log line, so a bad vectors file fails fast, as one line.
+        vectors = load_vectors(recipe["embeddings"]["path"], recipe["embeddings"]["format"])
+    corpus = pending.encode()
+    vocab, counts, train_ids, valid_ids = corpus.vocab, corpus.counts, corpus.train_ids, corpus.valid_ids
+    log(f"corpus: {corpus.n_documents:,} documents, {sum(counts.values()):,} training tokens, vocabulary {len(vocab):,}")
+    if base is None:
+        matrix, coverage = _align_vectors(recipe, vocab, vectors, counts)
+        embedding_dim, coverage = int(matrix.shape[1]), dataclasses.asdict(coverage)
+    else:
+        log(f"continuing from the pretrain run {base.path}")
+        embedding_dim = base.embedding_dim
+        coverage = json.loads((base.path / "metrics.json").read_text(encoding="utf-8")).get("coverage")
 
-    train_ids = flatten(vocab.encode(train_docs, tokenizer))
-    valid_ids = flatten(vocab.encode(valid_docs, tokenizer))
     seq_len, batch_size = settings["seq_len"], settings["batch_size"]
     train_data = lm_dataset(train_ids, seq_len, batch_size, shuffle=True, seed=settings["seed"])
     valid_data = lm_dataset(valid_ids, seq_len, batch_size)
 
     policy = set_precision(recipe["precision"]["policy"])
     encoder_settings = recipe["encoder"]
-    encoder = build_encoder(
-        matrix,
-        encoder_settings["cell"],
-        encoder_settings["layers"],
-        encoder_settings["units"],
-        encoder_settings["dropout"],
-    )
+    if base is None:
+        encoder = build_encoder(
+            matrix,
+            encoder_settings["cell"],
+            encoder_settings["layers"],
+            encoder_settings["units"],
+            encoder_settings["dropout"],
+        )
+    else:
+        encoder = restore_encoder(base, encoder_settings["dropout"])
     language_model = build_language_model(
         encoder,
         settings["output"],
         settings["num_sampled"],
         unigram_counts=np.bincount(train_ids, minlength=len(vocab)),
     )
+    if base is not None:
+        restore_language_model(language_model, base)
     log(f"precision policy: {policy}")
     for line in cudnn_report(encoder):
         log(line)
@@ -221,14 +295,15 @@ def pretrain(recipe: Recipe, out, force=False, callbacks=()):
     language_model.compile(optimizer=keras.optimizers.Adam(settings["learning_rate"], global_clipnorm=1.0))
     throughput = Throughput(seq_len * batch_size)
     history = StageHistory()
-    language_model.fit(
-        train_data,
-        validation_data=valid_data,
-        epochs=settings["epochs"],
-        callbacks=[throughput, history, *callbacks],
-        shuffle=False,
-        verbose=fit_verbosity(),
-    )
+    if settings["epochs"]:
+        language_model.fit(
+            train_data,
+            validation_data=valid_data,
+            epochs=settings["epochs"],
+            callbacks=[throughput, history, *callbacks],
+            shuffle=False,
+            verbose=fit_verbosity(),
+        )
     valid_loss = float(language_model.evaluate(valid_data, verbose=0))
     metrics = {
         "valid": {"loss": valid_loss, "perplexity": math.exp(min(valid_loss, 700.0))},
@@ -236,7 +311,8 @@ def pretrain(recipe: Recipe, out, force=False, callbacks=()):
         "train_tokens": int(len(train_ids)),
         "valid_tokens": int(len(valid_ids)),
         "train_tokens_per_second": throughput.tokens_per_second,
-        "coverage": dataclasses.asdict(coverage),
+        "train_tokens_per_cpu_second": throughput.tokens_per_cpu_second,
+        "coverage": coverage,
         "precision_policy": policy,
         "output": settings["output"],
         "wall_seconds": round(time.time() - started, 1),
@@ -249,8 +325,9 @@ def pretrain(recipe: Recipe, out, force=False, callbacks=()):
                 "kind": "pretrain",
                 "tftune_version": __version__,
                 "vocab_fingerprint": vocab.fingerprint(),
-                "embedding_dim": int(matrix.shape[1]),
+                "embedding_dim": embedding_dim,
                 "tokenizer": tokenizer.get_config(),
+                **({"from_run": str(Path(from_run))} if base is not None else {}),
             },
         )
         run.write_text("recipe.toml", recipe.to_toml())
@@ -258,6 +335,7 @@ def pretrain(recipe: Recipe, out, force=False, callbacks=()):
         encoder.save_weights(run.file("encoder.weights.h5"))
         language_model.save_weights(run.file("language_model.weights.h5"))
         run.write_json("history.json", history.epochs)
+        write_tensorboard_logs(history.epochs, run.file("logs"))
         run.write_json("metrics.json", metrics)
     log(f"pretrain run written to {out}")
     return metrics
@@ -318,6 +396,21 @@ def restore_encoder(pretrained, dropout, use_cudnn="auto"):
     return encoder
 
 
+def restore_language_model(language_model, pretrained):
+    """Loads a pretrain run's encoder + LM head weights into `language_model`."""
+    path = pretrained.path / "language_model.weights.h5"
+    if not path.is_file():
+        raise RunError(f"{path}: missing; {pretrained.path} is not a complete pretrain run")
+    language_model(np.zeros((1, 2), dtype="int32"))  # a subclassed model loads weights once built
+    try:
+        language_model.load_weights(path)
+    except (ValueError, KeyError) as e:
+        raise RunError(
+            f"{path}: does not fit pretrain.output = {language_model.output_kind!r} "
+            f"(the run used {pretrained.recipe['pretrain']['output']!r}; {e})"
+        ) from None
+
+
 @dataclass
 class LabeledSplits:
     labels: list
@@ -352,6 +445,36 @@ def load_labeled_splits(settings):
                 f"{path or settings['train']}: {name} label(s) {', '.join(map(repr, unseen[:5]))} never seen in training"
             )
     return LabeledSplits(labels, train, valid, test)
+
+
+def balanced_class_weights(label_ids, n_classes):
+    """`examples / (classes * examples of the class)` per class, as Keras' `class_weight` takes it."""
+    counts = np.bincount(np.asarray(label_ids, dtype="int64"), minlength=n_classes)
+    return {index: len(label_ids) / (n_classes * count) for index, count in enumerate(counts) if count}
+
+
+def build_finetune_optimizer(classifier, encoder, layer_names, settings):
+    """One `DiscriminativeAdam` for every stage, built on every variable that will ever train.
+
+    Keeping one optimizer keeps Adam's moments of the layers that already train when the next
+    layer is unfrozen; each stage then only sets a fresh learning-rate cycle.
+    """
+    for name in layer_names:
+        encoder.get_layer(name).trainable = True
+    optimizer = DiscriminativeAdam(
+        settings["learning_rate"],
+        multipliers=discriminative_multipliers(layer_names, settings["lr_decay"]),
+        **ADAM_BETAS,
+    )
+    optimizer.build(classifier.trainable_variables)
+    return optimizer
+
+
+def stage_learning_rate(settings, optimizer, steps):
+    """The rate of a stage of `steps` optimizer steps starting at the optimizer's current step."""
+    if settings["schedule"] == "constant":
+        return settings["learning_rate"]
+    return SlantedTriangular(settings["learning_rate"], steps, start_step=int(optimizer.iterations))
 
 
 def predict_dataset(model, dataset):
@@ -398,9 +521,9 @@ def finetune(recipe: Recipe, from_run, out, force=False, callbacks=()):
 
     batch_size = settings["batch_size"]
     train_data = classification_dataset(*encode(splits.train), batch_size, shuffle=True, seed=settings["seed"])
-    valid_data, _ = count_batches(classification_dataset(*encode(splits.valid), batch_size))
+    valid_data = classification_dataset(*encode(splits.valid), batch_size)
     test_data = classification_dataset(*encode(splits.test), batch_size) if splits.test else None
-    train_data, steps_per_epoch = count_batches(train_data)
+    steps_per_epoch = int(train_data.cardinality())
     log(
         f"classes: {', '.join(splits.labels)}; {len(splits.train[0]):,} train, "
         f"{len(splits.valid[0]):,} valid, {len(splits.test[0]) if splits.test else 0:,} test examples"
@@ -420,8 +543,12 @@ def finetune(recipe: Recipe, from_run, out, force=False, callbacks=()):
         settings["pool_embeddings"],
     )
     layer_names = recipe_layer_names(pretrained.recipe)
-    multipliers = discriminative_multipliers(layer_names, settings["lr_decay"])
+    optimizer = build_finetune_optimizer(classifier, encoder, layer_names, settings)
+    class_weight = None
+    if settings["class_weight"] == "balanced":
+        class_weight = balanced_class_weights([label_index[label] for label in splits.train[1]], len(splits.labels))
     history = StageHistory()
+    best = KeepBestWeights(settings["patience"])
     epochs_done = 0
     if settings["unfreeze"] == "gradual":
         stages = unfreezing_stages(len(layer_names), settings["stage_epochs"], settings["epochs"])
@@ -436,15 +563,10 @@ def finetune(recipe: Recipe, from_run, out, force=False, callbacks=()):
             + (f" and {', '.join(sorted(trainable))}" if trainable else " only")
             + f" for {stage.epochs} epoch(s)"
         )
-        total_steps = stage.epochs * steps_per_epoch
-        learning_rate = (
-            SlantedTriangular(settings["learning_rate"], total_steps)
-            if settings["schedule"] == "stlr"
-            else settings["learning_rate"]
-        )
+        optimizer.learning_rate = stage_learning_rate(settings, optimizer, stage.epochs * steps_per_epoch)
         # Trainable flags are read at compile time, so every stage compiles again.
         classifier.compile(
-            optimizer=DiscriminativeAdam(learning_rate, multipliers=multipliers, **ADAM_BETAS),
+            optimizer=optimizer,
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
         )
@@ -454,16 +576,29 @@ def finetune(recipe: Recipe, from_run, out, force=False, callbacks=()):
             validation_data=valid_data,
             initial_epoch=epochs_done,
             epochs=epochs_done + stage.epochs,
-            callbacks=[history, StopOnNonFiniteLoss(), *callbacks],
+            class_weight=class_weight,
+            callbacks=[history, best, StopOnNonFiniteLoss(), *callbacks],
             shuffle=False,
             verbose=fit_verbosity(),
         )
         epochs_done += stage.epochs
+        if best.stopped:
+            log(f"no better validation accuracy for {settings['patience']} epoch(s): stopping")
+            break
+    if settings["restore_best"]:
+        best.restore()
+        log(f"kept the weights of epoch {best.best_epoch} (validation accuracy {best.best_accuracy:.4f})")
 
     metrics = {"valid": classification_metrics(*predict_dataset(classifier, valid_data), splits.labels)}
     if test_data is not None:
         metrics["test"] = classification_metrics(*predict_dataset(classifier, test_data), splits.labels)
-    metrics.update(precision_policy=policy, epochs=epochs_done)
+    metrics.update(
+        precision_policy=policy,
+        epochs=len(history.epochs),
+        best_epoch=best.best_epoch,
+        weights_from_epoch=best.best_epoch if settings["restore_best"] else len(history.epochs),
+        stopped_early=best.stopped,
+    )
     summary = f"valid accuracy {metrics['valid']['accuracy']:.4f}"
     if "test" in metrics:
         summary += f", test accuracy {metrics['test']['accuracy']:.4f}, macro-F1 {metrics['test']['macro_f1']:.4f}"
@@ -486,6 +621,7 @@ def finetune(recipe: Recipe, from_run, out, force=False, callbacks=()):
         run.write_json("labels.json", splits.labels)
         classifier.save_weights(run.file("classifier.weights.h5"))
         run.write_json("history.json", history.epochs)
+        write_tensorboard_logs(history.epochs, run.file("logs"))
         export_classifier(classifier, pretrained.vocab, pretrained.tokenizer, splits.labels, settings["max_len"], run.file("export"))
         metrics["wall_seconds"] = round(time.time() - started, 1)
         run.write_json("metrics.json", metrics)
