@@ -76,3 +76,39 @@ def test_mixed_precision_keeps_logits_float32(vectors):
         assert classifier.get_layer("encoder").get_layer("rnn_1").compute_dtype == "float16"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_reverse_tokens_reverses_real_ids_and_keeps_padding_right():
+    from tftune.models import ReverseTokens
+
+    ids = np.array([[5, 6, 7, 2, 0, 0], [8, 2, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]], "int32")
+    reversed_ids = keras.ops.convert_to_numpy(ReverseTokens()(ids))
+    assert reversed_ids.tolist() == [[2, 7, 6, 5, 0, 0], [2, 8, 0, 0, 0, 0], [0] * 6]
+
+
+def test_backward_classifier_sees_the_reversed_document():
+    from tftune.models import build_classifier, build_encoder
+
+    vectors = np.random.default_rng(0).normal(size=(30, 4)).astype("float32")
+    encoder = build_encoder(vectors, cell="gru", layers=1, units=6)
+    forward = build_classifier(encoder, 2, head_dropout=0.0)
+    backward = build_classifier(encoder, 2, head_dropout=0.0, direction="backward")
+    backward.set_weights(forward.get_weights())
+    ids = np.array([[5, 6, 7, 2, 0]], "int32")
+    reversed_ids = np.array([[2, 7, 6, 5, 0]], "int32")
+    np.testing.assert_allclose(backward(ids), forward(reversed_ids), atol=1e-6)
+
+
+def test_ensemble_outputs_the_log_of_the_mean_probabilities():
+    from tftune.models import build_classifier, build_encoder, build_ensemble, ensemble_members
+
+    vectors = np.random.default_rng(1).normal(size=(30, 4)).astype("float32")
+    members = [
+        build_classifier(build_encoder(vectors, cell="lstm", layers=1, units=6), 3, name=name, direction=direction)
+        for name, direction in (("classifier_forward", "forward"), ("classifier_backward", "backward"))
+    ]
+    ensemble = build_ensemble(members)
+    ids = np.array([[5, 6, 7, 2, 0], [9, 2, 0, 0, 0]], "int32")
+    mean = np.mean([keras.ops.convert_to_numpy(keras.ops.softmax(member(ids))) for member in members], axis=0)
+    np.testing.assert_allclose(np.exp(keras.ops.convert_to_numpy(ensemble(ids))), mean, atol=1e-6)
+    assert ensemble_members(ensemble) == members and ensemble_members(members[0]) == [members[0]]

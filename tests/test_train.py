@@ -258,3 +258,28 @@ def test_zero_epoch_pretrain_is_an_untrained_encoder_to_fine_tune_from_scratch(t
     trained = json.loads((tiny_runs["pretrain"] / "metrics.json").read_text())
     assert metrics["valid"]["perplexity"] > trained["valid"]["perplexity"]
     finetune(tiny_runs["recipe"], tmp_path / "scratch", tmp_path / "classifier")
+
+
+def test_forward_and_backward_runs_fine_tune_into_one_averaging_export(tiny_runs, tmp_path):
+    from tftune.export import Predictor
+    from tftune.train import reexport
+
+    backward = tmp_path / "backward"
+    lm = pretrain(tiny_runs["recipe"].with_overrides(["pretrain.direction=backward"]), backward)
+    assert 1 < lm["valid"]["perplexity"] < lm["vocab_size"]
+    with pytest.raises(RunError, match="direction"):  # a backward run continues only as a backward one
+        pretrain(tiny_runs["recipe"], tmp_path / "mixed", from_run=backward)
+
+    run = tmp_path / "ensemble"
+    metrics = finetune(tiny_runs["recipe"], [tiny_runs["pretrain"], backward], run)
+    members = metrics["members"]
+    assert [member["direction"] for member in members] == ["forward", "backward"]
+    assert all({"valid", "test", "best_epoch"} <= set(member) for member in members)
+    assert {epoch["member"] for epoch in json.loads((run / "history.json").read_text())} == {
+        "classifier_forward", "classifier_backward"}
+    # The export averages the members' probabilities; a re-export gives the same model.
+    texts = ["a gripping , moving film .", "dull and far too long", ""]
+    served = Predictor(run / "export").predict(texts)[1]
+    assert np.allclose(served.sum(axis=1), 1.0, atol=1e-5)
+    reexport(run, tmp_path / "again")
+    assert np.allclose(Predictor(tmp_path / "again").predict(texts)[1], served, atol=1e-6)

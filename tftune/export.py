@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from tftune.errors import DataError, RunError
 from tftune.metrics import classification_metrics
-from tftune.models import build_classifier, build_encoder
+from tftune.models import build_classifier, build_encoder, build_ensemble, ensemble_members
 from tftune.runs import replace_directory
 from tftune.text import EOS, Tokenizer
 
@@ -37,27 +37,36 @@ SIGNATURE = "serving_default"
 LABELS_FILE = "labels.json"
 
 
-def portable_copy(classifier):
-    """A float32, non-cuDNN copy of a trained classifier with the same weights."""
+def _rebuilt_classifier(classifier):
+    """A float32, non-cuDNN classifier with `classifier`'s architecture (weights not copied)."""
+    encoder = classifier.get_layer("encoder")
+    embedding = encoder.get_layer("embedding")
+    first_rnn = encoder.get_layer("rnn_1")
+    cell = {"SimpleRNN": "simple_rnn", "LSTM": "lstm", "GRU": "gru"}[type(first_rnn).__name__]
+    n_layers = sum(1 for layer in encoder.layers if layer.name.startswith("rnn_") and not layer.name.endswith("_dropout"))
+    placeholder = np.zeros((embedding.input_dim, embedding.output_dim), dtype="float32")
+    copy_encoder = build_encoder(placeholder, cell, n_layers, first_rnn.units, 0.0, use_cudnn=False)
+    layer_names = {layer.name for layer in classifier.layers}
+    return build_classifier(
+        copy_encoder,
+        classifier.get_layer("classifier_logits").units,
+        head=classifier.get_layer("classifier_pooling").mode,
+        head_units=classifier.get_layer("classifier_hidden").units,
+        pool_embeddings="classifier_features" in layer_names,
+        direction="backward" if "reverse_tokens" in layer_names else "forward",
+        name=classifier.name,
+    )
+
+
+def portable_copy(model):
+    """A float32, non-cuDNN copy of a trained classifier (or ensemble) with the same weights."""
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
-        encoder = classifier.get_layer("encoder")
-        embedding = encoder.get_layer("embedding")
-        first_rnn = encoder.get_layer("rnn_1")
-        cell = {"SimpleRNN": "simple_rnn", "LSTM": "lstm", "GRU": "gru"}[type(first_rnn).__name__]
-        n_layers = sum(1 for layer in encoder.layers if layer.name.startswith("rnn_") and not layer.name.endswith("_dropout"))
-        placeholder = np.zeros((embedding.input_dim, embedding.output_dim), dtype="float32")
-        copy_encoder = build_encoder(placeholder, cell, n_layers, first_rnn.units, 0.0, use_cudnn=False)
-        pooling = classifier.get_layer("classifier_pooling")
-        copy = build_classifier(
-            copy_encoder,
-            classifier.get_layer("classifier_logits").units,
-            head=pooling.mode,
-            head_units=classifier.get_layer("classifier_hidden").units,
-            pool_embeddings=any(layer.name == "classifier_features" for layer in classifier.layers),
-        )
-        copy.set_weights([np.asarray(w, dtype="float32") for w in classifier.get_weights()])
+        members = ensemble_members(model)
+        copies = [_rebuilt_classifier(member) for member in members]
+        copy = build_ensemble(copies) if members[0] is not model else copies[0]
+        copy.set_weights([np.asarray(w, dtype="float32") for w in model.get_weights()])
         return copy
     finally:
         keras.mixed_precision.set_global_policy(previous)

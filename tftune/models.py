@@ -343,7 +343,51 @@ class ConcatPooling(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
-def build_classifier(encoder, n_classes, head="concat_pool", head_units=50, head_dropout=0.3, pool_embeddings=True):
+@keras.saving.register_keras_serializable(package="tftune")
+class ReverseTokens(keras.layers.Layer):
+    """Reverses the real (non-padding) ids of each right-padded row; padding stays on the right.
+
+    The input of a backward (right-to-left) encoder: `[t1, t2, <eos>, 0]` becomes
+    `[<eos>, t2, t1, 0]`, the order in which the backward language model read its text.
+
+    Example:
+
+    >>> import numpy as np
+    >>> ReverseTokens()(np.array([[5, 6, 2, 0], [7, 0, 0, 0]])).numpy().tolist()
+    [[2, 6, 5, 0], [7, 0, 0, 0]]
+    """
+
+    def call(self, ids):
+        lengths = ops.sum(ops.cast(ops.not_equal(ids, 0), "int32"), axis=1, keepdims=True)
+        positions = ops.expand_dims(ops.arange(ops.shape(ids)[1], dtype="int32"), 0)
+        source = ops.where(positions < lengths, lengths - 1 - positions, positions)
+        return ops.take_along_axis(ids, source, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package="tftune")
+class LogProbabilities(keras.layers.Layer):
+    """`log(p)`: averaged probabilities turned back into logits (`softmax(log p) == p`)."""
+
+    def call(self, probabilities):
+        return ops.log(ops.maximum(probabilities, 1e-12))
+
+
+DIRECTIONS = ("forward", "backward")
+
+
+def build_classifier(
+    encoder,
+    n_classes,
+    head="concat_pool",
+    head_units=50,
+    head_dropout=0.3,
+    pool_embeddings=True,
+    direction="forward",
+    name="classifier",
+):
     """Encoder + pooling + a small layer-normalised MLP; returns float32 logits `[batch, n_classes]`.
 
     Args:
@@ -353,12 +397,18 @@ def build_classifier(encoder, n_classes, head="concat_pool", head_units=50, head
         head_units: width of the hidden layer of the head.
         head_dropout: dropout before each dense layer of the head.
         pool_embeddings: pool the (frozen) word vectors together with the top layer's states.
+        direction: `"backward"` for an encoder pretrained right to left: the classifier
+            still takes ids in reading order and reverses them itself (`ReverseTokens`).
+        name: the model's name (members of an ensemble need different ones).
     """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"unknown direction {direction!r}; expected one of {DIRECTIONS}")
     ids = keras.Input(shape=(None,), dtype="int32", name="ids")
-    hidden = encoder(ids)
+    tokens = ReverseTokens(name="reverse_tokens")(ids) if direction == "backward" else ids
+    hidden = encoder(tokens)
     if pool_embeddings:
         # The embedding layer is shared with the encoder: same frozen weights, same mask.
-        vectors = encoder.get_layer("embedding")(ids)
+        vectors = encoder.get_layer("embedding")(tokens)
         hidden = keras.layers.Concatenate(name="classifier_features")([keras.ops.cast(vectors, hidden.dtype), hidden])
     x = ConcatPooling(head, name="classifier_pooling")(hidden)
     # ULMFiT's head (norm + dropout + linear, twice), with layer norm instead of batch norm:
@@ -369,4 +419,27 @@ def build_classifier(encoder, n_classes, head="concat_pool", head_units=50, head
     x = keras.layers.LayerNormalization(name="classifier_norm_2")(x)
     x = keras.layers.Dropout(head_dropout, name="classifier_dropout_2")(x)
     logits = keras.layers.Dense(n_classes, dtype="float32", name="classifier_logits")(x)
-    return keras.Model(ids, logits, name="classifier")
+    return keras.Model(ids, logits, name=name)
+
+
+def build_ensemble(members):
+    """Averages the class probabilities of several classifiers (e.g. forward + backward, as in ULMFiT).
+
+    The output is the log of the mean probabilities, so it is used like any classifier's
+    logits: its softmax is the mean, its argmax the ensemble's prediction.
+
+    Args:
+        members: classifiers from `build_classifier`, with different names.
+    """
+    ids = keras.Input(shape=(None,), dtype="int32", name="ids")
+    probabilities = [keras.layers.Softmax(dtype="float32", name=f"{member.name}_probabilities")(member(ids))
+                     for member in members]
+    mean = keras.layers.Average(dtype="float32", name="ensemble_mean")(probabilities)
+    return keras.Model(ids, LogProbabilities(dtype="float32", name="ensemble_logits")(mean), name="ensemble")
+
+
+def ensemble_members(model):
+    """The member classifiers of an ensemble, or `[model]` for a single classifier."""
+    if not any(layer.name == "ensemble_mean" for layer in model.layers):
+        return [model]
+    return [layer for layer in model.layers if isinstance(layer, keras.Model)]

@@ -186,6 +186,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
                           "word vectors.", ("full", "sampled", "tied"), "sampled"),
         "num_sampled": Field("int", 'Words sampled per training step when output = "sampled" (log-uniform over '
                              "the frequency-sorted vocabulary).", 1024, low=1),
+        "direction": _choice("forward = predict the next word; backward = read the corpus right to left and "
+                             "predict the previous one (ULMFiT's second model: fine-tune both and pass both runs "
+                             "to finetune --from for an ensemble).", ("forward", "backward"), "forward"),
         "seed": Field("int", "Random seed of pretraining.", 0, low=0, high=2**32 - 1),
     },
     "finetune": {

@@ -35,6 +35,7 @@ from tftune.metrics import classification_metrics
 from tftune.models import (
     build_classifier,
     build_encoder,
+    build_ensemble,
     build_language_model,
     cudnn_report,
     recurrent_layer_names,
@@ -243,6 +244,11 @@ def pretrain(recipe: Recipe, out, force=False, callbacks=(), from_run=None):
     if from_run is not None:
         base = load_pretrain_run(from_run)
         check_encoder_matches(recipe, base)
+        if base.recipe["pretrain"]["direction"] != settings["direction"]:
+            raise RunError(
+                f"pretrain.direction is {settings['direction']!r} in the recipe but "
+                f"{base.recipe['pretrain']['direction']!r} in the pretrain run {base.path}"
+            )
         tokenizer, vocab_options = base.tokenizer, {"vocab": base.vocab}
     else:
         tokenizer = Tokenizer(lowercase=recipe["embeddings"]["lowercase"])
@@ -256,6 +262,10 @@ def pretrain(recipe: Recipe, out, force=False, callbacks=(), from_run=None):
     corpus = pending.encode()
     vocab, counts, train_ids, valid_ids = corpus.vocab, corpus.counts, corpus.train_ids, corpus.valid_ids
     log(f"corpus: {corpus.n_documents:,} documents, {sum(counts.values()):,} training tokens, vocabulary {len(vocab):,}")
+    if settings["direction"] == "backward":
+        # The whole stream read right to left: each document reversed, its <eos> now before it.
+        train_ids, valid_ids = train_ids[::-1].copy(), valid_ids[::-1].copy()
+        log("backward language model: the corpus is read right to left")
     if base is None:
         matrix, coverage = _align_vectors(recipe, vocab, vectors, counts)
         embedding_dim, coverage = int(matrix.shape[1]), dataclasses.asdict(coverage)
@@ -486,67 +496,46 @@ def predict_dataset(model, dataset):
     return np.concatenate(true), np.concatenate(predicted)
 
 
-@holds_output_lock
-def finetune(recipe: Recipe, from_run, out, force=False, callbacks=()):
-    """Fine-tunes a pretrained encoder as a classifier with gradual unfreezing, then exports it.
+@dataclass
+class TrainedMember:
+    """One fine-tuned classifier, with what its training recorded."""
 
-    Stage 0 trains the head only; each following stage unfreezes one more recurrent layer
-    from the top, until all train. The embedding stays frozen throughout. Each stage runs a
-    slanted triangular learning-rate cycle with discriminative rates (each layer down gets
-    the rate of the one above divided by `finetune.lr_decay`).
+    classifier: keras.Model
+    history: list
+    best: KeepBestWeights
+
+
+def finetune_member(recipe, pretrained, name, data, labels, callbacks=()):
+    """Builds a classifier on a pretrained encoder and trains it with gradual unfreezing.
 
     Args:
-        recipe: the resolved recipe (`finetune` and `precision` sections are used; its
-            encoder must match the pretrain run's).
-        from_run: the pretrain run directory.
-        out: the finetune run directory to create (the SavedModel goes to `out/export`).
-        force: replace an existing non-empty `out`.
+        recipe: the resolved recipe (its `finetune` section is used).
+        pretrained: the `PretrainedRun` whose encoder the classifier starts from.
+        name: the classifier's model name.
+        data: `{"train", "valid", "class_weight"}`: the datasets and optional class weights.
+        labels: class names.
         callbacks: extra Keras callbacks for every `fit` call.
 
     Returns:
-        The metrics written to `metrics.json`.
+        A `TrainedMember` holding the weights of the best (or last) epoch.
     """
-    started = time.time()
-    pretrained = load_pretrain_run(from_run)
-    check_encoder_matches(recipe, pretrained)
     settings = recipe["finetune"]
-    keras.utils.set_random_seed(settings["seed"])
-    splits = load_labeled_splits(settings)
-    label_index = {label: i for i, label in enumerate(splits.labels)}
-
-    def encode(split):
-        texts, labels = split
-        ids = truncate(pretrained.vocab.encode(texts, pretrained.tokenizer), settings["max_len"])
-        return ids, [label_index[label] for label in labels]
-
-    batch_size = settings["batch_size"]
-    train_data = classification_dataset(*encode(splits.train), batch_size, shuffle=True, seed=settings["seed"])
-    valid_data = classification_dataset(*encode(splits.valid), batch_size)
-    test_data = classification_dataset(*encode(splits.test), batch_size) if splits.test else None
-    steps_per_epoch = int(train_data.cardinality())
-    log(
-        f"classes: {', '.join(splits.labels)}; {len(splits.train[0]):,} train, "
-        f"{len(splits.valid[0]):,} valid, {len(splits.test[0]) if splits.test else 0:,} test examples"
-    )
-
-    policy = set_precision(recipe["precision"]["policy"])
-    log(f"precision policy: {policy}")
     encoder = restore_encoder(pretrained, pretrained.recipe["encoder"]["dropout"])
     for line in cudnn_report(encoder):
         log(line)
     classifier = build_classifier(
         encoder,
-        len(splits.labels),
+        len(labels),
         settings["head"],
         settings["head_units"],
         settings["head_dropout"],
         settings["pool_embeddings"],
+        direction=pretrained.recipe["pretrain"]["direction"],
+        name=name,
     )
     layer_names = recipe_layer_names(pretrained.recipe)
     optimizer = build_finetune_optimizer(classifier, encoder, layer_names, settings)
-    class_weight = None
-    if settings["class_weight"] == "balanced":
-        class_weight = balanced_class_weights([label_index[label] for label in splits.train[1]], len(splits.labels))
+    steps_per_epoch = int(data["train"].cardinality())
     history = StageHistory()
     best = KeepBestWeights(settings["patience"])
     epochs_done = 0
@@ -556,10 +545,10 @@ def finetune(recipe: Recipe, from_run, out, force=False, callbacks=()):
         stages = [Stage(trainable_layers=len(layer_names), epochs=settings["epochs"])]
     for number, stage in enumerate(stages):
         trainable = set(layer_names[len(layer_names) - stage.trainable_layers :])
-        for name in layer_names:
-            encoder.get_layer(name).trainable = name in trainable
+        for layer_name in layer_names:
+            encoder.get_layer(layer_name).trainable = layer_name in trainable
         log(
-            f"stage {number + 1}/{len(stages)}: training the head"
+            f"{name} stage {number + 1}/{len(stages)}: training the head"
             + (f" and {', '.join(sorted(trainable))}" if trainable else " only")
             + f" for {stage.epochs} epoch(s)"
         )
@@ -572,11 +561,11 @@ def finetune(recipe: Recipe, from_run, out, force=False, callbacks=()):
         )
         history.stage = {"stage": number + 1, "trainable_layers": sorted(trainable)}
         classifier.fit(
-            train_data,
-            validation_data=valid_data,
+            data["train"],
+            validation_data=data["valid"],
             initial_epoch=epochs_done,
             epochs=epochs_done + stage.epochs,
-            class_weight=class_weight,
+            class_weight=data["class_weight"],
             callbacks=[history, best, StopOnNonFiniteLoss(), *callbacks],
             shuffle=False,
             verbose=fit_verbosity(),
@@ -587,18 +576,123 @@ def finetune(recipe: Recipe, from_run, out, force=False, callbacks=()):
             break
     if settings["restore_best"]:
         best.restore()
-        log(f"kept the weights of epoch {best.best_epoch} (validation accuracy {best.best_accuracy:.4f})")
+        log(f"{name}: kept the weights of epoch {best.best_epoch} (validation accuracy {best.best_accuracy:.4f})")
+    return TrainedMember(classifier, history.epochs, best)
 
-    metrics = {"valid": classification_metrics(*predict_dataset(classifier, valid_data), splits.labels)}
-    if test_data is not None:
-        metrics["test"] = classification_metrics(*predict_dataset(classifier, test_data), splits.labels)
-    metrics.update(
-        precision_policy=policy,
-        epochs=len(history.epochs),
-        best_epoch=best.best_epoch,
-        weights_from_epoch=best.best_epoch if settings["restore_best"] else len(history.epochs),
-        stopped_early=best.stopped,
+
+def member_names(directions):
+    """Model names of the ensemble members: by direction, numbered when a direction repeats."""
+    if len(directions) == 1:
+        return ["classifier"]
+    if len(set(directions)) == len(directions):
+        return [f"classifier_{direction}" for direction in directions]
+    return [f"classifier_{number}" for number in range(1, len(directions) + 1)]
+
+
+def check_same_vocabulary(members):
+    """An ensemble's members read the same ids, so they must share one vocabulary and tokenizer."""
+    first = members[0]
+    for other in members[1:]:
+        if (other.vocab.fingerprint(), other.tokenizer.get_config()) != (
+            first.vocab.fingerprint(),
+            first.tokenizer.get_config(),
+        ):
+            raise RunError(
+                f"{other.path}: its vocabulary or tokenizer differs from {first.path}'s; the runs of an ensemble "
+                "must be pretrained on the same corpus with the same vocab and embeddings settings"
+            )
+
+
+@holds_output_lock
+def finetune(recipe: Recipe, from_run, out, force=False, callbacks=()):
+    """Fine-tunes pretrained encoders as a classifier with gradual unfreezing, then exports it.
+
+    Stage 0 trains the head only; each following stage unfreezes one more recurrent layer
+    from the top, until all train. The embedding stays frozen throughout. Each stage runs a
+    slanted triangular learning-rate cycle with discriminative rates (each layer down gets
+    the rate of the one above divided by `finetune.lr_decay`). Given several pretrain runs
+    (e.g. a forward and a backward language model), each gets its own classifier, trained
+    the same way, and the export averages their probabilities (ULMFiT's ensemble).
+
+    Args:
+        recipe: the resolved recipe (`finetune` and `precision` sections are used; its
+            encoder must match the pretrain runs').
+        from_run: a pretrain run directory, or a list of them for an ensemble.
+        out: the finetune run directory to create (the SavedModel goes to `out/export`).
+        force: replace an existing non-empty `out`.
+        callbacks: extra Keras callbacks for every `fit` call.
+
+    Returns:
+        The metrics written to `metrics.json`.
+    """
+    started = time.time()
+    from_runs = [from_run] if isinstance(from_run, (str, Path)) else list(from_run)
+    members = [load_pretrain_run(path) for path in from_runs]
+    for pretrained in members:
+        check_encoder_matches(recipe, pretrained)
+    check_same_vocabulary(members)
+    vocab, tokenizer = members[0].vocab, members[0].tokenizer
+    settings = recipe["finetune"]
+    keras.utils.set_random_seed(settings["seed"])
+    splits = load_labeled_splits(settings)
+    label_index = {label: i for i, label in enumerate(splits.labels)}
+
+    def encode(split):
+        texts, labels = split
+        ids = truncate(vocab.encode(texts, tokenizer), settings["max_len"])
+        return ids, [label_index[label] for label in labels]
+
+    batch_size = settings["batch_size"]
+    data = {
+        "train": classification_dataset(*encode(splits.train), batch_size, shuffle=True, seed=settings["seed"]),
+        "valid": classification_dataset(*encode(splits.valid), batch_size),
+        "class_weight": None,
+    }
+    if settings["class_weight"] == "balanced":
+        train_labels = [label_index[label] for label in splits.train[1]]
+        data["class_weight"] = balanced_class_weights(train_labels, len(splits.labels))
+    test_data = classification_dataset(*encode(splits.test), batch_size) if splits.test else None
+    log(
+        f"classes: {', '.join(splits.labels)}; {len(splits.train[0]):,} train, "
+        f"{len(splits.valid[0]):,} valid, {len(splits.test[0]) if splits.test else 0:,} test examples"
     )
+
+    policy = set_precision(recipe["precision"]["policy"])
+    log(f"precision policy: {policy}")
+    directions = [pretrained.recipe["pretrain"]["direction"] for pretrained in members]
+    names = member_names(directions)
+    trained = [
+        finetune_member(recipe, pretrained, name, data, splits.labels, callbacks)
+        for pretrained, name in zip(members, names)
+    ]
+
+    def scores(model):
+        result = {"valid": classification_metrics(*predict_dataset(model, data["valid"]), splits.labels)}
+        if test_data is not None:
+            result["test"] = classification_metrics(*predict_dataset(model, test_data), splits.labels)
+        return result
+
+    def training_summary(member):
+        return {
+            "epochs": len(member.history),
+            "best_epoch": member.best.best_epoch,
+            "weights_from_epoch": member.best.best_epoch if settings["restore_best"] else len(member.history),
+            "stopped_early": member.best.stopped,
+        }
+
+    if len(trained) == 1:
+        model = trained[0].classifier
+        metrics = {**scores(model), "precision_policy": policy, **training_summary(trained[0])}
+        history = trained[0].history
+    else:
+        model = build_ensemble([member.classifier for member in trained])
+        metrics = {**scores(model), "precision_policy": policy}
+        metrics["members"] = [
+            {"name": name, "pretrain_run": str(pretrained.path), "direction": direction,
+             **scores(member.classifier), **training_summary(member)}
+            for name, pretrained, direction, member in zip(names, members, directions, trained)
+        ]
+        history = [{"member": name, **epoch} for name, member in zip(names, trained) for epoch in member.history]
     summary = f"valid accuracy {metrics['valid']['accuracy']:.4f}"
     if "test" in metrics:
         summary += f", test accuracy {metrics['test']['accuracy']:.4f}, macro-F1 {metrics['test']['macro_f1']:.4f}"
@@ -610,19 +704,23 @@ def finetune(recipe: Recipe, from_run, out, force=False, callbacks=()):
             {
                 "kind": "finetune",
                 "tftune_version": __version__,
-                "pretrain_run": str(Path(from_run)),
-                "vocab_fingerprint": pretrained.vocab.fingerprint(),
-                "embedding_dim": pretrained.embedding_dim,
-                "tokenizer": pretrained.tokenizer.get_config(),
+                "pretrain_run": str(Path(from_runs[0])),
+                "members": [
+                    {"name": name, "pretrain_run": str(Path(path)), "direction": direction}
+                    for name, path, direction in zip(names, from_runs, directions)
+                ],
+                "vocab_fingerprint": vocab.fingerprint(),
+                "embedding_dim": members[0].embedding_dim,
+                "tokenizer": tokenizer.get_config(),
             },
         )
         run.write_text("recipe.toml", recipe.to_toml())
-        pretrained.vocab.save(run.file("vocab.txt"))
+        vocab.save(run.file("vocab.txt"))
         run.write_json("labels.json", splits.labels)
-        classifier.save_weights(run.file("classifier.weights.h5"))
-        run.write_json("history.json", history.epochs)
-        write_tensorboard_logs(history.epochs, run.file("logs"))
-        export_classifier(classifier, pretrained.vocab, pretrained.tokenizer, splits.labels, settings["max_len"], run.file("export"))
+        model.save_weights(run.file("classifier.weights.h5"))
+        run.write_json("history.json", history)
+        write_tensorboard_logs(history, run.file("logs"))
+        export_classifier(model, vocab, tokenizer, splits.labels, settings["max_len"], run.file("export"))
         metrics["wall_seconds"] = round(time.time() - started, 1)
         run.write_json("metrics.json", metrics)
     log(f"finetune run written to {out}")
@@ -646,12 +744,22 @@ def reexport(run_dir, out, force=False):
     settings = recipe["finetune"]
     encoder_settings = recipe["encoder"]
     placeholder = np.zeros((len(vocab), info["embedding_dim"]), dtype="float32")
-    encoder = build_encoder(
-        placeholder, encoder_settings["cell"], encoder_settings["layers"], encoder_settings["units"], 0.0, use_cudnn=False
-    )
-    classifier = build_classifier(
-        encoder, len(labels), settings["head"], settings["head_units"], pool_embeddings=settings["pool_embeddings"]
-    )
+    # Runs written before ensembles existed hold one forward classifier.
+    members = info.get("members") or [{"name": "classifier", "direction": "forward"}]
+    classifiers = [
+        build_classifier(
+            build_encoder(placeholder, encoder_settings["cell"], encoder_settings["layers"], encoder_settings["units"],
+                          0.0, use_cudnn=False),
+            len(labels),
+            settings["head"],
+            settings["head_units"],
+            pool_embeddings=settings["pool_embeddings"],
+            direction=member["direction"],
+            name=member["name"],
+        )
+        for member in members
+    ]
+    classifier = classifiers[0] if len(classifiers) == 1 else build_ensemble(classifiers)
     classifier.load_weights(run_dir / "classifier.weights.h5")
     tokenizer = Tokenizer.from_config(info["tokenizer"])
     return export_classifier(classifier, vocab, tokenizer, labels, settings["max_len"], out)
