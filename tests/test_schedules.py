@@ -66,6 +66,21 @@ def test_stlr_cycle_starts_at_start_step():
         assert _lr(shifted, 700 + step) == pytest.approx(_lr(base, step))
 
 
+def test_one_cycle_rises_and_falls_along_cosines():
+    from tftune.schedules import OneCycle
+
+    schedule = OneCycle(max_lr=0.01, total_steps=400, start_step=100)
+    assert _lr(schedule, 100) == pytest.approx(0.01 / 25, rel=1e-5)
+    assert _lr(schedule, 150) == pytest.approx(0.01 / 25 + (0.01 - 0.01 / 25) / 2, rel=1e-5)  # half-way up
+    assert _lr(schedule, 200) == pytest.approx(0.01, rel=1e-5)
+    assert _lr(schedule, 350) == pytest.approx((0.01 + 0.01 / 25 / 1e4) / 2, rel=1e-5)  # half-way down
+    assert _lr(schedule, 500) == _lr(schedule, 9000) == pytest.approx(0.01 / 25 / 1e4, rel=1e-5)
+    values = [_lr(schedule, step) for step in range(100, 501)]
+    assert values.index(max(values)) == 100
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
+    assert restored.get_config() == schedule.get_config()
+
+
 def test_stlr_works_on_symbolic_steps():
     schedule = SlantedTriangular(max_lr=0.01, total_steps=1000)
     traced = tf.function(schedule)

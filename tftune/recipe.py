@@ -215,8 +215,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
                                low=0, low_open=True),
         "lr_decay": Field("float", "Each lower layer learns this many times slower (discriminative rates).",
                           2.6, low=1),
-        "schedule": _choice("stlr = slanted triangular learning rate; constant = fixed rate.",
-                            ("stlr", "constant"), "stlr"),
+        "schedule": _choice("Learning rate of each stage: stlr = slanted triangular (ULMFiT); one_cycle = cosine "
+                            "one-cycle (fastai); constant = fixed rate.", ("stlr", "one_cycle", "constant"), "stlr"),
         "restore_best": Field("bool", "Keep the weights of the epoch with the best validation accuracy (across "
                               "all stages), not those of the last epoch.", True),
         "patience": Field("int", "Stop after this many epochs without a better validation accuracy; 0 = run "

@@ -1,5 +1,5 @@
-"""ULMFiT training schedules: slanted triangular learning rates, discriminative
-learning rates per layer, and gradual unfreezing stages."""
+"""ULMFiT training schedules: slanted triangular (or one-cycle) learning rates,
+discriminative learning rates per layer, and gradual unfreezing stages."""
 
 from __future__ import annotations
 
@@ -78,6 +78,77 @@ class SlantedTriangular(keras.optimizers.schedules.LearningRateSchedule):
             "total_steps": self.total_steps,
             "cut_frac": self.cut_frac,
             "ratio": self.ratio,
+            "start_step": self.start_step,
+            "name": self.name,
+        }
+
+
+@keras.saving.register_keras_serializable(package="tftune")
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+    """One-cycle learning rate (Smith, 2018, as in fastai's `fit_one_cycle`).
+
+    The rate rises from `max_lr / div_factor` to `max_lr` along half a cosine during the
+    first `pct_start` of the steps, then falls along half a cosine to
+    `max_lr / (div_factor * final_div_factor)` at `total_steps`, and stays there. Steps count
+    from `start_step`, as in `SlantedTriangular`.
+
+    Args:
+        max_lr: Peak learning rate.
+        total_steps: Number of optimizer steps of the cycle (>= 1).
+        pct_start: Share of the steps spent rising, in (0, 1).
+        div_factor: The first rate is `max_lr / div_factor` (>= 1).
+        final_div_factor: The last rate is `max_lr / (div_factor * final_div_factor)` (>= 1).
+        start_step: The optimizer step at which the cycle starts (>= 0).
+        name: Optional name of the schedule.
+
+    Example:
+
+    ```python
+    optimizer = keras.optimizers.Adam(learning_rate=OneCycle(max_lr=0.004, total_steps=1000))
+    ```
+    """
+
+    def __init__(self, max_lr, total_steps, pct_start=0.25, div_factor=25.0, final_div_factor=1e4, start_step=0,
+                 name=None):
+        if not max_lr > 0:
+            raise ValueError(f"max_lr must be > 0, got {max_lr!r}")
+        if int(total_steps) != total_steps or total_steps < 1:
+            raise ValueError(f"total_steps must be an int >= 1, got {total_steps!r}")
+        if not 0 < pct_start < 1:
+            raise ValueError(f"pct_start must be in (0, 1), got {pct_start!r}")
+        if not (div_factor >= 1 and final_div_factor >= 1):
+            raise ValueError(f"div_factor and final_div_factor must be >= 1, got {div_factor!r}, {final_div_factor!r}")
+        if int(start_step) != start_step or start_step < 0:
+            raise ValueError(f"start_step must be an int >= 0, got {start_step!r}")
+        self.max_lr = float(max_lr)
+        self.total_steps = int(total_steps)
+        self.pct_start = float(pct_start)
+        self.div_factor = float(div_factor)
+        self.final_div_factor = float(final_div_factor)
+        self.start_step = int(start_step)
+        self.name = name
+
+    def __call__(self, step):
+        t = ops.clip(ops.cast(step, "float32") - float(self.start_step), 0.0, float(self.total_steps))
+        rise_steps = max(1.0, self.pct_start * self.total_steps)
+        fall_steps = max(1.0, self.total_steps - rise_steps)
+        first = self.max_lr / self.div_factor
+        last = first / self.final_div_factor
+
+        def cosine(start, end, fraction):
+            return end + (start - end) / 2.0 * (1.0 + ops.cos(math.pi * ops.clip(fraction, 0.0, 1.0)))
+
+        rising = cosine(first, self.max_lr, t / rise_steps)
+        falling = cosine(self.max_lr, last, (t - rise_steps) / fall_steps)
+        return ops.where(t < rise_steps, rising, falling)
+
+    def get_config(self):
+        return {
+            "max_lr": self.max_lr,
+            "total_steps": self.total_steps,
+            "pct_start": self.pct_start,
+            "div_factor": self.div_factor,
+            "final_div_factor": self.final_div_factor,
             "start_step": self.start_step,
             "name": self.name,
         }

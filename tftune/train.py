@@ -44,6 +44,7 @@ from tftune.recipe import Recipe
 from tftune.runs import RunDirectory, holds_output_lock, read_run_info
 from tftune.schedules import (
     DiscriminativeAdam,
+    OneCycle,
     SlantedTriangular,
     Stage,
     discriminative_multipliers,
@@ -482,9 +483,10 @@ def build_finetune_optimizer(classifier, encoder, layer_names, settings):
 
 def stage_learning_rate(settings, optimizer, steps):
     """The rate of a stage of `steps` optimizer steps starting at the optimizer's current step."""
-    if settings["schedule"] == "constant":
+    schedule = {"stlr": SlantedTriangular, "one_cycle": OneCycle}.get(settings["schedule"])
+    if schedule is None:
         return settings["learning_rate"]
-    return SlantedTriangular(settings["learning_rate"], steps, start_step=int(optimizer.iterations))
+    return schedule(settings["learning_rate"], steps, start_step=int(optimizer.iterations))
 
 
 def predict_dataset(model, dataset):
