@@ -38,6 +38,8 @@ from bench import common
 
 NAME = "lm_throughput"
 CELLS = ("lstm", "gru", "simple_rnn")
+# Each cell trains with the settings of its shipped recipe (the SimpleRNN one has a lower learning rate).
+CELL_RECIPES = {"lstm": "lstm-glove", "gru": "gru-glove", "simple_rnn": "rnn-glove"}
 FULL = {"seq_len": 70, "batch_size": 64, "units": 256, "layers": 2, "vocab_max_size": 20000}
 SMOKE = {"seq_len": 20, "batch_size": 16, "units": 16, "layers": 1, "vocab_max_size": 2000}
 SMOKE_CORPUS_LINES = 300
@@ -53,7 +55,13 @@ def add_arguments(parser):
                         help="training time of every model [default: 300; 3 with --smoke]")
     parser.add_argument("--cells", default=None,
                         help="comma-separated cells [default: lstm,gru,simple_rnn; lstm with --smoke]")
-    parser.add_argument("--recipe", default="lstm-glove", help="tftune recipe the tftune side starts from")
+    parser.add_argument(
+        "--recipe",
+        default=None,
+        help="tftune recipe the tftune side starts from, for every cell [default: each cell's shipped recipe: "
+        + ", ".join(f"{cell} {name}" for cell, name in CELL_RECIPES.items())
+        + "]",
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="extra tftune recipe override, applied last (repeatable)")
 
@@ -226,30 +234,32 @@ def measure(args):
             f"pretrain.epochs={MANY_EPOCHS}",
             "precision.policy=float32",
         ]
-        recipe = load_recipe(args.recipe, fixed + args.overrides)
-        # The Keras side follows whatever the recipe ends up with, --set included.
-        settings = {
-            "seq_len": recipe["pretrain"]["seq_len"],
-            "batch_size": recipe["pretrain"]["batch_size"],
-            "units": recipe["encoder"]["units"],
-            "layers": recipe["encoder"]["layers"],
-            "vocab_max_size": recipe["vocab"]["max_size"],
-            "learning_rate": recipe["pretrain"]["learning_rate"],
-            "min_freq": recipe["vocab"]["min_freq"],
-            "lowercase": recipe["embeddings"]["lowercase"],
-            "oov": recipe["embeddings"]["oov"],
-            "seed": recipe["pretrain"]["seed"],
-        }
-        shared = {
-            "corpus": [str(path) for path in corpus],
-            "valid_fraction": valid_fraction,
-            "vectors": recipe["embeddings"]["path"],
-            "vectors_format": recipe["embeddings"]["format"],
-            "budget_seconds": budget_seconds,
-            "settings": settings,
-        }
         results = {}
         for cell in cells:
+            recipe_name = args.recipe or CELL_RECIPES[cell]
+            overrides = fixed + [f"encoder.cell={cell}"] + args.overrides
+            recipe = load_recipe(recipe_name, overrides)
+            # The Keras side follows whatever the recipe ends up with, --set included.
+            settings = {
+                "seq_len": recipe["pretrain"]["seq_len"],
+                "batch_size": recipe["pretrain"]["batch_size"],
+                "units": recipe["encoder"]["units"],
+                "layers": recipe["encoder"]["layers"],
+                "vocab_max_size": recipe["vocab"]["max_size"],
+                "learning_rate": recipe["pretrain"]["learning_rate"],
+                "min_freq": recipe["vocab"]["min_freq"],
+                "lowercase": recipe["embeddings"]["lowercase"],
+                "oov": recipe["embeddings"]["oov"],
+                "seed": recipe["pretrain"]["seed"],
+            }
+            shared = {
+                "corpus": [str(path) for path in corpus],
+                "valid_fraction": valid_fraction,
+                "vectors": recipe["embeddings"]["path"],
+                "vectors_format": recipe["embeddings"]["format"],
+                "budget_seconds": budget_seconds,
+                "settings": settings,
+            }
             runs = {}
             for impl in ("keras", "tftune"):
                 common.log(f"{NAME}: {cell} / {impl}, {budget_seconds:g} s budget")
@@ -260,14 +270,16 @@ def measure(args):
                         "name": f"{cell}/{impl}",
                         "impl": impl,
                         "cell": cell,
-                        "recipe": args.recipe,
-                        "recipe_overrides": fixed + [f"encoder.cell={cell}"] + args.overrides,
+                        "recipe": recipe_name,
+                        "recipe_overrides": overrides,
                         "run_dir": str(Path(tmp) / f"{cell}-pretrain"),
                     },
                 )
             tftune_run, keras_run = runs["tftune"], runs["keras"]
             results[cell] = {
                 **runs,
+                "recipe": recipe_name,
+                "learning_rate": settings["learning_rate"],
                 "same_vocabulary": tftune_run.pop("vocab_fingerprint") == keras_run.pop("vocab_fingerprint"),
                 "ratios": {
                     key: common.ratio(tftune_run[key], keras_run[key])
@@ -279,9 +291,9 @@ def measure(args):
             "corpus": corpus_label,
             "corpus_files": [common.display_path(path) for path in corpus],
             "vectors": f"{common.display_path(recipe['embeddings']['path'])} (the original report used 100-d GloVe)",
-            **settings,
+            **{key: value for key, value in settings.items() if key != "learning_rate"},
             "budget_seconds": budget_seconds,
-            "tftune_recipe": args.recipe,
+            "tftune_recipes": {cell: result["recipe"] for cell, result in results.items()},
             "tftune_overrides": args.overrides,
             "tftune_dropout": recipe["encoder"]["dropout"],
             "tftune_lm_output": recipe["pretrain"]["output"],
@@ -321,7 +333,8 @@ def markdown(result):
         f"Corpus {config['corpus']}: {any_run['train_tokens']:,} training / {any_run['valid_tokens']:,} validation "
         f"tokens, vocabulary {any_run['vocab_size']:,}; {config['vectors']}; sequence {config['seq_len']}, "
         f"batch {config['batch_size']}, {config['layers']} × {config['units']} units; "
-        f"{config['budget_seconds']:g} s of training each. tftune: recipe `{config['tftune_recipe']}`, "
+        f"{config['budget_seconds']:g} s of training each, Adam at the cell's recipe's learning rate "
+        f"({', '.join(f'{cell} `{name}`' for cell, name in config['tftune_recipes'].items())}) on both sides; tftune: "
         f"LM output: {output}, dropout {config['tftune_dropout']:g}. Keras: full softmax. "
         "Perplexity: validation, full softmax, after the budget.",
         "",

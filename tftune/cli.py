@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from tftune.errors import TftuneError
+from tftune.errors import DataError, EncodingError, TftuneError, WriteError
 
 EMBEDDING_FORMATS = ("glove", "word2vec", "word2vec-binary", "keyedvectors")
 
@@ -41,6 +41,13 @@ class TftuneGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except EncodingError as e:
+            if ctx.meta.get(_HAS_ENCODING_OPTION):
+                fix = f"pass --encoding {e.suggestion}"
+            else:
+                fix = f"convert it to UTF-8 first ({ctx.invoked_subcommand} reads UTF-8 only)"
+            click.echo(f"error: {e.fixed_by(fix)}", err=True)
+            ctx.exit(e.exit_code)
         except TftuneError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
@@ -52,6 +59,12 @@ class TftuneGroup(click.Group):
         except Exception as e:  # noqa: BLE001 - the last line of defence for users
             if os.environ.get("TFTUNE_DEBUG"):
                 raise
+            from tftune.runs import write_failure
+
+            reason = write_failure(e)
+            if reason is not None:  # e.g. an export outside a run directory; it cleans up after itself
+                click.echo(f"error: writing the output failed ({reason}); nothing was written", err=True)
+                ctx.exit(1)
             message = str(e).strip().splitlines()[0] if str(e).strip() else ""
             click.echo(
                 f"internal error: {type(e).__name__}: {message} (set TFTUNE_DEBUG=1 for details)",
@@ -77,6 +90,42 @@ set_option = click.option(
     help="Override a recipe field, e.g. --set encoder.units=128 (repeatable).",
 )
 force_option = click.option("--force", is_flag=True, help="Replace an existing non-empty output directory.")
+_HAS_ENCODING_OPTION = "tftune.has_encoding_option"
+
+
+def _check_encoding(ctx, param, value):
+    """Validates --encoding, and lets error messages of this command suggest it."""
+    from tftune.data import check_encoding
+
+    ctx.meta[_HAS_ENCODING_OPTION] = True
+    if value is None:  # an option without a default: the recipe decides
+        return value
+    try:
+        check_encoding(value)
+    except DataError as e:
+        raise DataError(f"--encoding: {e}") from None
+    return value
+
+
+encoding_option = click.option(
+    "--encoding",
+    default="utf-8",
+    show_default=True,
+    metavar="NAME",
+    callback=_check_encoding,
+    help="Text encoding of the input files (a Python codec name: latin-1, cp1252, utf-16...).",
+)
+# For training commands the recipe holds the encoding (pretrain.encoding / finetune.encoding).
+recipe_encoding_option = click.option(
+    "--encoding",
+    default=None,
+    metavar="NAME",
+    callback=_check_encoding,
+    help="Text encoding of the input files, e.g. latin-1 [default: the recipe's, utf-8].",
+)
+resume_option = click.option(
+    "--resume", is_flag=True, help="Continue an interrupted run of --out from its checkpoint (same recipe)."
+)
 
 
 @click.group(cls=TftuneGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -90,6 +139,19 @@ def main():
     """
 
 
+def _checkpoint_recipe(out):
+    """The recipe file saved with the checkpoint of `--out`, for `--resume` without `--recipe`."""
+    from tftune.checkpoints import RECIPE, RunCheckpoint
+    from tftune.errors import RunError
+
+    if out is None:
+        raise RunError("--resume needs the --out of the interrupted run")
+    checkpoint = RunCheckpoint(out)
+    if not checkpoint.exists():
+        raise RunError(f"{out}: no checkpoint to resume ({checkpoint.path} does not exist); run without --resume")
+    return str(checkpoint.path / RECIPE)
+
+
 @main.command()
 @recipe_option
 @click.option("--corpus", multiple=True, metavar="PATH", help="Unlabeled text: .txt (one document per line), or the text column of .csv/.tsv/.jsonl (repeatable).")
@@ -97,13 +159,16 @@ def main():
 @click.option("--embeddings", metavar="PATH", help="Pretrained vectors file (overrides embeddings.path).")
 @click.option("--embeddings-format", type=click.Choice(EMBEDDING_FORMATS), help="Format of --embeddings.")
 @click.option("--out", metavar="DIR", help="Run directory to create [default: runs/RECIPE-pretrain].")
+@recipe_encoding_option
 @set_option
 @force_option
-def pretrain(recipe, corpus, from_run, embeddings, embeddings_format, out, settings, force):
+@resume_option
+def pretrain(recipe, corpus, from_run, embeddings, embeddings_format, out, encoding, settings, force, resume):
     """Pretrain the encoder as a next-token language model.
 
     With --from, training continues from an existing pretrain run (ULMFiT's target-domain
-    step); without --recipe, that run's own recipe is used.
+    step); without --recipe, that run's own recipe is used. With --resume (and the same --out),
+    an interrupted run continues from its last checkpoint, with the recipe it started with.
     """
     from tftune.recipe import load_recipe
     from tftune.runs import check_writable_target, read_run_info
@@ -113,10 +178,17 @@ def pretrain(recipe, corpus, from_run, embeddings, embeddings_format, out, setti
         # A wrong --from fails here, before the slow TensorFlow import.
         read_run_info(from_run, "pretrain", required=() if recipe else ("recipe.toml",))
         base = recipe or str(Path(from_run) / "recipe.toml")
+    if resume and not recipe:
+        base = _checkpoint_recipe(out)
     resolved = load_recipe(
         base,
         _overrides(
-            [("pretrain.corpus", list(corpus)), ("embeddings.path", embeddings), ("embeddings.format", embeddings_format)],
+            [
+                ("pretrain.corpus", list(corpus)),
+                ("pretrain.encoding", encoding),
+                ("embeddings.path", embeddings),
+                ("embeddings.format", embeddings_format),
+            ],
             settings,
         ),
     )
@@ -125,12 +197,13 @@ def pretrain(recipe, corpus, from_run, embeddings, embeddings_format, out, setti
     _import_tensorflow_quietly()
     from tftune.train import pretrain as run_pretrain
 
-    run_pretrain(resolved, out, force=force, from_run=from_run)
+    run_pretrain(resolved, out, force=force, from_run=from_run, resume=resume)
     click.echo(out)
 
 
 @main.command()
-@click.option("--from", "from_run", required=True, metavar="PRETRAIN_RUN", help="A pretrain run directory.")
+@click.option("--from", "from_runs", required=True, multiple=True, metavar="PRETRAIN_RUN",
+              help="A pretrain run directory; give it twice (e.g. a forward and a backward run) for an ensemble.")
 @recipe_option
 @click.option("--train", metavar="PATH", help="Labeled training data (.csv/.tsv/.jsonl).")
 @click.option("--valid", metavar="PATH", help="Labeled validation data [default: hold out part of --train].")
@@ -138,20 +211,26 @@ def pretrain(recipe, corpus, from_run, embeddings, embeddings_format, out, setti
 @click.option("--text-column", metavar="NAME", help="Text column or key [default: text].")
 @click.option("--label-column", metavar="NAME", help="Label column or key [default: label].")
 @click.option("--out", metavar="DIR", help="Run directory to create [default: runs/RECIPE-finetune].")
+@recipe_encoding_option
 @set_option
 @force_option
-def finetune(from_run, recipe, train, valid, test, text_column, label_column, out, settings, force):
+@resume_option
+def finetune(from_runs, recipe, train, valid, test, text_column, label_column, out, encoding, settings, force, resume):
     """Fine-tune a pretrained encoder as a classifier, with gradual unfreezing, and export it.
 
-    Without --recipe, the pretrain run's own recipe is used (its [finetune] section).
+    Without --recipe, the (first) pretrain run's own recipe is used (its [finetune] section).
+    With several --from runs, each gets its own classifier and the export averages their
+    probabilities.
     """
     from tftune.recipe import load_recipe
     from tftune.runs import check_writable_target, read_run_info
 
     # A wrong --from fails here, before the slow TensorFlow import; training checks the rest of the run.
-    read_run_info(from_run, "pretrain", required=() if recipe else ("recipe.toml",))
-    base = recipe or str(Path(from_run) / "recipe.toml")
+    for from_run in from_runs:
+        read_run_info(from_run, "pretrain", required=() if recipe else ("recipe.toml",))
+    base = recipe or (_checkpoint_recipe(out) if resume else str(Path(from_runs[0]) / "recipe.toml"))
     flags = [
+        ("finetune.encoding", encoding),
         ("finetune.train", train),
         ("finetune.valid", valid),
         ("finetune.test", test),
@@ -168,7 +247,7 @@ def finetune(from_run, recipe, train, valid, test, text_column, label_column, ou
     _import_tensorflow_quietly()
     from tftune.train import finetune as run_finetune
 
-    run_finetune(resolved, from_run, out, force=force)
+    run_finetune(resolved, list(from_runs), out, force=force, resume=resume)
     click.echo(out / "export")
 
 
@@ -179,10 +258,17 @@ def finetune(from_run, recipe, train, valid, test, text_column, label_column, ou
 def export(run_dir, out, force):
     """Export a finetune run as a SavedModel that serves raw strings."""
     _import_tensorflow_quietly()
+    from tftune.runs import write_failure
     from tftune.train import reexport
 
     out = Path(out or Path(run_dir) / "export")
-    reexport(run_dir, out, force=force)
+    try:
+        reexport(run_dir, out, force=force)
+    except Exception as e:
+        reason = write_failure(e)
+        if reason is None:
+            raise
+        raise WriteError(f"{out}: writing the export failed ({reason}); nothing was written") from e
     click.echo(out)
 
 
@@ -191,11 +277,12 @@ def export(run_dir, out, force):
 @click.option("--data", required=True, metavar="PATH", help="Labeled data (.csv/.tsv/.jsonl).")
 @click.option("--text-column", default="text", show_default=True, help="Text column or key.")
 @click.option("--label-column", default="label", show_default=True, help="Label column or key.")
-def evaluate(model, data, text_column, label_column):
+@encoding_option
+def evaluate(model, data, text_column, label_column, encoding):
     """Evaluate an exported model on labeled data; prints a JSON object of metrics."""
     from tftune.data import read_labeled
 
-    texts, labels = read_labeled(data, text_column, label_column)
+    texts, labels = read_labeled(data, text_column, label_column, encoding=encoding)
     _import_tensorflow_quietly()
     from tftune.export import evaluate_export
 
@@ -205,13 +292,17 @@ def evaluate(model, data, text_column, label_column):
 @main.command()
 @click.argument("model", metavar="RUN_OR_EXPORT")
 @click.argument("texts", nargs=-1, metavar="TEXT...")
-def predict(model, texts):
+@click.option("--encoding", default="utf-8", show_default=True, metavar="NAME", callback=_check_encoding,
+              help="Text encoding of standard input (a Python codec name: latin-1, cp1252, utf-16...).")
+def predict(model, texts, encoding):
     """Classify texts with an exported model: one `label<TAB>probability` line per text.
 
     With no TEXT, or with `-`, texts are read from standard input, one per line.
     """
     if not texts or texts == ("-",):
-        texts = [line.rstrip("\n") for line in sys.stdin]
+        from tftune.data import read_stream_lines
+
+        texts = read_stream_lines(sys.stdin.buffer, "standard input", encoding)
     _import_tensorflow_quietly()
     from tftune.export import Predictor
 
@@ -230,7 +321,8 @@ def embeddings():
 @click.option("--format", "fmt", type=click.Choice(EMBEDDING_FORMATS), default="glove", show_default=True)
 @click.option("--corpus", multiple=True, metavar="PATH", help="Report the coverage of this text (repeatable).")
 @click.option("--lowercase/--no-lowercase", default=True, show_default=True, help="Lowercase the corpus first.")
-def inspect_embeddings(path, fmt, corpus, lowercase):
+@encoding_option
+def inspect_embeddings(path, fmt, corpus, lowercase, encoding):
     """Size, dimension, and coverage of a corpus by a vectors file (JSON)."""
     from collections import Counter
 
@@ -242,7 +334,7 @@ def inspect_embeddings(path, fmt, corpus, lowercase):
     counts = None
     if corpus:
         tokenizer = Tokenizer(lowercase=lowercase)
-        counts = Counter(token for doc in read_corpus(corpus) for token in tokenizer.tokenize(doc))
+        counts = Counter(token for doc in read_corpus(corpus, encoding=encoding) for token in tokenizer.tokenize(doc))
     click.echo(json.dumps(inspect_vectors(path, fmt, counts), indent=2))
 
 

@@ -7,7 +7,9 @@ Readers accept:
 - `.jsonl`: one JSON object per line with the same keys.
 
 Every problem with a file raises `DataError` with one line naming the file (and the line or
-column) and what is wrong.
+column) and what is wrong. Text that does not decode in the given `encoding` (UTF-8 by default)
+raises its subclass `EncodingError`, which names the byte and the encoding the file is probably in.
+CSV fields may be of any size (the csv module's 128 KiB field limit is lifted).
 
 Example:
 
@@ -15,6 +17,7 @@ Example:
 >>> texts, labels = read_labeled("pretrained/movie-reviews/valid.csv")  # doctest: +SKIP
 """
 
+import codecs
 import csv
 import io
 import json
@@ -23,16 +26,103 @@ from pathlib import Path
 
 import numpy as np
 
-from tftune.errors import DataError
+from tftune.errors import DataError, EncodingError
 
 LABELED_SUFFIXES = (".csv", ".tsv", ".jsonl")
 TEXT_SUFFIXES = (".txt",) + LABELED_SUFFIXES
 # Only these end a line: str.splitlines() would also break inside a document or a JSON string
 # at characters such as U+2028 or form feed.
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_MAX_FIELD = 2**31 - 1  # the largest limit the csv module takes everywhere (a C long)
 
 
 # === Readers ===
+
+
+def check_encoding(encoding):
+    """Raises DataError unless `encoding` names a text encoding Python knows (e.g. utf-8, latin-1)."""
+    try:
+        known = getattr(codecs.lookup(encoding), "_is_text_encoding", True)  # False for base64, rot13...
+    except (LookupError, TypeError):
+        known = False
+    if not known:
+        raise DataError(
+            f"unknown text encoding {encoding!r}; use a Python codec name such as utf-8, latin-1, cp1252 or utf-16"
+        ) from None
+
+
+def _decode(data, name, encoding):
+    """`data` (bytes) as text; a DataError names `name` and says what the bytes look like instead."""
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise _undecodable(data, name, encoding, e) from None
+    return _checked_text(text, name, encoding)
+
+
+def _undecodable(data, name, encoding, error):
+    """The DataError for bytes that do not decode: text in another encoding (which?), or binary."""
+    wide = _is_wide(encoding)
+    if not wide and data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return EncodingError(f"{name}: starts with a UTF-16 byte order mark, so it is not {encoding} text", "utf-16")
+    if not wide and _looks_utf16(data):
+        return EncodingError(f"{name}: has NUL bytes between the letters, so it is not {encoding} text",
+                             _utf16_variant(data))
+    if _looks_binary(data):
+        return DataError(f"{name}: a binary file, not {encoding} text (byte {error.start} cannot be decoded)")
+    where = "" if wide else f" ({_line_and_column(data, error.start)})"
+    return EncodingError(f"{name}: not valid {encoding} at byte {error.start}{where}", _likely_encoding(data))
+
+
+def _checked_text(text, name, encoding):
+    if "\x00" in text:
+        head = text[:4096].encode("utf-8", "surrogatepass")
+        if not _is_wide(encoding) and _looks_utf16(head):
+            raise EncodingError(f"{name}: has NUL bytes between the letters, so it is not {encoding} text",
+                                _utf16_variant(head))
+        raise DataError(f"{name}: contains NUL bytes; is it a binary file?")
+    # Spreadsheet programs start UTF-8 CSV files with a byte order mark; it is not part of the header.
+    return text.removeprefix("\ufeff")
+
+
+def _is_wide(encoding):
+    return codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))
+
+
+# Bytes that never appear in text (all control characters but tab, line feed, form feed and carriage return).
+_CONTROL_BYTES = bytes(set(range(32)) - {9, 10, 12, 13})
+
+
+def _looks_binary(data):
+    head = data[: 1 << 16]
+    return b"\x00" in head or len(head.translate(None, _CONTROL_BYTES)) < 0.95 * len(head)
+
+
+def _looks_utf16(data):
+    """Mostly-ASCII text saved as UTF-16 without a byte order mark: nearly every other byte is NUL."""
+    head = data[:4096]
+    half = len(head) // 2
+    return half > 0 and max(head[0::2].count(0), head[1::2].count(0)) > 0.9 * half
+
+
+def _utf16_variant(data):
+    head = data[:4096]
+    return "utf-16-le" if head[1::2].count(0) >= head[0::2].count(0) else "utf-16-be"
+
+
+def _likely_encoding(data):
+    """cp1252 if it decodes and uses cp1252's extra characters (curly quotes, dashes); else latin-1 (decodes anything)."""
+    try:
+        data.decode("cp1252")
+    except UnicodeDecodeError:
+        return "latin-1"
+    return "cp1252" if re.search(rb"[\x80-\x9f]", data) else "latin-1"
+
+
+def _line_and_column(data, position):
+    line_start = max(data.rfind(b"\n", 0, position), data.rfind(b"\r", 0, position)) + 1
+    line = len(_LINE_BREAK.findall(data[:line_start].decode("latin-1"))) + 1
+    return f"line {line}, column {position - line_start + 1}"
 
 
 def _read_lines(path, encoding):
@@ -42,21 +132,27 @@ def _read_lines(path, encoding):
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a file")
     try:
+        check_encoding(encoding)
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from None
+    try:
         with open(path, encoding=encoding, newline="") as f:
             text = f.read()
     except UnicodeDecodeError as e:
-        raise DataError(
-            f"{path}: not valid {encoding} text (byte {e.start}); is it a binary file, or text in another encoding?"
-        ) from None
+        raise _undecodable(path.read_bytes(), path, encoding, e) from None
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    # Spreadsheet programs start UTF-8 CSV files with a byte order mark; it is not part of the header.
-    text = text.removeprefix("\ufeff")
-    if "\x00" in text:
-        raise DataError(f"{path}: contains NUL bytes; is it a binary file?")
+    text = _checked_text(text, path, encoding)
     if not text.strip():
         raise DataError(f"{path}: file is empty")
     return text
+
+
+def read_stream_lines(stream, name="standard input", encoding="utf-8"):
+    """Lines of a binary stream (e.g. `sys.stdin.buffer`), without their line breaks; [] if it is empty."""
+    check_encoding(encoding)
+    lines = _split_lines(_decode(stream.read(), name, encoding))
+    return lines[:-1] if lines[-1] == "" else lines
 
 
 def _split_lines(text):
@@ -87,6 +183,8 @@ def _read_table(path, encoding):
                 raise DataError(f"{path}: line {number}: expected a JSON object")
             rows.append((number, row))
         return rows
+    # A document may be a whole book chapter: lift the csv module's default 128 KiB field limit.
+    csv.field_size_limit(max(csv.field_size_limit(), _MAX_FIELD))
     # newline="" lets the csv module see quoted line breaks inside fields, and count lines right.
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
     try:

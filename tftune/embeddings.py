@@ -372,6 +372,38 @@ def inspect_vectors(
     return {"path": os.fspath(path), "format": fmt, "size": len(kv), "dim": kv.vector_size, "coverage": coverage}
 
 
+def vector_size(path: str | os.PathLike, fmt: str) -> int | None:
+    """The dimension of the vectors in a file, read from its first line only (fast for any size).
+
+    Args:
+        path: The vectors file.
+        fmt: Its format, one of `FORMATS`.
+
+    Returns:
+        The dimension; None when the file is missing, unreadable, not in `fmt`, or a
+        `"keyedvectors"` file (whose dimension is only known once loaded).
+
+    Example:
+
+    ```python
+    vector_size("pretrained/glove.6B.50d.top20k.txt", "glove")  # 50
+    ```
+    """
+    path = Path(path)
+    if fmt == "keyedvectors" or not path.is_file():
+        return None
+    try:
+        head = _read_head(path, EmbeddingsError)
+    except EmbeddingsError:
+        return None
+    if _sniff_format(head) != fmt:
+        return None
+    first = head.partition(b"\n")[0]
+    if fmt == "glove":
+        return len(first.split()) - 1
+    return int(_HEADER.fullmatch(first)[2])
+
+
 def _vector_index(kv: KeyedVectors, token: str, lowercase_fallback: bool) -> int | None:
     index = kv.key_to_index.get(token)
     if index is None and lowercase_fallback:
@@ -423,7 +455,8 @@ def _read_head(path: Path, fail: Callable[[str], EmbeddingsError]) -> bytes:
         with gensim_utils.open(os.fspath(path), "rb") as fin:
             return fin.read(_HEAD_BYTES)
     except (OSError, EOFError) as error:  # unreadable, or a corrupt .gz / .bz2
-        raise fail(f"cannot read the file ({_one_line(error)})") from None
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else _one_line(error)
+        raise fail(f"cannot read the file ({reason})") from None
 
 
 def _sniff_format(head: bytes) -> str | None:
@@ -505,6 +538,7 @@ def _find_bad_text_row(path: Path, has_header: bool) -> str | None:
                     return "line 1 is not a 'count dim' header (GloVe files have none: use format 'glove')"
                 expected = int(header[2])
                 continue
+            declared = has_header and line_no == 2
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as error:
@@ -518,6 +552,8 @@ def _find_bad_text_row(path: Path, has_header: bool) -> str | None:
             if expected is None:
                 expected = len(values)
             if len(values) != expected:
+                if declared and not truncated:
+                    return f"line 2 has {len(values)} values, but the header (line 1) declares {expected} dimensions"
                 return f"line {line_no} has {len(values)} values, expected {expected}{truncated or ' (ragged rows)'}"
             bad = next((value for value in values if not _is_number(value)), None)
             if bad is not None:

@@ -285,7 +285,9 @@ def build_language_model(encoder, output="full", num_sampled=1024, unigram_count
     Returns:
         A `LanguageModel` whose call returns float32 logits `[batch, time, vocab]`.
     """
-    return LanguageModel(encoder, output=output, num_sampled=num_sampled, unigram_counts=unigram_counts)
+    model = LanguageModel(encoder, output=output, num_sampled=num_sampled, unigram_counts=unigram_counts)
+    model(np.zeros((1, 2), dtype="int32"))  # builds it, so weights can be saved or loaded before training
+    return model
 
 
 @keras.saving.register_keras_serializable(package="tftune")

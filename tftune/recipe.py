@@ -186,6 +186,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
                           "word vectors.", ("full", "sampled", "tied"), "sampled"),
         "num_sampled": Field("int", 'Words sampled per training step when output = "sampled" (log-uniform over '
                              "the frequency-sorted vocabulary).", 1024, low=1),
+        "encoding": Field("str", "Text encoding of the corpus files (a Python codec name).", "utf-8"),
+        "checkpoint_every": Field("int", "Also write the resumable checkpoint every this many steps (it is always "
+                                  "written after every epoch); 0 = epochs only.", 0, low=0),
         "direction": _choice("forward = predict the next word; backward = read the corpus right to left and "
                              "predict the previous one (ULMFiT's second model: fine-tune both and pass both runs "
                              "to finetune --from for an ensemble).", ("forward", "backward"), "forward"),
@@ -199,6 +202,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
                                 low=0, high=0.5, low_open=True, high_open=True),
         "text_column": Field("str", "CSV column holding the text.", "text"),
         "label_column": Field("str", "CSV column holding the label.", "label"),
+        "encoding": Field("str", "Text encoding of the train/valid/test files (a Python codec name).", "utf-8"),
         "max_len": Field("int", "Tokens kept per document; longer documents are cut.", 400, low=1),
         "batch_size": Field("int", "Documents per batch.", 32, low=1),
         "head": _choice("Classifier input: concat_pool = last state, max-pool and mean-pool of the top layer; "
@@ -217,6 +221,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
                           2.6, low=1),
         "schedule": _choice("Learning rate of each stage: stlr = slanted triangular (ULMFiT); one_cycle = cosine "
                             "one-cycle (fastai); constant = fixed rate.", ("stlr", "one_cycle", "constant"), "stlr"),
+        "checkpoint_every": Field("int", "Also write the resumable checkpoint every this many steps (it is always "
+                                  "written after every epoch); 0 = epochs only.", 0, low=0),
         "restore_best": Field("bool", "Keep the weights of the epoch with the best validation accuracy (across "
                               "all stages), not those of the last epoch.", True),
         "patience": Field("int", "Stop after this many epochs without a better validation accuracy; 0 = run "

@@ -12,6 +12,7 @@ Example:
 """
 
 import contextlib
+import errno
 import fcntl
 import functools
 import inspect
@@ -21,9 +22,30 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from tftune.errors import RunError
+from tftune.errors import RunError, TftuneError, WriteError
 
 RUN_INFO = "run.json"
+# Failed writes that are the machine's, not the input's: the message says which, and nothing is left behind.
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)
+
+
+def write_failure(error):
+    """The reason (e.g. "No space left on device") when `error` is a write the system refused, else None.
+
+    Looks at the exception and its causes: h5py and TensorFlow wrap the operating system's error,
+    sometimes only in their message.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _WRITE_ERRNOS:
+            return os.strerror(error.errno)
+        text = str(error)
+        for code in _WRITE_ERRNOS:
+            if os.strerror(code) in text:
+                return os.strerror(code)
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def check_writable_target(out, force):
@@ -98,13 +120,19 @@ class RunDirectory:
 
     def __enter__(self):
         check_writable_target(self.out, self.force)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.path = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        except OSError as e:
+            raise WriteError(f"{self.out}: cannot create the run directory ({e.strerror}); nothing was written") from e
         return self
 
     def __exit__(self, exc_type, exc, traceback):
         if exc_type is not None:
             shutil.rmtree(self.path, ignore_errors=True)
+            reason = None if isinstance(exc, TftuneError) else write_failure(exc)
+            if reason is not None:
+                raise WriteError(f"{self.out}: writing the run failed ({reason}); nothing was written") from exc
             return False
         os.chmod(self.path, 0o755)
         replace_directory(self.path, self.out)
@@ -143,3 +171,23 @@ def read_run_info(path, kind, required=()):
     if missing:
         raise RunError(f"{path}: incomplete {kind} run, missing {', '.join(missing)}")
     return info
+
+
+def check_vector_size(recipe, from_run):
+    """Fails when the recipe's vectors have another dimension than those the pretrain run was trained on.
+
+    A run continued or fine-tuned from `from_run` keeps that run's embedding, so vectors of another
+    size in `embeddings.path` (e.g. from `--embeddings`) can only be a mistake. Files whose size
+    cannot be read cheaply (missing, keyedvectors) are not checked: the run does not need them.
+    """
+    from tftune.embeddings import vector_size  # imports TensorFlow
+
+    trained = read_run_info(from_run, "pretrain").get("embedding_dim")
+    settings = recipe["embeddings"]
+    size = vector_size(settings["path"], settings["format"])
+    if size is not None and trained is not None and size != trained:
+        raise RunError(
+            f"embeddings.path: {Path(settings['path']).name} holds {size}-d vectors, but the pretrain run "
+            f"{from_run} was trained on {trained}-d vectors and runs built on it keep them; drop the other "
+            "vectors (--embeddings, or the --recipe's embeddings.path)"
+        )

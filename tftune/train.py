@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from tftune import __version__
 from tftune.cache import PendingCorpus, split_documents  # split_documents: bench imports it from here
+from tftune.checkpoints import Checkpointing, RunCheckpoint, check_resumable, fit_from
 from tftune.data import classification_dataset, lm_dataset, read_labeled, truncate
 from tftune.embeddings import align, load_vectors
 from tftune.errors import DataError, RunError, TrainingError
@@ -41,7 +42,7 @@ from tftune.models import (
     recurrent_layer_names,
 )
 from tftune.recipe import Recipe
-from tftune.runs import RunDirectory, holds_output_lock, read_run_info
+from tftune.runs import RunDirectory, check_vector_size, holds_output_lock, read_run_info
 from tftune.schedules import (
     DiscriminativeAdam,
     OneCycle,
@@ -171,6 +172,19 @@ class KeepBestWeights(keras.callbacks.Callback):
     def restore(self):
         self.model.set_weights(self.best_weights)
 
+    def get_state(self):
+        """The progress to checkpoint (the best weights go separately, as arrays)."""
+        accuracy = self.best_accuracy if math.isfinite(self.best_accuracy) else None
+        return {"best_accuracy": accuracy, "best_epoch": self.best_epoch, "stopped": self.stopped,
+                "epochs_without_gain": self._epochs_without_gain}
+
+    def set_state(self, state, best_weights):
+        accuracy = state["best_accuracy"]
+        self.best_accuracy = -math.inf if accuracy is None else accuracy
+        self.best_epoch, self.stopped = state["best_epoch"], state["stopped"]
+        self._epochs_without_gain = state["epochs_without_gain"]
+        self.best_weights = best_weights or None
+
 
 class StageHistory(keras.callbacks.Callback):
     """Collects per-epoch logs across several `fit` calls, tagged with the unfreezing stage."""
@@ -206,6 +220,32 @@ def write_tensorboard_logs(epochs, directory):
     writer.close()
 
 
+RESUME_HINT = "the same command and --resume"
+
+
+def open_checkpoint(checkpoint, kind, recipe, resume, force, **expected):
+    """The saved state to resume from, or None for a fresh start.
+
+    A fresh start over a leftover checkpoint needs `force` (it is then discarded), so an
+    interrupted run is never thrown away by accident.
+    """
+    if resume:
+        state = check_resumable(checkpoint, kind, recipe)
+        for key, value in expected.items():
+            value = value if value is None or isinstance(value, (str, list)) else str(value)
+            if state.get(key) != value:
+                raise RunError(f"{checkpoint.path}: written with {key} = {state.get(key)!r}, not {value!r}")
+        return state
+    if checkpoint.exists():
+        if not force:
+            raise RunError(
+                f"{checkpoint.out}: an interrupted run left a checkpoint ({checkpoint.path}); "
+                "pass --resume to continue it, or --force to start over"
+            )
+        checkpoint.remove()
+    return None
+
+
 # === Pretraining ===
 
 
@@ -218,7 +258,7 @@ def _align_vectors(recipe, vocab, vectors, counts):
 
 
 @holds_output_lock
-def pretrain(recipe: Recipe, out, force=False, callbacks=(), from_run=None):
+def pretrain(recipe: Recipe, out, force=False, callbacks=(), from_run=None, resume=False):
     """Trains the encoder as a next-token language model and writes a pretrain run.
 
     With `from_run`, language-model training continues from an existing pretrain run over
@@ -234,6 +274,8 @@ def pretrain(recipe: Recipe, out, force=False, callbacks=(), from_run=None):
         force: replace an existing non-empty `out`.
         callbacks: extra Keras callbacks for `fit`.
         from_run: an existing pretrain run directory to continue from.
+        resume: continue an interrupted run of the same recipe from its checkpoint (see
+            `tftune.checkpoints`); without it, a leftover checkpoint is an error unless `force`.
 
     Returns:
         The metrics written to `metrics.json`.
@@ -241,6 +283,8 @@ def pretrain(recipe: Recipe, out, force=False, callbacks=(), from_run=None):
     started = time.time()
     settings = recipe["pretrain"]
     keras.utils.set_random_seed(settings["seed"])
+    checkpoint = RunCheckpoint(out)
+    resumed = open_checkpoint(checkpoint, "pretrain", recipe, resume, force, from_run=from_run)
     base = None
     if from_run is not None:
         base = load_pretrain_run(from_run)
@@ -256,7 +300,9 @@ def pretrain(recipe: Recipe, out, force=False, callbacks=(), from_run=None):
         vocab_options = {"max_size": recipe["vocab"]["max_size"], "min_freq": recipe["vocab"]["min_freq"]}
 
     # Reads the corpus, unless the cache holds its ids, so a bad corpus file fails first.
-    pending = PendingCorpus(settings["corpus"], tokenizer, settings["valid_fraction"], **vocab_options, log=log)
+    pending = PendingCorpus(
+        settings["corpus"], tokenizer, settings["valid_fraction"], encoding=settings["encoding"], **vocab_options, log=log
+    )
     if base is None:
         # Before tokenizing and the first log line, so a bad vectors file fails fast, as one line.
         vectors = load_vectors(recipe["embeddings"]["path"], recipe["embeddings"]["format"])
@@ -306,15 +352,31 @@ def pretrain(recipe: Recipe, out, force=False, callbacks=(), from_run=None):
     language_model.compile(optimizer=keras.optimizers.Adam(settings["learning_rate"], global_clipnorm=1.0))
     throughput = Throughput(seq_len * batch_size)
     history = StageHistory()
-    if settings["epochs"]:
-        language_model.fit(
-            train_data,
-            validation_data=valid_data,
-            epochs=settings["epochs"],
-            callbacks=[throughput, history, *callbacks],
-            shuffle=False,
-            verbose=fit_verbosity(),
-        )
+    if resumed:
+        checkpoint.restore(language_model)
+        history.epochs = resumed["history"]
+        log(f"resuming after epoch {resumed['epochs_done']}, step {resumed['steps_done']} (from {checkpoint.path})")
+
+    def progress(epochs_done, steps_done):
+        return {"kind": "pretrain", "recipe": recipe.to_toml(), "from_run": from_run and str(from_run),
+                "epochs_done": epochs_done, "steps_done": steps_done, "history": history.epochs}
+
+    saver = Checkpointing(checkpoint, progress, settings["checkpoint_every"], resume_hint=RESUME_HINT)
+    epochs_done = resumed["epochs_done"] if resumed else 0
+    fit_from(
+        language_model,
+        train_data,
+        epochs_done,
+        resumed["steps_done"] if resumed else 0,
+        settings["epochs"],
+        saver,
+        advance=epochs_done,
+        validation_data=valid_data,
+        # A non-finite loss stops before the step's checkpoint: the last one saved stays good.
+        callbacks=[throughput, history, StopOnNonFiniteLoss(), saver, *callbacks],
+        shuffle=False,
+        verbose=fit_verbosity(),
+    )
     valid_loss = float(language_model.evaluate(valid_data, verbose=0))
     metrics = {
         "valid": {"loss": valid_loss, "perplexity": math.exp(min(valid_loss, 700.0))},
@@ -348,6 +410,7 @@ def pretrain(recipe: Recipe, out, force=False, callbacks=(), from_run=None):
         run.write_json("history.json", history.epochs)
         write_tensorboard_logs(history.epochs, run.file("logs"))
         run.write_json("metrics.json", metrics)
+    checkpoint.remove()
     log(f"pretrain run written to {out}")
     return metrics
 
@@ -393,6 +456,7 @@ def check_encoder_matches(recipe, pretrained):
                     f"{section}.{key} is {recipe[section][key]!r} in the recipe but {value!r} in the "
                     f"pretrain run {pretrained.path}; fine-tuning reuses the pretrained encoder"
                 )
+    check_vector_size(recipe, pretrained.path)
 
 
 def restore_encoder(pretrained, dropout, use_cudnn="auto"):
@@ -412,7 +476,6 @@ def restore_language_model(language_model, pretrained):
     path = pretrained.path / "language_model.weights.h5"
     if not path.is_file():
         raise RunError(f"{path}: missing; {pretrained.path} is not a complete pretrain run")
-    language_model(np.zeros((1, 2), dtype="int32"))  # a subclassed model loads weights once built
     try:
         language_model.load_weights(path)
     except (ValueError, KeyError) as e:
@@ -432,7 +495,11 @@ class LabeledSplits:
 
 def load_labeled_splits(settings):
     """Reads train/valid/test; holds out part of train when there is no valid file."""
-    columns = {"text_column": settings["text_column"], "label_column": settings["label_column"]}
+    columns = {
+        "text_column": settings["text_column"],
+        "label_column": settings["label_column"],
+        "encoding": settings["encoding"],
+    }
     train = read_labeled(settings["train"], **columns)
     if settings["valid"]:
         valid = read_labeled(settings["valid"], **columns)
@@ -473,7 +540,9 @@ def build_finetune_optimizer(classifier, encoder, layer_names, settings):
     for name in layer_names:
         encoder.get_layer(name).trainable = True
     optimizer = DiscriminativeAdam(
-        settings["learning_rate"],
+        # Of the same kind as every stage's (a schedule or a float), so the optimizer's variables,
+        # and so its checkpoints, have the same layout whichever stage they were written in.
+        stage_learning_rate(settings, 0, 1),
         multipliers=discriminative_multipliers(layer_names, settings["lr_decay"]),
         **ADAM_BETAS,
     )
@@ -481,12 +550,12 @@ def build_finetune_optimizer(classifier, encoder, layer_names, settings):
     return optimizer
 
 
-def stage_learning_rate(settings, optimizer, steps):
-    """The rate of a stage of `steps` optimizer steps starting at the optimizer's current step."""
+def stage_learning_rate(settings, start_step, steps):
+    """The rate of a stage of `steps` optimizer steps starting at optimizer step `start_step`."""
     schedule = {"stlr": SlantedTriangular, "one_cycle": OneCycle}.get(settings["schedule"])
     if schedule is None:
         return settings["learning_rate"]
-    return schedule(settings["learning_rate"], steps, start_step=int(optimizer.iterations))
+    return schedule(settings["learning_rate"], steps, start_step=start_step)
 
 
 def predict_dataset(model, dataset):
@@ -507,7 +576,66 @@ class TrainedMember:
     best: KeepBestWeights
 
 
-def finetune_member(recipe, pretrained, name, data, labels, callbacks=()):
+@dataclass
+class FinetuneProgress:
+    """What a finetune run's checkpoint holds besides the classifier in training.
+
+    Attributes:
+        checkpoint: the run's `RunCheckpoint`.
+        recipe: the run's recipe.
+        from_runs: the pretrain runs, one per member.
+        resumed: the state to resume from, or None.
+        finished: the members already trained (`TrainedMember`s).
+    """
+
+    checkpoint: RunCheckpoint
+    recipe: Recipe
+    from_runs: list
+    resumed: dict | None
+    finished: list = dataclasses.field(default_factory=list)
+
+    def resumed_member(self, index):
+        """The saved state of member `index` when the run resumes inside it."""
+        if self.resumed is not None and self.resumed["member"] == index:
+            return self.resumed
+        return None
+
+    def state(self, member, epochs_done, steps_done, stage_start_step, history, best):
+        return {
+            "kind": "finetune",
+            "recipe": self.recipe.to_toml(),
+            "from_run": [str(path) for path in self.from_runs],
+            "member": member,
+            "epochs_done": epochs_done,
+            "steps_done": steps_done,
+            "stage_start_step": stage_start_step,
+            "history": history,
+            "best": best.get_state(),
+            "finished": [{"history": done.history, "best": done.best.get_state()} for done in self.finished],
+        }
+
+    def arrays(self, best):
+        arrays = {"best": best.best_weights or []}
+        arrays.update({f"member_{index}": done.classifier.get_weights() for index, done in enumerate(self.finished)})
+        return arrays
+
+
+def build_member_classifier(recipe, pretrained, name, n_classes):
+    """A classifier on `pretrained`'s encoder (weights restored), shaped by the recipe's head."""
+    settings = recipe["finetune"]
+    return build_classifier(
+        restore_encoder(pretrained, pretrained.recipe["encoder"]["dropout"]),
+        n_classes,
+        settings["head"],
+        settings["head_units"],
+        settings["head_dropout"],
+        settings["pool_embeddings"],
+        direction=pretrained.recipe["pretrain"]["direction"],
+        name=name,
+    )
+
+
+def finetune_member(recipe, pretrained, name, data, labels, progress, callbacks=()):
     """Builds a classifier on a pretrained encoder and trains it with gradual unfreezing.
 
     Args:
@@ -516,36 +644,45 @@ def finetune_member(recipe, pretrained, name, data, labels, callbacks=()):
         name: the classifier's model name.
         data: `{"train", "valid", "class_weight"}`: the datasets and optional class weights.
         labels: class names.
+        progress: the run's `FinetuneProgress` (checkpoints, resume, earlier members).
         callbacks: extra Keras callbacks for every `fit` call.
 
     Returns:
         A `TrainedMember` holding the weights of the best (or last) epoch.
     """
     settings = recipe["finetune"]
-    encoder = restore_encoder(pretrained, pretrained.recipe["encoder"]["dropout"])
+    index = len(progress.finished)
+    classifier = build_member_classifier(recipe, pretrained, name, len(labels))
+    encoder = classifier.get_layer("encoder")
     for line in cudnn_report(encoder):
         log(line)
-    classifier = build_classifier(
-        encoder,
-        len(labels),
-        settings["head"],
-        settings["head_units"],
-        settings["head_dropout"],
-        settings["pool_embeddings"],
-        direction=pretrained.recipe["pretrain"]["direction"],
-        name=name,
-    )
     layer_names = recipe_layer_names(pretrained.recipe)
     optimizer = build_finetune_optimizer(classifier, encoder, layer_names, settings)
     steps_per_epoch = int(data["train"].cardinality())
     history = StageHistory()
     best = KeepBestWeights(settings["patience"])
-    epochs_done = 0
+    epochs_done = steps_done = stage_start_step = 0
+    resumed = progress.resumed_member(index)
+    if resumed:
+        history.epochs = resumed["history"]
+        best.set_state(resumed["best"], progress.checkpoint.load_arrays("best"))
+        epochs_done, steps_done = resumed["epochs_done"], resumed["steps_done"]
+    saver = Checkpointing(
+        progress.checkpoint,
+        lambda epochs, steps: progress.state(index, epochs, steps, stage_start_step, history.epochs, best),
+        settings["checkpoint_every"],
+        resume_hint=RESUME_HINT,
+        arrays=lambda: progress.arrays(best),
+    )
     if settings["unfreeze"] == "gradual":
         stages = unfreezing_stages(len(layer_names), settings["stage_epochs"], settings["epochs"])
     else:
         stages = [Stage(trainable_layers=len(layer_names), epochs=settings["epochs"])]
+    stage_end = 0
     for number, stage in enumerate(stages):
+        stage_begin, stage_end = stage_end, stage_end + stage.epochs
+        if best.stopped or epochs_done >= stage_end:
+            continue  # done before the checkpoint this run resumes from
         trainable = set(layer_names[len(layer_names) - stage.trainable_layers :])
         for layer_name in layer_names:
             encoder.get_layer(layer_name).trainable = layer_name in trainable
@@ -554,25 +691,42 @@ def finetune_member(recipe, pretrained, name, data, labels, callbacks=()):
             + (f" and {', '.join(sorted(trainable))}" if trainable else " only")
             + f" for {stage.epochs} epoch(s)"
         )
-        optimizer.learning_rate = stage_learning_rate(settings, optimizer, stage.epochs * steps_per_epoch)
         # Trainable flags are read at compile time, so every stage compiles again.
         classifier.compile(
             optimizer=optimizer,
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
         )
+        advance = 0
+        if resumed:
+            progress.checkpoint.restore(classifier)
+            # The data drawn before: every epoch of the earlier members and of this one.
+            advance = sum(len(done.history) for done in progress.finished) + epochs_done
+            resumed_inside_stage = epochs_done > stage_begin or steps_done > 0
+            stage_start_step = (
+                resumed["stage_start_step"] if resumed_inside_stage else int(optimizer.iterations.numpy())
+            )
+            resumed = None
+        else:
+            stage_start_step = int(optimizer.iterations.numpy())
+        optimizer.learning_rate = stage_learning_rate(settings, stage_start_step, stage.epochs * steps_per_epoch)
         history.stage = {"stage": number + 1, "trainable_layers": sorted(trainable)}
-        classifier.fit(
+        fit_from(
+            classifier,
             data["train"],
+            epochs_done,
+            steps_done,
+            stage_end,
+            saver,
+            advance=advance,
             validation_data=data["valid"],
-            initial_epoch=epochs_done,
-            epochs=epochs_done + stage.epochs,
             class_weight=data["class_weight"],
-            callbacks=[history, best, StopOnNonFiniteLoss(), *callbacks],
+            # Best weights and a finite loss are checked before the epoch's checkpoint is written.
+            callbacks=[history, best, StopOnNonFiniteLoss(), saver, *callbacks],
             shuffle=False,
             verbose=fit_verbosity(),
         )
-        epochs_done += stage.epochs
+        epochs_done, steps_done = stage_end, 0
         if best.stopped:
             log(f"no better validation accuracy for {settings['patience']} epoch(s): stopping")
             break
@@ -606,7 +760,7 @@ def check_same_vocabulary(members):
 
 
 @holds_output_lock
-def finetune(recipe: Recipe, from_run, out, force=False, callbacks=()):
+def finetune(recipe: Recipe, from_run, out, force=False, callbacks=(), resume=False):
     """Fine-tunes pretrained encoders as a classifier with gradual unfreezing, then exports it.
 
     Stage 0 trains the head only; each following stage unfreezes one more recurrent layer
@@ -623,12 +777,16 @@ def finetune(recipe: Recipe, from_run, out, force=False, callbacks=()):
         out: the finetune run directory to create (the SavedModel goes to `out/export`).
         force: replace an existing non-empty `out`.
         callbacks: extra Keras callbacks for every `fit` call.
+        resume: continue an interrupted run of the same recipe and runs from its checkpoint
+            (in the member, stage, epoch and step where it stopped).
 
     Returns:
         The metrics written to `metrics.json`.
     """
     started = time.time()
     from_runs = [from_run] if isinstance(from_run, (str, Path)) else list(from_run)
+    checkpoint = RunCheckpoint(out)
+    resumed = open_checkpoint(checkpoint, "finetune", recipe, resume, force, from_run=[str(path) for path in from_runs])
     members = [load_pretrain_run(path) for path in from_runs]
     for pretrained in members:
         check_encoder_matches(recipe, pretrained)
@@ -663,10 +821,18 @@ def finetune(recipe: Recipe, from_run, out, force=False, callbacks=()):
     log(f"precision policy: {policy}")
     directions = [pretrained.recipe["pretrain"]["direction"] for pretrained in members]
     names = member_names(directions)
-    trained = [
-        finetune_member(recipe, pretrained, name, data, splits.labels, callbacks)
-        for pretrained, name in zip(members, names)
-    ]
+    progress = FinetuneProgress(checkpoint, recipe, from_runs, resumed)
+    if resumed:
+        log(f"resuming {names[resumed['member']]} after epoch {resumed['epochs_done']}, step {resumed['steps_done']}")
+        for index, done in enumerate(resumed["finished"]):
+            classifier = build_member_classifier(recipe, members[index], names[index], len(splits.labels))
+            classifier.set_weights(checkpoint.load_arrays(f"member_{index}"))
+            best = KeepBestWeights(settings["patience"])
+            best.set_state(done["best"], None)
+            progress.finished.append(TrainedMember(classifier, done["history"], best))
+    for pretrained, name in list(zip(members, names))[len(progress.finished) :]:
+        progress.finished.append(finetune_member(recipe, pretrained, name, data, splits.labels, progress, callbacks))
+    trained = progress.finished
 
     def scores(model):
         result = {"valid": classification_metrics(*predict_dataset(model, data["valid"]), splits.labels)}
@@ -725,6 +891,7 @@ def finetune(recipe: Recipe, from_run, out, force=False, callbacks=()):
         export_classifier(model, vocab, tokenizer, splits.labels, settings["max_len"], run.file("export"))
         metrics["wall_seconds"] = round(time.time() - started, 1)
         run.write_json("metrics.json", metrics)
+    checkpoint.remove()
     log(f"finetune run written to {out}")
     return metrics
 

@@ -1,0 +1,141 @@
+"""Checkpoints and --resume: interrupted pretraining (SIGTERM, SIGKILL) continues where it stopped."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import pytest
+
+from conftest import REPO, tiny_overrides
+from tftune.errors import RunError
+from tftune.recipe import load_recipe
+from tftune.train import finetune, pretrain
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 12
+
+
+def long_overrides(data):
+    """A tiny model trained for enough epochs (a few seconds each) to be interrupted mid-run."""
+    return tiny_overrides(data) + [f"pretrain.epochs={EPOCHS}", "pretrain.checkpoint_every=5"]
+
+
+def start_pretrain(data, out, *extra):
+    args = ["pretrain", "--recipe", "gru-glove", "--out", str(out), *extra]
+    args += [arg for override in long_overrides(data) for arg in ("--set", override)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tftune.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wait_for_checkpoint(process, checkpoint, timeout=180):
+    deadline = time.monotonic() + timeout
+    while not (checkpoint / "state.json").is_file():
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.05)
+    return json.loads((checkpoint / "state.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(small_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    return pretrain(load_recipe("gru-glove", long_overrides(small_data)), out)
+
+
+def test_sigkill_mid_epoch_then_resume_completes_the_run(small_data, tmp_path, uninterrupted):
+    out, checkpoint = tmp_path / "run", tmp_path / ".run.checkpoint"
+    process = start_pretrain(small_data, out)
+    wait_for_checkpoint(process, checkpoint)
+    process.kill()  # SIGKILL: no handler, no clean-up
+    process.wait()
+    assert not out.exists()
+    state = json.loads((checkpoint / "state.json").read_text())
+    assert state["epochs_done"] < EPOCHS
+
+    resumed = start_pretrain(small_data, out, "--resume")
+    stdout, stderr = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, stderr[-2000:]
+    assert "resuming after epoch" in stderr
+    assert not checkpoint.exists()  # removed once the run is published
+    metrics = json.loads((out / "metrics.json").read_text())
+    history = json.loads((out / "history.json").read_text())
+    assert [epoch["epoch"] for epoch in history] == list(range(1, EPOCHS + 1))
+    # Within noise of the same run without the interruption.
+    assert metrics["valid"]["perplexity"] == pytest.approx(uninterrupted["valid"]["perplexity"], rel=0.05)
+
+
+def test_sigterm_writes_a_checkpoint_and_says_how_to_resume(small_data, tmp_path):
+    out, checkpoint = tmp_path / "run", tmp_path / ".run.checkpoint"
+    process = start_pretrain(small_data, out)
+    wait_for_checkpoint(process, checkpoint)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "SIGTERM" in errors[0] and "--resume" in errors[0], stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert not out.exists()
+    assert (checkpoint / "state.json").is_file()
+
+
+def test_a_leftover_checkpoint_is_kept_unless_resumed_or_forced(small_data, tmp_path):
+    out, checkpoint = tmp_path / "run", tmp_path / ".run.checkpoint"
+    recipe = load_recipe("gru-glove", tiny_overrides(small_data))
+    checkpoint.mkdir()
+    (checkpoint / "state.json").write_text(json.dumps({"kind": "pretrain", "recipe": "other"}))
+    with pytest.raises(RunError, match="--resume"):
+        pretrain(recipe, out)
+    with pytest.raises(RunError, match="another recipe"):
+        pretrain(recipe, out, resume=True)
+    assert (checkpoint / "state.json").is_file() and not out.exists()
+    pretrain(recipe, out, force=True)
+    assert (out / "metrics.json").is_file() and not checkpoint.exists()
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(small_data, tmp_path):
+    with pytest.raises(RunError, match="no checkpoint to resume"):
+        pretrain(load_recipe("gru-glove", tiny_overrides(small_data)), tmp_path / "run", resume=True)
+
+
+class CrashAfterEpoch(keras.callbacks.Callback):
+    """Raises once `epoch` (1-based, counted over the whole run) has ended: a crash between epochs."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+def test_finetune_resumes_in_the_right_unfreezing_stage(tiny_runs, tmp_path):
+    from test_train import WeightLog, same
+
+    recipe = tiny_runs["recipe"].with_overrides(["finetune.epochs=4"])  # stages: head 1, +rnn_2 1, all 2
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        finetune(recipe, tiny_runs["pretrain"], out, callbacks=[CrashAfterEpoch(2)])
+    state = json.loads((tmp_path / ".run.checkpoint" / "state.json").read_text())
+    assert (state["epochs_done"], state["steps_done"]) == (2, 0)
+
+    log = WeightLog()
+    metrics = finetune(recipe, tiny_runs["pretrain"], out, callbacks=[log], resume=True)
+    (resumed_stage,) = log.snapshots  # one fit: the last stage, where every layer trains
+    assert not same(resumed_stage["begin"]["rnn_1"], resumed_stage["end"]["rnn_1"])
+    history = json.loads((out / "history.json").read_text())
+    assert [(epoch["epoch"], epoch["stage"]) for epoch in history] == [(1, 1), (2, 2), (3, 3), (4, 3)]
+    assert metrics["epochs"] == 4 and not (tmp_path / ".run.checkpoint").exists()
+
+
+def test_same_seed_same_data_same_recipe_gives_the_same_metrics_on_cpu(small_data, tmp_path):
+    recipe = load_recipe("gru-glove", tiny_overrides(small_data))
+    first, second = (pretrain(recipe, tmp_path / name)["valid"]["perplexity"] for name in ("a", "b"))
+    assert first == second

@@ -1,0 +1,581 @@
+"""Data-parallel training (`tftune.distribute`): strategy selection, chief-only writes, and
+tftune's models trained under `MirroredStrategy` (two logical CPUs) and under
+`MultiWorkerMirroredStrategy` (two processes on localhost) against one device.
+
+Logical devices and the multi-worker strategy must be set up before TensorFlow does anything in
+a process, so every test that trains under a strategy runs a helper script in a subprocess and
+reads back one JSON line; the tests here only check the numbers.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tftune import distribute
+from tftune.distribute import ClusterConfig, chief_output, make_strategy, read_tf_config
+from tftune.errors import RecipeError, RunError
+
+REPO = Path(__file__).resolve().parents[1]
+
+# === Helpers ===
+
+
+def run_script(tmp_path, name, source, *args, env=None, timeout=240):
+    """Runs `source` as a script in a fresh Python; returns the JSON of its `RESULT ` line."""
+    script = tmp_path / f"{name}.py"
+    script.write_text(textwrap.dedent(source), encoding="utf-8")
+    completed = subprocess.run(
+        [sys.executable, str(script), *map(str, args)],
+        cwd=REPO,
+        env={**script_env(), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return parse_result(completed.returncode, completed.stdout, completed.stderr)
+
+
+def script_env():
+    return {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def parse_result(returncode, stdout, stderr):
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    assert returncode == 0 and lines, f"exit {returncode}\nstdout:\n{stdout[-3000:]}\nstderr:\n{stderr[-3000:]}"
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Shared by the helper scripts: a tiny vocabulary, LM windows and labelled documents.
+TINY_DATA = """
+import numpy as np
+import tensorflow as tf
+
+V, D, U, T, B = 60, 8, 16, 10, 8
+rng = np.random.default_rng(0)
+ids = rng.integers(3, V, size=(4 * B, T + 1)).astype("int32")
+lm_data = tf.data.Dataset.from_tensor_slices((ids[:, :-1], ids[:, 1:])).batch(B)
+vectors = np.random.default_rng(1).random((V, D)).astype("float32")
+docs = [rng.integers(3, V, size=int(rng.integers(3, 15))).astype("int32") for _ in range(48)]
+labels = rng.integers(0, 3, size=48).tolist()
+
+
+def max_difference(a, b):
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
+"""
+
+
+# === Strategy selection and TF_CONFIG ===
+
+
+def test_none_is_the_default_strategy():
+    import tensorflow as tf
+
+    strategy = make_strategy("none")
+    assert strategy is tf.distribute.get_strategy()
+    assert strategy.num_replicas_in_sync == 1
+    assert distribute.strategy_kind(strategy) == "none"
+    assert distribute.is_chief(strategy) and distribute.worker_index(strategy) == 0
+    assert distribute.num_workers(strategy) == 1
+
+
+def test_mirrored_over_named_devices():
+    import tensorflow as tf
+
+    strategy = make_strategy("mirrored", ["/cpu:0"])
+    assert isinstance(strategy, tf.distribute.MirroredStrategy)
+    assert strategy.num_replicas_in_sync == 1
+    assert distribute.strategy_kind(strategy) == "mirrored"
+    assert distribute.is_chief(strategy)
+
+
+@pytest.mark.parametrize(
+    "name, devices, error, words",
+    [
+        ("parallel", None, RecipeError, "unknown strategy 'parallel'; expected one of none, mirrored, multi-worker"),
+        ("mirrored", ["/gpu:7"], RecipeError, "no such device '/gpu:7'"),
+        ("mirrored", ["/cpu:0", "CPU:0"], RecipeError, "listed twice"),
+        ("none", ["/cpu:0"], RecipeError, 'only used with distribute.strategy = "mirrored"'),
+        ("multi-worker", ["/cpu:0"], RecipeError, "not used with"),
+    ],
+)
+def test_bad_strategy_settings_are_one_line_errors(name, devices, error, words):
+    with pytest.raises(error) as caught:
+        make_strategy(name, devices)
+    assert words in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_multi_worker_needs_tf_config(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(RunError, match="needs the TF_CONFIG environment variable"):
+        make_strategy("multi-worker")
+    monkeypatch.setenv("TF_CONFIG", "{cluster: oops")
+    with pytest.raises(RunError, match="TF_CONFIG: not valid JSON"):
+        make_strategy("multi-worker")
+
+
+def tf_config(cluster, task_type="worker", index=0):
+    return {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": task_type, "index": index}})}
+
+
+TWO_WORKERS = {"worker": ["localhost:2222", "localhost:2223"]}
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("[1, 2]", "expected a JSON object"),
+        ('{"task": {"type": "worker", "index": 0}}', "'cluster' must map task types"),
+        ('{"cluster": {"worker": ["localhost"]}, "task": {"type": "worker"}}', "list of 'host:port' strings"),
+        ('{"cluster": {"trainer": ["a:1"]}, "task": {"type": "trainer"}}', "unknown task type 'trainer'"),
+        ('{"cluster": {"worker": ["a:1"]}}', "'task' must be an object"),
+        ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief"}}', "task type 'chief' is not in the cluster"),
+        ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 2}}', "task index 2 is out of"),
+        ('{"cluster": {"chief": ["a:1", "b:1"]}, "task": {"type": "chief", "index": 0}}', "at most one chief"),
+        ('{"cluster": {"ps": ["a:1"]}, "task": {"type": "ps", "index": 0}}', "no 'chief' or 'worker' task"),
+        ('{"cluster": {"worker": ["a:1"], "ps": ["b:1"]}, "task": {"type": "ps", "index": 0}}', "does not train"),
+    ],
+)
+def test_malformed_tf_config_is_a_one_line_run_error(text, words):
+    with pytest.raises(RunError) as caught:
+        read_tf_config({"TF_CONFIG": text})
+    assert words in str(caught.value)
+    assert str(caught.value).startswith("TF_CONFIG: ")
+    assert "\n" not in str(caught.value)
+
+
+def test_chief_is_the_chief_task_or_else_worker_zero():
+    assert read_tf_config({}) is None
+    assert read_tf_config({"TF_CONFIG": "  "}) is None
+    first = read_tf_config(tf_config(TWO_WORKERS, "worker", 0))
+    second = read_tf_config(tf_config(TWO_WORKERS, "worker", 1))
+    assert first == ClusterConfig(TWO_WORKERS, "worker", 0)
+    assert first.is_chief and not second.is_chief
+    assert (first.worker_index, second.worker_index, first.num_workers) == (0, 1, 2)
+    with_chief = {"chief": ["localhost:2221"], **TWO_WORKERS}
+    chief = read_tf_config(tf_config(with_chief, "chief", 0))
+    worker_0 = read_tf_config(tf_config(with_chief, "worker", 0))
+    assert chief.is_chief and not worker_0.is_chief
+    assert (chief.worker_index, worker_0.worker_index, chief.num_workers) == (0, 1, 3)
+    # The strategy-level helpers take a ClusterConfig too.
+    assert distribute.is_chief(chief) and not distribute.is_chief(worker_0)
+    assert distribute.worker_index(worker_0) == 1 and distribute.num_workers(worker_0) == 3
+
+
+def test_only_the_chief_writes_to_the_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    out = tmp_path / "runs" / "clf"
+    with chief_output(out, read_tf_config(tf_config(TWO_WORKERS, "worker", 0))) as target:
+        assert target == out
+    with chief_output(out, read_tf_config(tf_config(TWO_WORKERS, "worker", 1))) as target:
+        assert target.name == "clf" and target.parent.is_dir()
+        assert target.parent.parent == tmp_path / "tmp" and target.parent.name.startswith("tftune-worker-1-")
+        target.mkdir()
+        (target / "metrics.json").write_text("{}")
+    assert not target.parent.exists()
+    assert not (tmp_path / "runs").exists()
+    assert list((tmp_path / "tmp").iterdir()) == []
+    with chief_output(out) as target:  # no multi-worker strategy: this process is the chief
+        assert target == out
+
+
+def test_global_batch_and_loss_scaling_without_a_strategy():
+    assert distribute.check_global_batch(32) == 32
+    with pytest.raises(RecipeError, match="must be at least the number of replicas"):
+        distribute.check_global_batch(0)
+    assert distribute.replicas_in_sync() == 1
+    assert distribute.scale_loss_for_replicas(3.0) == 3.0
+
+
+def test_clip_after_all_reduce_is_the_same_optimizer_outside_a_strategy():
+    import keras
+    import numpy as np
+
+    from tftune.schedules import DiscriminativeAdam
+
+    adam = distribute.clip_after_all_reduce(keras.optimizers.Adam)
+    assert adam is distribute.clip_after_all_reduce(keras.optimizers.Adam)
+    assert issubclass(adam, keras.optimizers.Adam) and adam.__name__ == "Adam"
+    assert issubclass(distribute.clip_after_all_reduce(DiscriminativeAdam), DiscriminativeAdam)
+    weights = []
+    for cls in (keras.optimizers.Adam, adam):
+        variable = keras.Variable(np.ones(3, "float32"))
+        cls(0.1, global_clipnorm=0.5).apply_gradients([(np.array([3.0, 4.0, 0.0], "float32"), variable)])
+        weights.append(variable.numpy())
+    np.testing.assert_array_equal(weights[0], weights[1])
+
+
+def test_logical_cpus_must_come_first(tmp_path):
+    result = run_script(
+        tmp_path,
+        "logical_cpus",
+        """
+        import json
+        from tftune.distribute import configure_logical_cpus
+        from tftune.errors import RunError
+        names = configure_logical_cpus(2)
+        again = configure_logical_cpus(2)  # same number: nothing to do
+        try:
+            configure_logical_cpus(3)
+            error = None
+        except RunError as e:
+            error = str(e)
+        print("RESULT " + json.dumps({"names": names, "again": again, "error": error}))
+        """,
+    )
+    assert result["names"] == result["again"] == ["/device:CPU:0", "/device:CPU:1"]
+    assert "already initialized its devices (2 CPU device(s))" in result["error"]
+    assert "before any other TensorFlow work" in result["error"]
+
+
+# === MirroredStrategy over two logical CPUs ===
+
+MIRRORED_LM = (
+    """
+import json
+from tftune.distribute import clip_after_all_reduce, configure_logical_cpus, make_strategy, scale_loss_for_replicas
+configure_logical_cpus(2)
+import keras
+"""
+    + TINY_DATA
+    + """
+from tftune.models import LanguageModel, build_encoder
+
+
+class ScaledLanguageModel(LanguageModel):
+    # LanguageModel.train_step with the proposed fix: the sampled loss divided by the replicas.
+    def train_step(self, data):
+        if self.output_kind != "sampled":
+            return super().train_step(data)
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            loss = self.sampled_loss(self.hidden_states(x, training=True), y)
+            scaled_loss = self.optimizer.scale_loss(scale_loss_for_replicas(loss))
+        for metric in self.metrics:
+            if metric.name == "loss":
+                metric.update_state(loss, sample_weight=tf.shape(x)[0])
+        gradients = tape.gradient(scaled_loss, self.trainable_weights)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
+        return self.get_metrics_result()
+
+
+def train(strategy, cell, output, optimizer, model_class=LanguageModel):
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = model_class(build_encoder(vectors, cell, 2, U, 0.0), output=output, num_sampled=V)
+        model.compile(optimizer=optimizer())
+    losses = model.fit(lm_data, epochs=2, verbose=0).history["loss"]
+    fast = all(model.encoder.get_layer(name).uses_fast_path for name in ("rnn_1", "rnn_2"))
+    return losses, model.get_weights(), fast
+
+
+single, mirrored = make_strategy("none"), make_strategy("mirrored", ["/cpu:0", "/cpu:1"])
+clipped_adam = clip_after_all_reduce(keras.optimizers.Adam)
+cases = {
+    "full_lstm_sgd": ("lstm", "full", lambda: keras.optimizers.SGD(0.5), LanguageModel),
+    "full_gru_clipped_adam": ("gru", "full", lambda: clipped_adam(0.01, global_clipnorm=0.05), LanguageModel),
+    "tied_simple_rnn_adam": ("simple_rnn", "tied", lambda: keras.optimizers.Adam(0.01), LanguageModel),
+    "sampled_gru_sgd": ("gru", "sampled", lambda: keras.optimizers.SGD(0.5), LanguageModel),
+    "sampled_gru_sgd_scaled": ("gru", "sampled", lambda: keras.optimizers.SGD(0.5), ScaledLanguageModel),
+}
+result = {"replicas": mirrored.num_replicas_in_sync}
+for name, (cell, output, optimizer, model_class) in cases.items():
+    losses_1, weights_1, _ = train(single, cell, output, optimizer, model_class)
+    losses_2, weights_2, fast = train(mirrored, cell, output, optimizer, model_class)
+    result[name] = {
+        "single": losses_1, "mirrored": losses_2, "weights": max_difference(weights_1, weights_2), "fast_path": fast,
+    }
+print("RESULT " + json.dumps(result), flush=True)
+"""
+)
+
+
+@pytest.fixture(scope="module")
+def mirrored_lm(tmp_path_factory):
+    return run_script(tmp_path_factory.mktemp("mirrored-lm"), "mirrored_lm", MIRRORED_LM)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["full_lstm_sgd", "full_gru_clipped_adam", "tied_simple_rnn_adam"])
+def test_mirrored_language_model_matches_one_device(mirrored_lm, case):
+    """Full and tied softmax, each fast recurrent layer (custom gradient), a clipped Adam."""
+    assert mirrored_lm["replicas"] == 2
+    result = mirrored_lm[case]
+    assert result["fast_path"]
+    assert result["mirrored"] == pytest.approx(result["single"], abs=1e-5)
+    assert result["weights"] < 1e-5
+
+
+@pytest.mark.slow
+def test_mirrored_sampled_softmax_with_the_loss_scaled_by_the_replicas(mirrored_lm):
+    """The sampled candidates differ per replica, so only close; unscaled, the step doubles."""
+    result = mirrored_lm["sampled_gru_sgd_scaled"]
+    assert result["mirrored"] == pytest.approx(result["single"], abs=1e-3)
+    assert result["weights"] < 5e-3
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="LanguageModel.train_step differentiates the unscaled sampled loss, so under N replicas the "
+    "step is N times too large; remove this marker once it divides by distribute.scale_loss_for_replicas",
+)
+def test_mirrored_sampled_softmax_language_model_matches_one_device(mirrored_lm):
+    result = mirrored_lm["sampled_gru_sgd"]
+    assert result["weights"] < 5e-3
+
+
+MIRRORED_CLASSIFIER = (
+    """
+import json
+from tftune import distribute
+distribute.configure_logical_cpus(2)
+import keras
+"""
+    + TINY_DATA
+    + """
+from tftune.data import classification_dataset
+from tftune.models import build_classifier, build_encoder
+from tftune.schedules import DiscriminativeAdam, SlantedTriangular
+
+train_data = classification_dataset(docs, labels, 8)
+names = ["rnn_1", "rnn_2"]
+
+
+def finetune(strategy, fit):
+    # As tftune.train.finetune: one optimizer built on every layer, a compile per stage (the head
+    # alone, then everything); rnn_1 has a zero multiplier, so it must not move.
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        encoder = build_encoder(vectors, "gru", 2, U, 0.0)
+        classifier = build_classifier(encoder, 3, head_dropout=0.0)
+        optimizer = DiscriminativeAdam(0.01, multipliers={"rnn_1": 0.0, "rnn_2": 0.5}, beta_1=0.7, beta_2=0.99)
+        optimizer.build(classifier.trainable_variables)
+    rnn_1 = [w.copy() for w in encoder.get_layer("rnn_1").get_weights()]
+    history = []
+    for stage in range(2):
+        for name in names:
+            encoder.get_layer(name).trainable = stage == 1
+        optimizer.learning_rate = SlantedTriangular(0.01, 6, start_step=int(optimizer.iterations.numpy()))
+        with strategy.scope():
+            classifier.compile(
+                optimizer=optimizer,
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"],
+            )
+        logs = fit(
+            classifier, train_data, validation_data=train_data if stage else None, initial_epoch=stage,
+            epochs=stage + 1, class_weight={0: 1.0, 1: 2.0, 2: 0.5}, verbose=0, shuffle=False,
+        ).history
+        history.append({key: round(values[-1], 6) for key, values in logs.items()})
+    return {
+        "history": history,
+        "weights": classifier.get_weights(),
+        "rnn_1_moved": max_difference(rnn_1, encoder.get_layer("rnn_1").get_weights()),
+        "multipliers": list(optimizer._variable_multipliers),
+        "steps": int(optimizer.iterations.numpy()),
+    }
+
+
+single, mirrored = distribute.make_strategy("none"), distribute.make_strategy("mirrored", ["/cpu:0", "/cpu:1"])
+keras_fit = lambda model, data, **kwargs: model.fit(data, **kwargs)
+loop_fit = lambda model, data, **kwargs: distribute.fit_custom_loop(model, data, **kwargs)
+one = finetune(single, keras_fit)
+two = finetune(mirrored, keras_fit)
+loop = finetune(mirrored, loop_fit)
+result = {
+    "single": one["history"], "mirrored": two["history"], "custom_loop": loop["history"],
+    "weights": max_difference(one["weights"], two["weights"]),
+    "custom_loop_weights": max_difference(two["weights"], loop["weights"]),
+    "rnn_1_moved": [one["rnn_1_moved"], two["rnn_1_moved"], loop["rnn_1_moved"]],
+    "multipliers": [one["multipliers"], two["multipliers"]],
+    "steps": [one["steps"], two["steps"], loop["steps"]],
+}
+print("RESULT " + json.dumps(result), flush=True)
+"""
+)
+
+
+@pytest.mark.slow
+def test_mirrored_classifier_with_gradual_unfreezing_matches_one_device(tmp_path):
+    """DiscriminativeAdam's multipliers (found by variable path) hold for mirrored variables,
+    re-compiling per stage works, and the custom loop (used for multi-worker) gives `fit`'s result."""
+    result = run_script(tmp_path, "mirrored_classifier", MIRRORED_CLASSIFIER)
+    assert result["steps"] == [12, 12, 12]  # 2 stages x 6 batches
+    assert result["multipliers"][0] == result["multipliers"][1]
+    assert sorted(set(result["multipliers"][0])) == [0.0, 0.5, 1.0]
+    assert result["rnn_1_moved"] == [0.0, 0.0, 0.0]
+    assert result["weights"] < 1e-4
+    assert result["custom_loop_weights"] < 1e-4
+    assert set(result["single"][0]) == {"loss", "accuracy"}
+    assert set(result["single"][1]) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    for single, mirrored, loop in zip(result["single"], result["mirrored"], result["custom_loop"]):
+        assert set(single) == set(mirrored) == set(loop)
+        for key in single:
+            assert mirrored[key] == pytest.approx(single[key], abs=1e-4), key
+            assert loop[key] == pytest.approx(single[key], abs=1e-4), key
+
+
+# === MultiWorkerMirroredStrategy: two processes on localhost ===
+
+MULTI_WORKER = (
+    """
+import json, sys, time
+started = time.time()
+from tftune import distribute
+strategy = distribute.make_strategy(sys.argv[1])  # first: before any other TensorFlow work
+out = sys.argv[2]
+import keras
+"""
+    + TINY_DATA
+    + """
+from tftune.data import classification_dataset
+from tftune.export import export_classifier
+from tftune.models import LanguageModel, build_classifier, build_encoder
+from tftune.runs import RunDirectory
+from tftune.schedules import DiscriminativeAdam, SlantedTriangular, discriminative_multipliers
+from tftune.text import Tokenizer, Vocabulary
+
+
+class Steps(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.steps, self.losses = 0, []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.losses.append(logs["loss"])
+
+
+report = {"worker": distribute.worker_index(strategy), "chief": distribute.is_chief(strategy),
+          "replicas": strategy.num_replicas_in_sync}
+keras.utils.set_random_seed(0)
+lm_started = time.time()
+with strategy.scope():
+    encoder = build_encoder(vectors, "gru", 2, U, 0.0)
+    language_model = LanguageModel(encoder, output="full")
+    adam = distribute.clip_after_all_reduce(keras.optimizers.Adam)
+    language_model.compile(optimizer=adam(0.01, global_clipnorm=1.0))
+steps = Steps()
+distribute.fit(language_model, lm_data, epochs=1, callbacks=[steps], verbose=0)
+valid_loss = distribute.evaluate(language_model, lm_data)["loss"]
+report["lm"] = {"steps": steps.steps, "losses": steps.losses, "valid_loss": valid_loss,
+                "seconds": round(time.time() - lm_started, 1)}
+
+clf_started = time.time()
+names = ["rnn_1", "rnn_2"]
+train_data = classification_dataset(docs, labels, 8)
+with strategy.scope():
+    classifier = build_classifier(encoder, 3, head_dropout=0.0)
+    optimizer = DiscriminativeAdam(0.01, multipliers=discriminative_multipliers(names), beta_1=0.7, beta_2=0.99)
+    optimizer.build(classifier.trainable_variables)
+steps = Steps()
+for stage in range(2):
+    for name in names:
+        encoder.get_layer(name).trainable = name in names[len(names) - stage :]
+    optimizer.learning_rate = SlantedTriangular(0.01, 6, start_step=int(optimizer.iterations.numpy()))
+    with strategy.scope():
+        classifier.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                           metrics=["accuracy"])
+    distribute.fit(classifier, train_data, validation_data=train_data if stage else None, initial_epoch=stage,
+                   epochs=stage + 1, class_weight={0: 1.0, 1: 2.0, 2: 0.5}, callbacks=[steps], verbose=0)
+report["classifier"] = {"steps": steps.steps, "losses": steps.losses, "seconds": round(time.time() - clf_started, 1)}
+report["checksum"] = float(sum(np.abs(w).astype("float64").sum() for w in classifier.get_weights()))
+
+# Every worker runs the same saving code; only the chief's files land in `out`.
+with distribute.chief_output(out, strategy) as target:
+    report["wrote_to"] = str(target)
+    with RunDirectory(target) as run:
+        classifier.save_weights(run.file("classifier.weights.h5"))
+        run.write_json("report.json", report)
+        vocab = Vocabulary([f"w{i}" for i in range(3, V)])
+        export_classifier(classifier, vocab, Tokenizer(), ["a", "b", "c"], 20, run.file("export"))
+report["wall_seconds"] = round(time.time() - started, 1)
+print("RESULT " + json.dumps(report), flush=True)
+"""
+)
+
+
+@pytest.mark.slow
+def test_two_worker_processes_train_like_one_device_and_only_the_chief_writes(tmp_path):
+    """Two processes with their own TF_CONFIG (plus a one-device reference, run alongside):
+    `model.fit` fails there in Keras 3, so `distribute.fit` runs the custom loop."""
+    script = tmp_path / "multi_worker.py"
+    script.write_text(MULTI_WORKER, encoding="utf-8")
+    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
+    out = tmp_path / "runs" / "clf"
+    processes = []
+    started = time.time()
+    for index, strategy in ((0, "multi-worker"), (1, "multi-worker"), (None, "none")):
+        temp = tmp_path / f"tmp-{index}"
+        temp.mkdir()
+        env = {**script_env(), "TMPDIR": str(temp)}
+        target = out
+        if index is not None:
+            env.update(tf_config(cluster, "worker", index))
+        else:
+            env.pop("TF_CONFIG", None)
+            target = tmp_path / "reference" / "clf"
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(script), strategy, str(target)],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    reports = []
+    try:
+        for process in processes:
+            stdout, stderr = process.communicate(timeout=300)
+            reports.append(parse_result(process.returncode, stdout, stderr))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    chief, worker, reference = reports
+    print(f"two-worker run: {time.time() - started:.1f} s wall in all; " + json.dumps(reports))
+
+    assert (chief["worker"], chief["chief"], chief["replicas"]) == (0, True, 2)
+    assert (worker["worker"], worker["chief"], worker["replicas"]) == (1, False, 2)
+    # Every worker takes every step (4 LM batches, 6 classifier batches per stage), in lockstep.
+    for report in (chief, worker, reference):
+        assert report["lm"]["steps"] == 4 and report["classifier"]["steps"] == 12
+    assert worker["lm"] == {**chief["lm"], "seconds": worker["lm"]["seconds"]}
+    assert worker["classifier"]["losses"] == chief["classifier"]["losses"]
+    assert worker["checksum"] == chief["checksum"]
+    # The same result as one device, up to float rounding.
+    assert chief["lm"]["losses"] == pytest.approx(reference["lm"]["losses"], abs=1e-5)
+    assert chief["lm"]["valid_loss"] == pytest.approx(reference["lm"]["valid_loss"], abs=1e-5)
+    assert chief["classifier"]["losses"] == pytest.approx(reference["classifier"]["losses"], abs=1e-4)
+    assert chief["checksum"] == pytest.approx(reference["checksum"], rel=1e-5)
+    # Only the chief wrote into the run directory; the other worker's scratch copy is gone.
+    assert chief["wrote_to"] == str(out)
+    assert Path(worker["wrote_to"]).parent.parent == tmp_path / "tmp-1"
+    assert sorted(p.name for p in out.iterdir()) == ["classifier.weights.h5", "export", "report.json"]
+    assert json.loads((out / "report.json").read_text())["worker"] == 0
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["clf"]
+    assert list((tmp_path / "tmp-1").iterdir()) == []
+    assert (out / "export" / "saved_model.pb").is_file()

@@ -1,0 +1,216 @@
+"""Checkpoints of a run in progress, so that an interrupted run can be resumed with `--resume`.
+
+A run's checkpoint lives beside its output directory, in `.NAME.checkpoint/`, and holds what it
+takes to go on: the model's weights, the optimizer's variables (Adam's moments, its step counter
+and, under `mixed_float16`, the loss scale) and a `state.json` with the progress (epoch, step,
+unfreezing stage, history so far) and the recipe it was written with. Every checkpoint is
+written to a temporary directory and renamed over the previous one, so a crash while saving
+leaves the previous checkpoint whole. The checkpoint is removed once the run is published.
+
+SIGINT and SIGTERM stop training at the next step boundary, write a checkpoint and end with
+`Interrupted`, whose message says how to resume.
+
+Example:
+
+>>> checkpoint = RunCheckpoint("runs/my-lm")  # doctest: +SKIP
+>>> checkpoint.exists()  # doctest: +SKIP
+False
+"""
+
+import json
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from tftune.errors import RunError, TftuneError
+from tftune.runs import replace_directory
+
+STATE = "state.json"
+WEIGHTS = "model.weights.h5"
+OPTIMIZER = "optimizer.npz"
+# The recipe again, as a file: `--resume` without `--recipe` loads it.
+RECIPE = "recipe.toml"
+
+
+class Interrupted(TftuneError):
+    """Training stopped on SIGINT/SIGTERM after writing a checkpoint (exit status 130)."""
+
+    exit_code = 130
+
+
+class RunCheckpoint:
+    """The checkpoint directory of the run that will be published at `out`.
+
+    Args:
+        out: the run's output directory (the checkpoint is the hidden sibling `.NAME.checkpoint`).
+    """
+
+    def __init__(self, out):
+        out = Path(out)
+        self.out = out
+        self.path = out.with_name(f".{out.name}.checkpoint")
+
+    def exists(self):
+        return (self.path / STATE).is_file()
+
+    def save(self, model, state, arrays=None):
+        """Writes `model`'s weights, its optimizer's variables, `state` (JSON) and named lists of
+        arrays (e.g. the best epoch's weights), atomically."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f"{self.path.name}.tmp-", dir=self.path.parent))
+        try:
+            model.save_weights(staging / WEIGHTS)
+            variables = [keras.ops.convert_to_numpy(variable) for variable in model.optimizer.variables]
+            np.savez(staging / OPTIMIZER, *variables)
+            for name, values in (arrays or {}).items():
+                np.savez(staging / f"{name}.npz", *values)
+            (staging / STATE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+            (staging / RECIPE).write_text(state["recipe"], encoding="utf-8")
+            replace_directory(staging, self.path)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def load_state(self):
+        """The saved progress; a clear error when there is no checkpoint to resume."""
+        if not self.exists():
+            raise RunError(f"{self.out}: no checkpoint to resume ({self.path} does not exist); run without --resume")
+        try:
+            return json.loads((self.path / STATE).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise RunError(f"{self.path / STATE}: unreadable checkpoint ({e}); run again with --force") from None
+
+    def restore(self, model):
+        """Loads the weights into `model` and the variables into its (compiled) optimizer.
+
+        The optimizer is built on the model's trainable variables first, so its variables
+        exist in the same order as when they were saved.
+        """
+        model.load_weights(self.path / WEIGHTS)
+        optimizer = model.optimizer
+        if not optimizer.built:
+            optimizer.build(model.trainable_variables)
+        values = self.load_arrays(Path(OPTIMIZER).stem)
+        if [tuple(value.shape) for value in values] != [tuple(variable.shape) for variable in optimizer.variables]:
+            raise RunError(f"{self.path}: the optimizer state does not fit this model; run again with --force")
+        for variable, value in zip(optimizer.variables, values):
+            variable.assign(value)
+
+    def load_arrays(self, name):
+        """A list of arrays saved under `name` by `save`."""
+        with np.load(self.path / f"{name}.npz", allow_pickle=False) as saved:
+            return [saved[f"arr_{index}"] for index in range(len(saved.files))]
+
+    def remove(self):
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def check_resumable(checkpoint, kind, recipe):
+    """The saved state of `checkpoint` when it is a `kind` run written with the same recipe."""
+    state = checkpoint.load_state()
+    if state.get("kind") != kind:
+        raise RunError(f"{checkpoint.path}: a checkpoint of a {state.get('kind')} run, not of a {kind} run")
+    if state.get("recipe") != recipe.to_toml():
+        raise RunError(
+            f"{checkpoint.path}: written with another recipe; resume with the same recipe and --set values "
+            "(without --recipe, the checkpoint's own recipe is used)"
+        )
+    return state
+
+
+class Checkpointing(keras.callbacks.Callback):
+    """Writes a checkpoint after every epoch, every `every_steps` steps, and on SIGINT/SIGTERM.
+
+    On a signal, training stops at the next step boundary, the checkpoint is written and
+    `Interrupted` is raised with a message saying how to resume.
+
+    Args:
+        checkpoint: the `RunCheckpoint` to write.
+        state: a callable `(epochs_done, steps_done_in_epoch) -> dict` giving the progress to save.
+        every_steps: also save every this many steps inside an epoch (0 = only at epoch ends).
+        resume_hint: the command that resumes the run, for the interruption message.
+        arrays: an optional callable returning named lists of arrays to save as well.
+    """
+
+    def __init__(self, checkpoint, state, every_steps=0, resume_hint="--resume", arrays=None):
+        super().__init__()
+        self.checkpoint = checkpoint
+        self.state = state
+        self.arrays = arrays or dict
+        self.every_steps = every_steps
+        self.resume_hint = resume_hint
+        self.signal_received = None
+        self.step_offset = 0  # steps of the current epoch done before this fit (a resumed epoch)
+        self._previous_handlers = {}
+
+    def on_train_begin(self, logs=None):
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self._previous_handlers[number] = signal.signal(number, self._on_signal)
+
+    def on_train_end(self, logs=None):
+        self._restore_handlers()
+
+    def _restore_handlers(self):
+        for number, handler in self._previous_handlers.items():
+            signal.signal(number, handler)
+        self._previous_handlers = {}
+
+    def _on_signal(self, number, frame):
+        self.signal_received = signal.Signals(number).name
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.step_offset + batch + 1
+        if self.signal_received is not None:
+            self._save(self.epoch, step)
+            self._restore_handlers()
+            raise Interrupted(
+                f"{self.checkpoint.out}: stopped by {self.signal_received} at epoch {self.epoch + 1}, step {step}; "
+                f"checkpoint written, resume with {self.resume_hint}"
+            )
+        if self.every_steps and step % self.every_steps == 0:
+            self._save(self.epoch, step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.step_offset = 0
+        self._save(epoch + 1, 0)
+
+    def _save(self, epochs_done, steps_done):
+        self.checkpoint.save(self.model, self.state(epochs_done, steps_done), self.arrays())
+
+
+def advance_epochs(dataset, epochs):
+    """Iterates `dataset` `epochs` times without training, so that a resumed run's next epoch
+    draws the same shuffled order as it would have without the interruption (the shuffle's
+    random state is shared by every iteration of the dataset)."""
+    for _ in range(epochs):
+        for _ in dataset.map(lambda *batch: 0):
+            pass
+
+
+def fit_from(model, data, epochs_done, steps_done, epochs, saver, advance=0, **fit_kwargs):
+    """`model.fit` from a checkpoint's position: the rest of a part-done epoch, then the others.
+
+    Args:
+        model: the compiled model, its weights and optimizer already restored.
+        data: the training dataset (one epoch per iteration).
+        epochs_done: epochs completed before the checkpoint.
+        steps_done: steps of the next epoch completed before the checkpoint.
+        epochs: the epoch to stop after (Keras' `epochs`).
+        saver: the run's `Checkpointing` callback (also in `fit_kwargs["callbacks"]`).
+        advance: epochs of `data` the interrupted process had drawn (see `advance_epochs`).
+        **fit_kwargs: the other `fit` arguments.
+    """
+    advance_epochs(data, advance)
+    if steps_done and epochs_done < epochs:
+        saver.step_offset = steps_done
+        model.fit(data.skip(steps_done), initial_epoch=epochs_done, epochs=epochs_done + 1, **fit_kwargs)
+        epochs_done += 1
+    if epochs_done < epochs:
+        model.fit(data, initial_epoch=epochs_done, epochs=epochs, **fit_kwargs)

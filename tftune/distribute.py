@@ -1,0 +1,642 @@
+"""Data-parallel training with `tf.distribute`: strategy selection, chief-only writes, and fixes.
+
+`distribute.strategy` (`--distribute`) picks one of:
+
+- `none`: TensorFlow's default strategy (one device, what tftune always did);
+- `mirrored`: `tf.distribute.MirroredStrategy` over the local GPUs, or over the given devices
+  (e.g. two logical CPUs made by `configure_logical_cpus`, for tests and demos);
+- `multi-worker`: `tf.distribute.MultiWorkerMirroredStrategy`, one process per worker, each
+  started with its own `TF_CONFIG` (cluster and task). It must be created before TensorFlow does
+  anything else in the process (before any tensor, model or dataset).
+
+The recipe's batch size is the global batch: each step splits it over the replicas and sums
+their gradients of the per-replica loss divided by the number of replicas, so the update is the
+single-device one and the learning rate needs no scaling.
+
+What was found on TensorFlow 2.21 / Keras 3.15 (see `tests/test_distribute.py`):
+
+- `model.fit` under `MirroredStrategy` trains tftune's models (full and tied `LanguageModel`, the
+  `tftune.fast_rnn` layers with their custom gradient, `DiscriminativeAdam` with its
+  per-variable multipliers, the classifier re-compiled per unfreezing stage, class weights)
+  with the same losses and weights as one device, up to float rounding, and in the same
+  (shuffled) batch order.
+- Keras clips gradients (`clipnorm`, `global_clipnorm`, `clipvalue`) on each replica *before*
+  summing them over the replicas, so a clipped optimizer takes a different step than on one
+  device. `ClipAfterAllReduce` (`clip_after_all_reduce(keras.optimizers.Adam)`) sums first.
+- A custom `train_step` that differentiates a plain mean loss (the sampled softmax of
+  `LanguageModel`) must divide it by the number of replicas (`scale_loss_for_replicas`), as
+  Keras' own losses do; otherwise the replicas' gradients add up to N times the step.
+- `model.fit` and `model.evaluate` fail under `MultiWorkerMirroredStrategy` in Keras 3
+  (keras#20585: they all-reduce the integer input batch to build the model, then reduce scalar
+  metrics along axis 0). `fit`/`evaluate` here switch to `fit_custom_loop`/`evaluate_custom_loop`,
+  which run the model's own `train_step`/`test_step` through `strategy.run`; on unshuffled data
+  two workers end with one device's weights. With a shuffled dataset each worker still sees a
+  disjoint share of every epoch, but the order is not the one-device order.
+- Keras 3 `Dropout` draws the same mask on every replica (one seed state for all): the noise
+  is correlated across replicas, though each replica applies it to other examples.
+
+Example:
+
+>>> from tftune.distribute import make_strategy
+>>> strategy = make_strategy("none")
+>>> strategy.num_replicas_in_sync
+1
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tftune.errors import RecipeError, RunError
+
+STRATEGIES = ("none", "mirrored", "multi-worker")
+TASK_TYPES = ("chief", "worker", "evaluator", "ps")
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+# === Devices ===
+
+
+def configure_logical_cpus(n):
+    """Splits the (first) physical CPU into `n` logical devices `/cpu:0` ... `/cpu:{n-1}`.
+
+    For tests and CPU demos of `MirroredStrategy`. Must run before TensorFlow initializes its
+    devices, i.e. before any tensor, model, dataset or strategy exists in the process; calling it
+    again with the same `n` is a no-op.
+
+    Args:
+        n: number of logical CPU devices (>= 1).
+
+    Returns:
+        The names of the logical CPU devices.
+    """
+    tf = _tf()
+    if int(n) != n or n < 1:
+        raise RecipeError(f"the number of logical CPUs must be an int >= 1, got {n!r}")
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    wanted = [tf.config.LogicalDeviceConfiguration() for _ in range(int(n))]
+    try:
+        tf.config.set_logical_device_configuration(cpu, wanted)
+    except RuntimeError:
+        current = tf.config.get_logical_device_configuration(cpu)
+        if current is not None and len(current) == n:
+            return [device.name for device in tf.config.list_logical_devices("CPU")]
+        have = len(tf.config.list_logical_devices("CPU"))
+        raise RunError(
+            f"cannot split the CPU into {n} logical devices: TensorFlow already initialized its devices "
+            f"({have} CPU device(s)); call configure_logical_cpus before any other TensorFlow work in the process"
+        ) from None
+    return [device.name for device in tf.config.list_logical_devices("CPU")]
+
+
+# === TF_CONFIG ===
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """The parsed `TF_CONFIG` of one multi-worker process.
+
+    Attributes:
+        cluster: task type -> list of `host:port` addresses.
+        task_type: this process's task type (`"chief"` or `"worker"` for training).
+        task_index: this process's index within its task type.
+    """
+
+    cluster: dict
+    task_type: str
+    task_index: int
+
+    @property
+    def num_workers(self):
+        """Training processes: the chief (if any) and the workers."""
+        return len(self.cluster.get("chief", ())) + len(self.cluster.get("worker", ()))
+
+    @property
+    def worker_index(self):
+        """Place among the training processes: the chief first, then the workers."""
+        if self.task_type == "chief":
+            return 0
+        return self.task_index + len(self.cluster.get("chief", ()))
+
+    @property
+    def is_chief(self):
+        """The chief task, or worker 0 when the cluster has no chief (Keras' rule)."""
+        return self.task_type == "chief" or (
+            self.task_type == "worker" and self.task_index == 0 and not self.cluster.get("chief")
+        )
+
+
+def read_tf_config(environ=None):
+    """Parses and checks `TF_CONFIG` from `environ` (default: `os.environ`).
+
+    Returns:
+        A `ClusterConfig`, or None when `TF_CONFIG` is unset or empty.
+
+    Raises:
+        RunError: `TF_CONFIG` is not JSON, or lacks a usable `cluster` or `task`.
+    """
+    environ = os.environ if environ is None else environ
+    text = environ.get("TF_CONFIG", "").strip()
+    if not text:
+        return None
+    where = "TF_CONFIG"
+    try:
+        config = json.loads(text)
+    except ValueError as e:
+        raise RunError(f"{where}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise RunError(f"{where}: expected a JSON object with 'cluster' and 'task', got {type(config).__name__}")
+    cluster, task = config.get("cluster"), config.get("task")
+    if not isinstance(cluster, dict) or not cluster:
+        raise RunError(f"{where}: 'cluster' must map task types to lists of host:port addresses")
+    for task_type, addresses in cluster.items():
+        if task_type not in TASK_TYPES:
+            raise RunError(
+                f"{where}: unknown task type {task_type!r} in 'cluster'; expected one of {', '.join(TASK_TYPES)}"
+            )
+        if isinstance(addresses, str):
+            addresses = [addresses]
+        if not isinstance(addresses, list) or not addresses or not all(_is_address(a) for a in addresses):
+            raise RunError(f"{where}: cluster[{task_type!r}] must be a non-empty list of 'host:port' strings")
+        cluster[task_type] = list(addresses)
+    if len(cluster.get("chief", ())) > 1:
+        raise RunError(f"{where}: a cluster has at most one chief, got {len(cluster['chief'])}")
+    if not cluster.get("chief") and not cluster.get("worker"):
+        raise RunError(f"{where}: the cluster has no 'chief' or 'worker' task to train")
+    if not isinstance(task, dict):
+        raise RunError(f"{where}: 'task' must be an object like {{\"type\": \"worker\", \"index\": 0}}")
+    task_type, task_index = task.get("type"), task.get("index", 0)
+    if task_type not in cluster:
+        raise RunError(f"{where}: task type {task_type!r} is not in the cluster ({', '.join(sorted(cluster))})")
+    if isinstance(task_index, bool) or not isinstance(task_index, int) or not 0 <= task_index < len(cluster[task_type]):
+        raise RunError(
+            f"{where}: task index {task_index!r} is out of range for the {len(cluster[task_type])} "
+            f"{task_type} address(es)"
+        )
+    if task_type not in ("chief", "worker"):
+        raise RunError(f"{where}: task type {task_type!r} does not train with the multi-worker strategy")
+    return ClusterConfig(cluster, task_type, task_index)
+
+
+def _is_address(value):
+    if not isinstance(value, str) or ":" not in value:
+        return False
+    host, _, port = value.rpartition(":")
+    return bool(host) and port.isdigit()
+
+
+# === Strategies ===
+
+
+def make_strategy(name, devices=None):
+    """The `tf.distribute` strategy that `distribute.strategy = name` asks for.
+
+    Args:
+        name: `"none"`, `"mirrored"` or `"multi-worker"`.
+        devices: for `"mirrored"` only: device names (e.g. `["/gpu:0", "/gpu:1"]` or
+            `["/cpu:0", "/cpu:1"]`); default: all local GPUs, or the CPU when there is none.
+
+    Returns:
+        A `tf.distribute.Strategy`; for `"none"`, `tf.distribute.get_strategy()` (the default).
+
+    Raises:
+        RecipeError: an unknown name, or devices that do not exist or do not apply.
+        RunError: `TF_CONFIG` is missing or malformed for `"multi-worker"`, or the strategy was
+            created too late in the process.
+    """
+    tf = _tf()
+    if name not in STRATEGIES:
+        raise RecipeError(f"distribute.strategy: unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
+    devices = list(devices or ())
+    if name == "none":
+        if devices:
+            raise RecipeError('distribute.devices: only used with distribute.strategy = "mirrored"')
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        if devices:
+            available = {_canonical_device(d.name) for d in tf.config.list_logical_devices()}
+            unknown = [d for d in devices if _canonical_device(d) not in available]
+            if unknown:
+                raise RecipeError(
+                    f"distribute.devices: no such device {', '.join(map(repr, unknown))}; this machine has "
+                    f"{', '.join(sorted(available))}"
+                )
+            if len({_canonical_device(d) for d in devices}) != len(devices):
+                raise RecipeError(f"distribute.devices: a device is listed twice in {devices}")
+        return tf.distribute.MirroredStrategy(devices or None)
+    if devices:
+        raise RecipeError(
+            'distribute.devices: not used with "multi-worker"; each worker uses its local devices '
+            "(CUDA_VISIBLE_DEVICES picks them)"
+        )
+    config = read_tf_config()
+    if config is None:
+        raise RunError(
+            'distribute.strategy = "multi-worker" needs the TF_CONFIG environment variable, e.g. '
+            '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
+        )
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except (RuntimeError, ValueError) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunError(
+            "could not start the multi-worker strategy (it must be created before any other "
+            f"TensorFlow work in the process): {message}"
+        ) from None
+
+
+def _canonical_device(name):
+    """`/cpu:0`, `CPU:0` and `/job:localhost/replica:0/task:0/device:CPU:0` all become `CPU:0`."""
+    last = name.split("/")[-1]
+    if last.lower().startswith("device:"):
+        last = last[len("device:") :]
+    kind, _, index = last.rpartition(":")
+    return f"{kind.upper()}:{index}"
+
+
+def strategy_kind(strategy):
+    """`"none"`, `"mirrored"` or `"multi-worker"` for a strategy made by `make_strategy`."""
+    tf = _tf()
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "multi-worker"
+    if isinstance(strategy, tf.distribute.MirroredStrategy):
+        return "mirrored"
+    return "none"
+
+
+def is_multi_worker(strategy):
+    return strategy_kind(strategy) == "multi-worker"
+
+
+def _strategy(strategy):
+    return _tf().distribute.get_strategy() if strategy is None else strategy
+
+
+def cluster_config(strategy=None):
+    """This process's `ClusterConfig` under a multi-worker strategy, else None.
+
+    Args:
+        strategy: a strategy (default: the current one), or a `ClusterConfig`, returned as is.
+    """
+    if isinstance(strategy, ClusterConfig):
+        return strategy
+    strategy = _strategy(strategy)
+    if not is_multi_worker(strategy):
+        return None
+    resolver = strategy.cluster_resolver
+    if resolver is None or not resolver.task_type:
+        return None  # a multi-worker strategy without TF_CONFIG: one local worker
+    return ClusterConfig(resolver.cluster_spec().as_dict(), resolver.task_type, int(resolver.task_id or 0))
+
+
+def is_chief(strategy=None):
+    """Whether this process writes the run: always, unless multi-worker training makes it a
+    worker other than the chief (the `chief` task, or worker 0 when the cluster has none).
+
+    Args:
+        strategy: a strategy (default: the current one) or a `ClusterConfig`.
+    """
+    config = cluster_config(strategy)
+    return config is None or config.is_chief
+
+
+def worker_index(strategy=None):
+    """This process's place among the training processes: 0 for the chief (and outside
+    multi-worker training); with a `chief` task, worker `i` is process `i + 1`."""
+    config = cluster_config(strategy)
+    return 0 if config is None else config.worker_index
+
+
+def num_workers(strategy=None):
+    """Training processes taking part (1 outside multi-worker training)."""
+    config = cluster_config(strategy)
+    return 1 if config is None else config.num_workers
+
+
+@contextlib.contextmanager
+def chief_output(path, strategy=None):
+    """Where this process writes `path`: `path` itself on the chief, a private temporary
+    directory on the other workers, removed on exit.
+
+    Keras' `write_filepath` pattern: every worker runs the same saving code (saving can read
+    synchronized variables, which needs all workers), but only the chief's files land, and
+    the others never touch `path`, its parent or its lock file.
+
+    Args:
+        path: the file or directory the run writes (e.g. the run directory `--out`).
+        strategy: a strategy (default: the current one) or a `ClusterConfig`.
+
+    Yields:
+        A `Path`: `path` on the chief; else `TMP/tftune-worker-N-XXXX/NAME`, whose parent exists
+        and whose name is `path`'s.
+    """
+    path = Path(path)
+    if is_chief(strategy):
+        yield path
+        return
+    scratch = Path(tempfile.mkdtemp(prefix=f"tftune-worker-{worker_index(strategy)}-"))
+    try:
+        yield scratch / path.name
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+# === Batches and losses ===
+
+
+def check_global_batch(batch_size, strategy=None, what="batch_size"):
+    """The per-replica batch of a global `batch_size`; a batch smaller than the replicas is an error.
+
+    A batch that the replicas do not divide still trains (TensorFlow gives some replicas one
+    example more), but then the replicas' mean losses weigh examples slightly unequally.
+    """
+    replicas = _strategy(strategy).num_replicas_in_sync
+    if batch_size < replicas:
+        raise RecipeError(
+            f"{what} = {batch_size} is the global batch and must be at least the number of replicas ({replicas})"
+        )
+    return batch_size // replicas
+
+
+def distribute_dataset(dataset, strategy=None):
+    """`strategy.experimental_distribute_dataset` over global batches, sharded by data.
+
+    Every worker reads the same dataset (same seed) and keeps its share of each global batch;
+    `AutoShardPolicy.DATA` says so up front (there are no files to shard by). Keras' `fit` does
+    the distribution itself; pass the result to `fit_custom_loop` or a `strategy.run` loop.
+    """
+    tf = _tf()
+    strategy = _strategy(strategy)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return strategy.experimental_distribute_dataset(dataset.with_options(options))
+
+
+def replicas_in_sync():
+    """The number of replicas of the current strategy (1 outside any)."""
+    return _tf().distribute.get_strategy().num_replicas_in_sync
+
+
+def scale_loss_for_replicas(loss):
+    """`loss / replicas`: what a custom `train_step` must differentiate when its loss is a mean
+    over the replica's own batch, so that summing the replicas' gradients gives the gradient
+    of the global batch's mean loss. Keras' own losses already do this (see
+    `keras.src.losses.loss.scale_loss_for_distribution`)."""
+    replicas = replicas_in_sync()
+    return loss if replicas == 1 else loss / replicas
+
+
+# === Gradient clipping across replicas ===
+
+
+def _in_multi_replica_context():
+    tf = _tf()
+    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
+        return False
+    context = tf.distribute.get_replica_context()
+    return context is not None and context.num_replicas_in_sync > 1
+
+
+class ClipAfterAllReduce:
+    """Optimizer mixin: clip the gradients summed over the replicas, as on one device.
+
+    Keras 3 clips (`clipnorm`, `global_clipnorm`, `clipvalue`) each replica's gradients and only
+    then sums them over the replicas, so under a strategy a clipped step is not the
+    single-device one (each replica's share is clipped on its own). With this mixin, the sum
+    over the replicas happens first, then the clipping, and the later sum is skipped. Without
+    clipping, or outside a multi-replica step, nothing changes.
+
+    Use `clip_after_all_reduce(keras.optimizers.Adam)(learning_rate, global_clipnorm=1.0)`.
+    """
+
+    def _clips(self):
+        return any(value and value > 0 for value in (self.clipnorm, self.global_clipnorm, self.clipvalue))
+
+    def _clip_gradients(self, grads):
+        if self._clips() and _in_multi_replica_context():
+            tf = _tf()
+            present = [g for g in grads if g is not None]
+            summed = iter(tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, present))
+            grads = [None if g is None else next(summed) for g in grads]
+        return super()._clip_gradients(grads)
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        if self._clips() and _in_multi_replica_context():
+            return list(grads_and_vars)  # already summed in _clip_gradients
+        return super()._all_reduce_sum_gradients(grads_and_vars)
+
+
+_CLIPPING_CLASSES = {}
+
+
+def clip_after_all_reduce(optimizer_class):
+    """A subclass of a Keras optimizer class with `ClipAfterAllReduce` (same name and config)."""
+    if issubclass(optimizer_class, ClipAfterAllReduce):
+        return optimizer_class
+    if optimizer_class not in _CLIPPING_CLASSES:
+        _CLIPPING_CLASSES[optimizer_class] = type(
+            optimizer_class.__name__, (ClipAfterAllReduce, optimizer_class), {"__module__": __name__}
+        )
+    return _CLIPPING_CLASSES[optimizer_class]
+
+
+# === Training under any strategy ===
+
+
+def fit(model, train_data, strategy=None, **kwargs):
+    """`model.fit(train_data, **kwargs)`, or `fit_custom_loop` under a multi-worker strategy.
+
+    Keras 3.15's `fit` fails under `MultiWorkerMirroredStrategy` (it all-reduces the integer
+    input batch to build the model, then reduces scalar metrics along axis 0; keras#20585).
+    """
+    strategy = strategy or model.distribute_strategy
+    if is_multi_worker(strategy):
+        return fit_custom_loop(model, train_data, strategy=strategy, **kwargs)
+    return model.fit(train_data, **kwargs)
+
+
+def evaluate(model, data, strategy=None):
+    """`model.evaluate(data, return_dict=True)`, or its custom-loop twin under multi-worker."""
+    strategy = strategy or model.distribute_strategy
+    if is_multi_worker(strategy):
+        return evaluate_custom_loop(model, data, strategy=strategy)
+    return {name: float(value) for name, value in model.evaluate(data, verbose=0, return_dict=True).items()}
+
+
+def _reduce_mean(strategy, outputs):
+    tf = _tf()
+    return tf.nest.map_structure(lambda value: strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None), outputs)
+
+
+def _prepare(model, dataset, strategy):
+    """Builds the model, its compiled loss and metrics and its optimizer under `strategy`'s scope,
+    as `fit` does before it traces its step.
+
+    Works from the dataset's `element_spec`, not a batch: pulling a batch would start an
+    iteration, and a dataset that reshuffles on each iteration would then give every later
+    epoch another order than `fit` does.
+    """
+    with strategy.scope():
+        model._symbolic_build(data_batch=dataset.element_spec)  # Keras 3 (private): what fit/evaluate call
+
+
+def _with_class_weight(dataset, class_weight):
+    tf = _tf()
+    n_classes = max(class_weight) + 1
+    weights = tf.constant([float(class_weight.get(i, 1.0)) for i in range(n_classes)], tf.float32)
+    return dataset.map(lambda x, y: (x, y, tf.gather(weights, tf.cast(tf.reshape(y, [-1]), tf.int32))))
+
+
+def _metric_logs(model):
+    """The model's metrics, read in the cross-replica context: summed over every replica (and
+    worker), so exact for the whole epoch. Every worker must read them (a collective)."""
+    return {name: float(value) for name, value in model.get_metrics_result().items()}
+
+
+def _steps(dataset):
+    cardinality = int(dataset.cardinality())
+    return cardinality if cardinality >= 0 else None
+
+
+def _run_steps(step, iterator, steps, on_begin=None, on_end=None, stop=lambda: False):
+    """Calls `step(iterator)` until the data ends (or `steps`), with optional per-step hooks."""
+    tf = _tf()
+    done = 0
+    logs = {}
+    while steps is None or done < steps:
+        if on_begin is not None:
+            on_begin(done)
+        try:
+            logs = step(iterator)
+        except (StopIteration, tf.errors.OutOfRangeError):
+            break
+        if on_end is not None:
+            on_end(done, {name: float(value) for name, value in logs.items()})
+        done += 1
+        if stop():
+            break
+    return done, logs
+
+
+def _step_function(model, strategy, method):
+    """A `tf.function` running `method` (the model's `train_step` or `test_step`) on every replica.
+
+    Made anew for every `fit_custom_loop`/`evaluate_custom_loop` call, as `compile` makes Keras
+    build a new train function: the trace holds the trainable variables and metrics of the moment.
+    """
+    tf = _tf()
+
+    def step(iterator):
+        return _reduce_mean(strategy, strategy.run(method, args=(next(iterator),)))
+
+    return tf.function(step)
+
+
+def _evaluate(model, data, strategy, step):
+    model.reset_metrics()
+    _run_steps(step, iter(distribute_dataset(data, strategy)), _steps(data))
+    return _metric_logs(model)
+
+
+def evaluate_custom_loop(model, data, strategy=None):
+    """Evaluates a compiled model on `data` (global batches) with `strategy.run(model.test_step)`.
+
+    Returns:
+        `{metric name: value}` over the whole of `data` (all workers), like
+        `model.evaluate(data, return_dict=True)`.
+    """
+    strategy = strategy or model.distribute_strategy
+    _prepare(model, data, strategy)
+    return _evaluate(model, data, strategy, _step_function(model, strategy, model.test_step))
+
+
+def fit_custom_loop(
+    model,
+    train_data,
+    *,
+    epochs=1,
+    initial_epoch=0,
+    validation_data=None,
+    class_weight=None,
+    callbacks=(),
+    verbose=0,
+    shuffle=None,
+    strategy=None,
+):
+    """A stand-in for `model.fit` that works under `MultiWorkerMirroredStrategy` in Keras 3.
+
+    Each step runs the model's own `train_step` (so `LanguageModel`'s sampled softmax, compiled
+    losses, metrics, loss scaling and the optimizer all behave as in `fit`) on every replica with
+    `strategy.run`, over `train_data` distributed by `distribute_dataset` (global batches). The
+    per-step logs are the replicas' mean; the epoch logs (and `val_*` ones) are the metrics read
+    across all replicas and workers. Callbacks get the usual `on_train_begin`,
+    `on_epoch_begin/end`, `on_train_batch_begin/end` and `on_train_end` calls, and
+    `model.stop_training` stops training; under a multi-worker strategy every decision must
+    come from these (identical on every worker) logs, or the workers fall out of step.
+
+    Args:
+        model: a model compiled under `strategy.scope()`.
+        train_data: a `tf.data.Dataset` of global batches `(x, y)`; every worker passes the
+            same dataset (same seed), and each keeps its share of every batch.
+        epochs, initial_epoch, validation_data, class_weight, callbacks, verbose: as in `fit`.
+        shuffle: ignored (datasets shuffle themselves), accepted for `fit`'s callers.
+        strategy: default: the model's strategy.
+
+    Returns:
+        The `keras.callbacks.History` of this call.
+    """
+    import keras
+
+    tf = _tf()
+    strategy = strategy or model.distribute_strategy
+    if class_weight:
+        train_data = _with_class_weight(train_data, class_weight)
+    _prepare(model, train_data, strategy)
+    steps = _steps(train_data)
+    history = keras.callbacks.History()
+    callback_list = keras.callbacks.CallbackList(
+        [*callbacks, history],
+        add_progbar=bool(verbose),
+        verbose=verbose,
+        epochs=epochs,
+        steps=steps,
+        model=model,
+    )
+
+    step = _step_function(model, strategy, model.train_step)
+    test_step = None if validation_data is None else _step_function(model, strategy, model.test_step)
+    distributed = distribute_dataset(train_data, strategy)
+    model.stop_training = False
+    callback_list.on_train_begin()
+    epoch_logs = {}
+    for epoch in range(initial_epoch, epochs):
+        model.reset_metrics()
+        callback_list.on_epoch_begin(epoch)
+        _run_steps(
+            step,
+            iter(distributed),
+            steps,
+            on_begin=callback_list.on_train_batch_begin,
+            on_end=callback_list.on_train_batch_end,
+            stop=lambda: model.stop_training,
+        )
+        epoch_logs = _metric_logs(model)
+        if validation_data is not None:
+            val_logs = _evaluate(model, validation_data, strategy, test_step)
+            epoch_logs.update({f"val_{name}": value for name, value in val_logs.items()})
+        callback_list.on_epoch_end(epoch, epoch_logs)
+        if model.stop_training:
+            break
+    if epochs > initial_epoch and isinstance(model.optimizer, keras.optimizers.Optimizer):
+        model.optimizer.finalize_variable_values(model.trainable_weights)
+    callback_list.on_train_end(logs=epoch_logs)
+    return history
