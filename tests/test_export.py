@@ -125,6 +125,20 @@ def test_serving_handles_awkward_inputs(tiny_runs, texts):
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("batch", [1, 10_000])
+def test_one_signature_call_serves_a_batch_of_1_or_10000_strings(tiny_runs, batch):
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(tiny_runs["finetune"] / "export")).signatures["serving_default"]
+    texts = [f"A {'fine' if i % 2 else 'dull'} FILM , number {i} ." for i in range(batch)]
+    outputs = serve(text=tf.constant(texts))
+    assert outputs["probabilities"].shape == (batch, 2) and outputs["label"].shape == (batch,)
+    assert np.all(np.isfinite(outputs["probabilities"].numpy()))
+    # The recipe lowercases: case does not change the prediction.
+    lower = serve(text=tf.constant([text.lower() for text in texts[:2]]))["probabilities"].numpy()
+    np.testing.assert_allclose(lower, outputs["probabilities"].numpy()[:2], atol=1e-6)
+
+
 def test_find_export_accepts_a_run_or_its_export(tiny_runs):
     run = tiny_runs["finetune"]
     assert find_export(run) == run / "export"
