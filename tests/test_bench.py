@@ -13,13 +13,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = ("lm_throughput", "rnn_stack", "finetune_throughput", "vectors", "serving")
+BENCHMARKS = ("lm_throughput", "rnn_stack", "finetune_throughput", "vectors", "serving", "accuracy")
 RUN_KEYS = {"tokens_per_second", "valid_perplexity", "steps", "epochs", "train_seconds", "vocab_size",
             "train_tokens", "valid_tokens", "peak_rss_mb"}
 LOAD_KEYS = {"vectors", "dim", "import_rss_mb", "load_seconds", "rss_after_load_mb", "align_seconds",
              "peak_rss_mb", "added_peak_mb", "ratios"}
 SERVING_KEYS = {"docs_per_second", "latency_ms"}
 PIPELINE_KEYS = {"examples_per_second", "real_token_share", "mean_batch_length", "epoch_seconds"}
+ACCURACY_ROW_KEYS = {"description", "test_accuracy", "test_macro_f1", "seconds", "seed"}
+TFTUNE_ROW_KEYS = ACCURACY_ROW_KEYS | {"valid_accuracy", "epochs", "encoder", "recipe", "overrides"}
 
 pytestmark = pytest.mark.slow
 
@@ -104,6 +106,31 @@ def test_serving(smoke_outputs):
         assert SERVING_KEYS <= set(result[path])
         assert {"p50", "p99"} == set(result[path]["latency_ms"])
     assert set(result["ratios"]) == {"docs_per_second", "latency_p50", "latency_p99"}
+
+
+def test_accuracy(smoke_outputs):
+    result = result_of(smoke_outputs, "accuracy")
+    assert {"recipe", "overrides", "seed", "tasks", "rows"} <= set(result["config"])
+    assert set(result["tasks"]) == {"trec6", "sst2"}
+    if all("skipped" in task for task in result["tasks"].values()):
+        return  # no ../shared/data beside the checkout
+    assert {"corpus", "valid_perplexity", "train_tokens", "seconds", "overrides"} <= set(result["pretraining"])
+    # --smoke: every row on TREC-6; the baselines and the shipped recipe on SST-2.
+    expected = {"trec6": {"keras", "reference", "tftune", "scratch", "unfreeze_all", "constant_lr", "no_lm_finetune"},
+                "sst2": {"keras", "reference", "tftune"}}
+    for name, task in result["tasks"].items():
+        assert set(task["rows"]) == expected[name]
+        assert {"valid_perplexity", "seconds", "overrides"} <= set(task["encoders"]["lm_finetuned"])
+        for row_name, row in task["rows"].items():
+            assert ACCURACY_ROW_KEYS <= set(row)
+            assert 0 <= row["test_accuracy"] <= 1
+            if row_name not in ("keras", "reference"):
+                assert TFTUNE_ROW_KEYS <= set(row)
+    assert "pretrain.epochs=0" in result["tasks"]["trec6"]["encoders"]["scratch"]["overrides"]
+    (point,) = result["tasks"]["trec6"]["low_data"]
+    assert point["train_examples"] < result["tasks"]["trec6"]["examples"]["train"]
+    for arm in ("pretrained", "scratch"):
+        assert TFTUNE_ROW_KEYS - {"description"} <= set(point[arm])
 
 
 def test_markdown_table_from_results(smoke_outputs, tmp_path):
