@@ -170,7 +170,7 @@ def measure(args):
 
 
 def summary(result):
-    return "rnn_stack: " + "; ".join(
+    return "rnn_stack (Keras -> tftune.fast_rnn, forward + backward): " + "; ".join(
         f"{cell} {r['keras']['tokens_per_second']:,} -> {r['fast']['tokens_per_second']:,} tokens/s "
         f"(x{r['ratios']['tokens_per_second']:.2f}, x{r['ratios']['cpu_per_step']:.2f} CPU time, "
         f"{r['fast']['gflop_per_second']} GFLOP/s = {r['fast']['share_of_matmul_peak']:.0%} of the matmul peak)"

@@ -144,4 +144,4 @@ def test_markdown_table_from_results(smoke_outputs, tmp_path):
     assert "TensorFlow" in table and "Keras" in table
     for heading in (f"bench.{name}" for name in BENCHMARKS):
         assert heading in table
-    assert table.count("| --- |") == len(BENCHMARKS)
+    assert table.count("| --- |") >= len(BENCHMARKS)  # at least one table each
