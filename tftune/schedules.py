@@ -11,8 +11,28 @@ import keras
 from keras import ops
 
 
+class _Cycle(keras.optimizers.schedules.LearningRateSchedule):
+    """What the cyclic schedules share: a peak rate, a length, and the step the cycle starts at."""
+
+    def __init__(self, max_lr, total_steps, start_step, name):
+        if not max_lr > 0:
+            raise ValueError(f"max_lr must be > 0, got {max_lr!r}")
+        if int(total_steps) != total_steps or total_steps < 1:
+            raise ValueError(f"total_steps must be an int >= 1, got {total_steps!r}")
+        if int(start_step) != start_step or start_step < 0:
+            raise ValueError(f"start_step must be an int >= 0, got {start_step!r}")
+        self.max_lr = float(max_lr)
+        self.total_steps = int(total_steps)
+        self.start_step = int(start_step)
+        self.name = name
+
+    def _position(self, step):
+        """Steps into the cycle, as float32, held at the cycle's end once it is over."""
+        return ops.clip(ops.cast(step, "float32") - float(self.start_step), 0.0, float(self.total_steps))
+
+
 @keras.saving.register_keras_serializable(package="tftune")
-class SlantedTriangular(keras.optimizers.schedules.LearningRateSchedule):
+class SlantedTriangular(_Cycle):
     """Slanted triangular learning rate (Howard & Ruder, 2018, ULMFiT).
 
     The rate climbs linearly from `max_lr / ratio` to `max_lr` during the
@@ -42,27 +62,17 @@ class SlantedTriangular(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(self, max_lr, total_steps, cut_frac=0.1, ratio=32.0, start_step=0, name=None):
-        if not max_lr > 0:
-            raise ValueError(f"max_lr must be > 0, got {max_lr!r}")
-        if int(total_steps) != total_steps or total_steps < 1:
-            raise ValueError(f"total_steps must be an int >= 1, got {total_steps!r}")
+        super().__init__(max_lr, total_steps, start_step, name)
         if not 0 < cut_frac < 1:
             raise ValueError(f"cut_frac must be in (0, 1), got {cut_frac!r}")
         if not ratio >= 1:
             raise ValueError(f"ratio must be >= 1, got {ratio!r}")
-        if int(start_step) != start_step or start_step < 0:
-            raise ValueError(f"start_step must be an int >= 0, got {start_step!r}")
-        self.max_lr = float(max_lr)
-        self.total_steps = int(total_steps)
         self.cut_frac = float(cut_frac)
         self.ratio = float(ratio)
-        self.start_step = int(start_step)
-        self.name = name
         self.cut = math.floor(self.total_steps * self.cut_frac)
 
     def __call__(self, step):
-        # Past the end of the run the rate keeps its final value.
-        t = ops.clip(ops.cast(step, "float32") - float(self.start_step), 0.0, float(self.total_steps))
+        t = self._position(step)  # past the end of the run the rate keeps its final value
         falling = 1.0 - (t - self.cut) / float(self.total_steps - self.cut)
         if self.cut > 0:
             climbing = t / float(self.cut)
@@ -84,7 +94,7 @@ class SlantedTriangular(keras.optimizers.schedules.LearningRateSchedule):
 
 
 @keras.saving.register_keras_serializable(package="tftune")
-class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+class OneCycle(_Cycle):
     """One-cycle learning rate (Smith, 2018, as in fastai's `fit_one_cycle`).
 
     The rate rises from `max_lr / div_factor` to `max_lr` along half a cosine during the
@@ -110,26 +120,17 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, max_lr, total_steps, pct_start=0.25, div_factor=25.0, final_div_factor=1e4, start_step=0,
                  name=None):
-        if not max_lr > 0:
-            raise ValueError(f"max_lr must be > 0, got {max_lr!r}")
-        if int(total_steps) != total_steps or total_steps < 1:
-            raise ValueError(f"total_steps must be an int >= 1, got {total_steps!r}")
+        super().__init__(max_lr, total_steps, start_step, name)
         if not 0 < pct_start < 1:
             raise ValueError(f"pct_start must be in (0, 1), got {pct_start!r}")
         if not (div_factor >= 1 and final_div_factor >= 1):
             raise ValueError(f"div_factor and final_div_factor must be >= 1, got {div_factor!r}, {final_div_factor!r}")
-        if int(start_step) != start_step or start_step < 0:
-            raise ValueError(f"start_step must be an int >= 0, got {start_step!r}")
-        self.max_lr = float(max_lr)
-        self.total_steps = int(total_steps)
         self.pct_start = float(pct_start)
         self.div_factor = float(div_factor)
         self.final_div_factor = float(final_div_factor)
-        self.start_step = int(start_step)
-        self.name = name
 
     def __call__(self, step):
-        t = ops.clip(ops.cast(step, "float32") - float(self.start_step), 0.0, float(self.total_steps))
+        t = self._position(step)
         rise_steps = max(1.0, self.pct_start * self.total_steps)
         fall_steps = max(1.0, self.total_steps - rise_steps)
         first = self.max_lr / self.div_factor
