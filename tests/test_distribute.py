@@ -9,6 +9,7 @@ reads back one JSON line; the tests here only check the numbers.
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_overrides
 from tftune import distribute
 from tftune.distribute import ClusterConfig, chief_output, make_strategy, read_tf_config
 from tftune.errors import RecipeError, RunError
@@ -250,7 +252,7 @@ def test_logical_cpus_must_come_first(tmp_path):
 MIRRORED_LM = (
     """
 import json
-from tftune.distribute import clip_after_all_reduce, configure_logical_cpus, make_strategy, scale_loss_for_replicas
+from tftune.distribute import clip_after_all_reduce, configure_logical_cpus, make_strategy
 configure_logical_cpus(2)
 import keras
 """
@@ -259,27 +261,10 @@ import keras
 from tftune.models import LanguageModel, build_encoder
 
 
-class ScaledLanguageModel(LanguageModel):
-    # LanguageModel.train_step with the proposed fix: the sampled loss divided by the replicas.
-    def train_step(self, data):
-        if self.output_kind != "sampled":
-            return super().train_step(data)
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            loss = self.sampled_loss(self.hidden_states(x, training=True), y)
-            scaled_loss = self.optimizer.scale_loss(scale_loss_for_replicas(loss))
-        for metric in self.metrics:
-            if metric.name == "loss":
-                metric.update_state(loss, sample_weight=tf.shape(x)[0])
-        gradients = tape.gradient(scaled_loss, self.trainable_weights)
-        self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
-        return self.get_metrics_result()
-
-
-def train(strategy, cell, output, optimizer, model_class=LanguageModel):
+def train(strategy, cell, output, optimizer):
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        model = model_class(build_encoder(vectors, cell, 2, U, 0.0), output=output, num_sampled=V)
+        model = LanguageModel(build_encoder(vectors, cell, 2, U, 0.0), output=output, num_sampled=V)
         model.compile(optimizer=optimizer())
     losses = model.fit(lm_data, epochs=2, verbose=0).history["loss"]
     fast = all(model.encoder.get_layer(name).uses_fast_path for name in ("rnn_1", "rnn_2"))
@@ -289,16 +274,15 @@ def train(strategy, cell, output, optimizer, model_class=LanguageModel):
 single, mirrored = make_strategy("none"), make_strategy("mirrored", ["/cpu:0", "/cpu:1"])
 clipped_adam = clip_after_all_reduce(keras.optimizers.Adam)
 cases = {
-    "full_lstm_sgd": ("lstm", "full", lambda: keras.optimizers.SGD(0.5), LanguageModel),
-    "full_gru_clipped_adam": ("gru", "full", lambda: clipped_adam(0.01, global_clipnorm=0.05), LanguageModel),
-    "tied_simple_rnn_adam": ("simple_rnn", "tied", lambda: keras.optimizers.Adam(0.01), LanguageModel),
-    "sampled_gru_sgd": ("gru", "sampled", lambda: keras.optimizers.SGD(0.5), LanguageModel),
-    "sampled_gru_sgd_scaled": ("gru", "sampled", lambda: keras.optimizers.SGD(0.5), ScaledLanguageModel),
+    "full_lstm_sgd": ("lstm", "full", lambda: keras.optimizers.SGD(0.5)),
+    "full_gru_clipped_adam": ("gru", "full", lambda: clipped_adam(0.01, global_clipnorm=0.05)),
+    "tied_simple_rnn_adam": ("simple_rnn", "tied", lambda: keras.optimizers.Adam(0.01)),
+    "sampled_gru_sgd": ("gru", "sampled", lambda: keras.optimizers.SGD(0.5)),
 }
 result = {"replicas": mirrored.num_replicas_in_sync}
-for name, (cell, output, optimizer, model_class) in cases.items():
-    losses_1, weights_1, _ = train(single, cell, output, optimizer, model_class)
-    losses_2, weights_2, fast = train(mirrored, cell, output, optimizer, model_class)
+for name, (cell, output, optimizer) in cases.items():
+    losses_1, weights_1, _ = train(single, cell, output, optimizer)
+    losses_2, weights_2, fast = train(mirrored, cell, output, optimizer)
     result[name] = {
         "single": losses_1, "mirrored": losses_2, "weights": max_difference(weights_1, weights_2), "fast_path": fast,
     }
@@ -324,21 +308,11 @@ def test_mirrored_language_model_matches_one_device(mirrored_lm, case):
 
 
 @pytest.mark.slow
-def test_mirrored_sampled_softmax_with_the_loss_scaled_by_the_replicas(mirrored_lm):
-    """The sampled candidates differ per replica, so only close; unscaled, the step doubles."""
-    result = mirrored_lm["sampled_gru_sgd_scaled"]
-    assert result["mirrored"] == pytest.approx(result["single"], abs=1e-3)
-    assert result["weights"] < 5e-3
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="LanguageModel.train_step differentiates the unscaled sampled loss, so under N replicas the "
-    "step is N times too large; remove this marker once it divides by distribute.scale_loss_for_replicas",
-)
 def test_mirrored_sampled_softmax_language_model_matches_one_device(mirrored_lm):
+    """`LanguageModel.train_step` divides its sampled loss by the replicas (else the step doubles);
+    the sampled candidates differ per replica, so the match is close, not exact."""
     result = mirrored_lm["sampled_gru_sgd"]
+    assert result["mirrored"] == pytest.approx(result["single"], abs=1e-3)
     assert result["weights"] < 5e-3
 
 
@@ -579,3 +553,192 @@ def test_two_worker_processes_train_like_one_device_and_only_the_chief_writes(tm
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["clf"]
     assert list((tmp_path / "tmp-1").iterdir()) == []
     assert (out / "export" / "saved_model.pb").is_file()
+
+
+# === tftune.train under a strategy: `distribute.strategy` / `--distribute` ===
+
+# pretrain + finetune through the Python API, one device then mirrored over two logical CPUs, in
+# one process (same seeds; both classifiers start from the one-device pretrain run, so that the
+# sampled softmax's noise in the LM does not reach them). Dropout is off: Keras 3 draws one mask
+# for every replica (see tftune.distribute), so with it the runs would only be alike. One epoch
+# each, and fine-tuning in one stage (`unfreeze = "all"`): on one device Keras' `fit` starts extra
+# iterations of the training set (a new one at the start and at the end of every epoch), so from
+# the second epoch on, its shuffled batch order is not the one of the custom loop that runs under
+# a strategy (one iteration per epoch); later epochs would compare different batch orders.
+TRAIN_MIRRORED = """
+import json, sys, time
+from pathlib import Path
+from tftune import distribute
+distribute.configure_logical_cpus(2)
+from tftune.recipe import load_recipe
+from tftune.train import finetune, pretrain
+
+root, overrides = Path(sys.argv[1]), json.loads(sys.argv[2])
+result = {}
+for name, settings in (("single", []), ("mirrored", ["distribute.strategy=mirrored", "distribute.devices=/cpu:0,/cpu:1"])):
+    started = time.time()
+    recipe = load_recipe("gru-glove", overrides + settings)
+    lm = pretrain(recipe, root / name / "lm")
+    clf = finetune(recipe, root / "single" / "lm", root / name / "clf")
+    result[name] = {"lm": lm, "clf": clf, "seconds": round(time.time() - started, 1)}
+print("RESULT " + json.dumps(result), flush=True)
+"""
+
+
+def no_dropout_overrides(data):
+    return tiny_overrides(data) + [
+        "encoder.dropout=0", "finetune.head_dropout=0", "finetune.unfreeze=all", "finetune.epochs=1",
+    ]
+
+
+@pytest.mark.slow
+def test_mirrored_pretrain_and_finetune_match_one_device(tmp_path, small_data):
+    """`distribute.strategy = "mirrored"` over two logical CPUs: the sampled-softmax LM (each
+    replica samples its own candidates, so close, not equal) with the clipped Adam, and the
+    classifier (DiscriminativeAdam, STLR, best epoch) end where one device does with the same
+    seed and global batch."""
+    result = run_script(tmp_path, "train_mirrored", TRAIN_MIRRORED, tmp_path, json.dumps(no_dropout_overrides(small_data)))
+    single, mirrored = result["single"], result["mirrored"]
+    print(f"one device {single['seconds']} s, mirrored over 2 logical CPUs {mirrored['seconds']} s")
+    assert single["lm"]["distribute"] == {"strategy": "none", "replicas": 1, "workers": 1}
+    assert mirrored["lm"]["distribute"] == mirrored["clf"]["distribute"] == {
+        "strategy": "mirrored", "replicas": 2, "workers": 1,
+    }
+    assert mirrored["lm"]["train_steps"] == single["lm"]["train_steps"] > 0  # the batch is the global one
+    assert mirrored["lm"]["valid"]["perplexity"] == pytest.approx(single["lm"]["valid"]["perplexity"], rel=0.02)
+    for split in ("valid", "test"):
+        one, two = single["clf"][split], mirrored["clf"][split]
+        assert one["examples"] == two["examples"] == 60
+        assert abs(one["accuracy"] - two["accuracy"]) * 60 <= 1 + 1e-9, split  # at most one example apart
+    assert mirrored["clf"]["best_epoch"] == single["clf"]["best_epoch"]
+    for name in ("single", "mirrored"):
+        run = tmp_path / name / "clf"
+        assert (run / "export" / "saved_model.pb").is_file() and (run / "metrics.json").is_file()
+
+
+def cli_env(tmp):
+    tmp.mkdir(parents=True, exist_ok=True)
+    env = {**script_env(), "TMPDIR": str(tmp)}
+    env.pop("TF_CONFIG", None)
+    return env
+
+
+def cli_args(data):
+    return [arg for override in tiny_overrides(data) for arg in ("--set", override)]
+
+
+@pytest.mark.slow
+def test_two_worker_cli_pretrain_writes_one_run_that_finetune_uses(tmp_path, small_data):
+    """Two `tftune pretrain --distribute multi-worker` processes on localhost, each with its own
+    TF_CONFIG: both train every step of the run in lockstep and exit 0; only the chief (worker 0)
+    writes --out, the other worker leaves nothing there nor in its TMPDIR; `finetune --from` the
+    chief's run (whose recipe says multi-worker) then runs on one device."""
+    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
+    out = tmp_path / "runs" / "lm"
+    command = [sys.executable, "-m", "tftune.cli", "pretrain", "--recipe", "gru-glove", "--distribute", "multi-worker",
+               "--out", str(out), *cli_args(small_data)]
+    started = time.time()
+    processes = [
+        subprocess.Popen(
+            command, cwd=tmp_path, env={**cli_env(tmp_path / f"tmp-{index}"), **tf_config(cluster, "worker", index)},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for index in (0, 1)
+    ]
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=240))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()  # SIGKILL: a waiting multi-worker process does not stop on SIGTERM
+                process.communicate()
+    wall = time.time() - started
+    for process, (stdout, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, f"stdout:\n{stdout[-2000:]}\nstderr:\n{stderr[-3000:]}"
+        assert "Traceback" not in stderr
+    (chief_out, chief_err), (worker_out, worker_err) = outputs
+    steps = [int(re.search(r"after (\d+) training steps", err).group(1)) for _, err in outputs]
+    print(f"two-worker CLI pretrain: {wall:.1f} s wall; steps per worker {steps}")
+    assert "this process is worker 0 (chief)" in chief_err and "this process is worker 1 (worker)" in worker_err
+    assert "the chief wrote the pretrain run" in worker_err and f"pretrain run written to {out}" in chief_err
+    assert chief_out.strip().splitlines()[-1] == worker_out.strip().splitlines()[-1] == str(out)
+    assert "/step" in chief_out and "/step" not in worker_out  # Keras' progress on the chief only
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["distribute"] == {"strategy": "multi-worker", "replicas": 2, "workers": 2}
+    assert steps[0] == steps[1] == metrics["train_steps"] > 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "encoder.weights.h5", "history.json", "language_model.weights.h5", "logs", "metrics.json", "recipe.toml",
+        "run.json", "vocab.txt",
+    ]
+    # No lock, checkpoint or staging directory left beside the run, and the worker's scratch is gone.
+    assert sorted(p.name for p in out.parent.iterdir()) == ["lm"]
+    assert list((tmp_path / "tmp-1").iterdir()) == []
+    assert 'strategy = "multi-worker"' in (out / "recipe.toml").read_text()
+
+    # Without --recipe, finetune takes the run's recipe but not its [distribute] section.
+    finetune = subprocess.run(
+        [sys.executable, "-m", "tftune.cli", "finetune", "--from", str(out), "--out", str(tmp_path / "clf"),
+         "--set", "finetune.epochs=1"],
+        cwd=tmp_path, env=cli_env(tmp_path / "tmp-finetune"), capture_output=True, text=True, timeout=180,
+    )
+    assert finetune.returncode == 0, finetune.stderr[-3000:]
+    assert "distribute: none (one device)" in finetune.stderr
+    assert (tmp_path / "clf" / "export" / "saved_model.pb").is_file()
+    assert 'strategy = "none"' in (tmp_path / "clf" / "recipe.toml").read_text()
+
+
+def run_cli(tmp_path, *args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "tftune.cli", *map(str, args)],
+        cwd=tmp_path, env={**cli_env(tmp_path / "tmp"), **(env or {})}, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_resume_is_rejected_under_multi_worker_before_anything_runs(tmp_path):
+    result = run_cli(tmp_path, "pretrain", "--recipe", "gru-glove", "--distribute", "multi-worker", "--resume",
+                     "--out", tmp_path / "lm", env=tf_config(TWO_WORKERS, "worker", 1))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {distribute.MULTI_WORKER_RESUME}"]
+    assert list(tmp_path.iterdir()) == [tmp_path / "tmp"]
+
+
+def test_multi_worker_without_tf_config_is_a_one_line_error(tmp_path):
+    result = run_cli(tmp_path, "pretrain", "--recipe", "gru-glove", "--distribute", "multi-worker",
+                     "--out", tmp_path / "lm")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "needs the TF_CONFIG environment variable" in lines[0]
+
+
+def test_bad_devices_in_the_recipe_are_a_one_line_error(tmp_path):
+    result = run_cli(tmp_path, "pretrain", "--recipe", "gru-glove", "--set", "distribute.devices=/cpu:0",
+                     "--out", tmp_path / "lm")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        'error: distribute.devices: only used with distribute.strategy = "mirrored"'
+    ]
+
+
+def test_parse_devices_and_describe():
+    assert distribute.parse_devices("") == []
+    assert distribute.parse_devices(" /gpu:0, /gpu:1 ,") == ["/gpu:0", "/gpu:1"]
+    assert distribute.describe(make_strategy("none")) == "distribute: none (one device)"
+    assert "mirrored on 1 replica(s)" in distribute.describe(make_strategy("mirrored", ["/cpu:0"]))
+
+
+def test_a_checkpoint_resumes_under_another_strategy():
+    """`[distribute]` says how a run is spread, not what it trains: it is not compared on --resume."""
+    from tftune.checkpoints import same_training_recipe
+    from tftune.recipe import load_recipe
+
+    recipe = load_recipe("gru-glove")
+    mirrored = recipe.with_overrides(["distribute.strategy=mirrored", "distribute.devices=/gpu:0,/gpu:1"])
+    assert same_training_recipe(mirrored.to_toml(), recipe.to_toml())
+    assert not same_training_recipe(recipe.with_overrides(["encoder.units=8"]).to_toml(), recipe.to_toml())
+    # A checkpoint written before [distribute] existed.
+    older = recipe.to_toml().split("\n[distribute]")[0] + "\n"
+    assert same_training_recipe(older, recipe.to_toml())
+    assert not same_training_recipe("not = [toml", recipe.to_toml())

@@ -21,11 +21,13 @@ import json
 import shutil
 import signal
 import tempfile
+import tomllib
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from tftune import distribute
 from tftune.errors import RunError, TftuneError
 from tftune.runs import replace_directory
 
@@ -114,12 +116,30 @@ def check_resumable(checkpoint, kind, recipe):
     state = checkpoint.load_state()
     if state.get("kind") != kind:
         raise RunError(f"{checkpoint.path}: a checkpoint of a {state.get('kind')} run, not of a {kind} run")
-    if state.get("recipe") != recipe.to_toml():
+    if not same_training_recipe(state.get("recipe"), recipe.to_toml()):
         raise RunError(
             f"{checkpoint.path}: written with another recipe; resume with the same recipe and --set values "
             "(without --recipe, the checkpoint's own recipe is used)"
         )
     return state
+
+
+# How a run is spread over devices, not what it trains: a run may resume under another strategy.
+EXECUTION_SECTIONS = ("distribute",)
+
+
+def same_training_recipe(saved, current):
+    """Whether two recipes (TOML text) train the same thing, whatever their `[distribute]` sections."""
+    if saved == current:
+        return True
+    try:
+        saved, current = tomllib.loads(saved or ""), tomllib.loads(current)
+    except tomllib.TOMLDecodeError:
+        return False
+    for section in EXECUTION_SECTIONS:
+        saved.pop(section, None)
+        current.pop(section, None)
+    return saved == current
 
 
 class Checkpointing(keras.callbacks.Callback):
@@ -197,6 +217,8 @@ def advance_epochs(dataset, epochs):
 def fit_from(model, data, epochs_done, steps_done, epochs, saver, advance=0, **fit_kwargs):
     """`model.fit` from a checkpoint's position: the rest of a part-done epoch, then the others.
 
+    Through `distribute.fit`: Keras' `model.fit` on one device, its custom loop under a strategy.
+
     Args:
         model: the compiled model, its weights and optimizer already restored.
         data: the training dataset (one epoch per iteration).
@@ -210,7 +232,7 @@ def fit_from(model, data, epochs_done, steps_done, epochs, saver, advance=0, **f
     advance_epochs(data, advance)
     if steps_done and epochs_done < epochs:
         saver.step_offset = steps_done
-        model.fit(data.skip(steps_done), initial_epoch=epochs_done, epochs=epochs_done + 1, **fit_kwargs)
+        distribute.fit(model, data.skip(steps_done), initial_epoch=epochs_done, epochs=epochs_done + 1, **fit_kwargs)
         epochs_done += 1
     if epochs_done < epochs:
-        model.fit(data, initial_epoch=epochs_done, epochs=epochs, **fit_kwargs)
+        distribute.fit(model, data, initial_epoch=epochs_done, epochs=epochs, **fit_kwargs)

@@ -126,6 +126,68 @@ recipe_encoding_option = click.option(
 resume_option = click.option(
     "--resume", is_flag=True, help="Continue an interrupted run of --out from its checkpoint (same recipe)."
 )
+STRATEGIES = ("none", "mirrored", "multi-worker")  # tftune.distribute.STRATEGIES, without importing it here
+distribute_option = click.option(
+    "--distribute",
+    type=click.Choice(STRATEGIES),
+    help="Data-parallel training (overrides distribute.strategy): none = one device; mirrored = every local GPU; "
+    "multi-worker = one process per machine, each with its own TF_CONFIG [default: the recipe's, none].",
+)
+# A run's [distribute] section describes the machine it ran on, not the model: a recipe taken from a
+# run (pretrain --from, finetune without --recipe) starts from the defaults instead.
+LOCAL_DISTRIBUTE = ["distribute.strategy=none", 'distribute.devices=""']
+
+
+def _distribute_flags(strategy):
+    """The overrides of --distribute; a strategy other than mirrored takes no devices list."""
+    if strategy is None:
+        return []
+    return [("distribute.strategy", strategy)] + ([("distribute.devices", "")] if strategy != "mirrored" else [])
+
+
+def _check_distribution(resolved, resume):
+    """What can be told from the recipe alone, before the slow TensorFlow import.
+
+    Returns:
+        Whether to check --out now. Not under multi-worker training: the chief checks it once
+        every worker has joined the cluster, so that its error also stops the others (a process
+        that ends before joining leaves them waiting for it), and the other workers never look.
+    """
+    from tftune import distribute
+    from tftune.errors import RunError
+
+    if resolved["distribute"]["strategy"] != "multi-worker":
+        return True
+    if resume:
+        raise RunError(distribute.MULTI_WORKER_RESUME)
+    return False
+
+
+def _start_strategy(resolved):
+    """Imports TensorFlow and creates the recipe's strategy before any other TensorFlow work
+    (a multi-worker strategy must come first in the process)."""
+    from tftune import distribute
+
+    config = distribute.read_tf_config() if resolved["distribute"]["strategy"] == "multi-worker" else None
+    if config is not None:
+        click.echo(
+            f"tftune: multi-worker: worker {config.worker_index} of {config.num_workers} "
+            f"({config.task_type} {config.task_index}) waits for every worker to join the cluster",
+            err=True,
+        )
+    _import_tensorflow_quietly()
+    if config is None:
+        return distribute.recipe_strategy(resolved)
+    # Joining blocks inside TensorFlow, where Python never sees Ctrl-C or SIGTERM: let them end
+    # the process outright until every worker is there (nothing is written before).
+    import signal
+
+    previous = {number: signal.signal(number, signal.SIG_DFL) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return distribute.recipe_strategy(resolved)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 @click.group(cls=TftuneGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -160,44 +222,53 @@ def _checkpoint_recipe(out):
 @click.option("--embeddings-format", type=click.Choice(EMBEDDING_FORMATS), help="Format of --embeddings.")
 @click.option("--out", metavar="DIR", help="Run directory to create [default: runs/RECIPE-pretrain].")
 @recipe_encoding_option
+@distribute_option
 @set_option
 @force_option
 @resume_option
-def pretrain(recipe, corpus, from_run, embeddings, embeddings_format, out, encoding, settings, force, resume):
+def pretrain(recipe, corpus, from_run, embeddings, embeddings_format, out, encoding, distribute, settings, force,
+             resume):
     """Pretrain the encoder as a next-token language model.
 
     With --from, training continues from an existing pretrain run (ULMFiT's target-domain
     step); without --recipe, that run's own recipe is used. With --resume (and the same --out),
     an interrupted run continues from its last checkpoint, with the recipe it started with.
+    With --distribute multi-worker, start the same command on every machine, each with its own
+    TF_CONFIG; only the chief writes --out.
     """
     from tftune.recipe import load_recipe
     from tftune.runs import check_writable_target, read_run_info
 
     base = recipe
+    reset = []
     if from_run is not None:
         # A wrong --from fails here, before the slow TensorFlow import.
         read_run_info(from_run, "pretrain", required=() if recipe else ("recipe.toml",))
         base = recipe or str(Path(from_run) / "recipe.toml")
+        reset = [] if recipe else LOCAL_DISTRIBUTE
     if resume and not recipe:
-        base = _checkpoint_recipe(out)
+        base, reset = _checkpoint_recipe(out), []
     resolved = load_recipe(
         base,
-        _overrides(
+        reset
+        + _overrides(
             [
                 ("pretrain.corpus", list(corpus)),
                 ("pretrain.encoding", encoding),
                 ("embeddings.path", embeddings),
                 ("embeddings.format", embeddings_format),
+                *_distribute_flags(distribute),
             ],
             settings,
         ),
     )
     out = Path(out or f"runs/{resolved['name']}-pretrain")
-    check_writable_target(out, force)  # before the slow TensorFlow import
-    _import_tensorflow_quietly()
+    if _check_distribution(resolved, resume):
+        check_writable_target(out, force)  # before the slow TensorFlow import
+    strategy = _start_strategy(resolved)
     from tftune.train import pretrain as run_pretrain
 
-    run_pretrain(resolved, out, force=force, from_run=from_run, resume=resume)
+    run_pretrain(resolved, out, force=force, from_run=from_run, resume=resume, strategy=strategy)
     click.echo(out)
 
 
@@ -212,15 +283,17 @@ def pretrain(recipe, corpus, from_run, embeddings, embeddings_format, out, encod
 @click.option("--label-column", metavar="NAME", help="Label column or key [default: label].")
 @click.option("--out", metavar="DIR", help="Run directory to create [default: runs/RECIPE-finetune].")
 @recipe_encoding_option
+@distribute_option
 @set_option
 @force_option
 @resume_option
-def finetune(from_runs, recipe, train, valid, test, text_column, label_column, out, encoding, settings, force, resume):
+def finetune(from_runs, recipe, train, valid, test, text_column, label_column, out, encoding, distribute, settings,
+             force, resume):
     """Fine-tune a pretrained encoder as a classifier, with gradual unfreezing, and export it.
 
     Without --recipe, the (first) pretrain run's own recipe is used (its [finetune] section).
     With several --from runs, each gets its own classifier and the export averages their
-    probabilities.
+    probabilities. --distribute works as for pretrain.
     """
     from tftune.recipe import load_recipe
     from tftune.runs import check_writable_target, read_run_info
@@ -229,6 +302,7 @@ def finetune(from_runs, recipe, train, valid, test, text_column, label_column, o
     for from_run in from_runs:
         read_run_info(from_run, "pretrain", required=() if recipe else ("recipe.toml",))
     base = recipe or (_checkpoint_recipe(out) if resume else str(Path(from_runs[0]) / "recipe.toml"))
+    reset = LOCAL_DISTRIBUTE if not recipe and not resume else []
     flags = [
         ("finetune.encoding", encoding),
         ("finetune.train", train),
@@ -241,13 +315,15 @@ def finetune(from_runs, recipe, train, valid, test, text_column, label_column, o
         flags.append(("finetune.valid", ""))
     if train and not test:
         flags.append(("finetune.test", ""))
-    resolved = load_recipe(base, _overrides(flags, settings))
+    flags += _distribute_flags(distribute)
+    resolved = load_recipe(base, reset + _overrides(flags, settings))
     out = Path(out or f"runs/{resolved['name']}-finetune")
-    check_writable_target(out, force)
-    _import_tensorflow_quietly()
+    if _check_distribution(resolved, resume):
+        check_writable_target(out, force)
+    strategy = _start_strategy(resolved)
     from tftune.train import finetune as run_finetune
 
-    run_finetune(resolved, list(from_runs), out, force=force, resume=resume)
+    run_finetune(resolved, list(from_runs), out, force=force, resume=resume, strategy=strategy)
     click.echo(out / "export")
 
 

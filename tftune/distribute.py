@@ -18,8 +18,19 @@ What was found on TensorFlow 2.21 / Keras 3.15 (see `tests/test_distribute.py`):
 - `model.fit` under `MirroredStrategy` trains tftune's models (full and tied `LanguageModel`, the
   `tftune.fast_rnn` layers with their custom gradient, `DiscriminativeAdam` with its
   per-variable multipliers, the classifier re-compiled per unfreezing stage, class weights)
-  with the same losses and weights as one device, up to float rounding, and in the same
-  (shuffled) batch order.
+  with the same losses and weights as one device, up to float rounding, on unshuffled data.
+- But under any strategy `model.fit` first pulls a batch from a fresh iteration of the data to
+  build the model (`_maybe_symbolic_build`), so a dataset that reshuffles on each iteration
+  (tftune's training sets) starts every `fit` call one iteration further on than on one device.
+  So `fit` here runs `fit_custom_loop` under every strategy other than the default one: it builds
+  from the dataset's `element_spec` and draws exactly one iteration per epoch. A first epoch
+  then matches one device's up to rounding (dropout and sampled candidates aside). Later epochs
+  are shuffled otherwise than on one device, where Keras' `fit` itself starts extra iterations
+  (at the start and at the end of every epoch of a dataset of known length) that it discards:
+  the same examples per epoch, in another order.
+- Two `MirroredStrategy` objects over the same devices in one process number their collectives
+  alike; training under the second after the first fails with a collective "shape mismatch".
+  `make_strategy` returns one strategy per set of devices.
 - Keras clips gradients (`clipnorm`, `global_clipnorm`, `clipvalue`) on each replica *before*
   summing them over the replicas, so a clipped optimizer takes a different step than on one
   device. `ClipAfterAllReduce` (`clip_after_all_reduce(keras.optimizers.Adam)`) sums first.
@@ -55,6 +66,11 @@ from tftune.errors import RecipeError, RunError
 
 STRATEGIES = ("none", "mirrored", "multi-worker")
 TASK_TYPES = ("chief", "worker", "evaluator", "ps")
+# The workers other than the chief write no checkpoint, so none of them could resume.
+MULTI_WORKER_RESUME = (
+    "--resume cannot continue a multi-worker run (only the chief has its checkpoint); resume it on the "
+    "chief's machine with --distribute none or mirrored, or start over with --force"
+)
 
 
 def _tf():
@@ -207,6 +223,11 @@ def make_strategy(name, devices=None):
 
     Returns:
         A `tf.distribute.Strategy`; for `"none"`, `tf.distribute.get_strategy()` (the default).
+        A process makes one mirrored strategy per set of devices and returns it again when asked
+        again: two `MirroredStrategy` objects over the same devices number their collectives
+        alike (TensorFlow starts every one's keys at 1), so training under the second after the
+        first (e.g. `pretrain` then `finetune` in one process) fails with a collective "shape
+        mismatch".
 
     Raises:
         RecipeError: an unknown name, or devices that do not exist or do not apply.
@@ -232,7 +253,12 @@ def make_strategy(name, devices=None):
                 )
             if len({_canonical_device(d) for d in devices}) != len(devices):
                 raise RecipeError(f"distribute.devices: a device is listed twice in {devices}")
-        return tf.distribute.MirroredStrategy(devices or None)
+        # MirroredStrategy(None) takes every GPU, else the CPU: the same devices, the same strategy.
+        default = [d.name for d in tf.config.list_logical_devices("GPU")] or ["/cpu:0"]
+        key = (name, tuple(sorted(_canonical_device(d) for d in devices or default)))
+        if key not in _MIRRORED:
+            _MIRRORED[key] = tf.distribute.MirroredStrategy(devices or None)
+        return _MIRRORED[key]
     if devices:
         raise RecipeError(
             'distribute.devices: not used with "multi-worker"; each worker uses its local devices '
@@ -244,14 +270,44 @@ def make_strategy(name, devices=None):
             'distribute.strategy = "multi-worker" needs the TF_CONFIG environment variable, e.g. '
             '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
         )
+    if (name, ()) in _MIRRORED:
+        return _MIRRORED[name, ()]  # one per process: the cluster is joined once
     try:
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        _MIRRORED[name, ()] = tf.distribute.MultiWorkerMirroredStrategy()
+        return _MIRRORED[name, ()]
     except (RuntimeError, ValueError) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RunError(
             "could not start the multi-worker strategy (it must be created before any other "
             f"TensorFlow work in the process): {message}"
         ) from None
+
+
+def parse_devices(text):
+    """The device names of a `distribute.devices` value: comma-separated, blanks ignored."""
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def recipe_strategy(recipe):
+    """The strategy that a recipe's `[distribute]` section asks for (see `make_strategy`)."""
+    settings = recipe["distribute"]
+    return make_strategy(settings["strategy"], parse_devices(settings["devices"]))
+
+
+def describe(strategy):
+    """One line for the log: the strategy, its replicas and (multi-worker) this process's place."""
+    kind = strategy_kind(strategy)
+    replicas = strategy.num_replicas_in_sync
+    if kind == "none":
+        return "distribute: none (one device)"
+    text = f"distribute: {kind} on {replicas} replica(s)"
+    if kind == "mirrored":
+        return text + f" ({', '.join(strategy.extended.worker_devices)})"
+    role = "chief" if is_chief(strategy) else "worker"
+    return text + f", {num_workers(strategy)} worker(s); this process is worker {worker_index(strategy)} ({role})"
+
+
+_MIRRORED = {}  # (name, devices) -> the process's (multi-worker) mirrored strategy over them (see make_strategy)
 
 
 def _canonical_device(name):
@@ -453,13 +509,15 @@ def clip_after_all_reduce(optimizer_class):
 
 
 def fit(model, train_data, strategy=None, **kwargs):
-    """`model.fit(train_data, **kwargs)`, or `fit_custom_loop` under a multi-worker strategy.
+    """`model.fit(train_data, **kwargs)` on one device, else `fit_custom_loop`.
 
     Keras 3.15's `fit` fails under `MultiWorkerMirroredStrategy` (it all-reduces the integer
-    input batch to build the model, then reduces scalar metrics along axis 0; keras#20585).
+    input batch to build the model, then reduces scalar metrics along axis 0; keras#20585), and
+    under `MirroredStrategy` it draws one iteration of the data before training, which shifts
+    the epochs of a reshuffling dataset by one (see the module's notes).
     """
     strategy = strategy or model.distribute_strategy
-    if is_multi_worker(strategy):
+    if strategy_kind(strategy) != "none":
         return fit_custom_loop(model, train_data, strategy=strategy, **kwargs)
     return model.fit(train_data, **kwargs)
 

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
+from tftune.distribute import scale_loss_for_replicas
 from tftune.fast_rnn import FastGRU, FastLSTM, FastSimpleRNN
 
 CELLS = {"simple_rnn": FastSimpleRNN, "lstm": FastLSTM, "gru": FastGRU}
@@ -258,12 +259,14 @@ class LanguageModel(keras.Model):
             return super().train_step(data)
         # Mirrors keras/src/backend/tensorflow/trainer.py, with the sampled loss in place of
         # the full logits: loss scaling for mixed_float16 and the batch-weighted loss metric.
+        # The loss is this replica's mean: divided by the replicas, their summed gradients are
+        # the global batch's (as Keras' own losses do), so a strategy takes the one-device step.
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if sample_weight is not None:
             raise ValueError("sampled-softmax training takes no sample weights")
         with tf.GradientTape() as tape:
             loss = self.sampled_loss(self.hidden_states(x, training=True), y)
-            scaled_loss = self.optimizer.scale_loss(loss)
+            scaled_loss = self.optimizer.scale_loss(scale_loss_for_replicas(loss))
         for metric in self.metrics:
             if metric.name == "loss":
                 metric.update_state(loss, sample_weight=tf.shape(x)[0])

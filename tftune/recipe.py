@@ -236,6 +236,14 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "policy": _choice("Keras dtype policy; auto picks a mixed policy on hardware that gains from it, "
                           "else float32.", ("auto", "float32", "mixed_float16", "mixed_bfloat16"), "auto"),
     },
+    "distribute": {
+        "strategy": _choice("Data-parallel training: none = one device; mirrored = every local GPU (or "
+                            "distribute.devices); multi-worker = one process per machine, each with its own "
+                            "TF_CONFIG. batch_size is the global batch, split over the replicas; the learning "
+                            "rate is not scaled.", ("none", "mirrored", "multi-worker"), "none"),
+        "devices": Field("text", 'Comma-separated devices for mirrored, e.g. "/gpu:0,/gpu:1"; "" = every local '
+                         "GPU, or the CPU when there is none.", ""),
+    },
 }
 
 

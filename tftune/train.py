@@ -3,6 +3,9 @@
 Both entry points take a resolved `Recipe` and write a complete run directory (see
 `tftune.runs`). Training features live in small Keras callbacks around `Model.fit`
 (throughput, history with the unfreezing stage), in the spirit of flair's trainer plugins.
+Both train under the recipe's `[distribute]` strategy (see `tftune.distribute`): one device,
+`mirrored` over local devices, or `multi-worker` over several processes, where only the chief
+writes the run.
 
 Example:
 
@@ -13,6 +16,7 @@ Example:
 >>> finetune(recipe, "runs/lm", "runs/clf")  # doctest: +SKIP
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -25,7 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tftune import __version__
+from tftune import __version__, distribute
 from tftune.cache import PendingCorpus, split_documents  # split_documents: bench imports it from here
 from tftune.checkpoints import Checkpointing, RunCheckpoint, check_resumable, fit_from
 from tftune.data import classification_dataset, lm_dataset, read_labeled, truncate
@@ -223,6 +227,59 @@ def write_tensorboard_logs(epochs, directory):
 RESUME_HINT = "the same command and --resume"
 
 
+def start_distribution(recipe, strategy, resume, batch_key):
+    """The strategy to train under: `strategy`, else the one the recipe's `[distribute]` asks for.
+
+    Checks that the global batch (`batch_key`, e.g. `"pretrain.batch_size"`) covers the replicas,
+    and rejects `resume` under multi-worker training. The training functions log the strategy
+    once their inputs are read, so that a bad input stays a one-line error.
+    """
+    if strategy is None:
+        strategy = distribute.recipe_strategy(recipe)
+    if resume and distribute.is_multi_worker(strategy):
+        raise RunError(distribute.MULTI_WORKER_RESUME)
+    distribute.check_global_batch(recipe.get(batch_key), strategy, batch_key)
+    return strategy
+
+
+@contextlib.contextmanager
+def worker_failures(strategy):
+    """Under multi-worker training, a worker that fails or stops (its own error says why) makes the
+    others' collectives fail: that becomes one line, not an internal error."""
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError) as e:
+        if not distribute.is_multi_worker(strategy):
+            raise
+        text = str(e).split("aborted by:")[-1].strip()
+        reason = text.splitlines()[0].split(". ")[0].rstrip(".")[:200] if text else type(e).__name__
+        raise TrainingError(
+            f"another worker of the multi-worker cluster failed or stopped (its own error says why): {reason}; "
+            "nothing was written"
+        ) from None
+
+
+def distribution_summary(strategy):
+    """What `metrics.json` records of the strategy a run trained under."""
+    return {
+        "strategy": distribute.strategy_kind(strategy),
+        "replicas": strategy.num_replicas_in_sync,
+        "workers": distribute.num_workers(strategy),
+    }
+
+
+def chief_verbosity(strategy):
+    """Keras' progress output on the chief; the other workers train silently."""
+    return fit_verbosity() if distribute.is_chief(strategy) else 0
+
+
+def log_written(kind, out, strategy):
+    if distribute.is_chief(strategy):
+        log(f"{kind} run written to {out}")
+    else:
+        log(f"worker {distribute.worker_index(strategy)}: done; the chief wrote the {kind} run")
+
+
 def open_checkpoint(checkpoint, kind, recipe, resume, force, **expected):
     """The saved state to resume from, or None for a fresh start.
 
@@ -257,8 +314,7 @@ def _align_vectors(recipe, vocab, vectors, counts):
     return matrix, coverage
 
 
-@holds_output_lock
-def pretrain(recipe: Recipe, out, force=False, callbacks=(), from_run=None, resume=False):
+def pretrain(recipe: Recipe, out, force=False, callbacks=(), from_run=None, resume=False, strategy=None):
     """Trains the encoder as a next-token language model and writes a pretrain run.
 
     With `from_run`, language-model training continues from an existing pretrain run over
@@ -276,10 +332,21 @@ def pretrain(recipe: Recipe, out, force=False, callbacks=(), from_run=None, resu
         from_run: an existing pretrain run directory to continue from.
         resume: continue an interrupted run of the same recipe from its checkpoint (see
             `tftune.checkpoints`); without it, a leftover checkpoint is an error unless `force`.
+        strategy: the `tf.distribute` strategy to train under; default: the recipe's
+            `[distribute]` one (`tftune.distribute.recipe_strategy`). A multi-worker strategy must
+            be created before any other TensorFlow work in the process, so pass it in. Only the
+            chief writes `out` (and the checkpoint); the other workers write nothing there.
 
     Returns:
         The metrics written to `metrics.json`.
     """
+    strategy = start_distribution(recipe, strategy, resume, "pretrain.batch_size")
+    with distribute.chief_output(out, strategy) as target, worker_failures(strategy):
+        return _pretrain(recipe, target, force, callbacks, from_run, resume, strategy)
+
+
+@holds_output_lock
+def _pretrain(recipe, out, force, callbacks, from_run, resume, strategy):
     started = time.time()
     settings = recipe["pretrain"]
     keras.utils.set_random_seed(settings["seed"])
@@ -327,33 +394,41 @@ def pretrain(recipe: Recipe, out, force=False, callbacks=(), from_run=None, resu
 
     policy = set_precision(recipe["precision"]["policy"])
     encoder_settings = recipe["encoder"]
-    if base is None:
-        encoder = build_encoder(
-            matrix,
-            encoder_settings["cell"],
-            encoder_settings["layers"],
-            encoder_settings["units"],
-            encoder_settings["dropout"],
+    # Every variable (the model's, the optimizer's) is made under the strategy, mirrored on its replicas.
+    with strategy.scope():
+        if base is None:
+            encoder = build_encoder(
+                matrix,
+                encoder_settings["cell"],
+                encoder_settings["layers"],
+                encoder_settings["units"],
+                encoder_settings["dropout"],
+            )
+        else:
+            encoder = restore_encoder(base, encoder_settings["dropout"])
+        language_model = build_language_model(
+            encoder,
+            settings["output"],
+            settings["num_sampled"],
+            unigram_counts=np.bincount(train_ids, minlength=len(vocab)),
         )
-    else:
-        encoder = restore_encoder(base, encoder_settings["dropout"])
-    language_model = build_language_model(
-        encoder,
-        settings["output"],
-        settings["num_sampled"],
-        unigram_counts=np.bincount(train_ids, minlength=len(vocab)),
-    )
-    if base is not None:
-        restore_language_model(language_model, base)
+        if base is not None:
+            restore_language_model(language_model, base)
+    log(distribute.describe(strategy))
     log(f"precision policy: {policy}")
     for line in cudnn_report(encoder):
         log(line)
-    # The model owns its loss: sampled or full softmax in training, always the full one in evaluation.
-    language_model.compile(optimizer=keras.optimizers.Adam(settings["learning_rate"], global_clipnorm=1.0))
+    # Clips the gradient summed over the replicas (Keras clips each replica's share), as on one device.
+    adam = distribute.clip_after_all_reduce(keras.optimizers.Adam)
+    with strategy.scope():
+        # The model owns its loss: sampled or full softmax in training, always the full one in evaluation.
+        language_model.compile(optimizer=adam(settings["learning_rate"], global_clipnorm=1.0))
+        if resumed:
+            checkpoint.restore(language_model)  # builds the optimizer's variables
+    # The batch is the global one: the step's tokens over all replicas.
     throughput = Throughput(seq_len * batch_size)
     history = StageHistory()
     if resumed:
-        checkpoint.restore(language_model)
         history.epochs = resumed["history"]
         log(f"resuming after epoch {resumed['epochs_done']}, step {resumed['steps_done']} (from {checkpoint.path})")
 
@@ -375,22 +450,25 @@ def pretrain(recipe: Recipe, out, force=False, callbacks=(), from_run=None, resu
         # A non-finite loss stops before the step's checkpoint: the last one saved stays good.
         callbacks=[throughput, history, StopOnNonFiniteLoss(), saver, *callbacks],
         shuffle=False,
-        verbose=fit_verbosity(),
+        verbose=chief_verbosity(strategy),
     )
-    valid_loss = float(language_model.evaluate(valid_data, verbose=0))
+    valid_loss = distribute.evaluate(language_model, valid_data)["loss"]
     metrics = {
         "valid": {"loss": valid_loss, "perplexity": math.exp(min(valid_loss, 700.0))},
         "vocab_size": len(vocab),
         "train_tokens": int(len(train_ids)),
         "valid_tokens": int(len(valid_ids)),
+        # Optimizer steps of the whole run (global batches), resumed ones included.
+        "train_steps": int(language_model.optimizer.iterations.numpy()),
         "train_tokens_per_second": throughput.tokens_per_second,
         "train_tokens_per_cpu_second": throughput.tokens_per_cpu_second,
         "coverage": coverage,
         "precision_policy": policy,
+        "distribute": distribution_summary(strategy),
         "output": settings["output"],
         "wall_seconds": round(time.time() - started, 1),
     }
-    log(f"validation perplexity {metrics['valid']['perplexity']:.1f}")
+    log(f"validation perplexity {metrics['valid']['perplexity']:.1f} after {metrics['train_steps']} training steps")
     with RunDirectory(out, force) as run:
         run.write_json(
             "run.json",
@@ -411,7 +489,7 @@ def pretrain(recipe: Recipe, out, force=False, callbacks=(), from_run=None, resu
         write_tensorboard_logs(history.epochs, run.file("logs"))
         run.write_json("metrics.json", metrics)
     checkpoint.remove()
-    log(f"pretrain run written to {out}")
+    log_written("pretrain", out, strategy)
     return metrics
 
 
@@ -635,7 +713,7 @@ def build_member_classifier(recipe, pretrained, name, n_classes):
     )
 
 
-def finetune_member(recipe, pretrained, name, data, labels, progress, callbacks=()):
+def finetune_member(recipe, pretrained, name, data, labels, progress, callbacks=(), strategy=None):
     """Builds a classifier on a pretrained encoder and trains it with gradual unfreezing.
 
     Args:
@@ -646,18 +724,21 @@ def finetune_member(recipe, pretrained, name, data, labels, progress, callbacks=
         labels: class names.
         progress: the run's `FinetuneProgress` (checkpoints, resume, earlier members).
         callbacks: extra Keras callbacks for every `fit` call.
+        strategy: the `tf.distribute` strategy to train under (default: the current one).
 
     Returns:
         A `TrainedMember` holding the weights of the best (or last) epoch.
     """
+    strategy = tf.distribute.get_strategy() if strategy is None else strategy
     settings = recipe["finetune"]
     index = len(progress.finished)
-    classifier = build_member_classifier(recipe, pretrained, name, len(labels))
-    encoder = classifier.get_layer("encoder")
+    layer_names = recipe_layer_names(pretrained.recipe)
+    with strategy.scope():
+        classifier = build_member_classifier(recipe, pretrained, name, len(labels))
+        encoder = classifier.get_layer("encoder")
+        optimizer = build_finetune_optimizer(classifier, encoder, layer_names, settings)
     for line in cudnn_report(encoder):
         log(line)
-    layer_names = recipe_layer_names(pretrained.recipe)
-    optimizer = build_finetune_optimizer(classifier, encoder, layer_names, settings)
     steps_per_epoch = int(data["train"].cardinality())
     history = StageHistory()
     best = KeepBestWeights(settings["patience"])
@@ -692,14 +773,16 @@ def finetune_member(recipe, pretrained, name, data, labels, progress, callbacks=
             + f" for {stage.epochs} epoch(s)"
         )
         # Trainable flags are read at compile time, so every stage compiles again.
-        classifier.compile(
-            optimizer=optimizer,
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
+        with strategy.scope():
+            classifier.compile(
+                optimizer=optimizer,
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"],
+            )
+            if resumed:
+                progress.checkpoint.restore(classifier)
         advance = 0
         if resumed:
-            progress.checkpoint.restore(classifier)
             # The data drawn before: every epoch of the earlier members and of this one.
             advance = sum(len(done.history) for done in progress.finished) + epochs_done
             resumed_inside_stage = epochs_done > stage_begin or steps_done > 0
@@ -724,7 +807,7 @@ def finetune_member(recipe, pretrained, name, data, labels, progress, callbacks=
             # Best weights and a finite loss are checked before the epoch's checkpoint is written.
             callbacks=[history, best, StopOnNonFiniteLoss(), saver, *callbacks],
             shuffle=False,
-            verbose=fit_verbosity(),
+            verbose=chief_verbosity(strategy),
         )
         epochs_done, steps_done = stage_end, 0
         if best.stopped:
@@ -759,8 +842,7 @@ def check_same_vocabulary(members):
             )
 
 
-@holds_output_lock
-def finetune(recipe: Recipe, from_run, out, force=False, callbacks=(), resume=False):
+def finetune(recipe: Recipe, from_run, out, force=False, callbacks=(), resume=False, strategy=None):
     """Fine-tunes pretrained encoders as a classifier with gradual unfreezing, then exports it.
 
     Stage 0 trains the head only; each following stage unfreezes one more recurrent layer
@@ -779,10 +861,19 @@ def finetune(recipe: Recipe, from_run, out, force=False, callbacks=(), resume=Fa
         callbacks: extra Keras callbacks for every `fit` call.
         resume: continue an interrupted run of the same recipe and runs from its checkpoint
             (in the member, stage, epoch and step where it stopped).
+        strategy: the `tf.distribute` strategy to train under; default: the recipe's
+            `[distribute]` one (see `pretrain`). Only the chief writes `out`.
 
     Returns:
         The metrics written to `metrics.json`.
     """
+    strategy = start_distribution(recipe, strategy, resume, "finetune.batch_size")
+    with distribute.chief_output(out, strategy) as target, worker_failures(strategy):
+        return _finetune(recipe, from_run, target, force, callbacks, resume, strategy)
+
+
+@holds_output_lock
+def _finetune(recipe, from_run, out, force, callbacks, resume, strategy):
     started = time.time()
     from_runs = [from_run] if isinstance(from_run, (str, Path)) else list(from_run)
     checkpoint = RunCheckpoint(out)
@@ -818,6 +909,7 @@ def finetune(recipe: Recipe, from_run, out, force=False, callbacks=(), resume=Fa
     )
 
     policy = set_precision(recipe["precision"]["policy"])
+    log(distribute.describe(strategy))
     log(f"precision policy: {policy}")
     directions = [pretrained.recipe["pretrain"]["direction"] for pretrained in members]
     names = member_names(directions)
@@ -825,13 +917,16 @@ def finetune(recipe: Recipe, from_run, out, force=False, callbacks=(), resume=Fa
     if resumed:
         log(f"resuming {names[resumed['member']]} after epoch {resumed['epochs_done']}, step {resumed['steps_done']}")
         for index, done in enumerate(resumed["finished"]):
-            classifier = build_member_classifier(recipe, members[index], names[index], len(splits.labels))
-            classifier.set_weights(checkpoint.load_arrays(f"member_{index}"))
+            with strategy.scope():
+                classifier = build_member_classifier(recipe, members[index], names[index], len(splits.labels))
+                classifier.set_weights(checkpoint.load_arrays(f"member_{index}"))
             best = KeepBestWeights(settings["patience"])
             best.set_state(done["best"], None)
             progress.finished.append(TrainedMember(classifier, done["history"], best))
     for pretrained, name in list(zip(members, names))[len(progress.finished) :]:
-        progress.finished.append(finetune_member(recipe, pretrained, name, data, splits.labels, progress, callbacks))
+        progress.finished.append(
+            finetune_member(recipe, pretrained, name, data, splits.labels, progress, callbacks, strategy)
+        )
     trained = progress.finished
 
     def scores(model):
@@ -850,11 +945,12 @@ def finetune(recipe: Recipe, from_run, out, force=False, callbacks=(), resume=Fa
 
     if len(trained) == 1:
         model = trained[0].classifier
-        metrics = {**scores(model), "precision_policy": policy, **training_summary(trained[0])}
+        metrics = {**scores(model), "precision_policy": policy, "distribute": distribution_summary(strategy),
+                   **training_summary(trained[0])}
         history = trained[0].history
     else:
         model = build_ensemble([member.classifier for member in trained])
-        metrics = {**scores(model), "precision_policy": policy}
+        metrics = {**scores(model), "precision_policy": policy, "distribute": distribution_summary(strategy)}
         metrics["members"] = [
             {"name": name, "pretrain_run": str(pretrained.path), "direction": direction,
              **scores(member.classifier), **training_summary(member)}
@@ -892,7 +988,7 @@ def finetune(recipe: Recipe, from_run, out, force=False, callbacks=(), resume=Fa
         metrics["wall_seconds"] = round(time.time() - started, 1)
         run.write_json("metrics.json", metrics)
     checkpoint.remove()
-    log(f"finetune run written to {out}")
+    log_written("finetune", out, strategy)
     return metrics
 
 
