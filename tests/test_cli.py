@@ -75,6 +75,25 @@ def test_export_command_rewrites_an_identical_model(tiny_runs, tmp_path):
     assert tftune("predict", out, *texts) == tftune("predict", tiny_runs["finetune"], *texts)
 
 
+def test_evaluate_plot_draws_the_confusion_matrix(tiny_runs, tmp_path):
+    image = pytest.importorskip("matplotlib.image")
+    data = tiny_runs["data"]["test"]
+    plot = tmp_path / "confusion.png"
+    metrics = json.loads(tftune("evaluate", tiny_runs["finetune"], "--data", data, "--plot", plot))
+    assert metrics["examples"] == 60
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width, _ = image.imread(plot).shape
+    assert width > height >= 300  # the matrix beside the per-class scores
+    assert [p.name for p in tmp_path.iterdir()] == ["confusion.png"]  # no temporary file left
+
+    before = plot.read_bytes()
+    refused = subprocess.run([*TFTUNE, "evaluate", str(tiny_runs["finetune"]), "--data", str(data), "--plot", str(plot)],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "--force" in refused.stderr and plot.read_bytes() == before
+    tftune("evaluate", tiny_runs["finetune"], "--data", data, "--plot", plot, "--force")
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_predict_reads_standard_input(tiny_runs):
     result = subprocess.run(
         [*TFTUNE, "predict", str(tiny_runs["finetune"])], input="great fun\nawful\n", capture_output=True, text=True

@@ -207,6 +207,21 @@ CASES = {
         {"reviews.csv": LATIN1_CSV},
     ),
     # --- labeled files: columns, ragged rows, bad JSON lines ---
+    "evaluate --plot not a PNG name": Case(
+        ["evaluate", "not-a-run", "--data", "reviews.csv", "--plot", "confusion.pdf"],
+        ["confusion.pdf", "--plot writes a PNG", ".png"],
+        {**NOT_A_RUN, "reviews.csv": real_reviews_csv(6)},
+    ),
+    "evaluate --plot in a missing directory": Case(
+        ["evaluate", "not-a-run", "--data", "reviews.csv", "--plot", "plots/confusion.png"],
+        ["plots/confusion.png", "directory plots does not exist"],
+        {**NOT_A_RUN, "reviews.csv": real_reviews_csv(6)},
+    ),
+    "evaluate --plot over an existing file": Case(
+        ["evaluate", "not-a-run", "--data", "reviews.csv", "--plot", "confusion.png"],
+        ["confusion.png", "exists", "--force"],
+        {**NOT_A_RUN, "reviews.csv": real_reviews_csv(6), "confusion.png": b"\x89PNG an earlier plot"},
+    ),
     "evaluate --data without label column": Case(
         ["evaluate", "not-a-run", "--data", "reviews.csv"],
         ["reviews.csv", "header: no label column 'label'", "sentiment"],

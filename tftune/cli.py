@@ -353,16 +353,46 @@ def export(run_dir, out, force):
 @click.option("--data", required=True, metavar="PATH", help="Labeled data (.csv/.tsv/.jsonl).")
 @click.option("--text-column", default="text", show_default=True, help="Text column or key.")
 @click.option("--label-column", default="label", show_default=True, help="Label column or key.")
+@click.option("--plot", metavar="FILE.png", default=None,
+              help="Also draw the confusion matrix and per-class scores into this PNG (needs matplotlib: "
+                   "pip install 'tftune[plot]').")
+@click.option("--force", is_flag=True, help="Replace an existing --plot file.")
 @encoding_option
-def evaluate(model, data, text_column, label_column, encoding):
+def evaluate(model, data, text_column, label_column, plot, force, encoding):
     """Evaluate an exported model on labeled data; prints a JSON object of metrics."""
     from tftune.data import read_labeled
 
+    if plot is not None:
+        _check_plot_path(Path(plot), force)
     texts, labels = read_labeled(data, text_column, label_column, encoding=encoding)
     _import_tensorflow_quietly()
     from tftune.export import evaluate_export
 
-    click.echo(json.dumps(evaluate_export(model, texts, labels, source=data), indent=2))
+    metrics = evaluate_export(model, texts, labels, source=data)
+    if plot is not None:
+        from tftune.metrics import plot_metrics
+
+        try:
+            plot_metrics(metrics, list(metrics["per_class"]), plot, f"{Path(model).name} on {Path(data).name}")
+        except OSError as e:
+            raise WriteError(f"{plot}: writing the plot failed ({e.strerror or e}); nothing was written") from e
+    click.echo(json.dumps(metrics, indent=2))
+
+
+def _check_plot_path(plot, force):
+    """Refuse a --plot that cannot be written before any work is done."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise DataError("--plot needs matplotlib, which is not installed: pip install 'tftune[plot]'") from None
+    if plot.suffix.lower() != ".png":
+        raise DataError(f"{plot}: --plot writes a PNG; give a file name ending in .png")
+    if not plot.parent.is_dir():
+        raise DataError(f"{plot}: directory {plot.parent} does not exist")
+    if plot.is_dir():
+        raise DataError(f"{plot}: is a directory")
+    if plot.exists() and not force:
+        raise DataError(f"{plot}: exists; choose another --plot or pass --force to replace it")
 
 
 @main.command()

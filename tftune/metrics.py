@@ -49,3 +49,74 @@ def classification_metrics(true, predicted, labels):
         "per_class": per_class,
         "confusion_matrix": confusion.tolist(),
     }
+
+
+def plot_metrics(metrics, labels, path, title):
+    """Write a PNG of `classification_metrics` output: the confusion matrix and per-class scores.
+
+    Needs matplotlib (`pip install 'tftune[plot]'`). The file is written to a temporary name
+    beside `path` and renamed, so an interrupted write never leaves a partial PNG.
+
+    Args:
+        metrics: a dict returned by `classification_metrics`.
+        labels: class names in the matrix's order.
+        path: the PNG file to write.
+        title: the figure's title, e.g. the model and data names.
+
+    Example:
+
+    >>> metrics = classification_metrics([0, 1, 1], [0, 1, 0], ["neg", "pos"])
+    >>> plot_metrics(metrics, ["neg", "pos"], "confusion.png", "demo")  # doctest: +SKIP
+    """
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    confusion = np.asarray(metrics["confusion_matrix"], dtype="float64")
+    # Row-normalised colours (recall per true class) stay readable when classes are imbalanced;
+    # the cells still print raw counts.
+    shares = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    n = len(labels)
+    side = max(4.0, 0.6 * n + 2.5)
+    figure = Figure(figsize=(2 * side + 1, side), layout="constrained")
+    FigureCanvasAgg(figure)
+    matrix_axes, scores_axes = figure.subplots(1, 2, width_ratios=[1, 1])
+
+    image = matrix_axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    for row in range(n):
+        for column in range(n):
+            matrix_axes.text(column, row, f"{int(confusion[row, column])}", ha="center", va="center",
+                             color="white" if shares[row, column] > 0.5 else "black", fontsize=9)
+    matrix_axes.set_xticks(range(n), labels, rotation=45, ha="right")
+    matrix_axes.set_yticks(range(n), labels)
+    matrix_axes.set_xlabel("predicted")
+    matrix_axes.set_ylabel("true")
+    matrix_axes.set_title("confusion matrix (colour: share of the true class)")
+    figure.colorbar(image, ax=matrix_axes, shrink=0.8)
+
+    positions = np.arange(n)
+    width = 0.27
+    for offset, score in zip((-width, 0.0, width), ("precision", "recall", "f1")):
+        scores_axes.barh(positions + offset, [metrics["per_class"][label][score] for label in labels], width,
+                         label=score)
+    scores_axes.set_yticks(positions, [f"{label} ({metrics['per_class'][label]['support']})" for label in labels])
+    scores_axes.invert_yaxis()
+    scores_axes.set_xlim(0.0, 1.0)
+    scores_axes.set_xlabel("score")
+    scores_axes.set_title("per class (support)")
+    scores_axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=3)
+    figure.suptitle(f"{title}: accuracy {metrics['accuracy']:.1%}, macro-F1 {metrics['macro_f1']:.3f}, "
+                    f"{metrics['examples']:,} examples")
+
+    path = Path(path)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            figure.savefig(file, format="png", dpi=100)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
