@@ -1,4 +1,4 @@
-"""Tests of the slanted triangular schedule, discriminative Adam and unfreezing stages."""
+"""Tests of the slanted triangular and one-cycle schedules, discriminative optimizers and unfreezing stages."""
 
 import json
 import math
@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from tftune.schedules import (
     DiscriminativeAdam,
+    DiscriminativeSGD,
     SlantedTriangular,
     Stage,
     discriminative_multipliers,
@@ -155,6 +156,24 @@ def test_discriminative_adam_first_step_scales_with_multiplier():
         change = np.abs(_weights(model, name)[0] - before[name])
         assert change.max() == pytest.approx(lr * multiplier, rel=1e-3)
         assert change.max() <= lr * multiplier * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_discriminative_sgd_updates_are_in_the_ratio_of_the_rates(momentum):
+    # Three layers that see the same gradients (same inputs, and the output sums theirs, so the
+    # loss's gradient reaches each the same way): with SGD every update is rate * (momentum-averaged) gradient, so the layers'
+    # updates stay in the exact ratio of their multipliers, step after step.
+    inputs = keras.Input(shape=(4,))
+    layers = [keras.layers.Dense(1, kernel_initializer="zeros", name=name) for name in ("bottom", "middle", "top")]
+    model = keras.Model(inputs, keras.layers.Add()([layer(inputs) for layer in layers]))
+    multipliers = discriminative_multipliers(["bottom", "middle", "top"], factor=2.6)
+    model.compile(optimizer=DiscriminativeSGD(learning_rate=0.001, momentum=momentum, multipliers=multipliers),
+                  loss="mse")
+    model.fit(*_data(), batch_size=8, epochs=2, shuffle=False, verbose=0)
+    updates = {name: _weights(model, name)[0] for name in ("bottom", "middle", "top")}
+    assert np.abs(updates["top"]).min() > 1e-4
+    np.testing.assert_allclose(updates["middle"], updates["top"] / 2.6, rtol=1e-4)
+    np.testing.assert_allclose(updates["bottom"], updates["top"] / 2.6**2, rtol=1e-4)
 
 
 def test_discriminative_adam_with_stlr_and_gradual_unfreezing():

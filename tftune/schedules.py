@@ -161,9 +161,8 @@ def _prefix_matches(prefix: str, path: str) -> bool:
     return path == stem or path.startswith(stem + "/")
 
 
-@keras.saving.register_keras_serializable(package="tftune")
-class DiscriminativeAdam(keras.optimizers.Adam):
-    """Adam with one learning rate multiplier per group of variables.
+class DiscriminativeRates:
+    """Mixin for a Keras optimizer: one learning rate multiplier per group of variables.
 
     Each variable's step uses `learning_rate * multiplier`, where the
     multiplier belongs to the longest prefix in `multipliers` that matches
@@ -172,29 +171,23 @@ class DiscriminativeAdam(keras.optimizers.Adam):
     `"encoder/rnn_20/..."`). Variables matching no prefix use 1.0; a
     multiplier of 0 leaves a variable exactly unchanged.
 
+    The rate itself is scaled, not the gradient: for Adam-style optimizers a
+    scaled gradient would cancel out in `m / sqrt(v)`.
+
     Keras only updates variables the optimizer was built with, so with
     gradual unfreezing build it on every variable that will ever train
     (`optimizer.build(model.trainable_variables)` while all layers are
     trainable) before freezing layers for the first stage.
 
     Args:
-        learning_rate: A float or a `LearningRateSchedule`: the rate of
-            variables whose multiplier is 1.0.
         multipliers: Dict mapping variable path prefixes to multipliers.
-        **kwargs: Any other `keras.optimizers.Adam` argument.
-
-    Example:
-
-    ```python
-    optimizer = DiscriminativeAdam(
-        learning_rate=SlantedTriangular(max_lr=0.004, total_steps=500),
-        multipliers=discriminative_multipliers(["encoder/rnn_1", "encoder/rnn_2"]),
-    )
-    ```
+        *args, **kwargs: The optimizer's own arguments (`learning_rate`, a
+            float or a `LearningRateSchedule`, is the rate of variables whose
+            multiplier is 1.0).
     """
 
-    def __init__(self, learning_rate=0.001, multipliers=None, **kwargs):
-        super().__init__(learning_rate=learning_rate, **kwargs)
+    def __init__(self, *args, multipliers=None, **kwargs):
+        super().__init__(*args, **kwargs)
         multipliers = dict(multipliers or {})
         for prefix, value in multipliers.items():
             if not isinstance(prefix, str) or not prefix.strip("/"):
@@ -234,6 +227,34 @@ class DiscriminativeAdam(keras.optimizers.Adam):
         config = super().get_config()
         config["multipliers"] = self.multipliers
         return config
+
+
+@keras.saving.register_keras_serializable(package="tftune")
+class DiscriminativeAdam(DiscriminativeRates, keras.optimizers.Adam):
+    """Adam with discriminative learning rates (see `DiscriminativeRates`); tftune's fine-tuning optimizer.
+
+    Example:
+
+    ```python
+    optimizer = DiscriminativeAdam(
+        learning_rate=SlantedTriangular(max_lr=0.004, total_steps=500),
+        multipliers=discriminative_multipliers(["encoder/rnn_1", "encoder/rnn_2"]),
+    )
+    ```
+    """
+
+
+@keras.saving.register_keras_serializable(package="tftune")
+class DiscriminativeSGD(DiscriminativeRates, keras.optimizers.SGD):
+    """SGD (with optional momentum) with discriminative learning rates (see `DiscriminativeRates`).
+
+    Example:
+
+    ```python
+    optimizer = DiscriminativeSGD(learning_rate=0.1, momentum=0.9,
+                                  multipliers={"encoder/rnn_1": 0.25, "encoder/rnn_2": 0.5})
+    ```
+    """
 
 
 def discriminative_multipliers(layer_names: Sequence[str], factor: float = 2.6) -> dict[str, float]:
