@@ -5,8 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
+
+from conftest import tiny_overrides
 
 from tftune.data import read_labeled
 from tftune.export import Predictor, find_export
@@ -104,6 +107,82 @@ def test_export_has_no_gpu_only_ops_and_float32_outputs(tiny_runs):
     }
     saved_model = (path / "saved_model.pb").read_bytes()
     assert b"Cudnn" not in saved_model
+
+
+
+class OptimizerLog(keras.callbacks.Callback):
+    """Records the optimizer class, the logged losses and the dtypes of each `fit` call's model."""
+
+    def __init__(self):
+        super().__init__()
+        self.optimizers, self.losses, self.output_dtypes, self.variable_dtypes = [], [], set(), set()
+        self.first_state = self.last_state = None  # the optimizer's variables
+
+    def _optimizer_state(self):
+        return [keras.ops.convert_to_numpy(variable) for variable in self.model.optimizer.variables]
+
+    def on_train_begin(self, logs=None):
+        self.optimizers.append(type(self.model.optimizer).__name__)
+        if self.first_state is None:
+            self.first_state = self._optimizer_state()
+        # A classifier is a functional model; the subclassed LanguageModel has no symbolic outputs.
+        self.output_dtypes.update(str(output.dtype) for output in getattr(self.model, "outputs", None) or [])
+        self.variable_dtypes.update(str(variable.dtype) for variable in self.model.variables
+                                    if "float" in str(variable.dtype))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.losses.append(logs["loss"])
+        self.last_state = self._optimizer_state()
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_trains_resumes_and_exports_a_float32_cpu_model(small_data, tmp_path, policy):
+    from test_checkpoints import CrashAfterEpoch
+
+    import tensorflow as tf
+
+    from tftune.recipe import load_recipe
+    from tftune.train import finetune, pretrain
+
+    # Two layers: gradual unfreezing in 3 stages, discriminative rates and STLR, as shipped.
+    recipe = load_recipe("lstm-glove", [*tiny_overrides(small_data, cell="lstm"), f"precision.policy={policy}",
+                                        "finetune.epochs=4"])
+    pretrain_log = OptimizerLog()
+    lm_metrics = pretrain(recipe, tmp_path / "lm", callbacks=[pretrain_log])
+    assert lm_metrics["precision_policy"] == policy and np.isfinite(lm_metrics["valid"]["perplexity"])
+
+    crash, before_crash = CrashAfterEpoch(2), OptimizerLog()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        finetune(recipe, tmp_path / "lm", tmp_path / "clf", callbacks=[before_crash, crash])
+    after_resume = OptimizerLog()
+    metrics = finetune(recipe, tmp_path / "lm", tmp_path / "clf", callbacks=[after_resume], resume=True)
+    assert metrics["precision_policy"] == policy and metrics["epochs"] == 4
+
+    wrapped = "LossScaleOptimizer" if policy == "mixed_float16" else "DiscriminativeAdam"
+    assert set(before_crash.optimizers + after_resume.optimizers) == {wrapped}
+    for log in (pretrain_log, before_crash, after_resume):
+        assert log.losses and np.all(np.isfinite(log.losses))
+        assert log.variable_dtypes == {"float32"}  # mixed policies keep variables in float32
+    assert before_crash.output_dtypes == {"float32"}  # logits are float32
+    # Resume restores every optimizer variable (Adam's moments, the step counter that drives STLR,
+    # and under float16 the loss scale) as the crashed run left it.
+    assert len(after_resume.first_state) == len(before_crash.last_state)
+    for resumed, saved in zip(after_resume.first_state, before_crash.last_state):
+        np.testing.assert_array_equal(resumed, saved)
+
+    # The export is float32 and cuDNN-free whatever policy trained it, and matches a float32
+    # in-process model with the trained weights.
+    export = tmp_path / "clf" / "export"
+    serve = tf.saved_model.load(str(export)).signatures["serving_default"]
+    assert {name: spec.dtype for name, spec in serve.structured_outputs.items()} == {
+        "probabilities": tf.float32, "label": tf.string}
+    graph = (export / "saved_model.pb").read_bytes()
+    assert b"Cudnn" not in graph
+    assert not any(f"DT_{half}".encode() in graph for half in ("HALF", "BFLOAT16"))  # no low-precision op left
+    texts, _ = read_labeled(small_data["test"])
+    keras.mixed_precision.set_global_policy("float32")
+    served = serve(text=tf.constant(texts))["probabilities"].numpy()
+    np.testing.assert_allclose(served, in_process_probabilities(tmp_path / "clf", texts), atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -92,10 +92,12 @@ class RunCheckpoint:
         The optimizer is built on the model's trainable variables first, so its variables
         exist in the same order as when they were saved.
         """
-        model.load_weights(self.path / WEIGHTS)
         optimizer = model.optimizer
         if not optimizer.built:
+            # Built before `load_weights`, which otherwise skips (and warns about) the optimizer's
+            # variables when a LossScaleOptimizer has not created its own yet.
             optimizer.build(model.trainable_variables)
+        model.load_weights(self.path / WEIGHTS)
         values = self.load_arrays(Path(OPTIMIZER).stem)
         if [tuple(value.shape) for value in values] != [tuple(variable.shape) for variable in optimizer.variables]:
             raise RunError(f"{self.path}: the optimizer state does not fit this model; run again with --force")
