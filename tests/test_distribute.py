@@ -8,6 +8,7 @@ reads back one JSON line; the tests here only check the numbers.
 """
 
 import json
+import math
 import os
 import re
 import socket
@@ -252,6 +253,7 @@ def test_logical_cpus_must_come_first(tmp_path):
 MIRRORED_LM = (
     """
 import json
+import math
 from tftune.distribute import clip_after_all_reduce, configure_logical_cpus, make_strategy
 configure_logical_cpus(2)
 import keras
@@ -319,6 +321,7 @@ def test_mirrored_sampled_softmax_language_model_matches_one_device(mirrored_lm)
 MIRRORED_CLASSIFIER = (
     """
 import json
+import math
 from tftune import distribute
 distribute.configure_logical_cpus(2)
 import keras
@@ -614,6 +617,68 @@ def test_mirrored_pretrain_and_finetune_match_one_device(tmp_path, small_data):
     for name in ("single", "mirrored"):
         run = tmp_path / name / "clf"
         assert (run / "export" / "saved_model.pb").is_file() and (run / "metrics.json").is_file()
+
+
+# Mixed float16 under MirroredStrategy: the LSTM classifier fine-tunes with gradual unfreezing,
+# DiscriminativeAdam and STLR inside a LossScaleOptimizer, then exports a float32 model.
+MIXED_MIRRORED = """
+import json, math, sys
+from pathlib import Path
+from tftune import distribute
+distribute.configure_logical_cpus(2)
+import keras
+import tensorflow as tf
+from tftune.recipe import load_recipe
+from tftune.train import finetune, pretrain
+
+
+class OptimizerLog(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.optimizers, self.losses, self.variable_dtypes = [], [], set()
+
+    def on_train_begin(self, logs=None):
+        optimizer = self.model.optimizer
+        self.optimizers.append([type(optimizer).__name__, type(getattr(optimizer, "inner_optimizer", optimizer)).__name__])
+        self.variable_dtypes.update(str(v.dtype) for v in self.model.variables if "float" in str(v.dtype))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.losses.append(float(logs["loss"]))
+
+
+root, overrides = Path(sys.argv[1]), json.loads(sys.argv[2])
+pretrain(load_recipe("lstm-glove", overrides), root / "lm")
+recipe = load_recipe("lstm-glove", overrides + [
+    "precision.policy=mixed_float16", "distribute.strategy=mirrored", "distribute.devices=/cpu:0,/cpu:1",
+])
+log = OptimizerLog()
+metrics = finetune(recipe, root / "lm", root / "clf", callbacks=[log])
+served = tf.saved_model.load(str(root / "clf" / "export")).signatures["serving_default"]
+outputs = served(tf.constant(["a fine film", "dull and far too long"]))
+probabilities = outputs["probabilities"]
+print("RESULT " + json.dumps({
+    "optimizers": log.optimizers, "losses": log.losses, "variable_dtypes": sorted(log.variable_dtypes),
+    "distribute": metrics["distribute"], "test_accuracy": metrics["test"]["accuracy"],
+    "served_dtype": probabilities.dtype.name, "served_sums": [float(x) for x in tf.reduce_sum(probabilities, -1)],
+}), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_mixed_float16_finetune_scales_the_loss_and_exports_float32(tmp_path, small_data):
+    """Mixed precision composes with the strategy and with ULMFiT's fine-tuning: every stage's
+    optimizer is a LossScaleOptimizer around DiscriminativeAdam, losses stay finite, variables
+    stay float32, and the export serves float32 probabilities."""
+    overrides = tiny_overrides(small_data, cell="lstm")
+    result = run_script(tmp_path, "mixed_mirrored", MIXED_MIRRORED, tmp_path, json.dumps(overrides))
+    assert result["distribute"] == {"strategy": "mirrored", "replicas": 2, "workers": 1}
+    assert result["optimizers"] and all(pair == ["LossScaleOptimizer", "DiscriminativeAdam"] for pair in result["optimizers"])
+    assert len(result["optimizers"]) == 3  # head, head + rnn_2, everything
+    assert result["losses"] and all(math.isfinite(loss) for loss in result["losses"])
+    assert result["variable_dtypes"] == ["float32"]
+    assert 0.0 <= result["test_accuracy"] <= 1.0
+    assert result["served_dtype"] == "float32"
+    assert result["served_sums"] == pytest.approx([1.0, 1.0], abs=1e-5)
 
 
 def cli_env(tmp):
