@@ -32,7 +32,7 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
-# The benchmark suite (about an hour on 2 cores); results go to bench/results/, see bench/README.md.
+# The benchmark suite (about 2 h on 2 cores); results go to bench/results/, see bench/README.md.
 bench: install
 	$(BIN)/python -m bench
 
