@@ -17,7 +17,7 @@ splits are written as `text,label` CSV files in a temporary directory for tftune
   task's training text (`pretrain(..., from_run=GENERAL)`), then `finetune`.
 - **ablations** (finetune overrides on the same encoders): `scratch` (no LM pretraining:
   `pretrain.epochs=0` on the task's training text, i.e. its vocabulary and a random encoder),
-  `unfreeze_all` (`finetune.unfreeze=all`), `constant_lr` (`finetune.lr_decay=1` and
+  `gradual` (ULMFiT's gradual unfreezing, `finetune.unfreeze=gradual`), `constant_lr` (`finetune.lr_decay=1` and
   `finetune.schedule=constant`), `no_lm_finetune` (the general LM without target-domain LM
   fine-tuning).
 - **low_data** (TREC-6 only): 10% and 25% of the training labels (stratified, seeded), the
@@ -46,12 +46,13 @@ from bench import common
 
 NAME = "accuracy"
 TASKS = ("trec6", "sst2")
-ROWS = ("keras", "reference", "tftune", "scratch", "unfreeze_all", "constant_lr", "no_lm_finetune", "low_data")
+ROWS = ("keras", "reference", "tftune", "scratch", "gradual", "constant_lr", "no_lm_finetune", "low_data")
 # Rows trained by tftune's finetune: (encoder, finetune overrides, what the row shows).
 TFTUNE_ROWS = {
     "tftune": ("lm_finetuned", [], "shipped recipe: general LM + target-domain LM fine-tuning + fine-tuning"),
     "scratch": ("scratch", [], "no LM pretraining: random encoder, vocabulary of the task's training text"),
-    "unfreeze_all": ("lm_finetuned", ["finetune.unfreeze=all"], "every layer trains from the start"),
+    "gradual": ("lm_finetuned", ["finetune.unfreeze=gradual"],
+                "gradual unfreezing: the head alone, then one more layer per epoch (ULMFiT)"),
     "constant_lr": ("lm_finetuned", ["finetune.lr_decay=1", "finetune.schedule=constant"],
                     "one learning rate for all layers, no slanted triangular schedule"),
     "no_lm_finetune": ("general", [], "general LM only, no target-domain LM fine-tuning"),
@@ -545,7 +546,7 @@ def measure(args):
     loaded = {name: load_task(name, args.seed, sizes) for name in tasks}
     try:
         general, pretraining = None, None
-        if (set(rows) & {"tftune", "unfreeze_all", "constant_lr", "no_lm_finetune", "low_data"}
+        if (set(rows) & {"tftune", "gradual", "constant_lr", "no_lm_finetune", "low_data"}
                 and not all(isinstance(task, str) for task in loaded.values())):
             general, pretraining = general_pretraining(runner, args, sizes, root)
             if general is None:

@@ -116,7 +116,7 @@ def test_accuracy(smoke_outputs):
         return  # no ../shared/data beside the checkout
     assert {"corpus", "valid_perplexity", "train_tokens", "seconds", "overrides"} <= set(result["pretraining"])
     # --smoke: every row on TREC-6; the baselines and the shipped recipe on SST-2.
-    expected = {"trec6": {"keras", "reference", "tftune", "scratch", "unfreeze_all", "constant_lr", "no_lm_finetune"},
+    expected = {"trec6": {"keras", "reference", "tftune", "scratch", "gradual", "constant_lr", "no_lm_finetune"},
                 "sst2": {"keras", "reference", "tftune"}}
     for name, task in result["tasks"].items():
         assert set(task["rows"]) == expected[name]

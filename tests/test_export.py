@@ -144,7 +144,7 @@ def test_mixed_precision_trains_resumes_and_exports_a_float32_cpu_model(small_da
     from tftune.recipe import load_recipe
     from tftune.train import finetune, pretrain
 
-    # Two layers: gradual unfreezing in 3 stages, discriminative rates and STLR, as shipped.
+    # Two layers: gradual unfreezing in 3 stages (set by tiny_overrides), discriminative rates and STLR.
     recipe = load_recipe("lstm-glove", [*tiny_overrides(small_data, cell="lstm"), f"precision.policy={policy}",
                                         "finetune.epochs=4"])
     pretrain_log = OptimizerLog()

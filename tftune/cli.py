@@ -196,8 +196,8 @@ def main():
     """ULMFiT-style transfer learning with Keras recurrent stacks on frozen GloVe/word2vec vectors.
 
     Typical flow: `tftune pretrain` (language model on unlabeled text), then `tftune finetune`
-    (classifier with gradual unfreezing; writes a SavedModel to RUN/export), then
-    `tftune predict RUN "some text"`.
+    (classifier with discriminative rates and a slanted triangular schedule; writes a SavedModel
+    to RUN/export), then `tftune predict RUN "some text"`.
     """
 
 
@@ -289,7 +289,7 @@ def pretrain(recipe, corpus, from_run, embeddings, embeddings_format, out, encod
 @resume_option
 def finetune(from_runs, recipe, train, valid, test, text_column, label_column, out, encoding, distribute, settings,
              force, resume):
-    """Fine-tune a pretrained encoder as a classifier, with gradual unfreezing, and export it.
+    """Fine-tune a pretrained encoder as a classifier, and export it.
 
     Without --recipe, the (first) pretrain run's own recipe is used (its [finetune] section).
     With several --from runs, each gets its own classifier and the export averages their

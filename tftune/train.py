@@ -843,10 +843,11 @@ def check_same_vocabulary(members):
 
 
 def finetune(recipe: Recipe, from_run, out, force=False, callbacks=(), resume=False, strategy=None):
-    """Fine-tunes pretrained encoders as a classifier with gradual unfreezing, then exports it.
+    """Fine-tunes pretrained encoders as a classifier, then exports it.
 
-    Stage 0 trains the head only; each following stage unfreezes one more recurrent layer
-    from the top, until all train. The embedding stays frozen throughout. Each stage runs a
+    With `finetune.unfreeze = "gradual"`, stage 0 trains the head only and each following
+    stage unfreezes one more recurrent layer from the top, until all train; with `"all"`,
+    one stage trains everything. The embedding stays frozen throughout. Each stage runs a
     slanted triangular learning-rate cycle with discriminative rates (each layer down gets
     the rate of the one above divided by `finetune.lr_decay`). Given several pretrain runs
     (e.g. a forward and a backward language model), each gets its own classifier, trained
