@@ -253,7 +253,6 @@ def test_logical_cpus_must_come_first(tmp_path):
 MIRRORED_LM = (
     """
 import json
-import math
 from tftune.distribute import clip_after_all_reduce, configure_logical_cpus, make_strategy
 configure_logical_cpus(2)
 import keras
@@ -321,7 +320,6 @@ def test_mirrored_sampled_softmax_language_model_matches_one_device(mirrored_lm)
 MIRRORED_CLASSIFIER = (
     """
 import json
-import math
 from tftune import distribute
 distribute.configure_logical_cpus(2)
 import keras
@@ -622,7 +620,7 @@ def test_mirrored_pretrain_and_finetune_match_one_device(tmp_path, small_data):
 # Mixed float16 under MirroredStrategy: the LSTM classifier fine-tunes with gradual unfreezing,
 # DiscriminativeAdam and STLR inside a LossScaleOptimizer, then exports a float32 model.
 MIXED_MIRRORED = """
-import json, math, sys
+import json, sys
 from pathlib import Path
 from tftune import distribute
 distribute.configure_logical_cpus(2)
