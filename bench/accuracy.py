@@ -57,6 +57,8 @@ TFTUNE_ROWS = {
                     "one learning rate for all layers, no slanted triangular schedule"),
     "no_lm_finetune": ("general", [], "general LM only, no target-domain LM fine-tuning"),
 }
+# Rows whose encoder starts from the general LM (every tftune row but scratch, and the low-data curve).
+NEED_GENERAL_LM = {row for row, (encoder, _, _) in TFTUNE_ROWS.items() if encoder != "scratch"} | {"low_data"}
 ENCODERS = {"general": "general LM", "lm_finetuned": "general LM + target-domain LM fine-tuning",
             "scratch": "untrained (pretrain.epochs=0 on the task's text)"}
 LOW_DATA_TASK = "trec6"
@@ -546,8 +548,7 @@ def measure(args):
     loaded = {name: load_task(name, args.seed, sizes) for name in tasks}
     try:
         general, pretraining = None, None
-        if (set(rows) & {"tftune", "gradual", "constant_lr", "no_lm_finetune", "low_data"}
-                and not all(isinstance(task, str) for task in loaded.values())):
+        if set(rows) & NEED_GENERAL_LM and not all(isinstance(task, str) for task in loaded.values()):
             general, pretraining = general_pretraining(runner, args, sizes, root)
             if general is None:
                 common.log(f"{NAME}: no general pretraining: {pretraining}")
