@@ -2,6 +2,7 @@
 
 import csv
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,18 @@ def corpus_cache_dir(tmp_path_factory):
         del os.environ["TFTUNE_CACHE_DIR"]
     else:
         os.environ["TFTUNE_CACHE_DIR"] = previous
+
+
+def snapshot(root):
+    """Every file and directory under `root` (hidden ones too), with file contents and modes."""
+    state = {}
+    for path in sorted(root.rglob("*")):
+        mode = stat.S_IMODE(path.stat().st_mode)
+        content = None
+        if path.is_file() and mode & stat.S_IRUSR:
+            content = path.read_bytes()
+        state[str(path.relative_to(root))] = (mode, content)
+    return state
 
 
 def head_lines(source, target, n):

@@ -122,6 +122,38 @@ def test_a_given_vocabulary_encodes_and_is_part_of_the_key(corpus, cache):
         encode_corpus(corpus, tokenizer, 0.1, max_size=3000, vocab=small)
 
 
+def test_held_out_files_validate_and_every_corpus_document_trains(corpus, cache, tmp_path):
+    held_out = head_lines(CORPUS, tmp_path / "held-out.txt", 20)
+    result, _ = encode(corpus, valid_paths=[held_out])
+    tokenizer = Tokenizer()
+    documents = read_corpus(corpus)
+    np.testing.assert_array_equal(result.train_ids, np.concatenate(result.vocab.encode(documents, tokenizer)))
+    np.testing.assert_array_equal(
+        result.valid_ids, np.concatenate(result.vocab.encode(read_corpus([held_out]), tokenizer))
+    )
+    assert result.n_documents == len(documents) + 20
+    assert encode(corpus, valid_paths=[held_out])[0].from_cache and not encode(corpus)[0].from_cache
+
+
+def test_open_words_grow_a_given_vocabulary_and_are_part_of_the_key(corpus, cache, tmp_path):
+    from gensim.models import KeyedVectors
+
+    from tftune.open_vocab import OpenWords
+
+    built, _ = encode(corpus)
+    small = Vocabulary(built.vocab.tokens[:50])
+    kv = KeyedVectors(2, count=0)
+    kv.add_vectors(["river", "king", "zzyzx"], np.ones((3, 2), "float32"))
+    grown = encode_corpus(corpus, Tokenizer(), 0.1, vocab=small, open_words=OpenWords(kv))
+    again = encode_corpus(corpus, Tokenizer(), 0.1, vocab=small, open_words=OpenWords(kv))
+    assert not grown.from_cache and again.from_cache
+    assert_same(grown, again)
+    added = [w for w in ("king", "river") if built.counts[w]]
+    assert added and sorted(grown.vocab.tokens[50:]) == added
+    assert grown.train_ids.max() == len(grown.vocab) - 1
+    assert not encode_corpus(corpus, Tokenizer(), 0.1, vocab=small).from_cache  # closed: another key
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
 def test_a_damaged_cache_file_is_rebuilt(damage, corpus, cache):
     first, _ = encode(corpus)

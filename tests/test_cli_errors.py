@@ -17,7 +17,6 @@ import io
 import json
 import os
 import shutil
-import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -27,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_overrides
+from conftest import snapshot, tiny_overrides
+from tftune.recipe import load_recipe, shipped_dirs
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAINED = REPO / "pretrained"
@@ -112,6 +112,37 @@ def unreadable(name):
         os.chmod(cwd / name, 0)
 
     return prepare
+
+
+def symlink(name, target):
+    """`prepare`: a symbolic link `name` to `target` (relative to the link) in the working directory."""
+
+    def prepare(cwd, run):
+        (cwd / name).symlink_to(target)
+
+    return prepare
+
+
+# Stand-ins for runs: the check that an output is not an input comes before any run is loaded.
+RUN_RECIPE = load_recipe("gru-glove").to_toml()
+
+
+def pretrain_run(name):
+    return {f"{name}/run.json": '{"kind": "pretrain"}\n', f"{name}/recipe.toml": RUN_RECIPE}
+
+
+def finetune_run(name):
+    return {f"{name}/run.json": '{"kind": "finetune"}\n', f"{name}/classifier.weights.h5": b"\x89HDF weights",
+            f"{name}/export/saved_model.pb": b"a SavedModel"}
+
+
+def checkpoint_holding(out, name, content):
+    """Files of an interrupted run's checkpoint beside `out`, with an input of the next command in it."""
+    return {f".{out}.checkpoint/state.json": '{"kind": "pretrain"}\n', f".{out}.checkpoint/{name}": content}
+
+
+SHIPPED = shipped_dirs()[-1]
+INPUT = "(an input of this command"
 
 
 @dataclass
@@ -277,6 +308,11 @@ CASES = {
         ["vectors.txt", "use format 'glove'"],
         {"vectors.txt": "".join(GLOVE_ROWS)},
     ),
+    "pretrain on vectors with a nan": Case(
+        ["pretrain", "--embeddings", "vectors.txt", "--embeddings-format", "glove", "--out", "out"],
+        ["vectors.txt", "line 8 (word 'a') has a non-finite value (nan); the file is corrupt"],
+        {"vectors.txt": "".join(GLOVE_ROWS[:7] + ["a nan " + GLOVE_ROWS[7].split(" ", 2)[2]] + GLOVE_ROWS[8:])},
+    ),
     "embeddings inspect truncated last line": Case(
         ["embeddings", "inspect", "vectors.txt"],
         ["vectors.txt", "line 200 has", "values, expected 50; the file seems truncated"],
@@ -321,6 +357,16 @@ CASES = {
     ),
     # --- runs and outputs ---
     "--out not empty": Case(["pretrain", "--out", "out"], ["out: exists", "--force"], {"out/notes.txt": "keep me\n"}),
+    "--force over a folder that is not a run": Case(
+        ["pretrain", "--out", "out", "--force"],
+        ["out: is not a tftune run (no run.json), and --force only replaces one; choose another --out"],
+        {"out/notes.txt": "keep me\n"},
+    ),
+    "export --force over a pretrain run": Case(
+        ["export", "clf", "--out", "lm", "--force"],
+        ["lm: is not a SavedModel export (no saved_model.pb), and --force only replaces one"],
+        {**finetune_run("clf"), **pretrain_run("lm")},
+    ),
     "--out is a file": Case(["pretrain", "--out", "out"], ["out: exists and is not a directory"], {"out": "keep me\n"}),
     "finetune --from not a run": Case(
         ["finetune", "--from", "not-a-run", "--out", "out"], ["not-a-run", "run.json"], NOT_A_RUN
@@ -345,6 +391,121 @@ CASES = {
         {**NOT_A_RUN, "reviews.csv": real_reviews_csv(6)},
     ),
     "embeddings inspect missing": Case(["embeddings", "inspect", "missing.vec"], ["missing.vec", "does not exist"]),
+    # --- outputs over inputs: refused with --force too, before anything is read or written ---
+    "pretrain --out holds its --corpus": Case(
+        ["pretrain", "--corpus", "data/corpus.txt", "--out", "data", "--force"],
+        ["--out data: contains the --corpus file /", "/data/corpus.txt " + INPUT, "choose another --out"],
+        {"data/corpus.txt": corpus_lines(20)},
+    ),
+    "pretrain --out is its --from run": Case(
+        ["pretrain", "--from", "lm", "--corpus", "more.txt", "--out", "lm", "--force"],
+        ["--out lm: is the --from run lm " + INPUT],
+        {**pretrain_run("lm"), "more.txt": corpus_lines(20)},
+    ),
+    "pretrain --out inside its --from run": Case(
+        ["pretrain", "--from", "lm", "--corpus", "more.txt", "--out", "lm/continued"],
+        ["--out lm/continued: lies inside the --from run lm " + INPUT],
+        {**pretrain_run("lm"), "more.txt": corpus_lines(20)},
+    ),
+    "pretrain --corpus in the checkpoint folder of --out": Case(
+        ["pretrain", "--corpus", ".lm.checkpoint/corpus.txt", "--out", "lm", "--force"],
+        ["--out lm: its checkpoint folder .lm.checkpoint contains the --corpus file /", "/.lm.checkpoint/corpus.txt"],
+        checkpoint_holding("lm", "corpus.txt", corpus_lines(20)),
+    ),
+    "pretrain --out in the shipped data": Case(
+        ["pretrain", "--corpus", "missing.txt", "--out", SHIPPED / "my-lm"],
+        [f"--out {SHIPPED / 'my-lm'}: lies inside the shipped data folder {SHIPPED} " + INPUT],
+    ),
+    "finetune --out is its --from run": Case(
+        ["finetune", "--from", "lm", "--train", "train.csv", "--out", "lm", "--force"],
+        ["--out lm: is the --from run lm " + INPUT],
+        {**pretrain_run("lm"), "train.csv": real_reviews_csv(20)},
+    ),
+    "finetune --out holds its --train": Case(
+        ["finetune", "--from", "lm", "--train", "data/train.csv", "--out", "data", "--force"],
+        ["--out data: contains the --train file /", "/data/train.csv " + INPUT],
+        {**pretrain_run("lm"), "data/train.csv": real_reviews_csv(20)},
+    ),
+    "finetune --out inside its --from run": Case(
+        ["finetune", "--from", "lm", "--out", "lm/clf"], ["--out lm/clf: lies inside the --from run lm " + INPUT],
+        pretrain_run("lm"),
+    ),
+    "finetune --out is the second --from run": Case(
+        ["finetune", "--from", "lm", "--from", "lm-back", "--train", "train.csv", "--out", "lm-back", "--force"],
+        ["--out lm-back: is the --from run lm-back " + INPUT],
+        {**pretrain_run("lm"), **pretrain_run("lm-back"), "train.csv": real_reviews_csv(20)},
+    ),
+    "finetune --out holds both --from runs": Case(
+        ["finetune", "--from", "runs/lm", "--from", "runs/lm-back", "--train", "train.csv", "--out", "runs", "--force"],
+        ["--out runs: contains the --from run runs/lm " + INPUT],
+        {**pretrain_run("runs/lm"), **pretrain_run("runs/lm-back"), "train.csv": real_reviews_csv(20)},
+    ),
+    "finetune --out a symbolic link to its --from run": Case(
+        ["finetune", "--from", "lm", "--train", "train.csv", "--out", "link", "--force"],
+        ["--out link: is the --from run lm " + INPUT, "; through a symbolic link, link is /", "/lm)"],
+        {**pretrain_run("lm"), "train.csv": real_reviews_csv(20)},
+        prepare=symlink("link", "lm"),
+    ),
+    "finetune --train a symbolic link into --out": Case(
+        ["finetune", "--from", "lm", "--train", "train.csv", "--out", "data", "--force"],
+        ["--out data: contains the --train file /", "/train.csv " + INPUT, "symbolic link, /", "/data/train.csv)"],
+        {**pretrain_run("lm"), "data/train.csv": real_reviews_csv(20)},
+        prepare=symlink("train.csv", "data/train.csv"),
+    ),
+    "finetune --out with .. to its --from run": Case(
+        ["finetune", "--from", "lm", "--train", "train.csv", "--out", "data/../lm", "--force"],
+        ["--out data/../lm: is the --from run lm " + INPUT],
+        {**pretrain_run("lm"), "train.csv": real_reviews_csv(20), "data/notes.txt": "keep me\n"},
+    ),
+    "finetune --train in the checkpoint folder of --out": Case(
+        ["finetune", "--from", "lm", "--train", ".clf.checkpoint/train.csv", "--out", "clf", "--force"],
+        ["--out clf: its checkpoint folder .clf.checkpoint contains the --train file /", "/.clf.checkpoint/train.csv"],
+        {**pretrain_run("lm"), **checkpoint_holding("clf", "train.csv", real_reviews_csv(20))},
+    ),
+    "export --out is the run": Case(
+        ["export", "clf", "--out", "clf", "--force"], ["--out clf: is the exported run clf " + INPUT],
+        finetune_run("clf"),
+    ),
+    "export --out holds the run": Case(
+        ["export", "runs/clf", "--out", "runs", "--force"], ["--out runs: contains the exported run runs/clf " + INPUT],
+        finetune_run("runs/clf"),
+    ),
+    "export --out a file of the run": Case(
+        ["export", "clf", "--out", "clf/classifier.weights.h5", "--force"],
+        ["--out clf/classifier.weights.h5: lies inside the exported run clf " + INPUT],
+        finetune_run("clf"),
+    ),
+    "export --out a symbolic link to the run": Case(
+        ["export", "clf", "--out", "link", "--force"],
+        ["--out link: is the exported run clf " + INPUT, "through a symbolic link, link is /"],
+        finetune_run("clf"),
+        prepare=symlink("link", "clf"),
+    ),
+    "evaluate --plot inside the evaluated run": Case(
+        ["evaluate", "clf", "--data", "test.csv", "--plot", "clf/confusion.png"],
+        ["--plot clf/confusion.png: lies inside the evaluated model clf " + INPUT, "choose another --plot"],
+        {**finetune_run("clf"), "test.csv": real_reviews_csv(6)},
+    ),
+    "evaluate --plot is the --data file": Case(
+        ["evaluate", "clf", "--data", "test.png", "--plot", "test.png", "--force"],
+        ["--plot test.png: is the --data file test.png " + INPUT],
+        {**finetune_run("clf"), "test.png": real_reviews_csv(6)},
+    ),
+    "evaluate --plot through a symbolic link into the evaluated run": Case(
+        ["evaluate", "clf", "--data", "test.csv", "--plot", "link/confusion.png"],
+        ["--plot link/confusion.png: lies inside the evaluated model clf " + INPUT, "through a symbolic link"],
+        {**finetune_run("clf"), "test.csv": real_reviews_csv(6)},
+        prepare=symlink("link", "clf"),
+    ),
+    "evaluate --plot in the shipped data": Case(
+        ["evaluate", "clf", "--data", "test.csv", "--plot", SHIPPED / "confusion.png"],
+        [f"--plot {SHIPPED / 'confusion.png'}: lies inside the shipped data folder {SHIPPED} " + INPUT],
+        {**finetune_run("clf"), "test.csv": real_reviews_csv(6)},
+    ),
+    # Not overlaps: the command gets past the check and stops at the stand-in run.
+    "export to the run's own export/ (the default)": Case(
+        ["export", "clf", "--force"], ["clf: incomplete finetune run, missing recipe.toml"], finetune_run("clf")
+    ),
     # A real (untrained) pretrain run, written under a file-size limit: the first weights file fails.
     "disk full while writing the run": Case(
         [
@@ -432,18 +593,6 @@ def write_files(root, files):
             path.write_bytes(content)
         else:
             path.write_text(content, encoding="utf-8")
-
-
-def snapshot(root):
-    """Every file and directory under `root` (hidden ones too), with file contents and modes."""
-    state = {}
-    for path in sorted(root.rglob("*")):
-        mode = stat.S_IMODE(path.stat().st_mode)
-        content = None
-        if path.is_file() and mode & stat.S_IRUSR:
-            content = path.read_bytes()
-        state[str(path.relative_to(root))] = (mode, content)
-    return state
 
 
 def start_cases(pool, root, cases, run=None):

@@ -262,10 +262,10 @@ import keras
 from tftune.models import LanguageModel, build_encoder
 
 
-def train(strategy, cell, output, optimizer):
+def train(strategy, cell, output, optimizer, **regularization):
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        model = LanguageModel(build_encoder(vectors, cell, 2, U, 0.0), output=output, num_sampled=V)
+        model = LanguageModel(build_encoder(vectors, cell, 2, U, 0.0), output=output, num_sampled=V, **regularization)
         model.compile(optimizer=optimizer())
     losses = model.fit(lm_data, epochs=2, verbose=0).history["loss"]
     fast = all(model.encoder.get_layer(name).uses_fast_path for name in ("rnn_1", "rnn_2"))
@@ -279,11 +279,13 @@ cases = {
     "full_gru_clipped_adam": ("gru", "full", lambda: clipped_adam(0.01, global_clipnorm=0.05)),
     "tied_simple_rnn_adam": ("simple_rnn", "tied", lambda: keras.optimizers.Adam(0.01)),
     "sampled_gru_sgd": ("gru", "sampled", lambda: keras.optimizers.SGD(0.5)),
+    "tied_lstm_ar_tar_sgd": ("lstm", "tied", lambda: keras.optimizers.SGD(0.5), {"ar": 2.0, "tar": 1.0}),
 }
 result = {"replicas": mirrored.num_replicas_in_sync}
-for name, (cell, output, optimizer) in cases.items():
-    losses_1, weights_1, _ = train(single, cell, output, optimizer)
-    losses_2, weights_2, fast = train(mirrored, cell, output, optimizer)
+for name, (cell, output, optimizer, *extra) in cases.items():
+    regularization = extra[0] if extra else {}
+    losses_1, weights_1, _ = train(single, cell, output, optimizer, **regularization)
+    losses_2, weights_2, fast = train(mirrored, cell, output, optimizer, **regularization)
     result[name] = {
         "single": losses_1, "mirrored": losses_2, "weights": max_difference(weights_1, weights_2), "fast_path": fast,
     }
@@ -298,9 +300,11 @@ def mirrored_lm(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["full_lstm_sgd", "full_gru_clipped_adam", "tied_simple_rnn_adam"])
+@pytest.mark.parametrize(
+    "case", ["full_lstm_sgd", "full_gru_clipped_adam", "tied_simple_rnn_adam", "tied_lstm_ar_tar_sgd"]
+)
 def test_mirrored_language_model_matches_one_device(mirrored_lm, case):
-    """Full and tied softmax, each fast recurrent layer (custom gradient), a clipped Adam."""
+    """Full and tied softmax, each fast recurrent layer (custom gradient), a clipped Adam, AR/TAR."""
     assert mirrored_lm["replicas"] == 2
     result = mirrored_lm[case]
     assert result["fast_path"]

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 from gensim.models import KeyedVectors
 
-from tftune.embeddings import FORMATS, Coverage, align, convert_to_keyedvectors, inspect_vectors, load_vectors
+from tftune.embeddings import (
+    FORMATS,
+    Coverage,
+    align,
+    convert_to_keyedvectors,
+    inspect_vectors,
+    load_vectors,
+    vector_size,
+)
 from tftune.errors import EmbeddingsError
 from tftune.text import EOS, PAD, UNK, Vocabulary
 
@@ -304,6 +312,91 @@ def test_value_that_is_not_a_number(tmp_path, glove_lines):
     path = tmp_path / "nan.txt"
     path.write_text("".join(lines), encoding="utf-8")
     _assert_error(path, "glove", "line 4: 'n/a' is not a number")
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-Infinity"])
+def test_non_finite_value_in_text_names_line_and_word(tmp_path, glove_lines, bad):
+    lines = list(glove_lines)
+    word, first, rest = lines[6].split(" ", 2)
+    lines[6] = f"{word} {first} {bad} {rest.split(' ', 1)[1]}"
+    path = tmp_path / "poisoned.txt"
+    path.write_text("".join(lines), encoding="utf-8")
+    _assert_error(path, "glove", f"line 7 (word {word!r}) has a non-finite value")
+
+
+@pytest.mark.parametrize("fmt", ["word2vec", "word2vec-binary", "keyedvectors"])
+def test_non_finite_value_in_other_formats_names_the_row_and_word(tmp_path, kv, fmt):
+    poisoned = KeyedVectors(kv.vector_size, count=0, dtype=kv.vectors.dtype)
+    vectors = kv.vectors.copy()
+    vectors[9, 3] = np.nan
+    poisoned.add_vectors(kv.index_to_key, vectors)
+    path = tmp_path / f"poisoned.{fmt}"
+    if fmt == "keyedvectors":
+        poisoned.save(str(path), separately=["vectors"])
+    else:
+        poisoned.save_word2vec_format(str(path), binary=fmt == "word2vec-binary")
+    where = "line 11" if fmt == "word2vec" else "record 10"  # word2vec text: line 1 is the header
+    _assert_error(path, fmt, f"{where} (word {kv.index_to_key[9]!r}) has a non-finite value (nan)")
+
+
+def _npy_manifest(tmp_path, kv, words=None, matrix=None, extra=""):
+    """An npy manifest of `kv` (or of the given words and matrix) with its two files."""
+    words = kv.index_to_key if words is None else words
+    np.save(tmp_path / "matrix.npy", kv.vectors if matrix is None else matrix)
+    (tmp_path / "words.txt").write_text("".join(f"{word}\n" for word in words), encoding="utf-8")
+    path = tmp_path / "vectors.toml"
+    path.write_text(f'# vectors\nwords = "words.txt"\nmatrix = "matrix.npy"\n{extra}', encoding="utf-8")
+    return path
+
+
+def test_npy_manifest_loads_the_same_vectors_memory_mapped(tmp_path, kv):
+    loaded = load_vectors(_npy_manifest(tmp_path, kv), "npy")
+    assert loaded.index_to_key == kv.index_to_key
+    assert loaded["the"].tolist() == kv["the"].tolist()
+    assert isinstance(loaded.vectors, np.memmap)
+    assert vector_size(tmp_path / "vectors.toml", "npy") == kv.vector_size
+
+
+def test_npy_manifest_read_as_glove_names_the_format(tmp_path, kv):
+    _assert_error(_npy_manifest(tmp_path, kv), "glove", "use format 'npy'")
+
+
+@pytest.mark.parametrize(
+    "case, phrase",
+    [
+        ("fewer words", "has 49 words but the matrix has 50 rows"),
+        ("repeated word", "line 5: 'the' repeats line 1"),
+        ("missing package", "the Python package 'no_such_vectors_pkg' is not installed (pip install no-such-vectors)"),
+        ("not a matrix", "holds a int64 array of shape (50,)"),
+    ],
+)
+def test_npy_manifest_errors(tmp_path, kv, case, phrase):
+    words, matrix, extra = list(kv.index_to_key), kv.vectors, ""
+    if case == "fewer words":
+        words = words[:-1]
+    elif case == "repeated word":
+        words[4] = "the"
+    elif case == "not a matrix":
+        matrix = np.arange(50)
+    path = _npy_manifest(tmp_path, kv, words, matrix)
+    if case == "missing package":
+        path.write_text('words = "words.txt"\nmatrix = "no_such_vectors_pkg:m.npy"\nrequires = "no-such-vectors"\n')
+    _assert_error(path, "npy", phrase)
+
+
+def test_non_finite_value_in_npy_matrix(tmp_path, kv):
+    matrix = kv.vectors.copy()
+    matrix[2, 0] = np.inf
+    _assert_error(_npy_manifest(tmp_path, kv, matrix=matrix), "npy", f"record 3 (word {kv.index_to_key[2]!r}) has a non-finite value (inf)")
+
+
+def test_shipped_default_vectors_are_all_of_glove_6b_50d():
+    """The default manifest reads the 400,000 words, the first 20,000 equal to the shipped text file."""
+    full = load_vectors(REPO / "pretrained" / "glove.6B.50d.toml", "npy")
+    assert (len(full), full.vector_size) == (400_000, 50)
+    top = load_vectors(REPO / "pretrained" / "glove.6B.50d.top20k.txt", "glove")
+    assert full.index_to_key[:20_000] == top.index_to_key
+    np.testing.assert_array_equal(full.vectors[:20_000], top.vectors)
 
 
 def test_non_utf8_text(tmp_path, glove_lines):

@@ -13,7 +13,6 @@ from conftest import tiny_overrides
 
 from tftune.data import read_labeled
 from tftune.export import Predictor, find_export
-from tftune.train import load_pretrain_run, restore_encoder
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +36,7 @@ def in_process_probabilities(run, texts):
     """Probabilities of the trained classifier, computed by the Keras model in this process."""
     import keras
 
-    from tftune.models import build_classifier
+    from tftune.models import build_classifier, build_encoder
     from tftune.recipe import Recipe
     from tftune.text import Tokenizer, Vocabulary
 
@@ -45,8 +44,11 @@ def in_process_probabilities(run, texts):
     info = json.loads((run / "run.json").read_text())
     vocab = Vocabulary.load(run / "vocab.txt")
     labels = json.loads((run / "labels.json").read_text())
-    pretrained = load_pretrain_run(info["pretrain_run"])
-    encoder = restore_encoder(pretrained, dropout=0.0)
+    # The finetune run's vocabulary: the pretrain run's, grown by the task's words (open vocabulary).
+    shape = recipe["encoder"]
+    encoder = build_encoder(
+        np.zeros((len(vocab), info["embedding_dim"]), "float32"), shape["cell"], shape["layers"], shape["units"]
+    )
     settings = recipe["finetune"]
     classifier = build_classifier(
         encoder, len(labels), settings["head"], settings["head_units"], pool_embeddings=settings["pool_embeddings"]

@@ -17,10 +17,10 @@ BATCH, TIME, DIM, UNITS = 4, 7, 3, 5
 MASK = np.arange(TIME)[None, :] < np.array([TIME, 4, 1, 0])[:, None]
 
 
-def twin_layers(cell, **options):
-    """A fast layer and a Keras layer with the same, non-trivial weights."""
+def twin_layers(cell, weight_dropout=0.0, **options):
+    """A fast layer (with `weight_dropout`) and a Keras layer with the same, non-trivial weights."""
     fast_class, keras_class = PAIRS[cell]
-    fast, plain = fast_class(UNITS, **options), keras_class(UNITS, **options)
+    fast, plain = fast_class(UNITS, weight_dropout=weight_dropout, **options), keras_class(UNITS, **options)
     fast.build((BATCH, TIME, DIM))
     plain.build((BATCH, TIME, DIM))
     rng = np.random.default_rng(1)
@@ -36,7 +36,7 @@ def fixed_weights(tensor):
     return tf.sin(tf.reshape(tf.range(tf.size(tensor), dtype="float32"), tf.shape(tensor)))
 
 
-def values_and_gradients(layer, inputs, mask, initial_state=None):
+def values_and_gradients(layer, inputs, mask, initial_state=None, training=False):
     """Outputs, and gradients of a fixed projection of all outputs w.r.t. inputs, weights and states."""
 
     @tf.function
@@ -44,7 +44,7 @@ def values_and_gradients(layer, inputs, mask, initial_state=None):
         with tf.GradientTape() as tape:
             tape.watch(inputs)
             tape.watch(initial_state or [])
-            outputs = layer(inputs, mask=mask, initial_state=initial_state)
+            outputs = layer(inputs, mask=mask, initial_state=initial_state, training=training)
             outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
             loss = sum(tf.reduce_sum(tf.cast(o, "float32") * fixed_weights(o)) for o in outputs)
         sources = [inputs] + layer.trainable_variables + list(initial_state or [])
@@ -164,3 +164,92 @@ def test_config_round_trip(cell, tmp_path):
     assert type(loaded.get_layer("rnn_2")) is fast_class
     x = np.ones((1, 2, DIM), "float32")
     np.testing.assert_allclose(loaded(x), model(x), atol=1e-6)
+
+
+# === Weight drop (AWD-LSTM's DropConnect on the recurrent kernel) ===
+
+
+def dropped_twins(cell, **options):
+    """A layer with weight drop, a plain Keras twin and the dropped recurrent kernel of the layer's first call.
+
+    The kernel comes from a third layer with the same seed and weights: its first draw is the layer's.
+    """
+    layer, plain = twin_layers(cell, weight_dropout=0.5, seed=7, **options)
+    witness = twin_layers(cell, weight_dropout=0.5, seed=7, **options)[0]
+    return layer, plain, np.asarray(witness.recurrent_kernel_for_call(training=True))
+
+
+@pytest.mark.parametrize("cell", sorted(PAIRS))
+def test_weight_drop_uses_one_mask_for_the_batch_on_the_fast_path(cell, inputs):
+    layer, plain, dropped = dropped_twins(cell, return_sequences=True)
+    assert layer.uses_fast_path and uses_custom_gradient(layer, inputs)
+    kernel = plain.cell.recurrent_kernel.numpy()
+    # DropConnect: every weight is dropped or kept and scaled by 1 / (1 - 0.5), about half each.
+    assert np.allclose(dropped[dropped != 0], 2 * kernel[dropped != 0]) and 0.3 < np.mean(dropped == 0) < 0.7
+
+    mask = tf.constant(MASK)
+    outputs, gradients = values_and_gradients(layer, inputs, mask, training=True)
+    # The same dropped kernel at every step of every sequence: plain Keras with that kernel.
+    plain.cell.recurrent_kernel.assign(dropped)
+    expected_outputs, expected_gradients = values_and_gradients(plain, inputs, mask)
+    assert_all_close(outputs, expected_outputs, 1e-5)
+    # The kernel's gradient flows back through the mask (the custom gradient sees the dropped kernel).
+    recurrent = [v.path for v in plain.trainable_variables].index(plain.cell.recurrent_kernel.path) + 1
+    expected_gradients[recurrent] = expected_gradients[recurrent] * 2 * (dropped != 0)
+    assert_all_close(gradients, expected_gradients, 1e-5)
+
+
+@pytest.mark.parametrize("cell", sorted(PAIRS))
+def test_weight_drop_draws_a_new_mask_each_call_and_is_off_in_inference(cell, inputs):
+    layer, _ = twin_layers(cell, weight_dropout=0.5)
+    without, _ = twin_layers(cell)
+    first, second = layer(inputs, training=True), layer(inputs, training=True)
+    assert not np.allclose(first, second)
+    np.testing.assert_array_equal(layer(inputs, training=False), without(inputs, training=False))
+
+
+@pytest.mark.parametrize("cell", sorted(PAIRS))
+def test_weight_drop_reaches_the_keras_implementation(cell, inputs):
+    """Off the fast path (here `go_backwards`; on a GPU, cuDNN), Keras' loop gets the dropped kernel.
+
+    Guards the private Keras API that `_FastRecurrentCall.inner_loop` overrides.
+    """
+    layer, plain, dropped = dropped_twins(cell, return_sequences=True, go_backwards=True)
+    assert not layer.uses_fast_path
+    training = np.asarray(layer(inputs, training=True))
+    assert not np.allclose(training, layer(inputs, training=False))
+    plain.cell.recurrent_kernel.assign(dropped)
+    np.testing.assert_allclose(training, plain(inputs), atol=1e-6)
+
+
+def test_keras_still_runs_cudnn_through_the_overridden_hook():
+    """The hook and what cuDNN is handed: if Keras changes either, weight drop would miss cuDNN."""
+    import inspect
+
+    for keras_class, backend_call in ((keras.layers.LSTM, "backend.lstm("), (keras.layers.GRU, "backend.gru(")):
+        assert list(inspect.signature(keras_class.inner_loop).parameters) == [
+            "self", "sequences", "initial_state", "mask", "training"
+        ]
+        source = inspect.getsource(keras_class.inner_loop)
+        assert backend_call in source and "recurrent_kernel=self.cell.recurrent_kernel" in source
+
+
+@pytest.mark.skipif(not tf.config.list_logical_devices("GPU"), reason="cuDNN needs a GPU")
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_weight_drop_reaches_cudnn(cell, inputs):
+    layer, plain, dropped = dropped_twins(cell, return_sequences=True, use_cudnn=True)
+    training = np.asarray(layer(inputs, training=True))
+    plain.cell.recurrent_kernel.assign(dropped)
+    np.testing.assert_allclose(training, plain(inputs), atol=1e-5)
+
+
+def test_weight_drop_config_and_limits():
+    layer = FastLSTM(UNITS, weight_dropout=0.3, name="rnn_1")
+    assert layer.get_config()["weight_dropout"] == 0.3
+    copy = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert type(copy) is FastLSTM and copy.weight_dropout == 0.3
+    assert "weight_dropout" not in FastLSTM(UNITS).get_config()  # Keras' own config without it
+    with pytest.raises(ValueError, match="weight_dropout"):
+        FastGRU(UNITS, weight_dropout=1.0)
+    with pytest.raises(ValueError, match="weight_dropout"):
+        FastLSTM(UNITS, weight_dropout=0.5, recurrent_dropout=0.1)

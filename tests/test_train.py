@@ -226,8 +226,10 @@ def test_finetune_with_class_weights_and_early_stopping(tiny_runs, tmp_path):
 def test_pretrain_from_a_run_continues_its_encoder_on_new_text(tiny_runs, tmp_path):
     base = tiny_runs["pretrain"]
     task_text = [str(tiny_runs["data"]["train"])]
-    # Zero epochs: the continued run holds exactly the base run's weights and vocabulary.
-    untouched = tiny_runs["recipe"].with_overrides([f"pretrain.corpus={json.dumps(task_text)}", "pretrain.epochs=0"])
+    # Zero epochs: the continued run holds exactly the base run's weights and (closed) vocabulary.
+    untouched = tiny_runs["recipe"].with_overrides(
+        [f"pretrain.corpus={json.dumps(task_text)}", "pretrain.epochs=0", "vocab.open=false"]
+    )
     before = pretrain(untouched, tmp_path / "zero", from_run=base)
     assert (tmp_path / "zero" / "vocab.txt").read_text() == (base / "vocab.txt").read_text()
     info = json.loads((tmp_path / "zero" / "run.json").read_text())

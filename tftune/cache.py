@@ -42,9 +42,10 @@ import nltk
 import numpy as np
 import regex
 
-from tftune import data, text
+from tftune import data, open_vocab, text
 from tftune.data import read_corpus
 from tftune.errors import DataError
+from tftune.open_vocab import grow_vocabulary
 from tftune.text import EOS_ID, Vocabulary
 
 # Bump when the arrays stored in a cache file change.
@@ -80,7 +81,7 @@ def cache_dir():
 @functools.cache
 def _code_fingerprint():
     """The code behind an encoded corpus: these modules' source and the tokenizer's libraries."""
-    sources = (data.__file__, text.__file__, __file__)
+    sources = (data.__file__, text.__file__, open_vocab.__file__, __file__)
     return {
         "sources": [hashlib.sha256(Path(source).read_bytes()).hexdigest() for source in sources],
         "nltk": nltk.__version__,
@@ -94,12 +95,12 @@ def _file_sha256(path):
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def corpus_key(paths, tokenizer, valid_fraction, *, max_size=None, min_freq=1, vocab=None, text_column="text",
-               encoding="utf-8"):
+def corpus_key(paths, tokenizer, valid_fraction, *, valid_paths=(), max_size=None, min_freq=1, vocab=None,
+               open_words=None, text_column="text", encoding="utf-8"):
     """Returns the cache key of an encoded corpus, a sha256 hex digest.
 
     Args:
-        paths, tokenizer, valid_fraction, max_size, min_freq, vocab, text_column, encoding:
+        paths, tokenizer, valid_fraction, valid_paths, max_size, min_freq, vocab, open_words, text_column, encoding:
             As for `PendingCorpus`.
 
     Raises:
@@ -110,8 +111,10 @@ def corpus_key(paths, tokenizer, valid_fraction, *, max_size=None, min_freq=1, v
         "code": _code_fingerprint(),
         # read_corpus parses a file by its suffix; its name and place do not matter.
         "files": [[Path(path).suffix.lower(), _file_sha256(path)] for path in paths],
+        "valid_files": [[Path(path).suffix.lower(), _file_sha256(path)] for path in valid_paths],
         "tokenizer": tokenizer.get_config(),
         "vocab": {"max_size": max_size, "min_freq": min_freq} if vocab is None else vocab.fingerprint(),
+        "open_words": None if open_words is None else open_words.fingerprint,
         "valid_fraction": valid_fraction,
         "text_column": text_column,
         "encoding": encoding,
@@ -124,7 +127,8 @@ class EncodedCorpus:
     """A pretraining corpus as token ids.
 
     Args:
-        vocab: The vocabulary of the ids: built from the training split, or the one given.
+        vocab: The vocabulary of the ids: built from the training split, or the one given (grown with
+            `open_words`).
         counts: `Counter` of the tokens of the training split, tokens outside `vocab` included.
         train_ids: int32 ids of the training documents, each followed by `<eos>`, as one stream.
         valid_ids: The same for the validation documents (the last ones of the corpus).
@@ -177,25 +181,31 @@ class PendingCorpus:
         paths: Corpus files, as for `tftune.data.read_corpus`.
         tokenizer: The `Tokenizer`.
         valid_fraction: Share of the documents held out for validation, from the end.
+        valid_paths: Files of held-out text to validate on instead; then every document of
+            `paths` trains.
         max_size: Largest vocabulary to build from the training split; None with `vocab`.
         min_freq: Smallest count of a word in the built vocabulary.
         vocab: A `Vocabulary` to encode with instead of building one.
+        open_words: With `vocab`, the `OpenWords` (words that have a vector) whose words in the
+            training split join the vocabulary (`tftune.open_vocab`); None keeps `vocab` closed.
         text_column: Text column of `.csv`/`.tsv`/`.jsonl` corpus files.
         encoding: Text encoding of the corpus files.
         log: Called with one-line messages about the cache (whether the ids came from it, or
             why it could not be used); None for silence.
     """
 
-    def __init__(self, paths, tokenizer, valid_fraction, *, max_size=None, min_freq=1, vocab=None,
-                 text_column="text", encoding="utf-8", log=None):
+    def __init__(self, paths, tokenizer, valid_fraction, *, valid_paths=(), max_size=None, min_freq=1, vocab=None,
+                 open_words=None, text_column="text", encoding="utf-8", log=None):
         if (max_size is None) == (vocab is None):
             raise ValueError("give either max_size, to build the vocabulary, or vocab")
         self.paths = list(paths)
         self.tokenizer = tokenizer
         self.valid_fraction = valid_fraction
+        self.valid_paths = list(valid_paths)
         self.max_size = max_size
         self.min_freq = min_freq
         self.vocab = vocab
+        self.open_words = open_words
         self.text_column = text_column
         self.encoding = encoding
         self._log = log or (lambda message: None)
@@ -203,8 +213,9 @@ class PendingCorpus:
         self.file = None
         if self.directory is not None:
             try:
-                key = corpus_key(self.paths, tokenizer, valid_fraction, max_size=max_size, min_freq=min_freq,
-                                 vocab=vocab, text_column=text_column, encoding=encoding)
+                key = corpus_key(self.paths, tokenizer, valid_fraction, valid_paths=self.valid_paths,
+                                 max_size=max_size, min_freq=min_freq, vocab=vocab, open_words=open_words,
+                                 text_column=text_column, encoding=encoding)
             except OSError:
                 pass  # a file that cannot be read: read_corpus below says why, as it always did
             else:
@@ -216,6 +227,9 @@ class PendingCorpus:
 
     def _read(self):
         documents = read_corpus(self.paths, self.text_column, self.encoding)
+        if self.valid_paths:
+            held_out = read_corpus(self.valid_paths, self.text_column, self.encoding)
+            return (documents, held_out), len(documents) + len(held_out)
         return split_documents(documents, self.valid_fraction), len(documents)
 
     def encode(self):
@@ -235,12 +249,15 @@ class PendingCorpus:
     def _tokenize(self):
         (train_docs, valid_docs), n_documents = self._splits
         train_tokens = [self.tokenizer.tokenize(doc) for doc in train_docs]
+        counts = Counter(token for tokens in train_tokens for token in tokens)
         vocab = self.vocab
         if vocab is None:
             vocab = Vocabulary.build(train_tokens, self.max_size, self.min_freq)
+        elif self.open_words is not None:
+            vocab = grow_vocabulary(vocab, self.open_words.new_words(counts, vocab))
         return EncodedCorpus(
             vocab=vocab,
-            counts=Counter(token for tokens in train_tokens for token in tokens),
+            counts=counts,
             train_ids=_flat_ids(vocab, train_tokens),
             valid_ids=_flat_ids(vocab, map(self.tokenizer.tokenize, valid_docs)),
             n_documents=n_documents,
@@ -289,7 +306,8 @@ class PendingCorpus:
             raise ValueError(f"holds {', '.join(sorted(arrays.files))}")
         if _array(arrays, "key", "U", 0).item() != self.file.stem:
             raise ValueError("written for another key")
-        vocab = self.vocab if self.vocab is not None else Vocabulary(_tokens(arrays, "vocab"))
+        # A grown vocabulary is the stored one; the key guarantees that it extends the given one.
+        vocab = self.vocab if self.vocab is not None and self.open_words is None else Vocabulary(_tokens(arrays, "vocab"))
         count_tokens, counts = _tokens(arrays, "count_tokens"), _array(arrays, "counts", "i", 1)
         if len(counts) != len(count_tokens):
             raise ValueError("token counts do not match their tokens")

@@ -29,7 +29,7 @@ import numpy as np
 
 from tftune import distribute
 from tftune.errors import RunError, TftuneError
-from tftune.runs import replace_directory
+from tftune.runs import hidden_sibling, replace_directory
 
 STATE = "state.json"
 WEIGHTS = "model.weights.h5"
@@ -54,7 +54,7 @@ class RunCheckpoint:
     def __init__(self, out):
         out = Path(out)
         self.out = out
-        self.path = out.with_name(f".{out.name}.checkpoint")
+        self.path = hidden_sibling(out, "checkpoint")
 
     def exists(self):
         return (self.path / STATE).is_file()

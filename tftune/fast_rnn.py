@@ -20,6 +20,14 @@ The classes report Keras' class names (`FastLSTM.__name__ == "LSTM"`): Keras nam
 groups of a `.weights.h5` file after each layer's class name, so this keeps weight files
 interchangeable with the plain layers in both directions.
 
+The one argument the Keras layers lack, `weight_dropout`, is AWD-LSTM's weight drop (Merity et
+al., 2017): in training, each call multiplies the recurrent (hidden-to-hidden) kernel by one
+DropConnect mask, scaled by `1 / (1 - weight_dropout)`, so every sequence and every time step of
+the batch uses the same dropped kernel. The dropped kernel goes into the recurrence in place of
+the kernel, on the fast path and on Keras' (cuDNN included), and its gradient flows back through
+the mask; neither path changes otherwise. It is off in inference, and a layer without it has
+exactly Keras' config.
+
 Example:
 
 >>> import numpy as np
@@ -270,7 +278,47 @@ def _simple_rnn_recurrence(inputs, recurrent_kernel, h0, mask):
 
 
 class _FastRecurrentCall:
-    """The shared fast `call`; subclasses say when it applies and run their recurrence."""
+    """The shared fast `call` and weight drop; subclasses say when the fast path applies and run their recurrence."""
+
+    def __init__(self, *args, weight_dropout=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not 0 <= weight_dropout < 1:
+            raise ValueError(f"weight_dropout must be in [0, 1), got {weight_dropout}")
+        if weight_dropout and (self.cell.dropout or self.cell.recurrent_dropout):
+            # Keras' loop would draw their masks inside `inner_loop`'s StatelessScope, which drops seed updates.
+            raise ValueError("weight_dropout cannot be combined with dropout or recurrent_dropout")
+        self.weight_dropout = weight_dropout
+        if weight_dropout:
+            self.weight_dropout_seed_generator = keras.random.SeedGenerator(self.cell.seed)
+
+    def recurrent_kernel_for_call(self, training=False):
+        """The recurrent kernel of one call: in training with `weight_dropout`, one DropConnect mask for the batch."""
+        kernel = self.cell.recurrent_kernel
+        if not (training and self.weight_dropout):
+            return kernel
+        return keras.random.dropout(kernel, self.weight_dropout, seed=self.weight_dropout_seed_generator)
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        """Keras' implementation (cuDNN where it runs) with this call's weight-dropped recurrent kernel.
+
+        Private Keras API: `inner_loop` is the undocumented hook through which `keras.layers.RNN`
+        runs its recurrence. LSTM's and GRU's hand `self.cell.recurrent_kernel` to
+        `backend.lstm`/`backend.gru` (cuDNN), or else run the cell, which reads it step by step.
+        Both read the variable, and inside `keras.StatelessScope` a read returns the mapped value:
+        the dropped kernel reaches cuDNN as it is, and gradients flow through the mask to the
+        variable. `tests/test_fast_rnn.py` fails if Keras stops working this way.
+        """
+        kernel = self.recurrent_kernel_for_call(training)
+        if kernel is self.cell.recurrent_kernel:
+            return super().inner_loop(sequences, initial_state, mask, training=training)
+        with keras.StatelessScope([(self.cell.recurrent_kernel, kernel)]):
+            return super().inner_loop(sequences, initial_state, mask, training=training)
+
+    def get_config(self):
+        config = super().get_config()
+        if self.weight_dropout:  # Without it, Keras' own config: plain Keras loads the layer.
+            config["weight_dropout"] = self.weight_dropout
+        return config
 
     @property
     def uses_fast_path(self):
@@ -309,7 +357,8 @@ class _FastRecurrentCall:
             projected = projected + ops.cast(input_bias, dtype)
         step_mask = None if mask is None else tf.transpose(tf.cast(mask, "bool"))[:, :, None]
 
-        outputs, states = self._recurrence(projected, ops.cast(self.cell.recurrent_kernel, dtype), states, step_mask)
+        recurrent_kernel = ops.cast(self.recurrent_kernel_for_call(training), dtype)
+        outputs, states = self._recurrence(projected, recurrent_kernel, states, step_mask)
         if step_mask is not None and initial_state is not None:
             # Keras outputs zeros, not the initial state, before a sequence's first real step.
             started = tf.cumsum(tf.cast(step_mask, "int32"), axis=0) > 0
@@ -325,7 +374,7 @@ class _FastRecurrentCall:
 class FastLSTM(_FastRecurrentCall, layers.LSTM):
     """`keras.layers.LSTM` with a faster CPU implementation (see the module docstring).
 
-    Takes the same arguments as `keras.layers.LSTM`.
+    Takes the same arguments as `keras.layers.LSTM`, plus `weight_dropout` (see the module docstring).
 
     Example:
 
@@ -358,8 +407,8 @@ class FastLSTM(_FastRecurrentCall, layers.LSTM):
 class FastGRU(_FastRecurrentCall, layers.GRU):
     """`keras.layers.GRU` with a faster CPU implementation (see the module docstring).
 
-    Takes the same arguments as `keras.layers.GRU`; the fast path needs `reset_after=True`
-    (the default).
+    Takes the same arguments as `keras.layers.GRU`, plus `weight_dropout`; the fast path needs
+    `reset_after=True` (the default).
 
     Example:
 
@@ -396,7 +445,7 @@ class FastGRU(_FastRecurrentCall, layers.GRU):
 class FastSimpleRNN(_FastRecurrentCall, layers.SimpleRNN):
     """`keras.layers.SimpleRNN` with a faster CPU implementation (see the module docstring).
 
-    Takes the same arguments as `keras.layers.SimpleRNN`; the fast path needs
+    Takes the same arguments as `keras.layers.SimpleRNN`, plus `weight_dropout`; the fast path needs
     `activation="tanh"` (the default). SimpleRNN has no cuDNN kernel, so the fast path is
     also taken on a GPU.
 

@@ -24,6 +24,7 @@ from keras import layers, ops
 
 from tftune.distribute import scale_loss_for_replicas
 from tftune.fast_rnn import FastGRU, FastLSTM, FastSimpleRNN
+from tftune.regularization import LockedDropout, WordDropout, activation_regularization
 
 CELLS = {"simple_rnn": FastSimpleRNN, "lstm": FastLSTM, "gru": FastGRU}
 
@@ -33,7 +34,7 @@ def recurrent_layer_names(n_layers):
     return [f"rnn_{i}" for i in range(1, n_layers + 1)]
 
 
-def make_recurrent_layer(cell, units, name, use_cudnn="auto"):
+def make_recurrent_layer(cell, units, name, use_cudnn="auto", weight_dropout=0.0):
     """One recurrent layer with the settings that keep cuDNN usable on a GPU.
 
     Keras' defaults already match cuDNN's conditions (tanh / sigmoid, `recurrent_dropout=0`,
@@ -41,10 +42,11 @@ def make_recurrent_layer(cell, units, name, use_cudnn="auto"):
     right-padded by construction of the input pipeline. `use_cudnn=False` forces the portable
     kernel, as used for export. The layers are `tftune.fast_rnn`'s subclasses of the Keras
     layers: the same weights and files, with a faster kernel wherever cuDNN is not used.
+    `weight_dropout` (DropConnect on the recurrent kernel) keeps both kernels.
     """
     if cell not in CELLS:
         raise ValueError(f"unknown cell {cell!r}; expected one of {sorted(CELLS)}")
-    options = {"units": units, "return_sequences": True, "name": name}
+    options = {"units": units, "return_sequences": True, "name": name, "weight_dropout": weight_dropout}
     if cell == "gru":
         options["reset_after"] = True
     if cell != "simple_rnn":
@@ -82,8 +84,22 @@ def cudnn_report(encoder):
     return lines
 
 
-def build_encoder(vectors, cell, layers, units, dropout=0.0, use_cudnn="auto"):
+def build_encoder(
+    vectors,
+    cell,
+    layers,
+    units,
+    dropout=0.0,
+    use_cudnn="auto",
+    weight_dropout=0.0,
+    embedding_dropout=0.0,
+    input_dropout=0.0,
+    hidden_dropout=0.0,
+):
     """The shared encoder: frozen embedding, then `layers` recurrent layers.
+
+    The AWD-LSTM rates (`weight_dropout` ... `hidden_dropout`) act in training only and add no
+    weights: the layers' names and weight files are the same whatever the rates.
 
     Args:
         vectors: float array `[vocab_size, dim]`, the aligned pretrained vectors. Row 0 is the
@@ -93,6 +109,11 @@ def build_encoder(vectors, cell, layers, units, dropout=0.0, use_cudnn="auto"):
         units: units per recurrent layer.
         dropout: dropout rate after the embedding and after each recurrent layer.
         use_cudnn: passed to LSTM/GRU (`"auto"` for training, `False` for export).
+        weight_dropout: DropConnect rate on every layer's recurrent kernel, one mask per batch.
+        embedding_dropout: share of the vocabulary whose vectors are zeroed for a batch
+            (`WordDropout`).
+        input_dropout: locked dropout rate on the first recurrent layer's input (`LockedDropout`).
+        hidden_dropout: locked dropout rate between recurrent layers.
 
     Returns:
         A `keras.Model` named `encoder` mapping int ids `[batch, time]` to hidden states
@@ -105,10 +126,15 @@ def build_encoder(vectors, cell, layers, units, dropout=0.0, use_cudnn="auto"):
     )
     x = embedding(ids)
     embedding.set_weights([vectors])
+    x = WordDropout(vocab_size, embedding_dropout, name="word_dropout")(x, ids)
     x = keras.layers.Dropout(dropout, name="embedding_dropout")(x)
-    for name in recurrent_layer_names(layers):
-        x = make_recurrent_layer(cell, units, name, use_cudnn)(x)
+    x = LockedDropout(input_dropout, name="input_dropout")(x)
+    names = recurrent_layer_names(layers)
+    for name in names:
+        x = make_recurrent_layer(cell, units, name, use_cudnn, weight_dropout)(x)
         x = keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
+        if name != names[-1]:
+            x = LockedDropout(hidden_dropout, name=f"{name}_hidden_dropout")(x)
     return keras.Model(ids, x, name="encoder")
 
 
@@ -172,6 +198,11 @@ class LanguageModel(keras.Model):
     Logits and losses are float32 under mixed precision too. The sampled loss ignores the
     padding mask: LM batches (`lm_dataset`) are never padded.
 
+    AWD-LSTM's output dropout and activation penalties act in training only: the top layer's
+    outputs go through `LockedDropout(output_dropout)` before the head, and the training step
+    adds AR and TAR (`tftune.regularization.activation_regularization`) to the loss it
+    differentiates. The `loss` it reports stays the cross-entropy alone, like every evaluation.
+
     Args:
         encoder: the model from `build_encoder`; its weights are shared, not copied.
         output: `"full"`, `"sampled"` or `"tied"`.
@@ -181,6 +212,9 @@ class LanguageModel(keras.Model):
             unigram model instead of a uniform one. Needed with `"sampled"`: rare words are
             seldom sampled, so without it their logits stay high for long and the full-softmax
             perplexity lags far behind.
+        output_dropout: locked dropout rate on the encoder's outputs, before the head.
+        ar: weight of activation regularization (AR) in the training loss; 0 = none.
+        tar: weight of temporal activation regularization (TAR) in the training loss; 0 = none.
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -197,7 +231,17 @@ class LanguageModel(keras.Model):
     TensorShape([4, 10, 100])
     """
 
-    def __init__(self, encoder, output="full", num_sampled=1024, unigram_counts=None, **kwargs):
+    def __init__(
+        self,
+        encoder,
+        output="full",
+        num_sampled=1024,
+        unigram_counts=None,
+        output_dropout=0.0,
+        ar=0.0,
+        tar=0.0,
+        **kwargs,
+    ):
         kwargs.setdefault("name", "language_model")
         super().__init__(**kwargs)
         if output not in OUTPUTS:
@@ -205,6 +249,8 @@ class LanguageModel(keras.Model):
         embedding = encoder.get_layer("embedding")
         self.encoder = encoder
         self.output_kind = output
+        self.output_dropout = LockedDropout(output_dropout, name="lm_output_dropout")
+        self.ar, self.tar = ar, tar
         self.vocab_size = embedding.input_dim
         self.num_sampled = min(num_sampled, self.vocab_size)
         units = encoder.output.shape[-1]
@@ -222,18 +268,24 @@ class LanguageModel(keras.Model):
             self.lm_head.bias.assign(np.log(counts / counts.sum()).astype("float32"))
         self._cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
+    def _forward(self, ids, training):
+        """The top layer's outputs, the same after output dropout, and the float32 vectors the head scores."""
+        states = self.encoder(ids, training=training)
+        dropped = self.output_dropout(states, training=training)
+        hidden = dropped if self.lm_projection is None else self.lm_projection(dropped)
+        return states, dropped, ops.cast(hidden, "float32")
+
     def hidden_states(self, ids, training=False):
         """The float32 vectors `[batch, time, d]` that the head scores against the output matrix."""
-        hidden = self.encoder(ids, training=training)
-        if self.lm_projection is not None:
-            hidden = self.lm_projection(hidden)
-        return ops.cast(hidden, "float32")
+        return self._forward(ids, training)[-1]
 
-    def call(self, ids, training=False):
-        hidden = self.hidden_states(ids, training=training)
+    def _logits(self, hidden):
         if self.output_kind == "tied":
             return self.lm_head(hidden, self.encoder.get_layer("embedding").embeddings)
         return self.lm_head(hidden)
+
+    def call(self, ids, training=False):
+        return self._logits(self.hidden_states(ids, training=training))
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Full-softmax cross-entropy per token, in float32 (Keras' default `train_step`/`test_step` use it)."""
@@ -255,27 +307,34 @@ class LanguageModel(keras.Model):
         return ops.mean(losses)
 
     def train_step(self, data):
-        if self.output_kind != "sampled":
-            return super().train_step(data)
-        # Mirrors keras/src/backend/tensorflow/trainer.py, with the sampled loss in place of
-        # the full logits: loss scaling for mixed_float16 and the batch-weighted loss metric.
-        # The loss is this replica's mean: divided by the replicas, their summed gradients are
-        # the global batch's (as Keras' own losses do), so a strategy takes the one-device step.
+        # Mirrors keras/src/backend/tensorflow/trainer.py, with the sampled loss where it applies
+        # and AR/TAR added to what is differentiated, not to the reported loss: loss scaling for
+        # mixed_float16 and the batch-weighted loss metric. The loss is this replica's mean:
+        # divided by the replicas, their summed gradients are the global batch's (as Keras' own
+        # losses do), so a strategy takes the one-device step.
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if sample_weight is not None:
-            raise ValueError("sampled-softmax training takes no sample weights")
+            raise ValueError("language-model training takes no sample weights")
         with tf.GradientTape() as tape:
-            loss = self.sampled_loss(self.hidden_states(x, training=True), y)
-            scaled_loss = self.optimizer.scale_loss(scale_loss_for_replicas(loss))
+            states, dropped, hidden = self._forward(x, training=True)
+            if self.output_kind == "sampled":
+                logits, loss = None, self.sampled_loss(hidden, y)
+            else:
+                logits = self._logits(hidden)
+                loss = ops.mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+            objective = loss + activation_regularization(states, dropped, self.ar, self.tar)
+            scaled_loss = self.optimizer.scale_loss(scale_loss_for_replicas(objective))
         for metric in self.metrics:
             if metric.name == "loss":
                 metric.update_state(loss, sample_weight=tf.shape(x)[0])
         gradients = tape.gradient(scaled_loss, self.trainable_weights)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
-        return self.get_metrics_result()
+        if logits is None:
+            return self.get_metrics_result()
+        return self.compute_metrics(x, y, logits)
 
 
-def build_language_model(encoder, output="full", num_sampled=1024, unigram_counts=None):
+def build_language_model(encoder, output="full", num_sampled=1024, unigram_counts=None, **regularization):
     """Encoder + next-token head; see `LanguageModel` for the output kinds.
 
     Args:
@@ -284,11 +343,14 @@ def build_language_model(encoder, output="full", num_sampled=1024, unigram_count
         num_sampled: candidates per training step for `"sampled"`.
         unigram_counts: optional count of every id in the training corpus, to start the
             output bias at the log unigram probabilities.
+        **regularization: `output_dropout`, `ar` and `tar` (see `LanguageModel`).
 
     Returns:
         A `LanguageModel` whose call returns float32 logits `[batch, time, vocab]`.
     """
-    model = LanguageModel(encoder, output=output, num_sampled=num_sampled, unigram_counts=unigram_counts)
+    model = LanguageModel(
+        encoder, output=output, num_sampled=num_sampled, unigram_counts=unigram_counts, **regularization
+    )
     model(np.zeros((1, 2), dtype="int32"))  # builds it, so weights can be saved or loaded before training
     return model
 
@@ -392,6 +454,7 @@ def build_classifier(
     pool_embeddings=True,
     direction="forward",
     name="classifier",
+    output_dropout=0.0,
 ):
     """Encoder + pooling + a small layer-normalised MLP; returns float32 logits `[batch, n_classes]`.
 
@@ -405,12 +468,13 @@ def build_classifier(
         direction: `"backward"` for an encoder pretrained right to left: the classifier
             still takes ids in reading order and reverses them itself (`ReverseTokens`).
         name: the model's name (members of an ensemble need different ones).
+        output_dropout: locked dropout rate on the encoder's outputs, before pooling (training only).
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {direction!r}; expected one of {DIRECTIONS}")
     ids = keras.Input(shape=(None,), dtype="int32", name="ids")
     tokens = ReverseTokens(name="reverse_tokens")(ids) if direction == "backward" else ids
-    hidden = encoder(tokens)
+    hidden = LockedDropout(output_dropout, name="classifier_output_dropout")(encoder(tokens))
     if pool_embeddings:
         # The embedding layer is shared with the encoder: same frozen weights, same mask.
         vectors = encoder.get_layer("embedding")(tokens)

@@ -9,18 +9,59 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 import math
 import os
 import tomllib
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tftune.errors import RecipeError
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+
+def _shipped_dir(name: str) -> Path:
+    """Returns a folder of shipped data: the installed package's copy, else the source checkout's.
+
+    The top-level `recipes/` and `pretrained/` of the repository are the only copies in git; a
+    wheel or sdist install maps them into the package as `tftune/recipes` and `tftune/pretrained`
+    (see setup.cfg). An editable install, or a checkout on `PYTHONPATH`, has no such folders in
+    `tftune/` and reads the checkout's own, so edits show up at once. Either way the two folders
+    sit side by side, and the recipes' `../pretrained/...` paths hold.
+
+    Args:
+        name: "recipes" or "pretrained".
+
+    Returns:
+        The folder's path, resolved.
+
+    Example:
+
+    ```python
+    _shipped_dir("recipes")  # .../site-packages/tftune/recipes, or <checkout>/recipes
+    ```
+    """
+    packaged = importlib.resources.files("tftune") / name
+    if packaged.is_dir():
+        # pip unpacks wheels onto disk (never a zip), so the Traversable is a plain Path.
+        return Path(packaged).resolve()
+    return Path(__file__).resolve().parents[1] / name
+
+
+RECIPES_DIR = _shipped_dir("recipes")
+PRETRAINED_DIR = _shipped_dir("pretrained")
 DEFAULT_RECIPE = "lstm-glove"
+
+
+def shipped_dirs() -> tuple[Path, ...]:
+    """The folders of shipped data (recipes, vectors, corpora, pretrained models), resolved.
+
+    These are the folders in use: inside the installed package, or the checkout's for an
+    editable install. Every command reads from them, so none may write there (see
+    `tftune.runs.check_output_paths`).
+    """
+    return tuple(path.resolve() for path in (RECIPES_DIR, PRETRAINED_DIR))
 
 
 class _Sentinel:
@@ -154,8 +195,8 @@ TOP_LEVEL: dict[str, Field] = {
 SCHEMA: dict[str, dict[str, Field]] = {
     "embeddings": {
         "path": Field("path", "Word vectors file; the vectors stay frozen during training."),
-        "format": _choice("How the vectors file is stored (keyedvectors = gensim KeyedVectors.save).",
-                          ("glove", "word2vec", "word2vec-binary", "keyedvectors")),
+        "format": _choice("How the vectors file is stored (keyedvectors = gensim KeyedVectors.save; npy = a manifest naming a words file and a .npy matrix).",
+                          ("glove", "word2vec", "word2vec-binary", "keyedvectors", "npy")),
         "lowercase": Field("bool", "Lowercase text before tokenizing (GloVe vectors are lowercase, GoogleNews word2vec ones cased).",
                            True),
         "oov": _choice("Vector of vocabulary words missing from the file: random (normal, per-dimension "
@@ -165,15 +206,32 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "vocab": {
         "max_size": Field("int", "Most words kept in the vocabulary, most frequent first.", 20000, low=10),
         "min_freq": Field("int", "Fewest occurrences in the pretraining corpus for a word to be kept.", 2, low=1),
+        "open": Field("bool", "Open vocabulary: words of new text (finetune's training data, pretrain --from's corpus) "
+                              "that have a vector but no row join the vocabulary with their frozen vectors.", True),
     },
     "encoder": {
         "cell": _choice("Recurrent cell of every layer.", ("simple_rnn", "lstm", "gru")),
         "layers": Field("int", "Number of stacked recurrent layers.", 2, low=1, high=8),
         "units": Field("int", "Units (state size) of each recurrent layer.", 256, low=1),
         "dropout": Field("float", "Dropout rate between layers (0 = none).", 0.2, low=0, high=1, high_open=True),
+        "weight_dropout": Field("float", "AWD-LSTM weight drop: DropConnect rate on every recurrent layer's "
+                                "hidden-to-hidden weights, one mask per batch (keeps the fast CPU kernels and "
+                                "cuDNN); 0 = none.", 0.0, low=0, high=1, high_open=True),
+        "embedding_dropout": Field("float", "Word dropout: share of the vocabulary whose vectors are zeroed for a "
+                                   "whole batch (the vectors stay frozen); 0 = none.", 0.0,
+                                   low=0, high=1, high_open=True),
+        "input_dropout": Field("float", "Locked (variational) dropout on the word vectors entering the recurrent "
+                               "stack: one mask per sequence, the same at every step; 0 = none.", 0.0,
+                               low=0, high=1, high_open=True),
+        "hidden_dropout": Field("float", "Locked dropout between recurrent layers; 0 = none.", 0.0,
+                                low=0, high=1, high_open=True),
+        "output_dropout": Field("float", "Locked dropout on the top layer's outputs, before the language-model "
+                                "head or the classifier's pooling; 0 = none.", 0.0, low=0, high=1, high_open=True),
     },
     "pretrain": {
         "corpus": Field("path_list", "Plain-text files for language-model pretraining, one document a line."),
+        "valid": Field("optional_path", 'Held-out text to measure perplexity on (same formats as corpus); "" = hold '
+                                        "out the last valid_fraction of the corpus documents.", ""),
         "valid_fraction": Field("float", "Share of corpus lines held out to measure perplexity.", 0.05,
                                 low=0, high=0.5, low_open=True, high_open=True),
         "seq_len": Field("int", "Tokens per training sequence (backpropagation through time).", 70, low=2),
@@ -186,6 +244,12 @@ SCHEMA: dict[str, dict[str, Field]] = {
                           "word vectors.", ("full", "sampled", "tied"), "sampled"),
         "num_sampled": Field("int", 'Words sampled per training step when output = "sampled" (log-uniform over '
                              "the frequency-sorted vocabulary).", 1024, low=1),
+        "ar": Field("float", "Activation regularization (AWD-LSTM's alpha): adds ar * the mean squared top-layer "
+                    "output (after output_dropout) to the training loss, not to the reported loss; 0 = none.",
+                    0.0, low=0),
+        "tar": Field("float", "Temporal activation regularization (AWD-LSTM's beta): adds tar * the mean squared "
+                     "change of the top-layer output from one step to the next (before output_dropout) to the "
+                     "training loss, not to the reported loss; 0 = none.", 0.0, low=0),
         "encoding": Field("str", "Text encoding of the corpus files (a Python codec name).", "utf-8"),
         "checkpoint_every": Field("int", "Also write the resumable checkpoint every this many steps (it is always "
                                   "written after every epoch); 0 = epochs only.", 0, low=0),
@@ -211,6 +275,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
                                  "layer 0), so the head sees lexical features from the first step.", True),
         "head_units": Field("int", "Units of the hidden dense layer of the classifier head.", 50, low=1),
         "head_dropout": Field("float", "Dropout rate in the classifier head.", 0.3, low=0, high=1, high_open=True),
+        "dropout_scale": Field("float", "Multiplies each of the pretrain run's encoder dropout rates (dropout, "
+                               "weight_dropout, embedding_dropout, input_dropout, hidden_dropout, output_dropout) "
+                               "in the classifier, like fastai's drop_mult; each product must stay below 1.",
+                               1.0, low=0),
         "unfreeze": _choice("gradual = train the head first, then one more layer per stage (ULMFiT); "
                             "all = train every layer from the start.", ("gradual", "all"), "gradual"),
         "stage_epochs": Field("int", "Epochs of each gradual-unfreezing stage before the last.", 1, low=1),
@@ -599,12 +667,26 @@ class Recipe:
             return list(value) if isinstance(value, tuple) else value
         return plain(self._data)
 
-    def to_toml(self) -> str:
-        """Returns the recipe as TOML text that `Recipe.from_toml_file` reads back equal."""
+    def to_toml(self, write_path: Callable[[str], str] | None = None) -> str:
+        """Returns the recipe as TOML text that `Recipe.from_toml_file` reads back equal.
+
+        Args:
+            write_path: How to write each (absolute) path, e.g. relative to the folder the file
+                goes to, so that it moves with the files it names; None writes them as they are.
+                Relative paths read back relative to the file's folder.
+        """
+
+        def written(section: str, key: str, value: Any) -> Any:
+            if write_path is None or SCHEMA[section][key].kind not in _PATH_KINDS:
+                return value
+            if isinstance(value, (list, tuple)):
+                return [write_path(path) for path in value]
+            return value and write_path(value)
+
         lines = [f"{name} = {_toml_value(self._data[name])}" for name in TOP_LEVEL]
         for section in SCHEMA:
             lines += ["", f"[{section}]"]
-            lines += [f"{key} = {_toml_value(value)}" for key, value in self._data[section].items()]
+            lines += [f"{key} = {_toml_value(written(section, key, value))}" for key, value in self._data[section].items()]
         return "\n".join(lines) + "\n"
 
     def __eq__(self, other: object) -> bool:

@@ -3,10 +3,12 @@
 A run (pretrain or finetune) writes all its files into a hidden sibling directory and renames
 it to `--out` only when everything succeeded, so a crash or a bad input never leaves a
 half-written run that a later command could mistake for a complete one. An existing non-empty
-`--out` is only replaced with `force=True`, and only once the new run is complete.
+`--out` is only replaced with `force=True`, and only once the new run is complete. No output
+may be, hold or lie inside what the command reads (`check_output_paths`), `force` or not.
 
 Example:
 
+>>> check_run_paths(recipe, "pretrain", "runs/pretrain")  # doctest: +SKIP
 >>> with RunDirectory("runs/pretrain", force=False) as run:  # doctest: +SKIP
 ...     run.write_json("metrics.json", {"valid": {"perplexity": 123.4}})
 """
@@ -21,8 +23,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 from tftune.errors import RunError, TftuneError, WriteError
+from tftune.recipe import shipped_dirs
 
 RUN_INFO = "run.json"
 # Failed writes that are the machine's, not the input's: the message says which, and nothing is left behind.
@@ -48,13 +52,167 @@ def write_failure(error):
     return None
 
 
-def check_writable_target(out, force):
-    """Fails early (before any training) when `out` exists and would be overwritten."""
+class Input(NamedTuple):
+    """A file or folder that a command reads, for `check_output_paths`.
+
+    Args:
+        role: what it is to the command, for the message, e.g. "--from run" or "--train file".
+        path: where it is.
+        unread: names of subfolders of `path` that the command does not read, so an output may be
+            one of them or lie inside it (e.g. `export/` of the run that `tftune export` exports).
+    """
+
+    role: str
+    path: str | os.PathLike
+    unread: tuple = ()
+
+
+def hidden_sibling(path, suffix):
+    """The hidden `.NAME.SUFFIX` beside `path`, e.g. the checkpoint folder or the lock file of a run."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{suffix}")
+
+
+def _overlap(output, source, unread=()):
+    """How `output` overlaps `source` ("is", "contains", "lies inside"), or None when it does not."""
+    if output == source:
+        return "is"
+    if source.is_relative_to(output):
+        return "contains"
+    if output.is_relative_to(source) and not any(output.is_relative_to(source / name) for name in unread):
+        return "lies inside"
+    return None
+
+
+def check_output_paths(outputs, inputs):
+    """Refuses an output that is, contains or lies inside a file or folder the command reads.
+
+    `--force` replaces an output whole and a run writes beside it too, so this is what keeps e.g.
+    `tftune finetune --from runs/lm --out runs/lm --force` from deleting the run it fine-tunes.
+    Call it before anything is written (on the command line, before the slow TensorFlow import).
+    Paths are compared both as given (made absolute, `..` folded) and resolved (symbolic links
+    followed), so an output reached through a link, or a link inside an output, counts as well;
+    outputs need not exist yet. The shipped data folders (`tftune.recipe.shipped_dirs()`) are
+    inputs of every command. A file output gets the same rule as a folder: a new `--plot` inside
+    an input folder (the evaluated run) is refused too. Only an input's `unread` subfolders may
+    hold an output.
+
+    Args:
+        outputs: `(name, path)` pairs of what the command writes, replaces or removes: first the
+            option that names the output, e.g. `("--out", "runs/clf")`, then what the command
+            also writes beside it, e.g. `("checkpoint folder", "runs/.clf.checkpoint")`.
+        inputs: `Input`s, or `(role, path)` pairs, of every file and folder the command reads.
+
+    Raises:
+        RunError: one line that names the output, the input and the input's role.
+
+    Example:
+
+    >>> check_output_paths([("--out", "runs/lm")], [("--from run", "runs/lm")])  # doctest: +SKIP
+    tftune.errors.RunError: --out runs/lm: is the --from run runs/lm (an input of this command); choose another --out
+    """
+    option, given = outputs[0]
+    inputs = [Input(*entry) for entry in inputs] + [Input("shipped data folder", path) for path in shipped_dirs()]
+    for index, (name, output) in enumerate(outputs):
+        for role, source, unread in inputs:
+            relation = _overlap(Path(os.path.abspath(output)), Path(os.path.abspath(source)), unread)
+            through_links = ""
+            if relation is None:
+                real_output, real_source = Path(output).resolve(), Path(source).resolve()
+                relation = _overlap(real_output, real_source, unread)
+                if relation is None:
+                    continue
+                resolved = [f"{path} is {real}" for path, real in ((output, real_output), (source, real_source))
+                            if real != Path(os.path.abspath(path))]
+                through_links = f"; through a symbolic link, {' and '.join(resolved)}"
+            what = "" if index == 0 else f"its {name} {output} "
+            raise RunError(
+                f"{option} {given}: {what}{relation} the {role} {source} (an input of this command"
+                f"{through_links}); choose another {option}"
+            )
+
+
+def run_outputs(out):
+    """What a pretrain or finetune run writes, for `check_output_paths`: `out`, and beside it its
+    checkpoint folder and lock file. (Its staging folders are new, uniquely named ones: they
+    cannot hold an input.)"""
+    if not Path(out).name:  # "." or "/": no siblings, and no run can be published there anyway
+        return [("--out", out)]
+    return [("--out", out), ("checkpoint folder", hidden_sibling(out, "checkpoint")),
+            ("lock file", hidden_sibling(out, "lock"))]
+
+
+def check_run_paths(recipe, kind, out, from_runs=(), resume=False):
+    """`check_output_paths` for a pretrain or finetune run that writes `out`.
+
+    The run reads its `--from` runs, the recipe's data files (`pretrain.corpus` and `valid`, or
+    `finetune.train`, `valid` and `test`), its vectors file (`embeddings.path`) and the recipe
+    file. With `resume`, a recipe file inside the checkpoint folder of `out` is that checkpoint's
+    own (`--resume` without `--recipe` reads it, and the run goes on from that folder by design),
+    so it does not count as an input.
+
+    Args:
+        recipe: the resolved `Recipe`.
+        kind: "pretrain" or "finetune".
+        out: the run directory to write.
+        from_runs: the pretrain runs it starts from.
+        resume: whether the run resumes from its checkpoint.
+    """
+    outputs = run_outputs(out)
+    inputs = [("--from run", path) for path in from_runs]
+    if kind == "pretrain":
+        inputs += [("--corpus file", path) for path in recipe["pretrain"]["corpus"]]
+        if recipe["pretrain"]["valid"]:
+            inputs.append(("--valid file", recipe["pretrain"]["valid"]))
+    else:
+        splits = ("train", "valid", "test")
+        inputs += [(f"--{split} file", recipe["finetune"][split]) for split in splits if recipe["finetune"][split]]
+    inputs.append(("vectors file (embeddings.path)", recipe["embeddings"]["path"]))
+    checkpoint = dict(outputs).get("checkpoint folder")
+    if recipe.source is not None and not (
+        resume and checkpoint is not None and recipe.source.resolve().is_relative_to(checkpoint.resolve())
+    ):
+        inputs.append(("recipe file", recipe.source))
+    check_output_paths(outputs, inputs)
+
+
+def check_export_paths(run_dir, out):
+    """`check_output_paths` for exporting the finetune run `run_dir` to `out`.
+
+    Exporting reads the run's files but not its `export/` folder, which it writes by default: `out`
+    may be that folder, but not the run, a folder that holds it, or anything else inside it.
+    """
+    check_output_paths([("--out", out)], [Input("exported run", run_dir, unread=("export",))])
+
+
+# What `--force` may replace: only a folder that tftune wrote, known by the file it always holds.
+_REPLACEABLE = {"run": (RUN_INFO, "tftune run"), "export": ("saved_model.pb", "SavedModel export")}
+
+
+def check_writable_target(out, force, replaces="run"):
+    """Fails early (before any training) when `out` exists and would be overwritten.
+
+    Even with `force`, only an earlier output of the same kind is replaced: a run directory for a
+    run, a SavedModel for an export. A folder of anything else (e.g. a data folder, or the
+    pretrain run given as `tftune export --out`) is the user's, and is refused.
+
+    Args:
+        out: the directory to write.
+        force: replace an existing non-empty `out` of the same kind.
+        replaces: `"run"` or `"export"`: what `out` must be to be replaced.
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RunError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    if not force:
         raise RunError(f"{out}: exists and is not empty; choose another --out or pass --force to replace it")
+    marker, kind = _REPLACEABLE[replaces]
+    if not (out / marker).is_file():
+        raise RunError(f"{out}: is not a {kind} (no {marker}), and --force only replaces one; choose another --out")
+    if replaces == "export" and (out / RUN_INFO).is_file():
+        raise RunError(f"{out}: is a tftune run, and --force only replaces an export; choose another --out")
 
 
 @contextlib.contextmanager
@@ -67,7 +225,7 @@ def exclusive_output(out, force):
     out = Path(out)
     check_writable_target(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = out.with_name(f".{out.name}.lock")
+    lock_path = hidden_sibling(out, "lock")
     with open(lock_path, "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

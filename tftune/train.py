@@ -22,6 +22,7 @@ import json
 import math
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from tftune.cache import PendingCorpus, split_documents  # split_documents: benc
 from tftune.checkpoints import Checkpointing, RunCheckpoint, check_resumable, fit_from
 from tftune.data import classification_dataset, lm_dataset, read_labeled, truncate
 from tftune.embeddings import align, load_vectors
-from tftune.errors import DataError, RunError, TrainingError
+from tftune.errors import DataError, RecipeError, RunError, TrainingError
 from tftune.export import export_classifier
 from tftune.metrics import classification_metrics
 from tftune.models import (
@@ -45,8 +46,26 @@ from tftune.models import (
     cudnn_report,
     recurrent_layer_names,
 )
+from tftune.open_vocab import (
+    OpenWords,
+    copy_recurrent_weights,
+    grow_encoder,
+    grow_output_weights,
+    grow_vocabulary,
+    measure_growth,
+    unk_shares,
+)
+from tftune.presets import resolve_run
 from tftune.recipe import Recipe
-from tftune.runs import RunDirectory, check_vector_size, holds_output_lock, read_run_info
+from tftune.runs import (
+    RunDirectory,
+    check_export_paths,
+    check_run_paths,
+    check_vector_size,
+    check_writable_target,
+    holds_output_lock,
+    read_run_info,
+)
 from tftune.schedules import (
     DiscriminativeAdam,
     OneCycle,
@@ -326,10 +345,11 @@ def pretrain(recipe: Recipe, out, force=False, callbacks=(), from_run=None, resu
         recipe: the resolved recipe (its `embeddings`, `vocab`, `encoder`, `pretrain` and
             `precision` sections are used; with `from_run`, its encoder and vocab sections
             must match the run's).
-        out: the run directory to create.
+        out: the run directory to create; it may not be, hold or lie inside anything the run
+            reads (see `tftune.runs.check_run_paths`).
         force: replace an existing non-empty `out`.
         callbacks: extra Keras callbacks for `fit`.
-        from_run: an existing pretrain run directory to continue from.
+        from_run: an existing pretrain run directory, or a shipped model's name, to continue from.
         resume: continue an interrupted run of the same recipe from its checkpoint (see
             `tftune.checkpoints`); without it, a leftover checkpoint is an error unless `force`.
         strategy: the `tf.distribute` strategy to train under; default: the recipe's
@@ -340,7 +360,10 @@ def pretrain(recipe: Recipe, out, force=False, callbacks=(), from_run=None, resu
     Returns:
         The metrics written to `metrics.json`.
     """
+    from_run = None if from_run is None else resolve_run(from_run)
     strategy = start_distribution(recipe, strategy, resume, "pretrain.batch_size")
+    # Every worker checks the real `out` (a worker other than the chief writes elsewhere).
+    check_run_paths(recipe, "pretrain", out, [] if from_run is None else [from_run], resume)
     with distribute.chief_output(out, strategy) as target, worker_failures(strategy):
         return _pretrain(recipe, target, force, callbacks, from_run, resume, strategy)
 
@@ -362,13 +385,23 @@ def _pretrain(recipe, out, force, callbacks, from_run, resume, strategy):
                 f"{base.recipe['pretrain']['direction']!r} in the pretrain run {base.path}"
             )
         tokenizer, vocab_options = base.tokenizer, {"vocab": base.vocab}
+        if recipe["vocab"]["open"]:
+            # Before tokenizing, so a bad vectors file fails fast; the corpus' words that it has join the vocabulary.
+            vectors = load_vectors(recipe["embeddings"]["path"], recipe["embeddings"]["format"])
+            vocab_options["open_words"] = OpenWords(vectors)
     else:
         tokenizer = Tokenizer(lowercase=recipe["embeddings"]["lowercase"])
         vocab_options = {"max_size": recipe["vocab"]["max_size"], "min_freq": recipe["vocab"]["min_freq"]}
 
     # Reads the corpus, unless the cache holds its ids, so a bad corpus file fails first.
     pending = PendingCorpus(
-        settings["corpus"], tokenizer, settings["valid_fraction"], encoding=settings["encoding"], **vocab_options, log=log
+        settings["corpus"],
+        tokenizer,
+        settings["valid_fraction"],
+        valid_paths=[settings["valid"]] if settings["valid"] else [],
+        encoding=settings["encoding"],
+        **vocab_options,
+        log=log,
     )
     if base is None:
         # Before tokenizing and the first log line, so a bad vectors file fails fast, as one line.
@@ -387,6 +420,9 @@ def _pretrain(recipe, out, force, callbacks, from_run, resume, strategy):
         log(f"continuing from the pretrain run {base.path}")
         embedding_dim = base.embedding_dim
         coverage = json.loads((base.path / "metrics.json").read_text(encoding="utf-8")).get("coverage")
+        added = vocab.tokens[len(base.vocab) :]
+        growth = measure_growth(counts, base.vocab, added)
+        log(growth.summary())
 
     seq_len, batch_size = settings["seq_len"], settings["batch_size"]
     train_data = lm_dataset(train_ids, seq_len, batch_size, shuffle=True, seed=settings["seed"])
@@ -394,26 +430,27 @@ def _pretrain(recipe, out, force, callbacks, from_run, resume, strategy):
 
     policy = set_precision(recipe["precision"]["policy"])
     encoder_settings = recipe["encoder"]
+    rates, output_dropout = encoder_dropouts(encoder_settings)
     # Every variable (the model's, the optimizer's) is made under the strategy, mirrored on its replicas.
     with strategy.scope():
         if base is None:
             encoder = build_encoder(
-                matrix,
-                encoder_settings["cell"],
-                encoder_settings["layers"],
-                encoder_settings["units"],
-                encoder_settings["dropout"],
+                matrix, encoder_settings["cell"], encoder_settings["layers"], encoder_settings["units"], **rates
             )
         else:
-            encoder = restore_encoder(base, encoder_settings["dropout"])
+            base_encoder = restore_encoder(base, **rates)
+            encoder = grow_encoder(base_encoder, vectors, added) if added else base_encoder
         language_model = build_language_model(
             encoder,
             settings["output"],
             settings["num_sampled"],
             unigram_counts=np.bincount(train_ids, minlength=len(vocab)),
+            output_dropout=output_dropout,
+            ar=settings["ar"],
+            tar=settings["tar"],
         )
         if base is not None:
-            restore_language_model(language_model, base)
+            restore_language_model(language_model, base, base_encoder, unk_shares(counts, vocab, added) if added else None)
     log(distribute.describe(strategy))
     log(f"precision policy: {policy}")
     for line in cudnn_report(encoder):
@@ -463,6 +500,7 @@ def _pretrain(recipe, out, force, callbacks, from_run, resume, strategy):
         "train_tokens_per_second": throughput.tokens_per_second,
         "train_tokens_per_cpu_second": throughput.tokens_per_cpu_second,
         "coverage": coverage,
+        **({"open_vocabulary": dataclasses.asdict(growth)} if base is not None else {}),
         "precision_policy": policy,
         "distribute": distribution_summary(strategy),
         "output": settings["output"],
@@ -523,11 +561,29 @@ def load_pretrain_run(path):
     )
 
 
+# The [encoder] keys that leave the weights alone: a fine-tuning recipe may differ from the pretrain
+# run there, as fine-tuning takes the run's rates (times finetune.dropout_scale).
+DROPOUT_KEYS = ("dropout", "weight_dropout", "embedding_dropout", "input_dropout", "hidden_dropout", "output_dropout")
+
+
+def encoder_dropouts(encoder_settings, scale=1.0):
+    """`(build_encoder's dropout keywords, output_dropout)` of an `[encoder]` section, each rate times `scale`."""
+    rates = {}
+    for key in DROPOUT_KEYS:
+        rates[key] = encoder_settings[key] * scale
+        if rates[key] >= 1:
+            raise RecipeError(
+                f"finetune.dropout_scale = {scale:g} takes encoder.{key} from {encoder_settings[key]:g} to "
+                f"{rates[key]:g}; every scaled dropout rate must stay below 1"
+            )
+    return rates, rates.pop("output_dropout")
+
+
 def check_encoder_matches(recipe, pretrained):
     """The fine-tuning recipe must describe the same encoder as the pretrain run."""
     for section in ("encoder", "vocab"):
         for key, value in pretrained.recipe[section].items():
-            if key == "dropout":
+            if key in DROPOUT_KEYS or (section, key) == ("vocab", "open"):
                 continue
             if recipe[section][key] != value:
                 raise RunError(
@@ -537,11 +593,16 @@ def check_encoder_matches(recipe, pretrained):
     check_vector_size(recipe, pretrained.path)
 
 
-def restore_encoder(pretrained, dropout, use_cudnn="auto"):
-    """Rebuilds the pretrained encoder and loads its weights (embedding included)."""
+def restore_encoder(pretrained, dropout, use_cudnn="auto", **regularization):
+    """Rebuilds the pretrained encoder and loads its weights (embedding included).
+
+    `dropout`, `use_cudnn` and `**regularization` (the AWD-LSTM rates) go to `build_encoder`.
+    """
     settings = pretrained.recipe["encoder"]
     placeholder = np.zeros((len(pretrained.vocab), pretrained.embedding_dim), dtype="float32")
-    encoder = build_encoder(placeholder, settings["cell"], settings["layers"], settings["units"], dropout, use_cudnn)
+    encoder = build_encoder(
+        placeholder, settings["cell"], settings["layers"], settings["units"], dropout, use_cudnn, **regularization
+    )
     try:
         encoder.load_weights(pretrained.path / "encoder.weights.h5")
     except ValueError as e:
@@ -549,18 +610,35 @@ def restore_encoder(pretrained, dropout, use_cudnn="auto"):
     return encoder
 
 
-def restore_language_model(language_model, pretrained):
-    """Loads a pretrain run's encoder + LM head weights into `language_model`."""
+def restore_language_model(language_model, pretrained, base_encoder, shares=None):
+    """Loads a pretrain run's encoder + LM head weights into `language_model`.
+
+    Args:
+        language_model: the language model to load into.
+        pretrained: the `PretrainedRun`.
+        base_encoder: the run's own encoder (`restore_encoder`).
+        shares: `tftune.open_vocab.unk_shares` when `language_model` reads a vocabulary grown from
+            the run's: the weights then load into a language model of the run's size, and its
+            head grows into `language_model`'s, every new word a share of `<unk>`.
+    """
     path = pretrained.path / "language_model.weights.h5"
     if not path.is_file():
         raise RunError(f"{path}: missing; {pretrained.path} is not a complete pretrain run")
+    source = language_model
+    if shares is not None:
+        source = build_language_model(base_encoder, language_model.output_kind, language_model.num_sampled)
     try:
-        language_model.load_weights(path)
+        source.load_weights(path)
     except (ValueError, KeyError) as e:
         raise RunError(
             f"{path}: does not fit pretrain.output = {language_model.output_kind!r} "
             f"(the run used {pretrained.recipe['pretrain']['output']!r}; {e})"
         ) from None
+    if shares is not None:
+        copy_recurrent_weights(base_encoder, language_model.encoder)
+        language_model.lm_head.set_weights(grow_output_weights(source.lm_head.get_weights(), *shares))
+        if source.lm_projection is not None:
+            language_model.lm_projection.set_weights(source.lm_projection.get_weights())
 
 
 @dataclass
@@ -698,11 +776,52 @@ class FinetuneProgress:
         return arrays
 
 
-def build_member_classifier(recipe, pretrained, name, n_classes):
-    """A classifier on `pretrained`'s encoder (weights restored), shaped by the recipe's head."""
+@dataclass
+class OpenedVocabulary:
+    """A pretrain run's vocabulary, grown with the words of the task's text that have a vector.
+
+    Args:
+        vocab: the grown vocabulary (the run's own when nothing was added).
+        added: the words added, in id order.
+        vectors: the `KeyedVectors` they came from (None with `vocab.open = false`).
+        growth: the token coverage before and after (`tftune.open_vocab.Growth`), or None.
+    """
+
+    vocab: Vocabulary
+    added: list
+    vectors: object
+    growth: object
+
+
+def open_vocabulary(recipe, vocab, tokenizer, texts):
+    """Grows `vocab` with the words of `texts` that have a vector (`vocab.open`), and logs the coverage."""
+    if not recipe["vocab"]["open"]:
+        return OpenedVocabulary(vocab, [], None, None)
+    vectors = load_vectors(recipe["embeddings"]["path"], recipe["embeddings"]["format"])
+    counts = Counter(token for text in texts for token in tokenizer.tokenize(text))
+    added = OpenWords(vectors).new_words(counts, vocab)
+    growth = measure_growth(counts, vocab, added)
+    log(growth.summary())
+    return OpenedVocabulary(grow_vocabulary(vocab, added), added, vectors, growth)
+
+
+def classifier_dropouts(recipe, pretrained):
+    """The pretrain run's encoder dropout rates times `finetune.dropout_scale`: see `encoder_dropouts`."""
+    return encoder_dropouts(pretrained.recipe["encoder"], recipe["finetune"]["dropout_scale"])
+
+
+def build_member_classifier(recipe, pretrained, name, n_classes, opened=None):
+    """A classifier on `pretrained`'s encoder (weights restored), shaped by the recipe's head.
+
+    With `opened` (an `OpenedVocabulary`), the encoder's embedding also holds the added words.
+    """
     settings = recipe["finetune"]
+    rates, output_dropout = classifier_dropouts(recipe, pretrained)
+    encoder = restore_encoder(pretrained, **rates)
+    if opened is not None and opened.added:
+        encoder = grow_encoder(encoder, opened.vectors, opened.added)
     return build_classifier(
-        restore_encoder(pretrained, pretrained.recipe["encoder"]["dropout"]),
+        encoder,
         n_classes,
         settings["head"],
         settings["head_units"],
@@ -710,10 +829,11 @@ def build_member_classifier(recipe, pretrained, name, n_classes):
         settings["pool_embeddings"],
         direction=pretrained.recipe["pretrain"]["direction"],
         name=name,
+        output_dropout=output_dropout,
     )
 
 
-def finetune_member(recipe, pretrained, name, data, labels, progress, callbacks=(), strategy=None):
+def finetune_member(recipe, pretrained, name, data, labels, progress, callbacks=(), strategy=None, opened=None):
     """Builds a classifier on a pretrained encoder and trains it with gradual unfreezing.
 
     Args:
@@ -725,6 +845,7 @@ def finetune_member(recipe, pretrained, name, data, labels, progress, callbacks=
         progress: the run's `FinetuneProgress` (checkpoints, resume, earlier members).
         callbacks: extra Keras callbacks for every `fit` call.
         strategy: the `tf.distribute` strategy to train under (default: the current one).
+        opened: the `OpenedVocabulary` the classifier reads, when words joined the run's.
 
     Returns:
         A `TrainedMember` holding the weights of the best (or last) epoch.
@@ -734,7 +855,7 @@ def finetune_member(recipe, pretrained, name, data, labels, progress, callbacks=
     index = len(progress.finished)
     layer_names = recipe_layer_names(pretrained.recipe)
     with strategy.scope():
-        classifier = build_member_classifier(recipe, pretrained, name, len(labels))
+        classifier = build_member_classifier(recipe, pretrained, name, len(labels), opened)
         encoder = classifier.get_layer("encoder")
         optimizer = build_finetune_optimizer(classifier, encoder, layer_names, settings)
     for line in cudnn_report(encoder):
@@ -857,7 +978,8 @@ def finetune(recipe: Recipe, from_run, out, force=False, callbacks=(), resume=Fa
         recipe: the resolved recipe (`finetune` and `precision` sections are used; its
             encoder must match the pretrain runs').
         from_run: a pretrain run directory, or a list of them for an ensemble.
-        out: the finetune run directory to create (the SavedModel goes to `out/export`).
+        out: the finetune run directory to create (the SavedModel goes to `out/export`); it may
+            not be, hold or lie inside anything the run reads (see `tftune.runs.check_run_paths`).
         force: replace an existing non-empty `out`.
         callbacks: extra Keras callbacks for every `fit` call.
         resume: continue an interrupted run of the same recipe and runs from its checkpoint
@@ -868,25 +990,29 @@ def finetune(recipe: Recipe, from_run, out, force=False, callbacks=(), resume=Fa
     Returns:
         The metrics written to `metrics.json`.
     """
+    from_runs = [resolve_run(path) for path in ([from_run] if isinstance(from_run, (str, Path)) else from_run)]
     strategy = start_distribution(recipe, strategy, resume, "finetune.batch_size")
+    check_run_paths(recipe, "finetune", out, from_runs, resume)
     with distribute.chief_output(out, strategy) as target, worker_failures(strategy):
-        return _finetune(recipe, from_run, target, force, callbacks, resume, strategy)
+        return _finetune(recipe, from_runs, target, force, callbacks, resume, strategy)
 
 
 @holds_output_lock
-def _finetune(recipe, from_run, out, force, callbacks, resume, strategy):
+def _finetune(recipe, from_runs, out, force, callbacks, resume, strategy):
     started = time.time()
-    from_runs = [from_run] if isinstance(from_run, (str, Path)) else list(from_run)
     checkpoint = RunCheckpoint(out)
     resumed = open_checkpoint(checkpoint, "finetune", recipe, resume, force, from_run=[str(path) for path in from_runs])
     members = [load_pretrain_run(path) for path in from_runs]
     for pretrained in members:
         check_encoder_matches(recipe, pretrained)
+        classifier_dropouts(recipe, pretrained)  # a dropout_scale that takes a rate to 1 fails before training
     check_same_vocabulary(members)
     vocab, tokenizer = members[0].vocab, members[0].tokenizer
     settings = recipe["finetune"]
     keras.utils.set_random_seed(settings["seed"])
     splits = load_labeled_splits(settings)
+    opened = open_vocabulary(recipe, vocab, tokenizer, splits.train[0] + splits.valid[0])
+    vocab = opened.vocab
     label_index = {label: i for i, label in enumerate(splits.labels)}
 
     def encode(split):
@@ -919,14 +1045,16 @@ def _finetune(recipe, from_run, out, force, callbacks, resume, strategy):
         log(f"resuming {names[resumed['member']]} after epoch {resumed['epochs_done']}, step {resumed['steps_done']}")
         for index, done in enumerate(resumed["finished"]):
             with strategy.scope():
-                classifier = build_member_classifier(recipe, members[index], names[index], len(splits.labels))
+                classifier = build_member_classifier(
+                    recipe, members[index], names[index], len(splits.labels), opened
+                )
                 classifier.set_weights(checkpoint.load_arrays(f"member_{index}"))
             best = KeepBestWeights(settings["patience"])
             best.set_state(done["best"], None)
             progress.finished.append(TrainedMember(classifier, done["history"], best))
     for pretrained, name in list(zip(members, names))[len(progress.finished) :]:
         progress.finished.append(
-            finetune_member(recipe, pretrained, name, data, splits.labels, progress, callbacks, strategy)
+            finetune_member(recipe, pretrained, name, data, splits.labels, progress, callbacks, strategy, opened)
         )
     trained = progress.finished
 
@@ -958,6 +1086,8 @@ def _finetune(recipe, from_run, out, force, callbacks, resume, strategy):
             for name, pretrained, direction, member in zip(names, members, directions, trained)
         ]
         history = [{"member": name, **epoch} for name, member in zip(names, trained) for epoch in member.history]
+    if opened.growth is not None:
+        metrics["open_vocabulary"] = dataclasses.asdict(opened.growth)
     summary = f"valid accuracy {metrics['valid']['accuracy']:.4f}"
     if "test" in metrics:
         summary += f", test accuracy {metrics['test']['accuracy']:.4f}, macro-F1 {metrics['test']['macro_f1']:.4f}"
@@ -998,12 +1128,18 @@ def recipe_layer_names(recipe):
 
 
 def reexport(run_dir, out, force=False):
-    """Exports a finetune run's classifier again (e.g. to another directory)."""
-    run_dir = Path(run_dir)
+    """Exports a finetune run's classifier again (e.g. to another directory).
+
+    Args:
+        run_dir: the finetune run.
+        out: the export directory; `run_dir/export`, or a place outside the run (see
+            `tftune.runs.check_export_paths`).
+        force: replace an existing non-empty `out`.
+    """
+    check_export_paths(run_dir, out)
+    check_writable_target(out, force, replaces="export")
+    run_dir, out = Path(run_dir), Path(out)
     info = read_run_info(run_dir, "finetune", FINETUNE_FILES)
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise RunError(f"{out}: exists and is not empty; choose another --out or pass --force to replace it")
     recipe = Recipe.from_toml_file(run_dir / "recipe.toml")
     vocab = Vocabulary.load(run_dir / "vocab.txt")
     labels = json.loads((run_dir / "labels.json").read_text(encoding="utf-8"))

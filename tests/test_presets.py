@@ -1,0 +1,98 @@
+"""Shipped pretrained language models, found by name wherever a pretrain run is taken."""
+
+import json
+
+import pytest
+
+from tftune import presets
+from tftune.errors import RunError
+
+
+def _preset(directory, name, perplexity=123.4):
+    path = directory / name
+    path.mkdir(parents=True)
+    (path / "run.json").write_text(json.dumps({"kind": "pretrain"}))
+    (path / "README.md").write_text(f"# {name}\n")
+    (path / "metrics.json").write_text(json.dumps({"train_tokens": 1000, "valid": {"perplexity": perplexity}}))
+    (path / "recipe.toml").write_text(f'name = "{name}"\ndescription = "LSTM on a test corpus"\n')
+    return path
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    directory = tmp_path / "pretrained"
+    _preset(directory, "lstm-test-general")
+    (directory / "authors").mkdir()  # data folders are not presets
+    (directory / "not-a-card").mkdir()
+    (directory / "not-a-card" / "run.json").write_text(json.dumps({"kind": "pretrain"}))
+    monkeypatch.setattr(presets, "PRETRAINED_DIR", directory)
+    return directory
+
+
+def test_list_presets_reads_each_model_card_and_metrics(shipped):
+    (found,) = presets.list_presets()
+    assert (found.name, found.description, found.train_tokens, found.perplexity) == (
+        "lstm-test-general", "LSTM on a test corpus", 1000, 123.4,
+    )
+    assert found.size_bytes == sum(f.stat().st_size for f in found.path.iterdir())
+
+
+def test_a_name_resolves_to_the_preset_and_a_directory_wins(shipped, tmp_path, monkeypatch):
+    assert presets.resolve_run("lstm-test-general") == shipped / "lstm-test-general"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lstm-test-general").mkdir()
+    assert presets.resolve_run("lstm-test-general").resolve() == tmp_path / "lstm-test-general"
+    assert presets.resolve_run("runs/missing") == presets.Path("runs/missing")
+
+
+def test_an_unknown_name_says_what_is_shipped(shipped, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RunError, match=r"no-such-lm: no such run directory, nor a pretrained model of that name "
+                                       r"\(pretrained: lstm-test-general\)"):
+        presets.resolve_run("no-such-lm")
+
+
+# --- publishing a run, and the shipped presets ---
+
+
+def test_publish_stores_float16_weights_and_the_preset_fine_tunes(tiny_runs, tmp_path):
+    import h5py
+    import numpy as np
+
+    from tftune.recipe import Recipe
+    from tftune.train import finetune
+
+    preset = presets.publish(tiny_runs["pretrain"], tmp_path / "pretrained" / "tiny-general")
+    with h5py.File(preset / "language_model.weights.h5") as weights:
+        dtypes = set()
+        weights.visititems(lambda name, item: dtypes.add(item.dtype) if isinstance(item, h5py.Dataset) else None)
+    assert {dtype for dtype in dtypes if dtype.kind == "f"} == {np.dtype("float16")}
+    assert not (preset / "logs").exists()
+    # The corpus lies outside the preset's folder: only its name is kept.
+    corpus = Recipe.from_toml_file(preset / "recipe.toml")["pretrain"]["corpus"]
+    assert [presets.Path(path).parent for path in corpus] == [preset]
+    recipe = tiny_runs["recipe"].with_overrides(["finetune.epochs=1", "finetune.unfreeze=all"])
+    metrics = finetune(recipe, preset, tmp_path / "clf")
+    assert 0.0 <= metrics["valid"]["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("name", presets.preset_names())
+def test_each_shipped_preset_loads_by_name_and_has_a_model_card(name):
+    import math
+
+    import numpy as np
+
+    from tftune.models import build_language_model
+    from tftune.train import load_pretrain_run, restore_encoder, restore_language_model
+
+    pretrained = load_pretrain_run(presets.resolve_run(name))
+    assert presets.Path(pretrained.recipe["embeddings"]["path"]).is_file()
+    encoder = restore_encoder(pretrained, 0.0)
+    model = build_language_model(encoder, pretrained.recipe["pretrain"]["output"])
+    restore_language_model(model, pretrained, encoder)
+    ids = np.array([pretrained.vocab.ids(pretrained.tokenizer.tokenize("the film was a delight from start to end ."))])
+    loss = model.compute_loss(y=ids[:, 1:], y_pred=model(ids[:, :-1]))
+    assert math.isfinite(float(loss)) and float(loss) < math.log(len(pretrained.vocab))
+    card = (pretrained.path / "README.md").read_text(encoding="utf-8").lower()
+    for topic in ("corpus", "tokens", "perplexity", "licen", "tftune pretrain", "epochs"):
+        assert topic in card, f"the model card of {name} says nothing of {topic}"

@@ -1,0 +1,210 @@
+"""No command writes over what it reads: `tftune.runs.check_output_paths` on plain paths.
+
+Nothing here trains. The same cases through the real command line, with the inputs checked byte
+for byte afterwards, are in test_cli_errors.py ("outputs over inputs").
+"""
+
+import json
+import re
+
+import pytest
+
+from conftest import snapshot
+from tftune.errors import RunError
+from tftune.recipe import load_recipe, shipped_dirs
+from tftune.runs import Input, check_export_paths, check_output_paths, check_run_paths, run_outputs
+
+INPUT = "(an input of this command"
+
+
+@pytest.fixture
+def tree(tmp_path, monkeypatch):
+    """A working directory with runs, data files, and symbolic links to some of them."""
+    monkeypatch.chdir(tmp_path)
+    files = ["runs/lm/run.json", "runs/lm-back/run.json", "runs/clf/run.json", "runs/clf/classifier.weights.h5",
+             "runs/clf/export/saved_model.pb", "data/corpus.txt", "data/train.csv", "elsewhere.csv"]
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(f"{name}\n")
+    (tmp_path / "lm-link").symlink_to("runs/lm")
+    (tmp_path / "train-link.csv").symlink_to("data/train.csv")
+    (tmp_path / "data" / "outside-link.csv").symlink_to("../elsewhere.csv")
+    return tmp_path
+
+
+def refusal(outputs, inputs):
+    with pytest.raises(RunError) as error:
+        check_output_paths(outputs, inputs)
+    return str(error.value)
+
+
+@pytest.mark.parametrize(
+    "out, source, relation",
+    [
+        ("runs/lm", "runs/lm", "is"),
+        ("runs/lm/", "./runs/lm", "is"),
+        ("{root}/runs/lm", "runs/lm", "is"),  # absolute against relative
+        ("runs", "runs/lm", "contains"),  # a parent
+        ("data", "data/corpus.txt", "contains"),
+        (".", "data/corpus.txt", "contains"),
+        ("runs/lm/continued", "runs/lm", "lies inside"),  # a child that does not exist yet
+        ("runs/lm/vocab.txt", "runs/lm", "lies inside"),
+        ("data/corpus.txt", "data/corpus.txt", "is"),  # a file
+        ("runs/clf/../lm", "runs/lm", "is"),  # ..
+        ("data/../runs", "runs/lm", "contains"),
+        ("lm-link", "runs/lm", "is"),  # an output through a symbolic link
+        ("lm-link/continued", "runs/lm", "lies inside"),
+        ("runs/lm", "lm-link", "is"),  # an input through a symbolic link
+        ("data", "train-link.csv", "contains"),
+        ("data", "data/outside-link.csv", "contains"),  # a link inside the output, to a file outside it
+    ],
+)
+def test_an_output_over_an_input_is_refused(tree, out, source, relation):
+    out = out.format(root=tree)
+    message = refusal([("--out", out)], [("--from run", source)])
+    assert message.startswith(f"--out {out}: {relation} the --from run {source} {INPUT}")
+    assert message.endswith("); choose another --out")
+
+
+def test_the_message_says_which_symbolic_link_led_there(tree):
+    assert refusal([("--out", "lm-link")], [("--from run", "runs/lm")]) == (
+        f"--out lm-link: is the --from run runs/lm (an input of this command; through a symbolic link, lm-link is "
+        f"{tree / 'runs/lm'}); choose another --out"
+    )
+    message = refusal([("--out", "data")], [("--train file", "train-link.csv")])
+    assert message.endswith(f"link, train-link.csv is {tree / 'data/train.csv'}); choose another --out")
+
+
+def test_the_first_input_in_the_way_is_named(tree):
+    message = refusal([("--out", "runs")], [("--from run", "runs/lm"), ("--from run", "runs/lm-back")])
+    assert message.startswith(f"--out runs: contains the --from run runs/lm {INPUT}")
+
+
+def test_what_a_run_writes_beside_out_counts_too(tree):
+    (tree / "runs/.new.checkpoint").mkdir()
+    assert refusal(run_outputs("runs/new"), [("--train file", "runs/.new.checkpoint/train.csv")]) == (
+        "--out runs/new: its checkpoint folder runs/.new.checkpoint contains the --train file "
+        "runs/.new.checkpoint/train.csv (an input of this command); choose another --out"
+    )
+    assert refusal(run_outputs("runs/new"), [("--train file", "runs/.new.checkpoint")]).startswith(
+        "--out runs/new: its checkpoint folder runs/.new.checkpoint is the --train file"
+    )
+    assert refusal(run_outputs("runs/new"), [("--corpus file", "runs/.new.lock")]).startswith(
+        "--out runs/new: its lock file runs/.new.lock is the --corpus file"
+    )
+    assert run_outputs(".") == [("--out", ".")]  # nothing beside it, and no error
+
+
+def test_the_shipped_data_is_an_input_of_every_command(tree):
+    for folder in shipped_dirs():
+        assert refusal([("--out", folder / "my-run")], []).startswith(
+            f"--out {folder / 'my-run'}: lies inside the shipped data folder {folder} {INPUT}"
+        )
+        assert f"is the shipped data folder {folder} " in refusal([("--plot", folder)], [])
+        assert f"--out {folder.parent}: contains the shipped data folder " in refusal([("--out", folder.parent)], [])
+
+
+@pytest.mark.parametrize(
+    "outputs, inputs",
+    [
+        # A run beside its --from run (a shared prefix is not a parent).
+        (run_outputs("runs/clf-2"),
+         [("--from run", "runs/lm"), ("--from run", "runs/lm-back"), ("--train file", "data/train.csv")]),
+        (run_outputs("runs/l"), [("--from run", "runs/lm")]),
+        # --out in runs/, inputs in the shipped folders.
+        (run_outputs("runs/new-lm"), [("--corpus file", folder / "corpus.txt") for folder in shipped_dirs()]),
+        # A plot beside the evaluated run, or beside the export in the run.
+        ([("--plot", "runs/clf-confusion.png")], [("evaluated model", "runs/clf"), ("--data file", "data/train.csv")]),
+        ([("--plot", "runs/clf/confusion.png")], [("evaluated model", "runs/clf/export")]),
+        # A run's export/ is not read by the export: it may be written (the default --out of `tftune export`).
+        ([("--out", "runs/clf/export")], [Input("exported run", "runs/clf", unread=("export",))]),
+        ([("--out", "runs/clf/export/2")], [Input("exported run", "runs/clf", unread=("export",))]),
+    ],
+)
+def test_outputs_beside_the_inputs_pass(tree, outputs, inputs):
+    check_output_paths(outputs, inputs)
+
+
+@pytest.mark.parametrize(
+    "out, relation",
+    [
+        ("runs/clf", "is"),
+        ("runs", "contains"),
+        ("runs/clf/classifier.weights.h5", "lies inside"),
+        ("runs/clf/logs", "lies inside"),
+    ],
+)
+def test_export_may_not_write_over_the_run(tree, out, relation):
+    with pytest.raises(RunError, match=f"^--out {out}: {relation} the exported run runs/clf "):
+        check_export_paths("runs/clf", out)
+
+
+def test_export_may_write_the_run_s_own_export_folder(tree):
+    check_export_paths("runs/clf", "runs/clf/export")  # the default --out
+    check_export_paths("runs/clf", "serving/clf/1")
+
+
+def recipe_with(*overrides):
+    return load_recipe("gru-glove", [f"pretrain.corpus={json.dumps(['data/corpus.txt'])}",
+                                     "finetune.train=data/train.csv", *overrides])
+
+
+def test_a_pretrain_run_reads_its_corpus_vectors_recipe_and_from_run(tree):
+    recipe = recipe_with()
+    check_run_paths(recipe, "pretrain", "runs/new")
+    corpus = re.escape(str(tree / "data/corpus.txt"))
+    with pytest.raises(RunError, match=f"^--out data: contains the --corpus file {corpus} "):
+        check_run_paths(recipe, "pretrain", "data")
+    with pytest.raises(RunError, match="^--out runs/lm/more: lies inside the --from run runs/lm "):
+        check_run_paths(recipe, "pretrain", "runs/lm/more", ["runs/lm"])
+    vectors = recipe_with("embeddings.path=vectors/glove.txt")
+    with pytest.raises(RunError, match=r"^--out vectors: contains the vectors file \(embeddings.path\) "):
+        check_run_paths(vectors, "pretrain", "vectors")
+    (tree / "recipes").mkdir()
+    (tree / "recipes/mine.toml").write_text(recipe.to_toml())
+    with pytest.raises(RunError, match="^--out recipes: contains the recipe file recipes/mine.toml "):
+        check_run_paths(load_recipe("recipes/mine.toml"), "pretrain", "recipes")
+
+
+def test_a_finetune_run_reads_its_labeled_files_and_every_from_run(tree):
+    recipe = recipe_with(f"finetune.test={tree / 'elsewhere.csv'}")
+    check_run_paths(recipe, "finetune", "runs/clf-2", ["runs/lm", "runs/lm-back"])
+    with pytest.raises(RunError, match="^--out data: contains the --train file "):
+        check_run_paths(recipe, "finetune", "data", ["runs/lm"])
+    with pytest.raises(RunError, match=f"^--out {re.escape(str(tree))}: contains the --from run runs/lm "):
+        check_run_paths(recipe, "finetune", tree, ["runs/lm"])
+    with pytest.raises(RunError, match="^--out elsewhere.csv: is the --test file "):
+        check_run_paths(recipe, "finetune", "elsewhere.csv", ["runs/lm"])
+    with pytest.raises(RunError, match="^--out runs/lm-back: is the --from run runs/lm-back "):
+        check_run_paths(recipe, "finetune", "runs/lm-back", ["runs/lm", "runs/lm-back"])
+    # The corpus is pretraining's, not fine-tuning's.
+    check_run_paths(recipe_with("finetune.train=runs/train.csv"), "finetune", "data", ["runs/lm"])
+
+
+def test_resume_reads_the_checkpoint_s_own_recipe(tree):
+    checkpoint = tree / "runs/.new.checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "recipe.toml").write_text(recipe_with().to_toml())
+    recipe = load_recipe("runs/.new.checkpoint/recipe.toml")
+    check_run_paths(recipe, "pretrain", "runs/new", resume=True)
+    # Without --resume, a new run over the checkpoint (--force) would delete it.
+    with pytest.raises(RunError, match="^--out runs/new: its checkpoint folder runs/.new.checkpoint contains the "):
+        check_run_paths(recipe, "pretrain", "runs/new")
+    with pytest.raises(RunError, match="^--out runs: contains the recipe file "):
+        check_run_paths(recipe, "pretrain", "runs", resume=True)  # another run's checkpoint
+
+
+def test_the_python_api_checks_before_anything_is_written(tree):
+    from tftune.train import finetune, pretrain, reexport  # imports TensorFlow
+
+    recipe = recipe_with("precision.policy=float32")
+    before = snapshot(tree)
+    with pytest.raises(RunError, match="^--out runs/lm: is the --from run runs/lm "):
+        pretrain(recipe, "runs/lm", force=True, from_run="runs/lm")
+    with pytest.raises(RunError, match="^--out data: contains the --corpus file "):
+        pretrain(recipe, "data", force=True)
+    with pytest.raises(RunError, match="^--out runs/lm-back: is the --from run runs/lm-back "):
+        finetune(recipe, ["runs/lm", "runs/lm-back"], "runs/lm-back", force=True)
+    with pytest.raises(RunError, match="^--out runs/clf: is the exported run runs/clf "):
+        reexport("runs/clf", "runs/clf", force=True)
+    assert snapshot(tree) == before

@@ -1,0 +1,179 @@
+"""Shipped pretrained language models ("presets"), found by name.
+
+A preset is an ordinary pretrain run kept in the shipped `pretrained/` folder, with a model card
+(`README.md`) beside its files. Wherever a command takes a pretrain run (`finetune --from`,
+`pretrain --from`), it takes a preset's name too: an existing directory of that name wins, then
+the preset.
+
+Example:
+
+```python
+for preset in list_presets():
+    print(preset.name, preset.perplexity)
+run_dir = resolve_run("lstm-glove-general")  # .../pretrained/lstm-glove-general
+```
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import tomllib
+from pathlib import Path
+
+from tftune.errors import RunError
+from tftune.recipe import PRETRAINED_DIR
+from tftune.runs import RUN_INFO
+
+MODEL_CARD = "README.md"
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """One shipped pretrained language model.
+
+    Attributes:
+        name: What `--from` takes.
+        path: Its run directory.
+        description: The recipe's description (the model and its corpus).
+        size_bytes: The files' total size.
+        train_tokens: Tokens of the training corpus (one epoch).
+        perplexity: Held-out perplexity.
+    """
+
+    name: str
+    path: Path
+    description: str
+    size_bytes: int
+    train_tokens: int | None
+    perplexity: float | None
+
+
+def _is_preset(path: Path) -> bool:
+    info = path / RUN_INFO
+    if not (info.is_file() and (path / MODEL_CARD).is_file()):
+        return False
+    try:
+        return json.loads(info.read_text(encoding="utf-8")).get("kind") == "pretrain"
+    except (OSError, ValueError):
+        return False
+
+
+def _read_preset(path: Path) -> Preset:
+    metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+    recipe = tomllib.loads((path / "recipe.toml").read_text(encoding="utf-8"))
+    return Preset(
+        name=path.name,
+        path=path,
+        description=str(recipe.get("description", "")),
+        size_bytes=sum(file.stat().st_size for file in path.rglob("*") if file.is_file()),
+        train_tokens=metrics.get("train_tokens"),
+        perplexity=metrics.get("valid", {}).get("perplexity"),
+    )
+
+
+def list_presets(directory: str | os.PathLike | None = None) -> list[Preset]:
+    """The shipped pretrained language models, by name.
+
+    Args:
+        directory: Where to look; default: the shipped `pretrained/` folder.
+    """
+    directory = Path(directory) if directory is not None else PRETRAINED_DIR
+    return [_read_preset(directory / name) for name in preset_names(directory)]
+
+
+def preset_names(directory: str | os.PathLike | None = None) -> list[str]:
+    """The names of the shipped pretrained language models (see `list_presets`)."""
+    directory = Path(directory) if directory is not None else PRETRAINED_DIR
+    if not directory.is_dir():
+        return []
+    return [path.name for path in sorted(directory.iterdir()) if path.is_dir() and _is_preset(path)]
+
+
+def resolve_run(name_or_path: str | os.PathLike) -> Path:
+    """A pretrain run's directory: the path itself when it exists, else the preset of that name.
+
+    Args:
+        name_or_path: A run directory, or a preset name (see `list_presets`).
+
+    Raises:
+        RunError: Neither a directory nor a preset.
+
+    Example:
+
+    ```python
+    resolve_run("runs/my-lm")          # runs/my-lm
+    resolve_run("lstm-glove-general")  # the shipped preset
+    ```
+    """
+    path = Path(name_or_path)
+    if path.exists() or os.sep in str(name_or_path) or "/" in str(name_or_path):
+        return path
+    preset = PRETRAINED_DIR / str(name_or_path)
+    if preset.is_dir() and _is_preset(preset):
+        return preset
+    names = ", ".join(preset_names()) or "none shipped"
+    raise RunError(f"{name_or_path}: no such run directory, nor a pretrained model of that name (pretrained: {names})")
+
+
+# The files of a pretrain run that a preset keeps (the TensorBoard logs stay behind).
+_PRESET_FILES = ("run.json", "vocab.txt", "encoder.weights.h5", "language_model.weights.h5", "metrics.json",
+                 "history.json")
+
+
+def publish(run_dir: str | os.PathLike, destination: str | os.PathLike) -> Path:
+    """Copies a pretrain run into a preset folder: weights stored as float16, paths made relative.
+
+    Keras loads float16 weights into its float32 variables, so the preset trains and serves as
+    the run did, from a file half the size (the weights differ by float16 rounding, a relative
+    1e-3). The recipe's paths become relative to the preset, so it works wherever the package
+    is installed; files outside the preset's parent folder (the pretraining corpus, which does
+    not ship) keep their names only. The
+    model card (`README.md`) is written by hand beside it.
+
+    Args:
+        run_dir: A complete pretrain run.
+        destination: The preset folder to create (its name is the preset's).
+
+    Returns:
+        The preset folder.
+    """
+    from tftune.recipe import Recipe
+
+    run_dir, destination = Path(run_dir), Path(destination)
+    destination.mkdir(parents=True, exist_ok=False)
+    for name in _PRESET_FILES:
+        source = run_dir / name
+        if name.endswith(".weights.h5"):
+            _copy_as_float16(source, destination / name)
+        else:
+            shutil.copyfile(source, destination / name)
+    shipped = destination.resolve().parent
+
+    def write_path(path):
+        inside = Path(path).resolve().is_relative_to(shipped)
+        return os.path.relpath(path, destination.resolve()) if inside else Path(path).name
+
+    recipe = Recipe.from_toml_file(run_dir / "recipe.toml")
+    (destination / "recipe.toml").write_text(recipe.to_toml(write_path), encoding="utf-8")
+    return destination
+
+
+def _copy_as_float16(source: Path, target: Path) -> None:
+    import h5py
+    import numpy as np
+
+    with h5py.File(source, "r") as inp, h5py.File(target, "w") as out:
+
+        def copy(name, item):
+            if isinstance(item, h5py.Group):
+                out.require_group(name).attrs.update(item.attrs)
+                return
+            data = item[()]
+            if data.dtype == np.float32:
+                data = data.astype(np.float16)
+            compression = "gzip" if data.ndim else None
+            out.create_dataset(name, data=data, compression=compression).attrs.update(item.attrs)
+
+        out.attrs.update(inp.attrs)
+        inp.visititems(copy)
