@@ -17,10 +17,11 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 
 install: $(VENV)/.installed
 
-# Pretrain on the shipped corpus, fine-tune on the shipped authors task, export, then classify
+# Fine-tune the shipped general language model on the authors' text (ULMFiT's target-domain
+# step), fine-tune a classifier on the authors task with gradual unfreezing, export, then classify
 # through the reloaded SavedModel. The last line printed is the export directory.
 demo: install
-	$(BIN)/tftune pretrain --out $(DEMO_PRETRAIN) --force
+	$(BIN)/tftune pretrain --from lstm-glove-general --corpus pretrained/authors/train.csv --out $(DEMO_PRETRAIN) --force
 	$(BIN)/tftune finetune --from $(DEMO_PRETRAIN) --out $(DEMO_FINETUNE) --force
 	$(BIN)/tftune predict $(DEMO_FINETUNE)/export \
 		"It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife." \

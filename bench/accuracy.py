@@ -1,43 +1,73 @@
-"""Accuracy: does LM pretraining + careful fine-tuning beat frozen-vector baselines?
+"""Accuracy: does tftune's transfer learning beat frozen-vector baselines, and what does each part give?
 
 Test accuracy and macro-F1 on two real tasks from `../shared/data` (skipped with a message when
 absent): TREC-6 (5,452 training questions, 10% of them held out for validation with the seed;
 500 test questions; the coarse label) and SST-2 (6,920 / 872 / 1,821 sentences). The task
-splits are written as `text,label` CSV files in a temporary directory for tftune. Rows:
+splits are written as `text,label` CSV files in a temporary directory for tftune.
+
+Every row runs once per seed of `--seeds`; the seed goes to `pretrain.seed` and `finetune.seed`
+of its runs, the Keras baseline, TREC-6's validation split and the low-data subsets. A row keeps
+each seed's figures, and their mean and (sample) standard deviation.
+
+The rows run tftune as its command line does, through `tftune.train.pretrain` and `finetune`: a
+step that continues from a run (`--from RUN` without `--recipe`) loads that run's `recipe.toml`
+with the CLI's `[distribute]` reset (`tftune.cli.LOCAL_DISTRIBUTE`), then the step's own
+overrides, then `--set`. GENERAL is the general-domain LM, `--general` (default: the shipped
+preset `lstm-glove-general`); the rows that need it are skipped, with the reason, when it is
+missing. Rows:
 
 - **keras** (the plain baseline, run here): `TextVectorization` → frozen 50-d GloVe `Embedding`
   (the shipped `pretrained/glove.6B.50d.top20k.txt`, aligned to the vectorizer's vocabulary with
   `tftune.embeddings.align`) → `LSTM(256)` → `Dense(softmax)`, Adam, early stopping on the
   validation accuracy with the best weights restored.
 - **reference** (published, not run): Kim (2014) CNN-static on frozen 300-d word2vec.
-- **tftune** (the shipped recipe, `lstm-glove` unless `--recipe`): one general-domain LM
-  pretraining run shared by all tasks, on a seeded mix of unlabeled English from
-  `../shared/data` (WikiText-2 valid+test, PTB train, Gutenberg, Brown, review polarity v2,
-  ABC) sized to `--pretrain-budget-seconds`; then per task target-domain LM fine-tuning on the
-  task's training text (`pretrain(..., from_run=GENERAL)`), then `finetune`.
-- **ablations** (finetune overrides on the same encoders): `scratch` (no LM pretraining:
-  `pretrain.epochs=0` on the task's training text, i.e. its vocabulary and a random encoder),
-  `gradual` (ULMFiT's gradual unfreezing, `finetune.unfreeze=gradual`), `constant_lr` (`finetune.lr_decay=1` and
-  `finetune.schedule=constant`), `no_lm_finetune` (the general LM without target-domain LM
-  fine-tuning).
-- **low_data** (TREC-6 only): 10% and 25% of the training labels (stratified, seeded), the
-  pretrained encoder of the `tftune` row vs the `scratch` one.
+- **tftune** (the headline): what a user runs,
+  `tftune pretrain --from GENERAL --corpus TASK/train.csv --out lm`, then
+  `tftune finetune --from lm --train TASK/train.csv --valid TASK/valid.csv --test TASK/test.csv`:
+  the target-domain LM step with GENERAL's recipe, then fine-tuning with the LM run's.
+- **small_lm** (also the `no_general_lm` ablation: no shipped model, a small LM of one's own):
+  `tftune pretrain --recipe RECIPE` (`--recipe`, default `lstm-glove`, on its own corpus, seed 0;
+  one run shared by every task and seed), then the two steps of `tftune` from it.
+- **scratch** (no language model): `tftune pretrain --recipe GENERAL/recipe.toml` on the task's
+  training text with `pretrain.epochs=0` (no `--from`): a vocabulary of the task's text and a
+  random encoder of GENERAL's size; then fine-tuning with that run's recipe.
+- ablations, each changing one thing against `tftune`:
+  **no_awd**, the AWD-LSTM regularization off (`AWD_OFF`: weight, embedding, input, hidden and
+  output dropout, `pretrain.ar`, `pretrain.tar`) in the target-domain step (a run of its own) and
+  in fine-tuning (which takes its dropout rates from the run it starts from: there they restate
+  the LM run's); **closed_vocab**, `vocab.open=false` in both (a run of its own);
+  **all_layers**, `finetune.unfreeze=all` from the `tftune` row's LM run; **no_lm_finetune**,
+  fine-tuning straight from GENERAL, with its recipe, without the target-domain step. The first
+  three are skipped when their overrides leave the recipe as it is (`all_layers` with a recipe
+  that has `finetune.unfreeze = "all"`, say): they would be the `tftune` row again.
+- **low_data** (TREC-6 only): 10% and 25% of the training labels (stratified, seeded), fine-tuned
+  from the `tftune` row's LM run (its target-domain step read all the training text, without
+  labels) and from the `scratch` row's: the rows `low_data_10pct_tftune`, `low_data_10pct_scratch`,
+  and so on.
 
-Every row records its test accuracy, macro-F1, validation accuracy, wall-clock seconds, seed
-and the exact recipe and overrides (`$TMP` stands for the temporary directory). The shared
-pretraining run reports its own tokens, perplexity and wall time.
+For each seed, a tftune row records its steps: the recipe each step loaded (`preset recipe`,
+`LM run recipe` or `shipped recipe NAME`), its overrides (`$TMP` stands for the temporary
+directory), the run it continued from, the LM's perplexity or the classifier's epochs, and the
+seconds. A row's seconds are those of its steps, the small LM's pretraining included; the
+general LM ships, its training is not counted.
+
+`--smoke` trains a tiny general LM in the temporary directory (`SMOKE_LM_OVERRIDES`: the shipped
+recipe at 1 × 16 units, one epoch of 20,000 tokens of the shipped corpus, one fine-tuning epoch of
+every layer), which is its small LM too and whose recipe the other runs inherit (so `all_layers`
+is skipped), and runs every row on TREC-6 (one low-data point) and the baselines and `tftune` on
+SST-2, at 240 / 60 / 100 examples.
 
 Example:
 
 ```sh
-python -m bench.accuracy --tasks trec6 --rows keras,tftune,scratch --pretrain-budget-seconds 600
+python -m bench.accuracy --tasks trec6 --rows keras,tftune,scratch --seeds 0,1,2
 python -m bench.accuracy --smoke
 ```
 """
 
 import json
-import math
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -46,23 +76,38 @@ from bench import common
 
 NAME = "accuracy"
 TASKS = ("trec6", "sst2")
-ROWS = ("keras", "reference", "tftune", "scratch", "gradual", "constant_lr", "no_lm_finetune", "low_data")
-# Rows trained by tftune's finetune: (encoder, finetune overrides, what the row shows).
-TFTUNE_ROWS = {
-    "tftune": ("lm_finetuned", [], "shipped recipe: general LM + target-domain LM fine-tuning + fine-tuning"),
-    "scratch": ("scratch", [], "no LM pretraining: random encoder, vocabulary of the task's training text"),
-    "gradual": ("lm_finetuned", ["finetune.unfreeze=gradual"],
-                "gradual unfreezing: the head alone, then one more layer per epoch (ULMFiT)"),
-    "constant_lr": ("lm_finetuned", ["finetune.lr_decay=1", "finetune.schedule=constant"],
-                    "one learning rate for all layers, no slanted triangular schedule"),
-    "no_lm_finetune": ("general", [], "general LM only, no target-domain LM fine-tuning"),
+ROWS = ("keras", "reference", "tftune", "small_lm", "scratch", "no_awd", "closed_vocab", "all_layers",
+        "no_lm_finetune", "low_data")
+GENERAL = "lstm-glove-general"
+AWD_OFF = ["encoder.weight_dropout=0", "encoder.embedding_dropout=0", "encoder.input_dropout=0",
+           "encoder.hidden_dropout=0", "encoder.output_dropout=0", "pretrain.ar=0", "pretrain.tar=0"]
+CLOSED_VOCAB = ["vocab.open=false"]
+# The LM runs of a task and seed: (the shared run whose recipe the step loads: "general" or "small",
+# whether it continues from that run (`--from`; else `--recipe RUN/recipe.toml`), its own overrides
+# besides the corpus and the seed).
+LM_STEPS = {
+    "tftune": ("general", True, []),
+    "small_lm": ("small", True, []),
+    "no_awd": ("general", True, AWD_OFF),
+    "closed_vocab": ("general", True, CLOSED_VOCAB),
+    "scratch": ("general", False, ["pretrain.epochs=0"]),
 }
-# Rows whose encoder starts from the general LM (every tftune row but scratch, and the low-data curve).
-NEED_GENERAL_LM = {row for row, (encoder, _, _) in TFTUNE_ROWS.items() if encoder != "scratch"} | {"low_data"}
-ENCODERS = {"general": "general LM", "lm_finetuned": "general LM + target-domain LM fine-tuning",
-            "scratch": "untrained (pretrain.epochs=0 on the task's text)"}
+# Rows fine-tuned by tftune: (the LM run, or shared run, they start from, finetune overrides of their own, description).
+TFTUNE_ROWS = {
+    "tftune": ("tftune", [], "general LM, target-domain LM step, fine-tuning: the user's two commands"),
+    "small_lm": ("small_lm", [], "a small LM of the shipped recipe instead of the general one (the no_general_lm "
+                                 "ablation)"),
+    "scratch": ("scratch", [], "no LM: the task's vocabulary, a random encoder of the general LM's size"),
+    "no_awd": ("no_awd", AWD_OFF, "as tftune, AWD-LSTM dropouts and AR/TAR off in both steps"),
+    "closed_vocab": ("closed_vocab", CLOSED_VOCAB, "as tftune, closed vocabulary in both steps"),
+    "all_layers": ("tftune", ["finetune.unfreeze=all"], "as tftune, every layer trained from the first epoch"),
+    "no_lm_finetune": ("general", [], "as tftune, without the target-domain LM step"),
+}
+# Rows that change one setting of the tftune row: skipped when the setting is the recipe's already.
+ABLATIONS = ("no_awd", "closed_vocab", "all_layers")
 LOW_DATA_TASK = "trec6"
 LOW_DATA_FRACTIONS = (0.1, 0.25)
+LOW_DATA_ARMS = ("tftune", "scratch")
 REFERENCE = {
     "description": "Kim (2014) CNN-static, frozen word2vec 300d (published, not run)",
     "accuracy": {"trec6": 0.928, "sst2": 0.868},
@@ -71,53 +116,36 @@ REFERENCE = {
 KERAS_REFERENCE_ACCURACY = {"trec6": 0.882, "sst2": 0.732}
 KERAS_UNITS = 256
 
-# Unlabeled English for the general-domain LM, in this order (equal shares, as far as each goes).
-PRETRAIN_SOURCES = {
-    "wikitext-2": ("wikitext-2/wiki.valid.tokens", "wikitext-2/wiki.test.tokens"),
-    "ptb": ("ptb/ptb.train.txt",),
-    "gutenberg": ("gutenberg/gutenberg.txt",),
-    "brown": ("brown/brown.txt",),
-    "review_polarity_v2": ("review_polarity_v2/review_polarity.txt",),
-    "abc": ("abc/abc.txt",),
-}
-# Tokens per second the general LM of the shipped recipe (2 x 128 LSTM, sampled softmax) trains at
-# on 2 shared cores (13,600 measured); only used to size the corpus so that --pretrain-epochs fit
-# the budget, which a callback enforces in any case.
-ASSUMED_TOKENS_PER_SECOND = 12000
-PRETRAIN_VALID_FRACTION = 0.02
-
-FULL = {"train": None, "valid": None, "test": None, "pretrain_budget_seconds": 1200.0, "pretrain_epochs": 2,
-        "keras_units": KERAS_UNITS, "keras_epochs": 30, "keras_patience": 3, "keras_batch_size": 32,
-        "lm_finetune_epochs": None, "ablation_tasks": TASKS, "low_data_fractions": LOW_DATA_FRACTIONS,
-        "overrides": []}
+FULL = {"train": None, "valid": None, "test": None, "keras_units": KERAS_UNITS, "keras_epochs": 30,
+        "keras_patience": 3, "keras_batch_size": 32, "ablation_tasks": TASKS, "low_data_fractions": LOW_DATA_FRACTIONS}
 # --smoke runs every code path once: the ablations and one low-data point on TREC-6 only.
-SMOKE = {"train": 240, "valid": 60, "test": 100, "pretrain_budget_seconds": 3.0, "pretrain_epochs": 1,
-         "pretrain_tokens": 20000, "lm_finetune_epochs": 1, "keras_units": 16, "keras_epochs": 1, "keras_patience": 1,
-         "keras_batch_size": 32, "ablation_tasks": ("trec6",), "low_data_fractions": LOW_DATA_FRACTIONS[1:],
-         "overrides": ["encoder.units=16", "encoder.layers=1", "vocab.max_size=3000", "pretrain.seq_len=20",
-                       "pretrain.batch_size=16", "finetune.max_len=60", "finetune.batch_size=16",
-                       "finetune.epochs=1"]}
+SMOKE = {"train": 240, "valid": 60, "test": 100, "keras_units": 16, "keras_epochs": 1, "keras_patience": 1,
+         "keras_batch_size": 32, "ablation_tasks": ("trec6",), "low_data_fractions": LOW_DATA_FRACTIONS[1:]}
+# --smoke's general LM (its small LM too): the shipped recipe with these overrides, on this many
+# tokens of the shipped corpus. The runs that continue from it inherit its recipe, sizes included
+# (one fine-tuning epoch of every layer: gradual unfreezing would add a stage to each).
+SMOKE_LM_TOKENS = 20000
+SMOKE_LM_OVERRIDES = ["encoder.units=16", "encoder.layers=1", "vocab.max_size=3000", "pretrain.seq_len=20",
+                      "pretrain.batch_size=16", "pretrain.epochs=1", "finetune.max_len=60", "finetune.batch_size=16",
+                      "finetune.epochs=1", "finetune.unfreeze=all"]
 
 
 def add_arguments(parser):
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated tasks [default: {','.join(TASKS)}]")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows [default: {','.join(ROWS)}]")
-    parser.add_argument("--recipe", default="lstm-glove", help="tftune recipe of every tftune run")
+    parser.add_argument("--general", default=GENERAL, metavar="NAME_OR_RUN",
+                        help=f"the general-domain LM: a shipped preset's name or a pretrain run directory "
+                             f"[default: {GENERAL}; --smoke trains a tiny one]")
+    parser.add_argument("--recipe", default="lstm-glove",
+                        help="shipped recipe (name or file) of the small_lm row's own LM [default: lstm-glove]")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="tftune recipe override applied last to every tftune run (repeatable)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the splits, the Keras baseline and every tftune run [default: 0]")
-    parser.add_argument("--pretrain-budget-seconds", type=float, default=None,
-                        help="wall-clock limit of the general LM pretraining [default: 1200; 3 with --smoke]")
-    parser.add_argument("--pretrain-epochs", type=int, default=None,
-                        help="epochs of the general LM pretraining; the corpus is sized so that they fit the "
-                             "budget [default: 2; 1 with --smoke]")
-    parser.add_argument("--pretrain-tokens", type=int, default=None,
-                        help="size of the pretraining corpus in whitespace tokens [default: from the budget]")
-    parser.add_argument("--lm-finetune-epochs", type=int, default=None,
-                        help="epochs of target-domain LM fine-tuning [default: the recipe's pretrain.epochs]")
-    parser.add_argument("--pretrain-run", type=Path, default=None,
-                        help="reuse this general pretrain run instead of pretraining")
+                        help="tftune recipe override applied last to every tftune run, after each row's own "
+                             "(repeatable)")
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", default="0",
+                       help="comma-separated seeds; every row runs once per seed (its runs, the Keras baseline, "
+                            "TREC-6's validation split, the low-data subsets) [default: 0]")
+    seeds.add_argument("--seed", type=int, default=None, help="one seed: the same as --seeds N")
     parser.add_argument("--keep-runs", type=Path, default=None,
                         help="write the tftune runs and task files here instead of a temporary directory")
 
@@ -189,201 +217,213 @@ def write_task(task, folder):
     return {split: _write_rows(zip(*task[split]), folder / f"{split}.csv") for split in ("train", "valid", "test")}
 
 
-# === The general-domain pretraining corpus ===
-
-
-def _read_documents(paths):
-    lines = []
-    for path in paths:
-        lines += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return lines
-
-
-def build_corpus(path, target_tokens, seed):
-    """Writes a seeded, shuffled mix of `PRETRAIN_SOURCES` of about `target_tokens` whitespace tokens.
-
-    Every source gets an equal share of the target (what a small source cannot fill goes to the
-    others); a share is a seeded sample of the source's lines (paragraphs). Returns what went in.
-    """
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    sources = {}
-    for name, files in PRETRAIN_SOURCES.items():
-        paths = [common.SHARED_DATA / file for file in files]
-        if all(p.is_file() for p in paths):
-            documents = _read_documents(paths)
-            sources[name] = (documents, np.array([len(doc.split()) for doc in documents]))
-    if not sources:
-        return None
-    shares, left = {}, target_tokens
-    for i, (name, (_, lengths)) in enumerate(sorted(sources.items(), key=lambda item: item[1][1].sum())):
-        shares[name] = min(int(lengths.sum()), left // (len(sources) - i))
-        left -= shares[name]
-    picked, report = [], {}
-    for name, (documents, lengths) in sources.items():
-        order = rng.permutation(len(documents))
-        n = int(np.searchsorted(np.cumsum(lengths[order]), shares[name])) + 1
-        chosen = order[:n]
-        picked += [documents[i] for i in chosen]
-        report[name] = {"documents": len(chosen), "tokens": int(lengths[chosen].sum())}
-    picked = [picked[i] for i in rng.permutation(len(picked))]
-    path.write_text("\n".join(picked) + "\n", encoding="utf-8")
-    return {
-        "sources": report,
-        "documents": len(picked),
-        "tokens": sum(source["tokens"] for source in report.values()),
-        "files": {name: [common.display_path(common.SHARED_DATA / file) for file in PRETRAIN_SOURCES[name]]
-                  for name in report},
-    }
-
 
 # === tftune runs ===
 
 
 class Runner:
-    """Runs tftune pretrain/finetune with the recipe, the seed and `--set`, and records the overrides.
+    """Runs `tftune pretrain` and `tftune finetune` as the CLI does, and records each step.
 
-    The recipe file is read once, at the start: every run derives its recipe from that copy
-    (`Recipe.with_overrides`), so all the runs of one benchmark share the same recipe.
+    A step's recipe is a shipped recipe (by name or file) or a run directory's `recipe.toml`;
+    when a step continues from a run without a recipe of its own (`--from RUN`), the CLI resets
+    the `[distribute]` section first, and so does this. `--set` comes last. Records show the
+    temporary directory (`root`) as `$TMP`.
     """
 
-    def __init__(self, args, sizes, root):
-        from tftune.recipe import load_recipe
+    def __init__(self, root, overrides):
+        self.root, self.last = Path(root), list(overrides)
+        self.general = None  # the general LM's run directory, once known: its recipe is the "preset recipe"
 
-        self.recipe, self.seed = args.recipe, args.seed
-        self.root = Path(root)
-        self.last = [f"pretrain.seed={args.seed}", f"finetune.seed={args.seed}", *sizes["overrides"], *args.overrides]
-        self.base = load_recipe(args.recipe, self.last)
-
-    def overrides(self, overrides):
-        return [*overrides, *self.last]
+    def where(self, path):
+        """A run or file as recorded: `$TMP/...` inside `root`, else as `common.display_path` shows it."""
+        path = Path(path).resolve()
+        if path.is_relative_to(self.root):
+            return "$TMP/" + path.relative_to(self.root).as_posix()
+        return common.display_path(path)
 
     def shown(self, overrides):
-        """The overrides as recorded: `$TMP` for the run directory root."""
-        return [text.replace(str(self.root), "$TMP") for text in self.overrides(overrides)]
+        return [text.replace(str(self.root), "$TMP") for text in overrides]
 
-    def load(self, overrides):
-        return self.base.with_overrides(self.overrides(overrides))
+    def load(self, source, overrides, reset):
+        """`(recipe, record)`: `source` is a shipped recipe's name or file, or a run directory (its recipe)."""
+        from tftune.cli import LOCAL_DISTRIBUTE
+        from tftune.recipe import load_recipe
 
-    def pretrain(self, out, overrides, callbacks=(), **options):
+        overrides = [*(LOCAL_DISTRIBUTE if reset else []), *overrides, *self.last]
+        if isinstance(source, str):
+            recipe, shown = load_recipe(source, overrides), f"shipped recipe {source}"
+        else:
+            kind = "preset" if source == self.general else "LM run"
+            recipe, shown = load_recipe(source / "recipe.toml", overrides), f"{kind} recipe {self.where(source)}"
+        return recipe, {"recipe": shown, "overrides": self.shown(overrides)}
+
+    def pretrain(self, out, overrides, recipe=None, from_run=None):
+        """`tftune pretrain [--recipe RECIPE] [--from RUN] --set ... --out OUT`: the step's record.
+
+        Without `recipe`, the recipe is `from_run`'s (a run directory may also be the `recipe`).
+        """
         import keras
 
         from tftune.train import pretrain
 
+        loaded, record = self.load(from_run if recipe is None else recipe, overrides, reset=recipe is None)
         keras.backend.clear_session()
         started = time.perf_counter()
-        metrics = pretrain(self.load(overrides), out, force=True, callbacks=callbacks, **options)
-        return metrics, round(time.perf_counter() - started, 1)
+        metrics = pretrain(loaded, out, force=True, from_run=from_run)
+        return {
+            "step": "pretrain",
+            "from_run": None if from_run is None else self.where(from_run),
+            **record,
+            "out": self.where(out),
+            "valid_perplexity": metrics["valid"]["perplexity"],
+            "train_tokens": metrics["train_tokens"],
+            "vocab_size": metrics["vocab_size"],
+            "open_vocabulary": metrics.get("open_vocabulary"),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
 
-    def finetune(self, out, encoder, overrides):
+    def finetune(self, out, from_run, overrides):
+        """`tftune finetune --from RUN --set ... --out OUT`, with the run's recipe: `(scores, record)`."""
         import keras
 
         from tftune.train import finetune
 
+        loaded, record = self.load(from_run, overrides, reset=True)
         keras.backend.clear_session()
         started = time.perf_counter()
-        metrics = finetune(self.load(overrides), encoder, out, force=True)
-        seconds = round(time.perf_counter() - started, 1)
-        return {
-            "test_accuracy": metrics["test"]["accuracy"],
-            "test_macro_f1": metrics["test"]["macro_f1"],
-            "valid_accuracy": metrics["valid"]["accuracy"],
+        metrics = finetune(loaded, from_run, out, force=True)
+        scores = {"test_accuracy": metrics["test"]["accuracy"], "test_macro_f1": metrics["test"]["macro_f1"],
+                  "valid_accuracy": metrics["valid"]["accuracy"]}
+        return scores, {
+            "step": "finetune",
+            "from_run": self.where(from_run),
+            **record,
+            "out": self.where(out),
             "epochs": metrics["epochs"],
             "weights_from_epoch": metrics.get("weights_from_epoch"),
-            "seconds": seconds,
-            "recipe": self.recipe,
-            "overrides": self.shown(overrides),
+            "seconds": round(time.perf_counter() - started, 1),
         }
 
 
-def _lm_summary(metrics, seconds):
-    return {
-        "valid_perplexity": metrics["valid"]["perplexity"],
-        "train_tokens": metrics["train_tokens"],
-        "valid_tokens": metrics["valid_tokens"],
-        "vocab_size": metrics["vocab_size"],
-        "train_tokens_per_second": metrics.get("train_tokens_per_second"),
-        "token_coverage_by_vectors": (metrics.get("coverage") or {}).get("token_share"),
-        "seconds": seconds,
-    }
+def smoke_corpus(path, tokens):
+    """Writes the first lines of the shipped corpus, about `tokens` whitespace tokens: --smoke's LM corpus."""
+    lines, count = [], 0
+    for line in common.SHIPPED_CORPUS.read_text(encoding="utf-8").splitlines():
+        if count >= tokens:
+            break
+        lines.append(line)
+        count += len(line.split())
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
-def general_pretraining(runner, args, sizes, root):
-    """The shared general-domain LM run: `(run directory, report)`, or `(None, reason)`."""
-    from bench.callbacks import WallClockBudget
+def small_lm(args, runner, root):
+    """`small_lm`'s own LM, `tftune pretrain --recipe RECIPE` with seed 0, shared by tasks and seeds: `(run, record)`.
 
-    if args.pretrain_run is not None:
-        metrics = json.loads((args.pretrain_run / "metrics.json").read_text(encoding="utf-8"))
-        return args.pretrain_run, {"reused_run": str(args.pretrain_run),
-                                   **_lm_summary(metrics, metrics.get("wall_seconds"))}
-    budget_seconds = args.pretrain_budget_seconds or sizes["pretrain_budget_seconds"]
-    epochs = args.pretrain_epochs or sizes["pretrain_epochs"]
-    target = args.pretrain_tokens or sizes.get("pretrain_tokens") or int(
-        budget_seconds * ASSUMED_TOKENS_PER_SECOND / epochs)
-    corpus_path = root / "pretrain-corpus.txt"
-    corpus = build_corpus(corpus_path, target, args.seed)
-    if corpus is None:
-        return None, f"no pretraining text under {common.display_path(common.SHARED_DATA)}"
-    common.log(f"{NAME}: general LM pretraining on {corpus['tokens']:,} tokens, "
-               f"{epochs} epoch(s) within {budget_seconds:g} s")
-    overrides = [f"pretrain.corpus={json.dumps(str(corpus_path))}", f"pretrain.epochs={epochs}",
-                 f"pretrain.valid_fraction={PRETRAIN_VALID_FRACTION}"]
-    budget = WallClockBudget(budget_seconds)
-    run = root / "pretrain-general"
-    metrics, seconds = runner.pretrain(run, overrides, callbacks=[budget])
-    recipe = runner.load(overrides)["pretrain"]
-    steps_per_epoch = math.ceil((metrics["train_tokens"] - 1) // recipe["seq_len"] / recipe["batch_size"])
-    return run, {
-        "corpus": {**corpus, "target_tokens": target},
-        **_lm_summary(metrics, seconds),
-        "budget_seconds": budget_seconds,
-        "epochs_asked": epochs,
-        "steps": budget.steps,
-        "epochs": round(budget.steps / steps_per_epoch, 2),
-        "stopped_by_budget": budget.steps < steps_per_epoch * epochs,
-        "recipe": runner.recipe,
-        "overrides": runner.shown(overrides),
-    }
-
-
-def task_encoders(runner, lm_finetune_epochs, files, general, needed, folder):
-    """The task's own encoder runs: {"lm_finetuned" and/or "scratch": (run directory, report)}.
-
-    `lm_finetuned` continues the general LM on the task's training text; `scratch` is
-    `pretrain.epochs=0` on that text: its vocabulary and an untrained encoder.
+    With --smoke, a tiny one (`SMOKE_LM_OVERRIDES`) on a slice of the shipped corpus.
     """
-    encoders = {}
-    corpus = f"pretrain.corpus={json.dumps(str(files['train']))}"
-    if "lm_finetuned" in needed and general is not None:
-        overrides = [corpus, f"pretrain.epochs={lm_finetune_epochs}"]
-        run = folder / "pretrain-lm-finetuned"
-        common.log(f"{NAME}: target-domain LM fine-tuning on {common.display_path(files['train'])}")
-        metrics, seconds = runner.pretrain(run, overrides, from_run=general)
-        encoders["lm_finetuned"] = (run, {**_lm_summary(metrics, seconds), "recipe": runner.recipe,
-                                          "overrides": runner.shown(overrides)})
-    if "scratch" in needed:
-        run, overrides = folder / "pretrain-scratch", [corpus, "pretrain.epochs=0"]
-        common.log(f"{NAME}: untrained encoder with the vocabulary of {common.display_path(files['train'])}")
-        metrics, seconds = runner.pretrain(run, overrides)
-        encoders["scratch"] = (run, {"vocab_size": metrics["vocab_size"], "seconds": seconds,
-                                     "recipe": runner.recipe, "overrides": runner.shown(overrides)})
-    return encoders
+    overrides = ["pretrain.seed=0"]
+    if args.smoke:
+        corpus = smoke_corpus(root / "smoke-corpus.txt", SMOKE_LM_TOKENS)
+        overrides = [f"pretrain.corpus={json.dumps([str(corpus)])}", *SMOKE_LM_OVERRIDES, *overrides]
+    common.log(f"{NAME}: the small LM: recipe {args.recipe}")
+    run = root / "small-lm"
+    return run, runner.pretrain(run, overrides, recipe=args.recipe)
 
 
-def vocabulary_coverage(run, task):
-    """Share of the task's tokens (train, test) that a run's vocabulary knows (not `<unk>`)."""
-    import numpy as np
+def find_general(name):
+    """The general LM's run directory (a preset's name or a pretrain run), or a string saying why there is none."""
+    from tftune.errors import RunError
+    from tftune.presets import resolve_run
+    from tftune.runs import read_run_info
 
-    from tftune.text import UNK_ID, Tokenizer, Vocabulary
+    try:
+        run = resolve_run(name)
+        read_run_info(run, "pretrain", required=("recipe.toml",))
+    except RunError as e:
+        return f"no general LM: {e}"
+    return Path(run).resolve()
 
-    info = json.loads((Path(run) / "run.json").read_text(encoding="utf-8"))
-    vocab, tokenizer = Vocabulary.load(Path(run) / "vocab.txt"), Tokenizer.from_config(info["tokenizer"])
-    coverage = {}
-    for split in ("train", "test"):
-        ids = np.concatenate(vocab.encode(task[split][0], tokenizer, append_eos=False))
-        coverage[split] = round(float(np.mean(ids != UNK_ID)), 4)
-    return coverage
+
+def _base(lm):
+    """The shared run ("general" or "small") that an LM run of `LM_STEPS`, or a shared run itself, comes from."""
+    return LM_STEPS[lm][0] if lm in LM_STEPS else lm
+
+
+def needed_base(row):
+    """The shared run a row needs ("general" or "small"), or None."""
+    if row == "low_data":
+        return "general"
+    return _base(TFTUNE_ROWS[row][0]) if row in TFTUNE_ROWS else None
+
+
+def shared_runs(args, runner, rows, root):
+    """The runs every task shares: {"general": (run, []) or why it is missing, "small": (run, [its record])}.
+
+    Only those the rows need. With --smoke, the small LM stands in for the general LM.
+    """
+    needed = {needed_base(row) for row in rows}
+    shared = {}
+    if "small" in needed or (args.smoke and "general" in needed):
+        run, record = small_lm(args, runner, root)
+        shared["small"] = (run, [record])
+    if "general" in needed:
+        general = shared["small"][0] if args.smoke else find_general(args.general)
+        if isinstance(general, str):
+            common.log(f"{NAME}: {general}")
+            shared["general"] = general
+        else:
+            runner.general, shared["general"] = general, (general, [])
+    return shared
+
+
+def lm_report(run, runner):
+    """A shared LM as the result shows it: where, its encoder, corpus size and perplexity."""
+    from tftune.recipe import Recipe
+
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    encoder = Recipe.from_toml_file(run / "recipe.toml")["encoder"]
+    return {"run": runner.where(run), "encoder": f"{encoder['layers']} x {encoder['units']} {encoder['cell']}",
+            "train_tokens": metrics["train_tokens"], "vocab_size": metrics["vocab_size"],
+            "valid_perplexity": metrics["valid"]["perplexity"]}
+
+
+class TaskRuns:
+    """One task at one seed: its CSV files, and its LM runs, each made once, when a row first needs it."""
+
+    def __init__(self, runner, shared, task, folder, seed):
+        self.runner, self.shared, self.task, self.folder, self.seed = runner, shared, task, folder, seed
+        self.files = write_task(task, folder)
+        self.lms = {}
+
+    def lm(self, name):
+        """`(run directory, the steps that made it)` of a shared run or of one of `LM_STEPS`."""
+        if name in self.shared:
+            return self.shared[name]
+        if name not in self.lms:
+            base, continues, own = LM_STEPS[name]
+            run, steps = self.shared[base]
+            common.log(f"{NAME}: {self.task['name']}, seed {self.seed}: LM run {name}")
+            corpus = f"pretrain.corpus={json.dumps([str(self.files['train'])])}"
+            overrides = [corpus, *own, f"pretrain.seed={self.seed}"]
+            out = self.folder / f"lm-{name}"
+            if continues:
+                self.lms[name] = (out, [*steps, self.runner.pretrain(out, overrides, from_run=run)])
+            else:
+                self.lms[name] = (out, [self.runner.pretrain(out, overrides, recipe=run)])
+        return self.lms[name]
+
+    def finetune(self, label, lm, own, train=None):
+        """Fine-tunes from an LM run with its recipe: one seed's figures of a row, with every step."""
+        run, steps = self.lm(lm)
+        common.log(f"{NAME}: {self.task['name']}, seed {self.seed}: {label}")
+        files = {**self.files, "train": train or self.files["train"]}
+        data = [f"finetune.{split}={json.dumps(str(files[split]))}" for split in ("train", "valid", "test")]
+        scores, record = self.runner.finetune(self.folder / f"finetune-{label}", run,
+                                              [*data, *own, f"finetune.seed={self.seed}"])
+        steps = [*steps, record]
+        return {"seed": self.seed, **scores, "seconds": round(sum(step["seconds"] for step in steps), 1),
+                "steps": steps}
 
 
 # === The plain Keras baseline ===
@@ -455,6 +495,7 @@ def keras_baseline(task, sizes, seed, vectors):
     }
 
 
+
 # === The benchmark ===
 
 
@@ -466,72 +507,109 @@ def _parse_list(text, allowed, what):
     return names
 
 
-def measure_task(name, task, runner, lm_finetune_epochs, sizes, general, rows, root, vectors):
-    if isinstance(task, str):
-        common.log(f"{NAME}: skipping {name}: {task}")
-        return {"skipped": task}
-    task["name"] = name
-    if name not in sizes["ablation_tasks"]:
-        rows = [row for row in rows if row not in TFTUNE_ROWS or row == "tftune"]
-    folder = root / name
-    files = write_task(task, folder)
-    labels = sorted(set(task["train"][1]))
-    result = {"source": task.pop("source"), "classes": labels,
-              "examples": {split: len(task[split][0]) for split in ("train", "valid", "test")}, "rows": {}}
-    data = [f"finetune.train={json.dumps(str(files['train']))}", f"finetune.valid={json.dumps(str(files['valid']))}",
-            f"finetune.test={json.dumps(str(files['test']))}"]
-    low_data = "low_data" in rows and name == LOW_DATA_TASK and general is not None
-    needed = {TFTUNE_ROWS[row][0] for row in rows if row in TFTUNE_ROWS} | ({"lm_finetuned", "scratch"} if low_data
-                                                                                else set())
-    encoders = task_encoders(runner, lm_finetune_epochs, files, general, needed, folder)
-    runs = {"general": general, **{kind: run for kind, (run, _) in encoders.items()}}
-    result["encoders"] = {kind: report for kind, (_, report) in encoders.items()}
-    # The words an encoder's vocabulary knows are the words fine-tuning can see (LM fine-tuning
-    # keeps the general vocabulary).
-    result["vocabulary_coverage"] = {kind: vocabulary_coverage(run, task) for kind, run in runs.items()
-                                     if run is not None and kind != "lm_finetuned"}
+def _parse_seeds(args):
+    given = args.seeds if args.seed is None else str(args.seed)
+    texts = [text for text in given.split(",") if text]
+    if not texts or not all(text.isdigit() for text in texts) or len(set(map(int, texts))) < len(texts):
+        raise SystemExit(f"error: seeds are distinct non-negative integers, e.g. --seeds 0,1,2; got {given!r}")
+    return [int(text) for text in texts]
+
+
+def low_data_label(fraction, arm):
+    return f"low_data_{round(fraction * 100)}pct_{arm}"
+
+
+def skip_reason(row, shared, runner):
+    """Why a row cannot run (no general LM), or would be the tftune row again (an ablation that changes nothing)."""
+    base = needed_base(row)
+    if base is not None and isinstance(shared[base], str):
+        return "no general LM (see above)"
+    if row in ABLATIONS:
+        lm, own, _ = TFTUNE_ROWS[row]
+        overrides = list(dict.fromkeys([*LM_STEPS[lm][2], *own]))
+        ablated, _ = runner.load(shared["general"][0], overrides, reset=True)
+        if ablated == runner.load(shared["general"][0], [], reset=True)[0]:
+            return f"the tftune row's recipe already has {', '.join(overrides)} (with --set)"
+    return None
+
+
+def planned_rows(name, rows, reasons, sizes):
+    """{label: row} of a task before any run: its description, and an empty list of seeds or why it is skipped."""
+    planned = {}
     for row in rows:
+        if row == "reference":
+            accuracy = REFERENCE["accuracy"][name]
+            planned[row] = {"description": REFERENCE["description"], "seeds": [], "published": True,
+                            "mean": {"test_accuracy": accuracy, "valid_accuracy": None, "test_macro_f1": None,
+                                     "seconds": None}, "std": None}
+            continue
         if row == "keras":
-            common.log(f"{NAME}: {name} / plain Keras baseline")
-            result["rows"]["keras"] = {"description": "plain Keras: TextVectorization, frozen GloVe 50d, "
-                                                      f"LSTM({sizes['keras_units']}), softmax",
-                                       **keras_baseline(task, sizes, runner.seed, vectors)}
-        elif row == "reference":
-            result["rows"]["reference"] = {"description": REFERENCE["description"],
-                                           "test_accuracy": REFERENCE["accuracy"][name], "test_macro_f1": None,
-                                           "seconds": None, "seed": None}
-        elif row in TFTUNE_ROWS:
-            kind, overrides, description = TFTUNE_ROWS[row]
-            if runs.get(kind) is None:
-                result["rows"][row] = {"description": description, "skipped": "no general pretrain run"}
-                continue
-            common.log(f"{NAME}: {name} / {row}")
-            result["rows"][row] = {"description": description, "encoder": ENCODERS[kind],
-                                   "seed": runner.seed,
-                                   **runner.finetune(folder / f"finetune-{row}", runs[kind], data + overrides)}
-    if low_data:
-        result["low_data"] = low_data_curve(task, runner, runs, data, folder, runner.seed,
-                                            sizes["low_data_fractions"])
-    return result
+            labels = {row: f"plain Keras: TextVectorization, frozen GloVe 50d, LSTM({sizes['keras_units']}), softmax"}
+        elif row == "low_data":
+            labels = {low_data_label(fraction, arm): f"{fraction:.0%} of the labels, from the {arm} row's LM run"
+                      for fraction in sizes["low_data_fractions"] for arm in LOW_DATA_ARMS}
+        else:
+            labels = {row: TFTUNE_ROWS[row][2]}
+        for label, description in labels.items():
+            planned[label] = {"description": description,
+                              **({"skipped": reasons[row]} if reasons[row] else {"seeds": []})}
+    return planned
 
 
-def low_data_curve(task, runner, runs, data, folder, seed, fractions):
-    """TREC-6 with a share of the training labels: the tftune row's encoder vs the scratch one."""
+def seed_figures(row, runs, sizes, vectors):
+    """{label: figures} of one row at the seed of `runs` (the low-data row gives one per share and arm)."""
+    if row == "keras":
+        common.log(f"{NAME}: {runs.task['name']}, seed {runs.seed}: plain Keras baseline")
+        return {"keras": keras_baseline(runs.task, sizes, runs.seed, vectors)}
+    if row != "low_data":
+        lm, own, _ = TFTUNE_ROWS[row]
+        return {row: runs.finetune(row, lm, own)}
     from bench.serving import _write_rows
 
-    points = []
-    for fraction in fractions:
-        subset = stratified_subset(task["train"], fraction, seed)
-        train = _write_rows(zip(*subset), folder / f"train-{round(fraction * 100)}pct.csv")
-        point = {"fraction": fraction, "train_examples": len(subset[0])}
-        for arm, kind in (("pretrained", "lm_finetuned"), ("scratch", "scratch")):
-            common.log(f"{NAME}: {task['name']} / {fraction:.0%} of the labels / {arm}")
-            overrides = [f"finetune.train={json.dumps(str(train))}", *data[1:]]
-            point[arm] = {"seed": seed, "encoder": ENCODERS[kind],
-                          **runner.finetune(folder / f"finetune-{round(fraction * 100)}pct-{arm}", runs[kind],
-                                            overrides)}
-        points.append(point)
-    return points
+    figures = {}
+    for fraction in sizes["low_data_fractions"]:
+        subset = stratified_subset(runs.task["train"], fraction, runs.seed)
+        train = _write_rows(zip(*subset), runs.folder / f"train-{round(fraction * 100)}pct.csv")
+        for arm in LOW_DATA_ARMS:
+            label = low_data_label(fraction, arm)
+            lm, own, _ = TFTUNE_ROWS[arm]
+            figures[label] = {**runs.finetune(label, lm, own, train), "train_examples": len(subset[0])}
+    return figures
+
+
+def spread(figures):
+    """Means over the seeds (accuracies, macro-F1, seconds) and sample standard deviations (not of the seconds)."""
+    keys = ("test_accuracy", "valid_accuracy", "test_macro_f1")
+    mean = {key: round(statistics.fmean(seed[key] for seed in figures), 4) for key in (*keys, "seconds")}
+    std = {key: round(statistics.stdev(seed[key] for seed in figures), 4) if len(figures) > 1 else None
+           for key in keys}
+    return {"mean": mean, "std": std}
+
+
+def measure_task(name, by_seed, rows, runner, shared, sizes, vectors, root):
+    """A task's rows over the seeds (`by_seed`: {seed: the task loaded with it}), or why it is skipped."""
+    first = next(iter(by_seed.values()))
+    if isinstance(first, str):
+        common.log(f"{NAME}: skipping {name}: {first}")
+        return {"skipped": first}
+    if name not in sizes["ablation_tasks"]:
+        rows = [row for row in rows if row in ("keras", "reference", "tftune")]
+    if name != LOW_DATA_TASK:
+        rows = [row for row in rows if row != "low_data"]
+    reasons = {row: skip_reason(row, shared, runner) for row in rows}
+    result = {"source": first["source"], "classes": sorted(set(first["train"][1])),
+              "examples": {split: len(first[split][0]) for split in ("train", "valid", "test")},
+              "rows": planned_rows(name, rows, reasons, sizes)}
+    runnable = [row for row in rows if row != "reference" and not reasons[row]]
+    for seed, task in by_seed.items():
+        runs = TaskRuns(runner, shared, {**task, "name": name}, root / name / f"seed-{seed}", seed)
+        for row in runnable:
+            for label, figures in seed_figures(row, runs, sizes, vectors).items():
+                result["rows"][label]["seeds"].append(figures)
+    for row in result["rows"].values():
+        if row.get("seeds"):
+            row.update(spread(row["seeds"]))
+    return result
 
 
 def measure(args):
@@ -540,38 +618,37 @@ def measure(args):
     sizes = SMOKE if args.smoke else FULL
     tasks = _parse_list(args.tasks, TASKS, "task(s)")
     rows = _parse_list(args.rows, ROWS, "row(s)")
+    seeds = _parse_seeds(args)
+    loaded = {name: {seed: load_task(name, seed, sizes) for seed in seeds} for name in tasks}
     if args.keep_runs is not None:
         args.keep_runs.mkdir(parents=True, exist_ok=True)
     root = Path(args.keep_runs or tempfile.mkdtemp(prefix="tftune-bench-accuracy-")).resolve()
-    runner = Runner(args, sizes, root)
-    lm_finetune_epochs = args.lm_finetune_epochs or sizes["lm_finetune_epochs"] or runner.base["pretrain"]["epochs"]
-    loaded = {name: load_task(name, args.seed, sizes) for name in tasks}
+    runner = Runner(root, args.overrides)
     try:
-        general, pretraining = None, None
-        if set(rows) & NEED_GENERAL_LM and not all(isinstance(task, str) for task in loaded.values()):
-            general, pretraining = general_pretraining(runner, args, sizes, root)
-            if general is None:
-                common.log(f"{NAME}: no general pretraining: {pretraining}")
-                pretraining = {"skipped": pretraining}
+        shared = {}
+        if not all(isinstance(by_seed[seeds[0]], str) for by_seed in loaded.values()):
+            shared = shared_runs(args, runner, rows, root)
         vectors = load_vectors(common.SHIPPED_GLOVE, "glove") if "keras" in rows else None
-        results = {name: measure_task(name, task, runner, lm_finetune_epochs, sizes, general, rows, root, vectors)
-                   for name, task in loaded.items()}
+        results = {name: measure_task(name, by_seed, rows, runner, shared, sizes, vectors, root)
+                   for name, by_seed in loaded.items()}
+        general = shared.get("general")
+        if general is not None:
+            general = {"skipped": general} if isinstance(general, str) else lm_report(general[0], runner)
     finally:
         if args.keep_runs is None:
             shutil.rmtree(root, ignore_errors=True)
     return {
         "config": {
+            "general": "the small LM (--smoke)" if args.smoke else args.general,
             "recipe": args.recipe,
             "overrides": args.overrides,
-            "seed": args.seed,
+            "seeds": seeds,
             "tasks": tasks,
             "rows": rows,
-            "lm_finetune_epochs": lm_finetune_epochs,
-            "smoke_overrides": sizes["overrides"],
-            # The recipe as every run started from it (the file, the seeds, --smoke sizes and --set).
-            "recipe_settings": runner.base.to_dict(),
+            "smoke_lm_overrides": SMOKE_LM_OVERRIDES if args.smoke else [],
         },
-        "pretraining": pretraining,
+        "general": general,
+        "small_lm": shared["small"][1][0] if "small" in shared else None,
         "tasks": results,
     }
 
@@ -583,97 +660,67 @@ def _percent(value):
     return "n/a" if value is None else f"{value:.1%}"
 
 
-def _rows_in_order(task):
-    """(label, row) pairs of a task: the rows, then the low-data points."""
-    pairs = [(name, row) for name, row in task["rows"].items()]
-    for point in task.get("low_data", []):
-        for arm in ("pretrained", "scratch"):
-            pairs.append((f"{point['fraction']:.0%} of the labels ({point['train_examples']:,}), {arm}", point[arm]))
-    return pairs
-
-
 def _task_summary(name, task):
     if "skipped" in task:
         return f"{name} skipped ({task['skipped']})"
-    return f"{name}: " + ", ".join(f"{label} {_percent(row['test_accuracy'])}" for label, row in _rows_in_order(task)
-                                   if "skipped" not in row)
+    return f"{name}: " + ", ".join(f"{label} {_percent(row['mean']['test_accuracy'])}"
+                                   for label, row in task["rows"].items() if "skipped" not in row)
 
 
 def summary(result):
+    config = result["config"]
     parts = [_task_summary(name, task) for name, task in result["tasks"].items()]
-    pretraining = result["pretraining"]
-    lm = ""
-    if pretraining and "skipped" not in pretraining:
-        lm = f", general LM perplexity {pretraining['valid_perplexity']:.1f}"
-    return f"{NAME} (test accuracy, recipe {result['config']['recipe']}{lm}): " + "; ".join(parts)
+    return (f"{NAME} (mean test accuracy over seeds {','.join(map(str, config['seeds']))}, general LM "
+            f"{config['general']}): " + "; ".join(parts))
 
 
-def _setup(row, config):
-    """What a row ran: the encoder and the overrides of its own (not the data, seeds, --set or --smoke ones)."""
-    if "encoder" not in row:
-        return row["description"]
-    own = [text for text in row["overrides"] if not text.startswith(("finetune.train=", "finetune.valid=",
-           "finetune.test=", "pretrain.seed=", "finetune.seed=")) and text not in config["smoke_overrides"]
-           and text not in config["overrides"]]
-    return row["encoder"] + "".join(f" `{text}`" for text in own)
+def _intro(result):
+    config, general, small = result["config"], result["general"], result["small_lm"]
+    intro = f"Seeds {', '.join(map(str, config['seeds']))}"
+    if config["overrides"]:
+        intro += "; every tftune run with " + ", ".join(f"`{text}`" for text in config["overrides"])
+    intro += "."
+    if general is not None:
+        intro += f" General LM `{config['general']}`: " + (
+            f"missing ({general['skipped']})." if "skipped" in general else
+            f"{general['encoder']}, {general['train_tokens']:,} training tokens, validation perplexity "
+            f"{general['valid_perplexity']:.1f}.")
+    if small is not None:
+        intro += (f" Small LM (`small_lm`): {small['recipe']}, {small['train_tokens']:,} training tokens, validation "
+                  f"perplexity {small['valid_perplexity']:.1f}, {small['seconds']:,.0f} s.")
+    return intro + (" Accuracies: the mean over the seeds (± their standard deviation); seconds: the mean of the"
+                    " row's own steps (LM steps and fine-tuning; the small LM's pretraining included).")
 
 
-def _task_notes(name, task):
-    """One line per task: its examples, its LM fine-tuning and how much of its test text the vocabularies know."""
-    examples = task["examples"]
-    note = f"{name}: {examples['train']:,} / {examples['valid']:,} / {examples['test']:,} train / valid / test examples"
-    lm = task["encoders"].get("lm_finetuned")
-    if lm:
-        note += f"; target-domain LM fine-tuning: perplexity {lm['valid_perplexity']:.1f}, {lm['seconds']:,.0f} s"
-    coverage = task.get("vocabulary_coverage", {})
-    if coverage:
-        note += "; test tokens in the vocabulary: " + ", ".join(
-            f"{ENCODERS[kind].split(' (')[0]} {shares['test']:.1%}" for kind, shares in coverage.items())
-    if "keras" in task["rows"]:
-        note += f"; the Keras baseline measured elsewhere: {task['rows']['keras']['reference_accuracy']:.1%}"
-    return note + "."
+def _accuracy(row, key):
+    value, std = row["mean"][key], (row["std"] or {}).get(key)
+    return _percent(value) + ("" if std is None else f" ± {std:.1%}")
 
 
 def markdown(result):
-    config, pretraining = result["config"], result["pretraining"]
-    intro = f"Recipe `{config['recipe']}`"
-    if config["overrides"]:
-        intro += " with " + ", ".join(f"`{text}`" for text in config["overrides"])
-    intro += f", seed {config['seed']}."
-    if pretraining and "skipped" not in pretraining:
-        corpus = pretraining.get("corpus")
-        if corpus:
-            intro += (f" General LM (shared by the tasks): {corpus['tokens']:,} tokens of "
-                      f"{', '.join(corpus['sources'])}, {pretraining['epochs']:g} epoch(s) in "
-                      f"{pretraining['seconds']:,.0f} s")
-        else:
-            intro += f" General LM: the run {pretraining['reused_run']}"
-        intro += f", validation perplexity {pretraining['valid_perplexity']:.1f}."
-    intro += (" Seconds: each row's own run (for tftune rows the fine-tuning; the LM runs are given apart)."
-              " Low-data rows fine-tune the encoders of the tftune and scratch rows (LM fine-tuning saw all the"
-              " training text) on a stratified share of the labels.")
-    lines = ["### Accuracy (`python -m bench.accuracy`)", "", intro, "",
-             "| task | row | test accuracy | macro-F1 | seconds | setup |", "| --- | --- | ---: | ---: | ---: | --- |"]
-    notes = []
+    lines = ["### Accuracy (`python -m bench.accuracy`)", "", _intro(result), "",
+             "| task | row | test accuracy | valid accuracy | macro-F1 | seeds | seconds | what |",
+             "| --- | --- | ---: | ---: | ---: | --- | ---: | --- |"]
     for name, task in result["tasks"].items():
         if "skipped" in task:
-            lines.append(f"| {name} | skipped: {task['skipped']} | | | | |")
+            lines.append(f"| {name} | skipped: {task['skipped']} | | | | | | |")
             continue
-        notes.append(_task_notes(name, task))
-        for label, row in _rows_in_order(task):
+        for label, row in task["rows"].items():
             if "skipped" in row:
-                lines.append(f"| {name} | {label} | skipped: {row['skipped']} | | | |")
+                lines.append(f"| {name} | {label} | skipped: {row['skipped']} | | | | | {row['description']} |")
                 continue
-            f1 = "n/a" if row["test_macro_f1"] is None else f"{row['test_macro_f1']:.3f}"
-            seconds = "—" if row["seconds"] is None else f"{row['seconds']:,.0f}"
-            lines.append(f"| {name} | {label} | {_percent(row['test_accuracy'])} | {f1} | {seconds} | "
-                         f"{_setup(row, config)} |")
-    return "\n".join(lines + [""] + notes)
+            mean = row["mean"]
+            f1 = "n/a" if mean["test_macro_f1"] is None else f"{mean['test_macro_f1']:.3f}"
+            seconds = "—" if mean["seconds"] is None else f"{mean['seconds']:,.0f}"
+            seeds = ", ".join(str(seed["seed"]) for seed in row["seeds"]) or "—"
+            lines.append(f"| {name} | {label} | {_accuracy(row, 'test_accuracy')} | {_accuracy(row, 'valid_accuracy')}"
+                         f" | {f1} | {seeds} | {seconds} | {row['description']} |")
+    return "\n".join(lines)
 
 
 def main(argv=None):
-    return common.main(NAME, "Test accuracy: tftune's transfer learning vs frozen-vector baselines.", measure,
-                       summary, add_arguments, argv=argv)
+    return common.main(NAME, "Test accuracy: tftune's transfer learning, its parts, and frozen-vector baselines.",
+                       measure, summary, add_arguments, argv=argv)
 
 
 if __name__ == "__main__":

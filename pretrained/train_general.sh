@@ -19,5 +19,5 @@ RESUME=()
   --set encoder.output_dropout=0.1 --set encoder.embedding_dropout=0 \
   --set pretrain.ar=2 --set pretrain.tar=1 --set pretrain.output=sampled --set pretrain.num_sampled=1024 \
   --set pretrain.seq_len=70 --set pretrain.batch_size=64 --set pretrain.learning_rate=0.005 \
-  --set pretrain.epochs=12 --set pretrain.checkpoint_every=400 --set precision.policy=float32 \
+  --set pretrain.epochs=10 --set pretrain.checkpoint_every=400 --set precision.policy=float32 \
   --out "$OUT" "${RESUME[@]}"

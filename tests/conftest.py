@@ -89,7 +89,6 @@ def tiny_overrides(data, cell="gru", units=16, layers=2):
         f"finetune.test={data['test']}",
         "finetune.max_len=60",
         "finetune.batch_size=16",
-        "finetune.unfreeze=gradual",  # the tests exercise ULMFiT's stages; the shipped recipes train all at once
         f"finetune.epochs={layers + 1}",
         "precision.policy=float32",
     ]

@@ -20,8 +20,9 @@ LOAD_KEYS = {"vectors", "dim", "import_rss_mb", "load_seconds", "rss_after_load_
              "peak_rss_mb", "added_peak_mb", "ratios"}
 SERVING_KEYS = {"docs_per_second", "latency_ms"}
 PIPELINE_KEYS = {"examples_per_second", "real_token_share", "mean_batch_length", "epoch_seconds"}
-ACCURACY_ROW_KEYS = {"description", "test_accuracy", "test_macro_f1", "seconds", "seed"}
-TFTUNE_ROW_KEYS = ACCURACY_ROW_KEYS | {"valid_accuracy", "epochs", "encoder", "recipe", "overrides"}
+ACCURACY_ROW_KEYS = {"description", "seeds", "mean", "std"}
+ACCURACY_SEED_KEYS = {"seed", "test_accuracy", "test_macro_f1", "valid_accuracy", "seconds"}
+ACCURACY_STEP_KEYS = {"step", "recipe", "overrides", "from_run", "out", "seconds"}
 
 pytestmark = pytest.mark.slow
 
@@ -110,27 +111,79 @@ def test_serving(smoke_outputs):
 
 def test_accuracy(smoke_outputs):
     result = result_of(smoke_outputs, "accuracy")
-    assert {"recipe", "overrides", "seed", "tasks", "rows"} <= set(result["config"])
+    assert {"general", "recipe", "overrides", "seeds", "tasks", "rows"} <= set(result["config"])
     assert set(result["tasks"]) == {"trec6", "sst2"}
     if all("skipped" in task for task in result["tasks"].values()):
         return  # no ../shared/data beside the checkout
-    assert {"corpus", "valid_perplexity", "train_tokens", "seconds", "overrides"} <= set(result["pretraining"])
-    # --smoke: every row on TREC-6; the baselines and the shipped recipe on SST-2.
-    expected = {"trec6": {"keras", "reference", "tftune", "scratch", "gradual", "constant_lr", "no_lm_finetune"},
+    seeds = result["config"]["seeds"]
+    # --smoke: a tiny LM of the shipped recipe is both the general LM and the small LM.
+    general = result["small_lm"]["out"]
+    assert result["general"]["run"] == general == "$TMP/small-lm"
+    assert result["small_lm"]["recipe"] == "shipped recipe lstm-glove"
+    # --smoke: every row on TREC-6 (one low-data point); the baselines and the headline row on SST-2.
+    expected = {"trec6": {"keras", "reference", "tftune", "small_lm", "scratch", "no_awd", "closed_vocab", "all_layers",
+                          "no_lm_finetune", "low_data_25pct_tftune", "low_data_25pct_scratch"},
                 "sst2": {"keras", "reference", "tftune"}}
     for name, task in result["tasks"].items():
         assert set(task["rows"]) == expected[name]
-        assert {"valid_perplexity", "seconds", "overrides"} <= set(task["encoders"]["lm_finetuned"])
-        for row_name, row in task["rows"].items():
+        for label, row in task["rows"].items():
+            if "skipped" in row:
+                assert label == "all_layers"  # when the recipe already trains every layer
+                continue
             assert ACCURACY_ROW_KEYS <= set(row)
-            assert 0 <= row["test_accuracy"] <= 1
-            if row_name not in ("keras", "reference"):
-                assert TFTUNE_ROW_KEYS <= set(row)
-    assert "pretrain.epochs=0" in result["tasks"]["trec6"]["encoders"]["scratch"]["overrides"]
-    (point,) = result["tasks"]["trec6"]["low_data"]
-    assert point["train_examples"] < result["tasks"]["trec6"]["examples"]["train"]
-    for arm in ("pretrained", "scratch"):
-        assert TFTUNE_ROW_KEYS - {"description"} <= set(point[arm])
+            if label == "reference":
+                continue
+            assert [figures["seed"] for figures in row["seeds"]] == seeds
+            for figures in row["seeds"]:
+                assert ACCURACY_SEED_KEYS <= set(figures) and 0 <= figures["test_accuracy"] <= 1
+                for step in figures.get("steps", []):
+                    assert ACCURACY_STEP_KEYS <= set(step)
+            accuracies = [figures["test_accuracy"] for figures in row["seeds"]]
+            assert row["mean"]["test_accuracy"] == pytest.approx(sum(accuracies) / len(accuracies), abs=1e-4)
+            assert set(row["std"]) == {"test_accuracy", "valid_accuracy", "test_macro_f1"}
+    rows = result["tasks"]["trec6"]["rows"]
+
+    def steps(label):
+        return rows[label]["seeds"][0]["steps"]
+
+    # tftune: pretrain --from GENERAL --corpus train.csv with its recipe, then finetune --from the LM run.
+    lm, classifier = steps("tftune")
+    assert lm["step"] == "pretrain" and lm["from_run"] == general and lm["recipe"].startswith("preset recipe")
+    assert {"distribute.strategy=none", f'pretrain.corpus=["$TMP/trec6/seed-{seeds[0]}/train.csv"]'} <= set(
+        lm["overrides"])
+    assert classifier["step"] == "finetune" and classifier["from_run"] == lm["out"]
+    assert classifier["recipe"] == f"LM run recipe {lm['out']}"
+    assert f'finetune.test="$TMP/trec6/seed-{seeds[0]}/test.csv"' in classifier["overrides"]
+    small, small_target, _ = steps("small_lm")
+    assert small == result["small_lm"] and small_target["from_run"] == small["out"]
+    scratch, _ = steps("scratch")
+    assert scratch["from_run"] is None and "pretrain.epochs=0" in scratch["overrides"]
+    for label, override in (("no_awd", "encoder.weight_dropout=0"), ("closed_vocab", "vocab.open=false")):
+        own_lm, own_classifier = steps(label)
+        assert own_lm["from_run"] == general and own_lm["out"] != lm["out"]
+        assert override in own_lm["overrides"] and override in own_classifier["overrides"]
+    (straight,) = steps("no_lm_finetune")
+    assert straight["from_run"] == general and straight["recipe"].startswith("preset recipe")
+    if "skipped" not in rows["all_layers"]:
+        assert steps("all_layers")[0] == lm and "finetune.unfreeze=all" in steps("all_layers")[1]["overrides"]
+    low_data = rows["low_data_25pct_tftune"]["seeds"][0]
+    assert low_data["train_examples"] < result["tasks"]["trec6"]["examples"]["train"]
+    assert low_data["steps"][0] == lm and steps("low_data_25pct_scratch")[0] == scratch
+
+
+def test_accuracy_mean_and_std_over_seeds():
+    from bench import accuracy
+
+    figures = [{"seed": 0, "test_accuracy": 0.9, "valid_accuracy": 0.8, "test_macro_f1": 0.85, "seconds": 10.0},
+               {"seed": 1, "test_accuracy": 0.8, "valid_accuracy": 0.7, "test_macro_f1": 0.75, "seconds": 20.0}]
+    spread = accuracy.spread(figures)
+    assert spread["mean"] == {"test_accuracy": 0.85, "valid_accuracy": 0.75, "test_macro_f1": 0.8, "seconds": 15.0}
+    assert spread["std"] == {"test_accuracy": 0.0707, "valid_accuracy": 0.0707, "test_macro_f1": 0.0707}
+    assert set(accuracy.spread(figures[:1])["std"].values()) == {None}  # one seed: no spread
+    result = {"config": {"seeds": [0, 1], "overrides": [], "general": "lstm-glove-general"}, "general": None,
+              "small_lm": None, "tasks": {"trec6": {"rows": {"tftune": {"description": "d", "seeds": figures,
+                                                                       **spread}}}}}
+    assert "| trec6 | tftune | 85.0% ± 7.1% | 75.0% ± 7.1% | 0.800 | 0, 1 | 15 | d |" in accuracy.markdown(result)
 
 
 def test_markdown_table_from_results(smoke_outputs, tmp_path):

@@ -139,3 +139,14 @@ def test_same_seed_same_data_same_recipe_gives_the_same_metrics_on_cpu(small_dat
     recipe = load_recipe("gru-glove", tiny_overrides(small_data))
     first, second = (pretrain(recipe, tmp_path / name)["valid"]["perplexity"] for name in ("a", "b"))
     assert first == second
+
+
+def test_a_checkpoint_written_before_a_key_existed_resumes_while_the_key_keeps_its_default():
+    from tftune.checkpoints import same_training_recipe
+    from tftune.recipe import load_recipe
+
+    current = load_recipe("lstm-glove")
+    older = "\n".join(line for line in current.to_toml().splitlines() if not line.startswith("stage_lr_decay"))
+    assert same_training_recipe(older, current.to_toml())
+    assert not same_training_recipe(older, current.with_overrides(["finetune.stage_lr_decay=2"]).to_toml())
+    assert not same_training_recipe(older, current.with_overrides(["finetune.epochs=3"]).to_toml())

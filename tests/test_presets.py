@@ -76,6 +76,24 @@ def test_publish_stores_float16_weights_and_the_preset_fine_tunes(tiny_runs, tmp
     assert 0.0 <= metrics["valid"]["accuracy"] <= 1.0
 
 
+def test_a_preset_continues_with_the_training_sections_of_the_shipped_recipe(tiny_runs, tmp_path):
+    from tftune.recipe import Recipe, load_recipe
+
+    preset = presets.publish(tiny_runs["pretrain"], tmp_path / "pretrained" / "tiny-general",
+                             continue_with="lstm-glove", description="a tiny general LM")
+    recipe, run, shipped = (Recipe.from_toml_file(preset / "recipe.toml"), tiny_runs["recipe"],
+                            load_recipe("lstm-glove"))
+    assert recipe.description == "a tiny general LM"
+    for section in ("vocab", "encoder"):  # the model is the run's
+        assert recipe[section] == run[section]
+    for section in ("precision", "distribute"):  # how to train is the shipped recipe's
+        assert recipe[section] == shipped[section]
+    for key in ("unfreeze", "stage_epochs", "epochs", "learning_rate", "schedule"):
+        assert recipe["finetune"][key] == shipped["finetune"][key]
+    for key in ("epochs", "learning_rate", "ar", "tar"):
+        assert recipe["pretrain"][key] == shipped["pretrain"][key]
+
+
 @pytest.mark.parametrize("name", presets.preset_names())
 def test_each_shipped_preset_loads_by_name_and_has_a_model_card(name):
     import math
@@ -87,6 +105,10 @@ def test_each_shipped_preset_loads_by_name_and_has_a_model_card(name):
 
     pretrained = load_pretrain_run(presets.resolve_run(name))
     assert presets.Path(pretrained.recipe["embeddings"]["path"]).is_file()
+    # What runs continuing from it train with: the target-domain step's corpus ships, and
+    # fine-tuning unfreezes gradually.
+    assert all(presets.Path(path).is_file() for path in pretrained.recipe["pretrain"]["corpus"])
+    assert pretrained.recipe["finetune"]["unfreeze"] == "gradual"
     encoder = restore_encoder(pretrained, 0.0)
     model = build_language_model(encoder, pretrained.recipe["pretrain"]["output"])
     restore_language_model(model, pretrained, encoder)

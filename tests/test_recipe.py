@@ -70,6 +70,19 @@ def test_shipped_recipes_are_listed():
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_recipes_unfreeze_gradually(name):
+    from tftune.schedules import unfreezing_stages
+
+    recipe = load_recipe(name)
+    finetune = recipe["finetune"]
+    assert finetune["unfreeze"] == "gradual"
+    stages = unfreezing_stages(recipe["encoder"]["layers"], finetune["stage_epochs"], finetune["epochs"])
+    # The head alone, then one more recurrent layer per stage, and the longest stage trains them all.
+    assert [stage.trainable_layers for stage in stages] == list(range(recipe["encoder"]["layers"] + 1))
+    assert stages[-1].epochs > finetune["stage_epochs"]
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_recipe_is_complete_and_typed(name):
     path = RECIPES_DIR / f"{name}.toml"
     with open(path, "rb") as file:

@@ -93,6 +93,18 @@ def test_gradual_unfreezing_freezes_exactly_the_right_layers(tiny_runs, tmp_path
     assert np.array_equal(head_only["begin"]["embedding"], everything["end"]["embedding"])
 
 
+def test_each_unfreezing_stage_peaks_lower_by_stage_lr_decay():
+    from tftune.train import stage_learning_rate
+
+    settings = {"learning_rate": 0.01, "stage_lr_decay": 2.0, "schedule": "stlr"}
+    peaks = []
+    for stage in range(3):
+        schedule = stage_learning_rate(settings, start_step=100 * stage, steps=100, stage=stage)
+        peaks.append(max(float(schedule(step)) for step in range(100 * stage, 100 * stage + 100)))
+    np.testing.assert_allclose(peaks, [0.01, 0.005, 0.0025], rtol=1e-6)
+    assert stage_learning_rate({**settings, "schedule": "constant"}, 0, 10, stage=1) == 0.005
+
+
 def test_finetune_starts_from_pretrained_weights(tiny_runs, tmp_path):
     log = WeightLog()
     finetune(tiny_runs["recipe"], tiny_runs["pretrain"], tmp_path / "run", callbacks=[log])

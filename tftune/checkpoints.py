@@ -28,7 +28,8 @@ import keras
 import numpy as np
 
 from tftune import distribute
-from tftune.errors import RunError, TftuneError
+from tftune.errors import RecipeError, RunError, TftuneError
+from tftune.recipe import Recipe
 from tftune.runs import hidden_sibling, replace_directory
 
 STATE = "state.json"
@@ -131,12 +132,16 @@ EXECUTION_SECTIONS = ("distribute",)
 
 
 def same_training_recipe(saved, current):
-    """Whether two recipes (TOML text) train the same thing, whatever their `[distribute]` sections."""
+    """Whether two recipes (TOML text) train the same thing, whatever their `[distribute]` sections.
+
+    A key that the saved recipe lacks (added to the schema since it was written) counts as its
+    default, so a checkpoint of an earlier version resumes when the new key keeps its default.
+    """
     if saved == current:
         return True
     try:
-        saved, current = tomllib.loads(saved or ""), tomllib.loads(current)
-    except tomllib.TOMLDecodeError:
+        saved, current = (Recipe(tomllib.loads(text)).to_dict() for text in (saved or "", current))
+    except (tomllib.TOMLDecodeError, RecipeError):
         return False
     for section in EXECUTION_SECTIONS:
         saved.pop(section, None)

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 
 from tftune.errors import RunError
@@ -121,24 +122,54 @@ _PRESET_FILES = ("run.json", "vocab.txt", "encoder.weights.h5", "language_model.
                  "history.json")
 
 
-def publish(run_dir: str | os.PathLike, destination: str | os.PathLike) -> Path:
-    """Copies a pretrain run into a preset folder: weights stored as float16, paths made relative.
+# The recipe sections that say how to train (not what the model is): a preset takes them from the
+# shipped recipe, so `pretrain --from PRESET` and `finetune` after it train as that recipe does.
+_TRAINING_SECTIONS = ("pretrain", "finetune", "precision", "distribute")
+
+
+def publish(
+    run_dir: str | os.PathLike,
+    destination: str | os.PathLike,
+    continue_with: str | os.PathLike | None = None,
+    description: str | None = None,
+    overrides: Sequence[str] = (),
+) -> Path:
+    """Copies a pretrain run into a preset folder: float16 weights, no optimizer state, relative paths.
 
     Keras loads float16 weights into its float32 variables, so the preset trains and serves as
     the run did, from a file half the size (the weights differ by float16 rounding, a relative
     1e-3). The recipe's paths become relative to the preset, so it works wherever the package
     is installed; files outside the preset's parent folder (the pretraining corpus, which does
-    not ship) keep their names only. The
-    model card (`README.md`) is written by hand beside it.
+    not ship) keep their names only. The model card (`README.md`) is written by hand beside it.
+
+    The preset's recipe is what runs that continue from it start from (`pretrain --from NAME`,
+    then `finetune` without `--recipe`): the run's `embeddings`, `vocab` and `encoder` sections
+    (the model), and with `continue_with` the training sections (`pretrain`, `finetune`,
+    `precision`, `distribute`) of that recipe, so the target-domain step and fine-tuning follow
+    the shipped recipe rather than the long pretraining run. The model card records the
+    command that trained the preset.
 
     Args:
         run_dir: A complete pretrain run.
         destination: The preset folder to create (its name is the preset's).
+        continue_with: A recipe name or file whose training sections the preset's recipe takes;
+            default: the run's own.
+        description: The preset recipe's description (what `tftune pretrained list` shows);
+            default: the run's.
+        overrides: "section.key=value" settings applied last to the preset's recipe, e.g. a
+            lower `pretrain.learning_rate` for the target-domain step.
+
+    Example:
+
+    ```python
+    publish("runs/lstm-glove-general", "pretrained/lstm-glove-general", continue_with="lstm-glove",
+            description="2 x 256 LSTM language model on 4.4M tokens of general English")
+    ```
 
     Returns:
         The preset folder.
     """
-    from tftune.recipe import Recipe
+    from tftune.recipe import Recipe, load_recipe
 
     run_dir, destination = Path(run_dir), Path(destination)
     destination.mkdir(parents=True, exist_ok=False)
@@ -154,7 +185,14 @@ def publish(run_dir: str | os.PathLike, destination: str | os.PathLike) -> Path:
         inside = Path(path).resolve().is_relative_to(shipped)
         return os.path.relpath(path, destination.resolve()) if inside else Path(path).name
 
-    recipe = Recipe.from_toml_file(run_dir / "recipe.toml")
+    recipe = Recipe.from_toml_file(run_dir / "recipe.toml").to_dict()
+    if continue_with is not None:
+        training = load_recipe(continue_with).to_dict()
+        recipe.update({section: training[section] for section in _TRAINING_SECTIONS})
+    recipe["name"] = destination.name  # runs from it are named after the preset by default
+    if description is not None:
+        recipe["description"] = description
+    recipe = Recipe(recipe).with_overrides(overrides)
     (destination / "recipe.toml").write_text(recipe.to_toml(write_path), encoding="utf-8")
     return destination
 
@@ -166,6 +204,8 @@ def _copy_as_float16(source: Path, target: Path) -> None:
     with h5py.File(source, "r") as inp, h5py.File(target, "w") as out:
 
         def copy(name, item):
+            if name.split("/")[0] == "optimizer":
+                return  # runs from a preset start a new optimizer; the Adam moments would double the head's size
             if isinstance(item, h5py.Group):
                 out.require_group(name).attrs.update(item.attrs)
                 return

@@ -282,6 +282,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "unfreeze": _choice("gradual = train the head first, then one more layer per stage (ULMFiT); "
                             "all = train every layer from the start.", ("gradual", "all"), "gradual"),
         "stage_epochs": Field("int", "Epochs of each gradual-unfreezing stage before the last.", 1, low=1),
+        "stage_lr_decay": Field("float", "Each gradual-unfreezing stage peaks at the previous stage's learning "
+                                "rate divided by this (ULMFiT's fastai recipe lowers it as layers join); "
+                                "1 = every stage peaks at learning_rate.", 1.0, low=1),
         "epochs": Field("int", "Epochs of fine-tuning in all (the last stage gets at least 1).", low=1),
         "learning_rate": Field("float", "Peak learning rate of the top layer and the head.", 0.004,
                                low=0, low_open=True),

@@ -706,12 +706,16 @@ def build_finetune_optimizer(classifier, encoder, layer_names, settings):
     return optimizer
 
 
-def stage_learning_rate(settings, start_step, steps):
-    """The rate of a stage of `steps` optimizer steps starting at optimizer step `start_step`."""
+def stage_learning_rate(settings, start_step, steps, stage=0):
+    """The rate of stage number `stage` (from 0): `steps` optimizer steps from optimizer step `start_step`.
+
+    Its peak is `learning_rate / stage_lr_decay ** stage`.
+    """
+    peak = settings["learning_rate"] / settings["stage_lr_decay"] ** stage
     schedule = {"stlr": SlantedTriangular, "one_cycle": OneCycle}.get(settings["schedule"])
     if schedule is None:
-        return settings["learning_rate"]
-    return schedule(settings["learning_rate"], steps, start_step=start_step)
+        return peak
+    return schedule(peak, steps, start_step=start_step)
 
 
 def predict_dataset(model, dataset):
@@ -913,7 +917,9 @@ def finetune_member(recipe, pretrained, name, data, labels, progress, callbacks=
             resumed = None
         else:
             stage_start_step = int(optimizer.iterations.numpy())
-        optimizer.learning_rate = stage_learning_rate(settings, stage_start_step, stage.epochs * steps_per_epoch)
+        optimizer.learning_rate = stage_learning_rate(
+            settings, stage_start_step, stage.epochs * steps_per_epoch, stage=number
+        )
         history.stage = {"stage": number + 1, "trainable_layers": sorted(trainable)}
         fit_from(
             classifier,
