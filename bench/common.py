@@ -36,6 +36,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tftune.cli import configure_logging
+
 REPO = Path(__file__).resolve().parents[1]
 PRETRAINED = REPO / "pretrained"
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -268,6 +270,7 @@ def main(name, description, measure, summary, add_arguments=None, work=None, arg
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args(argv)
+    configure_logging()  # tftune's own progress lines, as the command line shows them
     started = time.perf_counter()
     machine = machine_info()
     with OtherLoad() as load, contextlib.redirect_stdout(sys.stderr):

@@ -13,11 +13,15 @@ pytestmark = pytest.mark.slow
 TFTUNE = [sys.executable, "-m", "tftune.cli"]
 
 
-def tftune(*args):
+def run_tftune(*args):
     result = subprocess.run([*TFTUNE, *map(str, args)], capture_output=True, text=True)
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 0, result.stderr
-    return result.stdout
+    return result
+
+
+def tftune(*args):
+    return run_tftune(*args).stdout
 
 
 def settings(data, cell):
@@ -34,11 +38,13 @@ def settings(data, cell):
 )
 def test_pretrain_finetune_export_predict(tmp_path, small_data, cell, vectors, fmt):
     pretrain_dir, finetune_dir = tmp_path / "pretrain", tmp_path / "finetune"
-    out = tftune(
+    result = run_tftune(
         "pretrain", "--recipe", "gru-glove", "--embeddings", vectors, "--embeddings-format", fmt,
         "--out", pretrain_dir, *settings(small_data, cell),
     )
-    assert out.strip().splitlines()[-1] == str(pretrain_dir)
+    assert result.stdout.strip().splitlines()[-1] == str(pretrain_dir)
+    # The library's log records reach stderr once each, as `tftune: ...` lines.
+    assert result.stderr.splitlines().count(f"tftune: pretrain run written to {pretrain_dir}") == 1, result.stderr
     out = tftune("finetune", "--from", pretrain_dir, "--out", finetune_dir, "--set", "finetune.epochs=3")
     assert out.strip().splitlines()[-1] == str(finetune_dir / "export")
 

@@ -6,6 +6,7 @@ traceback).
 """
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -33,6 +34,32 @@ def _import_tensorflow_quietly():
         os.dup2(saved, 2)
         os.close(devnull)
         os.close(saved)
+
+
+class _CurrentStderr(logging.Handler):
+    """Writes each record to `sys.stderr` as it is when the record is emitted (a test runner may swap it)."""
+
+    def emit(self, record):
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - logging's own contract: report, never raise
+            self.handleError(record)
+
+
+def configure_logging():
+    """Shows the `tftune` logger's INFO lines on stderr as `tftune: ...` (once per process).
+
+    The library only logs; the command line (and `python -m bench`) decide where it goes. In a
+    notebook, `logging.getLogger("tftune").setLevel(logging.INFO)` plus any handler does the same.
+    """
+    logger = logging.getLogger("tftune")
+    if not any(isinstance(handler, _CurrentStderr) for handler in logger.handlers):
+        handler = _CurrentStderr()
+        handler.setFormatter(logging.Formatter("tftune: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # TensorFlow's absl handler on the root logger would print each line twice
 
 
 class TftuneGroup(click.Group):
@@ -201,6 +228,7 @@ def main():
     (classifier with discriminative rates and a slanted triangular schedule; writes a SavedModel
     to RUN/export), then `tftune predict RUN "some text"`.
     """
+    configure_logging()
 
 
 def _checkpoint_recipe(out):

@@ -19,6 +19,7 @@ Example:
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import sys
 import time
@@ -82,8 +83,12 @@ FINETUNE_FILES = ("recipe.toml", "vocab.txt", "labels.json", "classifier.weights
 ADAM_BETAS = {"beta_1": 0.7, "beta_2": 0.99}
 
 
+logger = logging.getLogger(__name__)
+
+
 def log(message):
-    print(f"tftune: {message}", file=sys.stderr, flush=True)
+    """A progress line through the `tftune` logger (the CLI shows INFO lines on stderr as `tftune: ...`)."""
+    logger.info(message)
 
 
 def fit_verbosity():
