@@ -36,15 +36,16 @@ def _import_tensorflow_quietly():
         os.close(saved)
 
 
-class _CurrentStderr(logging.Handler):
-    """Writes each record to `sys.stderr` as it is when the record is emitted (a test runner may swap it)."""
+class _CurrentStderr(logging.StreamHandler):
+    """A `StreamHandler` on `sys.stderr` as it is at each record, not at set-up (a test runner may swap it)."""
 
-    def emit(self, record):
-        try:
-            sys.stderr.write(self.format(record) + "\n")
-            sys.stderr.flush()
-        except Exception:  # noqa: BLE001 - logging's own contract: report, never raise
-            self.handleError(record)
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):  # StreamHandler.__init__ assigns one; the property always answers sys.stderr
+        pass
 
 
 def configure_logging():
@@ -199,10 +200,9 @@ def _start_strategy(resolved):
 
     config = distribute.read_tf_config() if resolved["distribute"]["strategy"] == "multi-worker" else None
     if config is not None:
-        click.echo(
-            f"tftune: multi-worker: worker {config.worker_index} of {config.num_workers} "
-            f"({config.task_type} {config.task_index}) waits for every worker to join the cluster",
-            err=True,
+        logging.getLogger("tftune.cli").info(  # not __name__: `python -m tftune.cli` runs as __main__
+            f"multi-worker: worker {config.worker_index} of {config.num_workers} "
+            f"({config.task_type} {config.task_index}) waits for every worker to join the cluster"
         )
     _import_tensorflow_quietly()
     if config is None:
