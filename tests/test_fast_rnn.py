@@ -212,7 +212,8 @@ def test_weight_drop_draws_a_new_mask_each_call_and_is_off_in_inference(cell, in
 def test_weight_drop_reaches_the_keras_implementation(cell, inputs):
     """Off the fast path (here `go_backwards`; on a GPU, cuDNN), Keras' loop gets the dropped kernel.
 
-    Guards the private Keras API that `_FastRecurrentCall.inner_loop` overrides.
+    Guards the private Keras API that `tftune.keras_private.WeightDroppedInnerLoop` overrides
+    (see also tests/test_keras_private.py).
     """
     layer, plain, dropped = dropped_twins(cell, return_sequences=True, go_backwards=True)
     assert not layer.uses_fast_path
@@ -220,18 +221,6 @@ def test_weight_drop_reaches_the_keras_implementation(cell, inputs):
     assert not np.allclose(training, layer(inputs, training=False))
     plain.cell.recurrent_kernel.assign(dropped)
     np.testing.assert_allclose(training, plain(inputs), atol=1e-6)
-
-
-def test_keras_still_runs_cudnn_through_the_overridden_hook():
-    """The hook and what cuDNN is handed: if Keras changes either, weight drop would miss cuDNN."""
-    import inspect
-
-    for keras_class, backend_call in ((keras.layers.LSTM, "backend.lstm("), (keras.layers.GRU, "backend.gru(")):
-        assert list(inspect.signature(keras_class.inner_loop).parameters) == [
-            "self", "sequences", "initial_state", "mask", "training"
-        ]
-        source = inspect.getsource(keras_class.inner_loop)
-        assert backend_call in source and "recurrent_kernel=self.cell.recurrent_kernel" in source
 
 
 @pytest.mark.skipif(not tf.config.list_logical_devices("GPU"), reason="cuDNN needs a GPU")

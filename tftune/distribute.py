@@ -33,7 +33,7 @@ What was found on TensorFlow 2.21 / Keras 3.15 (see `tests/test_distribute.py`):
   `make_strategy` returns one strategy per set of devices.
 - Keras clips gradients (`clipnorm`, `global_clipnorm`, `clipvalue`) on each replica *before*
   summing them over the replicas, so a clipped optimizer takes a different step than on one
-  device. `ClipAfterAllReduce` (`clip_after_all_reduce(keras.optimizers.Adam)`) sums first.
+  device. `clip_after_all_reduce(keras.optimizers.Adam)` sums first.
 - A custom `train_step` that differentiates a plain mean loss (the sampled softmax of
   `LanguageModel`) must divide it by the number of replicas (`scale_loss_for_replicas`), as
   Keras' own losses do; otherwise the replicas' gradients add up to N times the step.
@@ -63,6 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tftune.errors import RecipeError, RunError
+from tftune.keras_private import ClipAfterAllReduce, symbolic_build
 
 STRATEGIES = ("none", "mirrored", "multi-worker")
 TASK_TYPES = ("chief", "worker", "evaluator", "ps")
@@ -454,48 +455,12 @@ def scale_loss_for_replicas(loss):
 # === Gradient clipping across replicas ===
 
 
-def _in_multi_replica_context():
-    tf = _tf()
-    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
-        return False
-    context = tf.distribute.get_replica_context()
-    return context is not None and context.num_replicas_in_sync > 1
-
-
-class ClipAfterAllReduce:
-    """Optimizer mixin: clip the gradients summed over the replicas, as on one device.
-
-    Keras 3 clips (`clipnorm`, `global_clipnorm`, `clipvalue`) each replica's gradients and only
-    then sums them over the replicas, so under a strategy a clipped step is not the
-    single-device one (each replica's share is clipped on its own). With this mixin, the sum
-    over the replicas happens first, then the clipping, and the later sum is skipped. Without
-    clipping, or outside a multi-replica step, nothing changes.
-
-    Use `clip_after_all_reduce(keras.optimizers.Adam)(learning_rate, global_clipnorm=1.0)`.
-    """
-
-    def _clips(self):
-        return any(value and value > 0 for value in (self.clipnorm, self.global_clipnorm, self.clipvalue))
-
-    def _clip_gradients(self, grads):
-        if self._clips() and _in_multi_replica_context():
-            tf = _tf()
-            present = [g for g in grads if g is not None]
-            summed = iter(tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, present))
-            grads = [None if g is None else next(summed) for g in grads]
-        return super()._clip_gradients(grads)
-
-    def _all_reduce_sum_gradients(self, grads_and_vars):
-        if self._clips() and _in_multi_replica_context():
-            return list(grads_and_vars)  # already summed in _clip_gradients
-        return super()._all_reduce_sum_gradients(grads_and_vars)
-
-
 _CLIPPING_CLASSES = {}
 
 
 def clip_after_all_reduce(optimizer_class):
-    """A subclass of a Keras optimizer class with `ClipAfterAllReduce` (same name and config)."""
+    """A subclass of a Keras optimizer class with `tftune.keras_private.ClipAfterAllReduce`:
+    gradients summed over the replicas before they are clipped (same name and config)."""
     if issubclass(optimizer_class, ClipAfterAllReduce):
         return optimizer_class
     if optimizer_class not in _CLIPPING_CLASSES:
@@ -544,7 +509,7 @@ def _prepare(model, dataset, strategy):
     epoch another order than `fit` does.
     """
     with strategy.scope():
-        model._symbolic_build(data_batch=dataset.element_spec)  # Keras 3 (private): what fit/evaluate call
+        symbolic_build(model, dataset.element_spec)
 
 
 def _with_class_weight(dataset, class_weight):

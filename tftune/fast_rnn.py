@@ -43,6 +43,8 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
+from tftune.keras_private import WeightDroppedInnerLoop
+
 TANH, SIGMOID = keras.activations.tanh, keras.activations.sigmoid
 
 
@@ -277,7 +279,7 @@ def _simple_rnn_recurrence(inputs, recurrent_kernel, h0, mask):
     return outputs, [h]
 
 
-class _FastRecurrentCall:
+class _FastRecurrentCall(WeightDroppedInnerLoop):
     """The shared fast `call` and weight drop; subclasses say when the fast path applies and run their recurrence."""
 
     def __init__(self, *args, weight_dropout=0.0, **kwargs):
@@ -297,22 +299,6 @@ class _FastRecurrentCall:
         if not (training and self.weight_dropout):
             return kernel
         return keras.random.dropout(kernel, self.weight_dropout, seed=self.weight_dropout_seed_generator)
-
-    def inner_loop(self, sequences, initial_state, mask, training=False):
-        """Keras' implementation (cuDNN where it runs) with this call's weight-dropped recurrent kernel.
-
-        Private Keras API: `inner_loop` is the undocumented hook through which `keras.layers.RNN`
-        runs its recurrence. LSTM's and GRU's hand `self.cell.recurrent_kernel` to
-        `backend.lstm`/`backend.gru` (cuDNN), or else run the cell, which reads it step by step.
-        Both read the variable, and inside `keras.StatelessScope` a read returns the mapped value:
-        the dropped kernel reaches cuDNN as it is, and gradients flow through the mask to the
-        variable. `tests/test_fast_rnn.py` fails if Keras stops working this way.
-        """
-        kernel = self.recurrent_kernel_for_call(training)
-        if kernel is self.cell.recurrent_kernel:
-            return super().inner_loop(sequences, initial_state, mask, training=training)
-        with keras.StatelessScope([(self.cell.recurrent_kernel, kernel)]):
-            return super().inner_loop(sequences, initial_state, mask, training=training)
 
     def get_config(self):
         config = super().get_config()

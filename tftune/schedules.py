@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from tftune.keras_private import optimizer_variable_index
+
 
 class _Cycle(keras.optimizers.schedules.LearningRateSchedule):
     """What the cyclic schedules share: a peak rate, a length, and the step the cycle starts at."""
@@ -220,7 +222,7 @@ class DiscriminativeRates:
         super().build(var_list)
 
     def update_step(self, gradient, variable, learning_rate):
-        multiplier = self._variable_multipliers[self._get_variable_index(variable)]
+        multiplier = self._variable_multipliers[optimizer_variable_index(self, variable)]
         super().update_step(gradient, variable, learning_rate * multiplier)
 
     def get_config(self):
