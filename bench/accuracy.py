@@ -248,13 +248,14 @@ class Runner:
         """`(recipe, record)`: `source` is a shipped recipe's name or file, or a run directory (its recipe)."""
         from tftune.cli import LOCAL_DISTRIBUTE
         from tftune.recipe import load_recipe
+        from tftune.runs import PretrainRun
 
         overrides = [*(LOCAL_DISTRIBUTE if reset else []), *overrides, *self.last]
         if isinstance(source, str):
             recipe, shown = load_recipe(source, overrides), f"shipped recipe {source}"
         else:
             kind = "preset" if source == self.general else "LM run"
-            recipe, shown = load_recipe(source / "recipe.toml", overrides), f"{kind} recipe {self.where(source)}"
+            recipe, shown = load_recipe(PretrainRun(source).recipe_file, overrides), f"{kind} recipe {self.where(source)}"
         return recipe, {"recipe": shown, "overrides": self.shown(overrides)}
 
     def pretrain(self, out, overrides, recipe=None, from_run=None):
@@ -335,11 +336,10 @@ def find_general(name):
     """The general LM's run directory (a preset's name or a pretrain run), or a string saying why there is none."""
     from tftune.errors import RunError
     from tftune.presets import resolve_run
-    from tftune.runs import read_run_info
+    from tftune.runs import PretrainRun
 
     try:
-        run = resolve_run(name)
-        read_run_info(run, "pretrain", required=("recipe.toml",))
+        run = PretrainRun.open(resolve_run(name)).path
     except RunError as e:
         return f"no general LM: {e}"
     return Path(run).resolve()
@@ -379,10 +379,10 @@ def shared_runs(args, runner, rows, root):
 
 def lm_report(run, runner):
     """A shared LM as the result shows it: where, its encoder, corpus size and perplexity."""
-    from tftune.recipe import Recipe
+    from tftune.runs import PretrainRun
 
-    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-    encoder = Recipe.from_toml_file(run / "recipe.toml")["encoder"]
+    run_files = PretrainRun.open(run)
+    metrics, encoder = run_files.metrics(), run_files.recipe["encoder"]
     return {"run": runner.where(run), "encoder": f"{encoder['layers']} x {encoder['units']} {encoder['cell']}",
             "train_tokens": metrics["train_tokens"], "vocab_size": metrics["vocab_size"],
             "valid_perplexity": metrics["valid"]["perplexity"]}

@@ -111,7 +111,7 @@ def choose_corpus(smoke, tmp):
 
 def _work_tftune(spec):
     from tftune.recipe import load_recipe
-    from tftune.text import Vocabulary
+    from tftune.runs import PretrainRun
     from tftune.train import pretrain
 
     from bench.callbacks import WallClockBudget
@@ -132,7 +132,7 @@ def _work_tftune(spec):
         "vocab_size": metrics["vocab_size"],
         "train_tokens": metrics["train_tokens"],
         "valid_tokens": metrics["valid_tokens"],
-        "vocab_fingerprint": Vocabulary.load(Path(spec["run_dir"]) / "vocab.txt").fingerprint(),
+        "vocab_fingerprint": PretrainRun.open(spec["run_dir"]).vocab.fingerprint(),
     }
 
 

@@ -96,21 +96,18 @@ def load_keras_classifier(run):
     import numpy as np
 
     from tftune.models import build_classifier, build_encoder
-    from tftune.recipe import Recipe
-    from tftune.text import Tokenizer, Vocabulary
+    from tftune.runs import FinetuneRun
 
-    info = json.loads((run / "run.json").read_text(encoding="utf-8"))
-    recipe = Recipe.from_toml_file(run / "recipe.toml")
-    vocab = Vocabulary.load(run / "vocab.txt")
-    labels = json.loads((run / "labels.json").read_text(encoding="utf-8"))
+    run_files = FinetuneRun.open(run)
+    recipe, vocab, labels = run_files.recipe, run_files.vocab, run_files.labels()
     encoder_settings, settings = recipe["encoder"], recipe["finetune"]
-    placeholder = np.zeros((len(vocab), info["embedding_dim"]), dtype="float32")
+    placeholder = np.zeros((len(vocab), run_files.embedding_dim), dtype="float32")
     encoder = build_encoder(placeholder, encoder_settings["cell"], encoder_settings["layers"],
                             encoder_settings["units"])
     classifier = build_classifier(encoder, len(labels), settings["head"], settings["head_units"],
                                   pool_embeddings=settings["pool_embeddings"])
-    classifier.load_weights(run / "classifier.weights.h5")
-    return classifier, vocab, Tokenizer.from_config(info["tokenizer"]), settings["max_len"], recipe
+    classifier.load_weights(run_files.classifier_weights)
+    return classifier, vocab, run_files.tokenizer, settings["max_len"], recipe
 
 
 # === Timing ===

@@ -428,7 +428,7 @@ import keras
 from tftune.data import classification_dataset
 from tftune.export import export_classifier
 from tftune.models import LanguageModel, build_classifier, build_encoder
-from tftune.runs import RunDirectory
+from tftune.runs import FinetuneRun, write_json
 from tftune.schedules import DiscriminativeAdam, SlantedTriangular, discriminative_multipliers
 from tftune.text import Tokenizer, Vocabulary
 
@@ -483,11 +483,11 @@ report["checksum"] = float(sum(np.abs(w).astype("float64").sum() for w in classi
 # Every worker runs the same saving code; only the chief's files land in `out`.
 with distribute.chief_output(out, strategy) as target:
     report["wrote_to"] = str(target)
-    with RunDirectory(target) as run:
-        classifier.save_weights(run.file("classifier.weights.h5"))
-        run.write_json("report.json", report)
+    with FinetuneRun.create(target) as run:
+        classifier.save_weights(run.classifier_weights)
+        write_json(run.path / "report.json", report)
         vocab = Vocabulary([f"w{i}" for i in range(3, V)])
-        export_classifier(classifier, vocab, Tokenizer(), ["a", "b", "c"], 20, run.file("export"))
+        export_classifier(classifier, vocab, Tokenizer(), ["a", "b", "c"], 20, run.export)
 report["wall_seconds"] = round(time.time() - started, 1)
 print("RESULT " + json.dumps(report), flush=True)
 """

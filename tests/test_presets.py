@@ -101,9 +101,10 @@ def test_each_shipped_preset_loads_by_name_and_has_a_model_card(name):
     import numpy as np
 
     from tftune.models import build_language_model
-    from tftune.train import load_pretrain_run, restore_encoder, restore_language_model
+    from tftune.runs import PretrainRun
+    from tftune.train import restore_encoder, restore_language_model
 
-    pretrained = load_pretrain_run(presets.resolve_run(name))
+    pretrained = PretrainRun.open(presets.resolve_run(name))
     assert presets.Path(pretrained.recipe["embeddings"]["path"]).is_file()
     # What runs continuing from it train with: the target-domain step's corpus ships, and
     # fine-tuning unfreezes gradually.

@@ -13,7 +13,8 @@ from tftune.models import LanguageModel, build_encoder, build_language_model, cu
 from tftune.recipe import load_recipe
 from tftune.regularization import LockedDropout, WordDropout, activation_regularization
 from tftune.text import Tokenizer, Vocabulary
-from tftune.train import PretrainedRun, build_member_classifier, classifier_dropouts
+from tftune.runs import PretrainRun
+from tftune.train import build_member_classifier, classifier_dropouts
 
 VOCAB, DIM, UNITS = 30, 4, 6
 AWD_RATES = {"weight_dropout": 0.5, "embedding_dropout": 0.2, "input_dropout": 0.4, "hidden_dropout": 0.2}
@@ -172,7 +173,7 @@ def test_shipped_recipe_uses_ar_tar_without_awd_dropouts_and_bad_values_are_reje
 
 @pytest.fixture
 def pretrained(vectors, tmp_path):
-    """A stand-in pretrain run with every AWD rate on: its recipe, vocabulary and encoder weights."""
+    """A small pretrain run with every AWD rate on: its recipe, vocabulary and untrained encoder weights."""
     texts = ["a fine and moving film", "a dull and tired film", "moving , fine , bright", "dull , tired , grey"]
     tokenizer = Tokenizer()
     vocab = Vocabulary.build([tokenizer.tokenize(text) for text in texts], max_size=VOCAB)
@@ -180,9 +181,12 @@ def pretrained(vectors, tmp_path):
         "encoder.layers=2", f"encoder.units={UNITS}", *(f"encoder.{key}={rate}" for key, rate in AWD_RATES.items()),
         "encoder.output_dropout=0.3",
     ])
-    build_encoder(vectors[: len(vocab)], "lstm", 2, UNITS).save_weights(tmp_path / "encoder.weights.h5")
-    run = PretrainedRun(path=tmp_path, recipe=recipe, vocab=vocab, tokenizer=tokenizer, embedding_dim=DIM)
-    return run, texts
+    with PretrainRun.create(tmp_path / "lm") as run:
+        run.write_info(vocab, tokenizer, DIM)
+        run.write_recipe(recipe)
+        build_encoder(vectors[: len(vocab)], "lstm", 2, UNITS).save_weights(run.encoder_weights)
+        run.write_metrics({})
+    return PretrainRun.open(tmp_path / "lm"), texts
 
 
 def test_dropout_scale_multiplies_the_pretrain_runs_rates_in_the_classifier(pretrained):

@@ -1,18 +1,31 @@
-"""No command writes over what it reads: `tftune.runs.check_output_paths` on plain paths.
+"""Run directories: no command writes over what it reads, and one owner of the run format.
 
-Nothing here trains. The same cases through the real command line, with the inputs checked byte
-for byte afterwards, are in test_cli_errors.py ("outputs over inputs").
+The first part is `tftune.runs.check_output_paths` on plain paths; nothing there trains. The same
+cases through the real command line, with the inputs checked byte for byte afterwards, are in
+test_cli_errors.py ("outputs over inputs"). The second part is `PretrainRun` / `FinetuneRun`.
 """
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
 from conftest import snapshot
 from tftune.errors import RunError
 from tftune.recipe import load_recipe, shipped_dirs
-from tftune.runs import Input, check_export_paths, check_output_paths, check_run_paths, run_outputs
+from tftune.runs import (
+    FORMAT_VERSION,
+    FinetuneRun,
+    PretrainRun,
+    Run,
+    RunFile,
+    Input,
+    check_export_paths,
+    check_output_paths,
+    check_run_paths,
+    run_outputs,
+)
 
 INPUT = "(an input of this command"
 
@@ -208,3 +221,59 @@ def test_the_python_api_checks_before_anything_is_written(tree):
     with pytest.raises(RunError, match="^--out runs/clf: is the exported run runs/clf "):
         reexport("runs/clf", "runs/clf", force=True)
     assert snapshot(tree) == before
+
+
+# === The run-directory format ===
+
+
+def test_runs_open_as_they_were_written(tiny_runs):
+    lm, clf = PretrainRun.open(tiny_runs["pretrain"]), FinetuneRun.open(tiny_runs["finetune"])
+    assert lm.info["kind"] == "pretrain" and clf.info["kind"] == "finetune"
+    assert lm.info["format"] == clf.info["format"] == FORMAT_VERSION
+    assert clf.vocab.tokens[: len(lm.vocab)] == lm.vocab.tokens and clf.tokenizer.get_config() == lm.tokenizer.get_config()
+    assert lm.recipe == tiny_runs["recipe"] and clf.labels() and lm.metrics()["valid"]["perplexity"] > 1
+    assert (clf.export / "saved_model.pb").is_file()
+
+
+def test_a_run_of_the_wrong_kind_or_a_newer_format_is_one_clear_error(tiny_runs, tmp_path):
+    with pytest.raises(RunError, match="is a finetune run, expected a pretrain run$"):
+        PretrainRun.open(tiny_runs["finetune"])
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    (newer / "run.json").write_text(json.dumps({"kind": "pretrain", "format": FORMAT_VERSION + 1}))
+    with pytest.raises(RunError, match=rf"newer: written in run format {FORMAT_VERSION + 1}, newer than this "
+                                       rf"tftune reads \({FORMAT_VERSION}\); upgrade tftune$"):
+        PretrainRun.open(newer)
+
+
+def test_a_run_from_before_the_format_field_still_opens(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"kind": "pretrain"}))
+    assert PretrainRun.open(tmp_path, require=()).info == {"kind": "pretrain"}
+    with pytest.raises(RunError, match="incomplete pretrain run, missing recipe.toml, vocab.txt, metrics.json, "
+                                       "encoder.weights.h5$"):
+        PretrainRun.open(tmp_path)
+
+
+def test_a_failed_write_leaves_nothing_and_a_good_one_publishes_whole(tmp_path):
+    with pytest.raises(ZeroDivisionError):
+        with PretrainRun.create(tmp_path / "lm") as run:
+            run.write_metrics({"valid": {"perplexity": 1 / 0}})
+    assert list(tmp_path.iterdir()) == []
+    with PretrainRun.create(tmp_path / "lm") as run:
+        run.write_metrics({})
+    assert run.path == tmp_path / "lm" and run.metrics() == {}
+    assert [p.name for p in tmp_path.iterdir()] == ["lm"]
+
+
+# Files of other formats that share a run file's name: the checkpoint folder's copy of the recipe
+# (`tftune.checkpoints`) and the SavedModel's labels (`tftune.export`, in assets.extra/).
+OTHER_FORMATS = {("checkpoints.py", "recipe.toml"), ("export.py", "labels.json")}
+
+
+def test_only_tftune_runs_names_the_files_of_a_run():
+    names = {attr.name for cls in (Run, PretrainRun, FinetuneRun) for attr in vars(cls).values()
+             if isinstance(attr, RunFile) and "." in attr.name}  # files; "export" and "logs" are common words
+    package = Path(__file__).resolve().parents[1] / "tftune"
+    named = [(module.name, name) for module in sorted(package.glob("*.py")) if module.name != "runs.py"
+             for name in names if f'"{name}"' in module.read_text(encoding="utf-8")]
+    assert set(named) <= OTHER_FORMATS, named

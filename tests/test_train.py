@@ -9,7 +9,8 @@ import pytest
 from conftest import tiny_overrides
 from tftune.errors import RunError
 from tftune.recipe import load_recipe
-from tftune.train import finetune, load_pretrain_run, pretrain
+from tftune.runs import PretrainRun
+from tftune.train import finetune, pretrain
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +109,7 @@ def test_each_unfreezing_stage_peaks_lower_by_stage_lr_decay():
 def test_finetune_starts_from_pretrained_weights(tiny_runs, tmp_path):
     log = WeightLog()
     finetune(tiny_runs["recipe"], tiny_runs["pretrain"], tmp_path / "run", callbacks=[log])
-    pretrained = load_pretrain_run(tiny_runs["pretrain"])
+    pretrained = PretrainRun.open(tiny_runs["pretrain"])
     assert pretrained.vocab.tokens[:3] == ["<pad>", "<unk>", "<eos>"]
     from tftune.train import restore_encoder
 
@@ -245,15 +246,15 @@ def test_pretrain_from_a_run_continues_its_encoder_on_new_text(tiny_runs, tmp_pa
     before = pretrain(untouched, tmp_path / "zero", from_run=base)
     assert (tmp_path / "zero" / "vocab.txt").read_text() == (base / "vocab.txt").read_text()
     info = json.loads((tmp_path / "zero" / "run.json").read_text())
-    assert info["from_run"] == str(base) and info["vocab_fingerprint"] == load_pretrain_run(base).vocab.fingerprint()
+    assert info["from_run"] == str(base) and info["vocab_fingerprint"] == PretrainRun.open(base).vocab.fingerprint()
     from tftune.train import restore_encoder
 
-    weights = [restore_encoder(load_pretrain_run(run), 0.0).get_weights() for run in (base, tmp_path / "zero")]
+    weights = [restore_encoder(PretrainRun.open(run), 0.0).get_weights() for run in (base, tmp_path / "zero")]
     assert same(*weights)
     # Two epochs on the task's text lower the perplexity on held-out task text.
     after = pretrain(untouched.with_overrides(["pretrain.epochs=2"]), tmp_path / "two", from_run=base)
     assert after["valid"]["perplexity"] < before["valid"]["perplexity"]
-    assert after["vocab_size"] == before["vocab_size"] == len(load_pretrain_run(base).vocab)
+    assert after["vocab_size"] == before["vocab_size"] == len(PretrainRun.open(base).vocab)
     finetune(tiny_runs["recipe"], tmp_path / "two", tmp_path / "classifier")
     assert (tmp_path / "classifier" / "export" / "saved_model.pb").is_file()
 

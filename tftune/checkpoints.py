@@ -57,6 +57,11 @@ class RunCheckpoint:
         self.out = out
         self.path = hidden_sibling(out, "checkpoint")
 
+    @property
+    def recipe_file(self):
+        """The recipe the run started with, saved with each checkpoint (`--resume` without `--recipe`)."""
+        return self.path / RECIPE
+
     def exists(self):
         return (self.path / STATE).is_file()
 

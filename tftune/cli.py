@@ -233,7 +233,7 @@ def main():
 
 def _checkpoint_recipe(out):
     """The recipe file saved with the checkpoint of `--out`, for `--resume` without `--recipe`."""
-    from tftune.checkpoints import RECIPE, RunCheckpoint
+    from tftune.checkpoints import RunCheckpoint
     from tftune.errors import RunError
 
     if out is None:
@@ -241,7 +241,7 @@ def _checkpoint_recipe(out):
     checkpoint = RunCheckpoint(out)
     if not checkpoint.exists():
         raise RunError(f"{out}: no checkpoint to resume ({checkpoint.path} does not exist); run without --resume")
-    return str(checkpoint.path / RECIPE)
+    return str(checkpoint.recipe_file)
 
 
 @main.command()
@@ -270,15 +270,15 @@ def pretrain(recipe, corpus, valid, from_run, embeddings, embeddings_format, out
     """
     from tftune.presets import resolve_run
     from tftune.recipe import load_recipe
-    from tftune.runs import check_run_paths, check_writable_target, read_run_info
+    from tftune.runs import PretrainRun, check_run_paths, check_writable_target
 
     base = recipe
     reset = []
     if from_run is not None:
         # A wrong --from fails here, before the slow TensorFlow import.
         from_run = resolve_run(from_run)
-        read_run_info(from_run, "pretrain", required=() if recipe else ("recipe.toml",))
-        base = recipe or str(Path(from_run) / "recipe.toml")
+        run = PretrainRun.open(from_run, require=() if recipe else ("recipe_file",))
+        base = recipe or str(run.recipe_file)
         reset = [] if recipe else LOCAL_DISTRIBUTE
     if resume and not recipe:
         base, reset = _checkpoint_recipe(out), []
@@ -335,13 +335,12 @@ def finetune(from_runs, recipe, train, valid, test, text_column, label_column, o
     """
     from tftune.presets import resolve_run
     from tftune.recipe import load_recipe
-    from tftune.runs import check_run_paths, check_writable_target, read_run_info
+    from tftune.runs import FinetuneRun, PretrainRun, check_run_paths, check_writable_target
 
     # A wrong --from fails here, before the slow TensorFlow import; training checks the rest of the run.
-    from_runs = [resolve_run(from_run) for from_run in from_runs]
-    for from_run in from_runs:
-        read_run_info(from_run, "pretrain", required=() if recipe else ("recipe.toml",))
-    base = recipe or (_checkpoint_recipe(out) if resume else str(Path(from_runs[0]) / "recipe.toml"))
+    from_runs = [PretrainRun.open(resolve_run(from_run), require=() if recipe else ("recipe_file",))
+                 for from_run in from_runs]
+    base = recipe or (_checkpoint_recipe(out) if resume else str(from_runs[0].recipe_file))
     reset = LOCAL_DISTRIBUTE if not recipe and not resume else []
     flags = [
         ("finetune.encoding", encoding),
@@ -359,13 +358,13 @@ def finetune(from_runs, recipe, train, valid, test, text_column, label_column, o
     resolved = load_recipe(base, reset + _overrides(flags, settings))
     out = Path(out or f"runs/{resolved['name']}-finetune")
     if _check_distribution(resolved, resume):
-        check_run_paths(resolved, "finetune", out, from_runs, resume)
+        check_run_paths(resolved, "finetune", out, [run.path for run in from_runs], resume)
         check_writable_target(out, force)
     strategy = _start_strategy(resolved)
     from tftune.train import finetune as run_finetune
 
-    run_finetune(resolved, list(from_runs), out, force=force, resume=resume, strategy=strategy)
-    click.echo(out / "export")
+    run_finetune(resolved, [run.path for run in from_runs], out, force=force, resume=resume, strategy=strategy)
+    click.echo(FinetuneRun(out).export)
 
 
 @main.command()
@@ -374,9 +373,9 @@ def finetune(from_runs, recipe, train, valid, test, text_column, label_column, o
 @force_option
 def export(run_dir, out, force):
     """Export a finetune run as a SavedModel that serves raw strings."""
-    from tftune.runs import check_export_paths, write_failure
+    from tftune.runs import FinetuneRun, check_export_paths, write_failure
 
-    out = Path(out or Path(run_dir) / "export")
+    out = Path(out or FinetuneRun(run_dir).export)
     check_export_paths(run_dir, out)
     _import_tensorflow_quietly()
     from tftune.train import reexport

@@ -30,7 +30,7 @@ import tensorflow as tf
 from tftune.errors import DataError, RunError
 from tftune.metrics import classification_metrics
 from tftune.models import build_classifier, build_encoder, build_ensemble, ensemble_members
-from tftune.runs import replace_directory
+from tftune.runs import FinetuneRun, replace_directory
 from tftune.text import EOS, Tokenizer
 
 SIGNATURE = "serving_default"
@@ -123,7 +123,7 @@ def export_classifier(classifier, vocab, tokenizer: Tokenizer, labels, max_len, 
 def find_export(path):
     """The SavedModel directory of an export or of a finetune run (its `export/`)."""
     path = Path(path)
-    for candidate in (path, path / "export"):
+    for candidate in (path, FinetuneRun(path).export):
         if (candidate / "saved_model.pb").is_file():
             return candidate
     raise RunError(f"{path}: neither a SavedModel export nor a finetune run with an export/ directory")

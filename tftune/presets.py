@@ -15,16 +15,14 @@ run_dir = resolve_run("lstm-glove-general")  # .../pretrained/lstm-glove-general
 """
 
 import dataclasses
-import json
 import os
 import shutil
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
 from tftune.errors import RunError
 from tftune.recipe import PRETRAINED_DIR
-from tftune.runs import RUN_INFO
+from tftune.runs import PretrainRun
 
 MODEL_CARD = "README.md"
 
@@ -51,22 +49,22 @@ class Preset:
 
 
 def _is_preset(path: Path) -> bool:
-    info = path / RUN_INFO
-    if not (info.is_file() and (path / MODEL_CARD).is_file()):
+    if not (path / MODEL_CARD).is_file():
         return False
     try:
-        return json.loads(info.read_text(encoding="utf-8")).get("kind") == "pretrain"
-    except (OSError, ValueError):
+        PretrainRun.open(path, require=())
+    except RunError:
         return False
+    return True
 
 
 def _read_preset(path: Path) -> Preset:
-    metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
-    recipe = tomllib.loads((path / "recipe.toml").read_text(encoding="utf-8"))
+    run = PretrainRun.open(path, require=())
+    metrics = run.metrics()
     return Preset(
         name=path.name,
         path=path,
-        description=str(recipe.get("description", "")),
+        description=run.description,
         size_bytes=sum(file.stat().st_size for file in path.rglob("*") if file.is_file()),
         train_tokens=metrics.get("train_tokens"),
         perplexity=metrics.get("valid", {}).get("perplexity"),
@@ -115,11 +113,6 @@ def resolve_run(name_or_path: str | os.PathLike) -> Path:
         return preset
     names = ", ".join(preset_names()) or "none shipped"
     raise RunError(f"{name_or_path}: no such run directory, nor a pretrained model of that name (pretrained: {names})")
-
-
-# The files of a pretrain run that a preset keeps (the TensorBoard logs stay behind).
-_PRESET_FILES = ("run.json", "vocab.txt", "encoder.weights.h5", "language_model.weights.h5", "metrics.json",
-                 "history.json")
 
 
 # The recipe sections that say how to train (not what the model is): a preset takes them from the
@@ -171,21 +164,22 @@ def publish(
     """
     from tftune.recipe import Recipe, load_recipe
 
-    run_dir, destination = Path(run_dir), Path(destination)
+    run, destination = PretrainRun.open(run_dir), Path(destination)
     destination.mkdir(parents=True, exist_ok=False)
-    for name in _PRESET_FILES:
-        source = run_dir / name
-        if name.endswith(".weights.h5"):
-            _copy_as_float16(source, destination / name)
+    preset = PretrainRun(destination)
+    for role in PretrainRun.portable:
+        source, target = getattr(run, role), getattr(preset, role)
+        if role.endswith("_weights"):
+            _copy_as_float16(source, target)
         else:
-            shutil.copyfile(source, destination / name)
+            shutil.copyfile(source, target)
     shipped = destination.resolve().parent
 
     def write_path(path):
         inside = Path(path).resolve().is_relative_to(shipped)
         return os.path.relpath(path, destination.resolve()) if inside else Path(path).name
 
-    recipe = Recipe.from_toml_file(run_dir / "recipe.toml").to_dict()
+    recipe = run.recipe.to_dict()
     if continue_with is not None:
         training = load_recipe(continue_with).to_dict()
         recipe.update({section: training[section] for section in _TRAINING_SECTIONS})
@@ -193,7 +187,7 @@ def publish(
     if description is not None:
         recipe["description"] = description
     recipe = Recipe(recipe).with_overrides(overrides)
-    (destination / "recipe.toml").write_text(recipe.to_toml(write_path), encoding="utf-8")
+    preset.write_recipe(recipe, write_path)
     return destination
 
 

@@ -1,4 +1,8 @@
-"""Run directories: written in a temporary place, then moved into place whole.
+"""Run directories: their format, and writing them in a temporary place, then moving them into place whole.
+
+`PretrainRun` and `FinetuneRun` own the run-directory format: they alone know its file names,
+and they read, write and check them. `run.json` records the format version (`FORMAT_VERSION`);
+a run written by a newer tftune is refused in one line.
 
 A run (pretrain or finetune) writes all its files into a hidden sibling directory and renames
 it to `--out` only when everything succeeded, so a crash or a bad input never leaves a
@@ -9,8 +13,12 @@ may be, hold or lie inside what the command reads (`check_output_paths`), `force
 Example:
 
 >>> check_run_paths(recipe, "pretrain", "runs/pretrain")  # doctest: +SKIP
->>> with RunDirectory("runs/pretrain", force=False) as run:  # doctest: +SKIP
-...     run.write_json("metrics.json", {"valid": {"perplexity": 123.4}})
+>>> with PretrainRun.create("runs/pretrain", force=False) as run:  # doctest: +SKIP
+...     run.write_info(vocab, tokenizer, embedding_dim=50)
+...     encoder.save_weights(run.encoder_weights)
+...     run.write_metrics({"valid": {"perplexity": 123.4}})
+>>> PretrainRun.open("runs/pretrain").metrics()["valid"]["perplexity"]  # doctest: +SKIP
+123.4
 """
 
 import contextlib
@@ -263,72 +271,234 @@ def replace_directory(staging, out):
         shutil.rmtree(backup, ignore_errors=True)
 
 
+# === The run-directory format ===
+
+# Written into every run's `run.json`. A run without it predates the field and has format 1's files.
+FORMAT_VERSION = 1
+
+
+class RunFile:
+    """One file or folder of a run, named by its role: `run.vocab_file` is the path, and only the
+    class that declares it knows the file name."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __get__(self, run, owner=None):
+        return self if run is None else run.path / self.name
+
+
+class Run:
+    """A run directory of one kind: the names of its files, and reading, writing and checking them.
+
+    Open a complete run with `open` (it checks the kind, the format and the files); write a new
+    one with `create`, which stages it and publishes it whole. Subclasses declare their files as
+    `RunFile`s, and `required`, the roles a complete run has. Nothing else in tftune knows a run's
+    file names.
+
+    Args:
+        path: the run directory (not read: use `open` to check it).
+        info: its `run.json`, once read or written.
+
+    Example:
+
+    >>> run = PretrainRun.open("runs/lm")  # doctest: +SKIP
+    >>> run.vocab, run.metrics()["valid"]["perplexity"]  # doctest: +SKIP
+    >>> with FinetuneRun.create("runs/clf", force=False) as run:  # doctest: +SKIP
+    ...     run.write_info(pretrain_run="runs/lm")
+    ...     model.save_weights(run.classifier_weights)
+    """
+
+    kind = None
+    info_file = RunFile(RUN_INFO)
+    recipe_file = RunFile("recipe.toml")
+    vocab_file = RunFile("vocab.txt")
+    history_file = RunFile("history.json")
+    metrics_file = RunFile("metrics.json")
+    logs = RunFile("logs")  # TensorBoard event files
+    required = ("recipe_file", "vocab_file", "metrics_file")
+
+    def __init__(self, path, info=None):
+        self.path = Path(path)
+        self.info = info
+
+    # --- Reading ---
+
+    @classmethod
+    def open(cls, path, require=None):
+        """The run of this kind at `path`; anything else is a one-line `RunError`.
+
+        Args:
+            path: the run directory.
+            require: the roles whose files must be there (e.g. `("recipe_file",)`); default: those
+                of a complete run (`required`). `()` only reads `run.json`, e.g. to list runs.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise RunError(f"{path}: no such run directory")
+        run = cls(path)
+        if not run.info_file.is_file():
+            raise RunError(f"{path}: not a tftune run directory (no {RUN_INFO})")
+        try:
+            run.info = json.loads(run.info_file.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            raise RunError(f"{run.info_file}: unreadable ({e})") from None
+        if run.info.get("kind") != cls.kind:
+            raise RunError(f"{path}: is a {run.info.get('kind', 'unknown')} run, expected a {cls.kind} run")
+        version = run.info.get("format", 1)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise RunError(
+                f"{path}: written in run format {version}, newer than this tftune reads ({FORMAT_VERSION}); "
+                "upgrade tftune"
+            )
+        require = cls.required if require is None else require
+        missing = [getattr(run, role).name for role in require if not getattr(run, role).is_file()]
+        if missing:
+            raise RunError(f"{path}: incomplete {cls.kind} run, missing {', '.join(missing)}")
+        return run
+
+    @functools.cached_property
+    def recipe(self):
+        """The recipe the run trained with (`tftune.recipe.Recipe`)."""
+        from tftune.recipe import Recipe
+
+        return Recipe.from_toml_file(self.recipe_file)
+
+    @property
+    def description(self) -> str:
+        """The recipe's description, read without checking the rest of the recipe (for listings)."""
+        import tomllib
+
+        return str(tomllib.loads(self.recipe_file.read_text(encoding="utf-8")).get("description", ""))
+
+    @functools.cached_property
+    def vocab(self):
+        """The run's `Vocabulary`, checked against the fingerprint its weights were saved with."""
+        from tftune.text import Vocabulary  # imports TensorFlow
+
+        vocab = Vocabulary.load(self.vocab_file)
+        if vocab.fingerprint() != self.info["vocab_fingerprint"]:
+            raise RunError(f"{self.vocab_file}: vocabulary does not match the one the encoder was trained with")
+        return vocab
+
+    @functools.cached_property
+    def tokenizer(self):
+        """The run's `Tokenizer`, as it was configured."""
+        from tftune.text import Tokenizer
+
+        return Tokenizer.from_config(self.info["tokenizer"])
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.info["embedding_dim"]
+
+    def metrics(self) -> dict:
+        return json.loads(self.metrics_file.read_text(encoding="utf-8"))
+
+    # --- Writing ---
+
+    @classmethod
+    def create(cls, out, force=False):
+        """A context manager: a new run of this kind, staged beside `out` and moved there whole when
+        the block succeeds (see `RunDirectory`)."""
+        return RunDirectory(out, force, cls)
+
+    def write_info(self, vocab, tokenizer, embedding_dim, **fields):
+        """Writes `run.json`: the kind, the format, the tftune version, what the weights were trained
+        with (the vocabulary's fingerprint, the tokenizer, the vectors' size), and `fields`."""
+        from tftune import __version__
+
+        self.info = {"kind": self.kind, "format": FORMAT_VERSION, "tftune_version": __version__, **fields,
+                     "vocab_fingerprint": vocab.fingerprint(), "embedding_dim": int(embedding_dim),
+                     "tokenizer": tokenizer.get_config()}
+        write_json(self.info_file, self.info)
+        vocab.save(self.vocab_file)
+
+    def write_recipe(self, recipe, write_path=None):
+        self.recipe_file.write_text(recipe.to_toml(write_path), encoding="utf-8")
+
+    def write_history(self, epochs):
+        write_json(self.history_file, epochs)
+
+    def write_metrics(self, metrics):
+        write_json(self.metrics_file, metrics)
+
+
+class PretrainRun(Run):
+    """A pretrain run: the encoder and the language model over it.
+
+    Presets (`tftune.presets`) are pretrain runs too, with a model card beside the files.
+    """
+
+    kind = "pretrain"
+    encoder_weights = RunFile("encoder.weights.h5")
+    language_model_weights = RunFile("language_model.weights.h5")
+    required = Run.required + ("encoder_weights",)
+    # What a copy of the run keeps to be fine-tuned and continued (the TensorBoard logs stay behind).
+    portable = ("info_file", "vocab_file", "encoder_weights", "language_model_weights", "metrics_file",
+                "history_file")
+
+
+class FinetuneRun(Run):
+    """A finetune run: the classifier (or ensemble), its labels and its raw-string export."""
+
+    kind = "finetune"
+    labels_file = RunFile("labels.json")
+    classifier_weights = RunFile("classifier.weights.h5")
+    export = RunFile("export")  # the SavedModel
+    required = Run.required + ("labels_file", "classifier_weights")
+
+    def labels(self) -> list:
+        return json.loads(self.labels_file.read_text(encoding="utf-8"))
+
+    def write_labels(self, labels):
+        write_json(self.labels_file, list(labels))
+
+
 class RunDirectory:
     """A context manager that stages a run directory and publishes it on success.
+
+    Entering yields a `run_class` whose path is the staging folder; on success it is moved to
+    `out` (replacing an earlier run only with `force`), on failure removed.
 
     Args:
         out: the final directory.
         force: replace an existing non-empty `out`.
+        run_class: the kind of run written (`PretrainRun`, `FinetuneRun`).
     """
 
-    def __init__(self, out, force=False):
+    def __init__(self, out, force=False, run_class=Run):
         self.out = Path(out)
         self.force = force
-        self.path = None
+        self.run = None
+        self.run_class = run_class
 
     def __enter__(self):
         check_writable_target(self.out, self.force)
         try:
             self.out.parent.mkdir(parents=True, exist_ok=True)
-            self.path = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+            staging = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
         except OSError as e:
             raise WriteError(f"{self.out}: cannot create the run directory ({e.strerror}); nothing was written") from e
-        return self
+        self.run = self.run_class(staging)
+        return self.run
 
     def __exit__(self, exc_type, exc, traceback):
+        staging = self.run.path
         if exc_type is not None:
-            shutil.rmtree(self.path, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)
             reason = None if isinstance(exc, TftuneError) else write_failure(exc)
             if reason is not None:
                 raise WriteError(f"{self.out}: writing the run failed ({reason}); nothing was written") from exc
             return False
-        os.chmod(self.path, 0o755)
-        replace_directory(self.path, self.out)
-        self.path = self.out
+        os.chmod(staging, 0o755)
+        replace_directory(staging, self.out)
+        self.run.path = self.out
         return False
-
-    def file(self, name):
-        return self.path / name
-
-    def write_json(self, name, data):
-        write_json(self.path / name, data)
-
-    def write_text(self, name, text):
-        (self.path / name).write_text(text, encoding="utf-8")
 
 
 def write_json(path, data):
     Path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-
-
-def read_run_info(path, kind, required=()):
-    """Reads `run.json` of a run directory and checks that it is a complete run of `kind`."""
-    path = Path(path)
-    if not path.is_dir():
-        raise RunError(f"{path}: no such run directory")
-    info_path = path / RUN_INFO
-    if not info_path.is_file():
-        raise RunError(f"{path}: not a tftune run directory (no {RUN_INFO})")
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as e:
-        raise RunError(f"{info_path}: unreadable ({e})") from None
-    if info.get("kind") != kind:
-        raise RunError(f"{path}: is a {info.get('kind', 'unknown')} run, expected a {kind} run")
-    missing = [name for name in required if not (path / name).is_file()]
-    if missing:
-        raise RunError(f"{path}: incomplete {kind} run, missing {', '.join(missing)}")
-    return info
 
 
 def check_vector_size(recipe, from_run):
@@ -340,7 +510,7 @@ def check_vector_size(recipe, from_run):
     """
     from tftune.embeddings import vector_size  # imports TensorFlow
 
-    trained = read_run_info(from_run, "pretrain").get("embedding_dim")
+    trained = PretrainRun.open(from_run, require=()).info.get("embedding_dim")
     settings = recipe["embeddings"]
     size = vector_size(settings["path"], settings["format"])
     if size is not None and trained is not None and size != trained:

@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tftune import __version__, distribute
+from tftune import distribute
 from tftune.cache import PendingCorpus, split_documents  # split_documents: bench imports it from here
 from tftune.checkpoints import Checkpointing, RunCheckpoint, check_resumable, fit_from
 from tftune.data import classification_dataset, lm_dataset, read_labeled, truncate
@@ -59,13 +59,13 @@ from tftune.open_vocab import (
 from tftune.presets import resolve_run
 from tftune.recipe import Recipe
 from tftune.runs import (
-    RunDirectory,
+    FinetuneRun,
+    PretrainRun,
     check_export_paths,
     check_run_paths,
     check_vector_size,
     check_writable_target,
     holds_output_lock,
-    read_run_info,
 )
 from tftune.schedules import (
     DiscriminativeAdam,
@@ -77,8 +77,6 @@ from tftune.schedules import (
 )
 from tftune.text import Tokenizer, Vocabulary
 
-PRETRAIN_FILES = ("recipe.toml", "vocab.txt", "encoder.weights.h5", "metrics.json")
-FINETUNE_FILES = ("recipe.toml", "vocab.txt", "labels.json", "classifier.weights.h5", "metrics.json")
 # ULMFiT's Adam betas for fine-tuning.
 ADAM_BETAS = {"beta_1": 0.7, "beta_2": 0.99}
 
@@ -382,7 +380,7 @@ def _pretrain(recipe, out, force, callbacks, from_run, resume, strategy):
     resumed = open_checkpoint(checkpoint, "pretrain", recipe, resume, force, from_run=from_run)
     base = None
     if from_run is not None:
-        base = load_pretrain_run(from_run)
+        base = PretrainRun.open(from_run)
         check_encoder_matches(recipe, base)
         if base.recipe["pretrain"]["direction"] != settings["direction"]:
             raise RunError(
@@ -424,7 +422,7 @@ def _pretrain(recipe, out, force, callbacks, from_run, resume, strategy):
     else:
         log(f"continuing from the pretrain run {base.path}")
         embedding_dim = base.embedding_dim
-        coverage = json.loads((base.path / "metrics.json").read_text(encoding="utf-8")).get("coverage")
+        coverage = base.metrics().get("coverage")
         added = vocab.tokens[len(base.vocab) :]
         growth = measure_growth(counts, base.vocab, added)
         log(growth.summary())
@@ -512,58 +510,20 @@ def _pretrain(recipe, out, force, callbacks, from_run, resume, strategy):
         "wall_seconds": round(time.time() - started, 1),
     }
     log(f"validation perplexity {metrics['valid']['perplexity']:.1f} after {metrics['train_steps']} training steps")
-    with RunDirectory(out, force) as run:
-        run.write_json(
-            "run.json",
-            {
-                "kind": "pretrain",
-                "tftune_version": __version__,
-                "vocab_fingerprint": vocab.fingerprint(),
-                "embedding_dim": embedding_dim,
-                "tokenizer": tokenizer.get_config(),
-                **({"from_run": str(Path(from_run))} if base is not None else {}),
-            },
-        )
-        run.write_text("recipe.toml", recipe.to_toml())
-        vocab.save(run.file("vocab.txt"))
-        encoder.save_weights(run.file("encoder.weights.h5"))
-        language_model.save_weights(run.file("language_model.weights.h5"))
-        run.write_json("history.json", history.epochs)
-        write_tensorboard_logs(history.epochs, run.file("logs"))
-        run.write_json("metrics.json", metrics)
+    with PretrainRun.create(out, force) as run:
+        run.write_info(vocab, tokenizer, embedding_dim, **({"from_run": str(Path(from_run))} if base else {}))
+        run.write_recipe(recipe)
+        encoder.save_weights(run.encoder_weights)
+        language_model.save_weights(run.language_model_weights)
+        run.write_history(history.epochs)
+        write_tensorboard_logs(history.epochs, run.logs)
+        run.write_metrics(metrics)
     checkpoint.remove()
     log_written("pretrain", out, strategy)
     return metrics
 
 
 # === Fine-tuning ===
-
-
-@dataclass
-class PretrainedRun:
-    """What fine-tuning reuses from a pretrain run."""
-
-    path: Path
-    recipe: Recipe
-    vocab: Vocabulary
-    tokenizer: Tokenizer
-    embedding_dim: int
-
-
-def load_pretrain_run(path):
-    """Opens a complete pretrain run; a missing file or a changed vocabulary is a clear error."""
-    path = Path(path)
-    info = read_run_info(path, "pretrain", PRETRAIN_FILES)
-    vocab = Vocabulary.load(path / "vocab.txt")
-    if vocab.fingerprint() != info["vocab_fingerprint"]:
-        raise RunError(f"{path / 'vocab.txt'}: vocabulary does not match the one the encoder was trained with")
-    return PretrainedRun(
-        path=path,
-        recipe=Recipe.from_toml_file(path / "recipe.toml"),
-        vocab=vocab,
-        tokenizer=Tokenizer.from_config(info["tokenizer"]),
-        embedding_dim=info["embedding_dim"],
-    )
 
 
 # The [encoder] keys that leave the weights alone: a fine-tuning recipe may differ from the pretrain
@@ -609,9 +569,9 @@ def restore_encoder(pretrained, dropout, use_cudnn="auto", **regularization):
         placeholder, settings["cell"], settings["layers"], settings["units"], dropout, use_cudnn, **regularization
     )
     try:
-        encoder.load_weights(pretrained.path / "encoder.weights.h5")
+        encoder.load_weights(pretrained.encoder_weights)
     except ValueError as e:
-        raise RunError(f"{pretrained.path / 'encoder.weights.h5'}: does not fit the recipe's encoder ({e})") from None
+        raise RunError(f"{pretrained.encoder_weights}: does not fit the recipe's encoder ({e})") from None
     return encoder
 
 
@@ -620,13 +580,13 @@ def restore_language_model(language_model, pretrained, base_encoder, shares=None
 
     Args:
         language_model: the language model to load into.
-        pretrained: the `PretrainedRun`.
+        pretrained: the `tftune.runs.PretrainRun`.
         base_encoder: the run's own encoder (`restore_encoder`).
         shares: `tftune.open_vocab.unk_shares` when `language_model` reads a vocabulary grown from
             the run's: the weights then load into a language model of the run's size, and its
             head grows into `language_model`'s, every new word a share of `<unk>`.
     """
-    path = pretrained.path / "language_model.weights.h5"
+    path = pretrained.language_model_weights
     if not path.is_file():
         raise RunError(f"{path}: missing; {pretrained.path} is not a complete pretrain run")
     source = language_model
@@ -847,7 +807,7 @@ def finetune_member(recipe, pretrained, name, data, labels, progress, callbacks=
 
     Args:
         recipe: the resolved recipe (its `finetune` section is used).
-        pretrained: the `PretrainedRun` whose encoder the classifier starts from.
+        pretrained: the `tftune.runs.PretrainRun` whose encoder the classifier starts from.
         name: the classifier's model name.
         data: `{"train", "valid", "class_weight"}`: the datasets and optional class weights.
         labels: class names.
@@ -1013,7 +973,7 @@ def _finetune(recipe, from_runs, out, force, callbacks, resume, strategy):
     started = time.time()
     checkpoint = RunCheckpoint(out)
     resumed = open_checkpoint(checkpoint, "finetune", recipe, resume, force, from_run=[str(path) for path in from_runs])
-    members = [load_pretrain_run(path) for path in from_runs]
+    members = [PretrainRun.open(path) for path in from_runs]
     for pretrained in members:
         check_encoder_matches(recipe, pretrained)
         classifier_dropouts(recipe, pretrained)  # a dropout_scale that takes a rate to 1 fails before training
@@ -1104,31 +1064,21 @@ def _finetune(recipe, from_runs, out, force, callbacks, resume, strategy):
         summary += f", test accuracy {metrics['test']['accuracy']:.4f}, macro-F1 {metrics['test']['macro_f1']:.4f}"
     log(summary)
 
-    with RunDirectory(out, force) as run:
-        run.write_json(
-            "run.json",
-            {
-                "kind": "finetune",
-                "tftune_version": __version__,
-                "pretrain_run": str(Path(from_runs[0])),
-                "members": [
-                    {"name": name, "pretrain_run": str(Path(path)), "direction": direction}
-                    for name, path, direction in zip(names, from_runs, directions)
-                ],
-                "vocab_fingerprint": vocab.fingerprint(),
-                "embedding_dim": members[0].embedding_dim,
-                "tokenizer": tokenizer.get_config(),
-            },
+    with FinetuneRun.create(out, force) as run:
+        run.write_info(
+            vocab, tokenizer, members[0].embedding_dim,
+            pretrain_run=str(Path(from_runs[0])),
+            members=[{"name": name, "pretrain_run": str(Path(path)), "direction": direction}
+                     for name, path, direction in zip(names, from_runs, directions)],
         )
-        run.write_text("recipe.toml", recipe.to_toml())
-        vocab.save(run.file("vocab.txt"))
-        run.write_json("labels.json", splits.labels)
-        model.save_weights(run.file("classifier.weights.h5"))
-        run.write_json("history.json", history)
-        write_tensorboard_logs(history, run.file("logs"))
-        export_classifier(model, vocab, tokenizer, splits.labels, settings["max_len"], run.file("export"))
+        run.write_recipe(recipe)
+        run.write_labels(splits.labels)
+        model.save_weights(run.classifier_weights)
+        run.write_history(history)
+        write_tensorboard_logs(history, run.logs)
+        export_classifier(model, vocab, tokenizer, splits.labels, settings["max_len"], run.export)
         metrics["wall_seconds"] = round(time.time() - started, 1)
-        run.write_json("metrics.json", metrics)
+        run.write_metrics(metrics)
     checkpoint.remove()
     log_written("finetune", out, strategy)
     return metrics
@@ -1149,16 +1099,13 @@ def reexport(run_dir, out, force=False):
     """
     check_export_paths(run_dir, out)
     check_writable_target(out, force, replaces="export")
-    run_dir, out = Path(run_dir), Path(out)
-    info = read_run_info(run_dir, "finetune", FINETUNE_FILES)
-    recipe = Recipe.from_toml_file(run_dir / "recipe.toml")
-    vocab = Vocabulary.load(run_dir / "vocab.txt")
-    labels = json.loads((run_dir / "labels.json").read_text(encoding="utf-8"))
+    run = FinetuneRun.open(run_dir)
+    recipe, vocab, labels = run.recipe, run.vocab, run.labels()
     settings = recipe["finetune"]
     encoder_settings = recipe["encoder"]
-    placeholder = np.zeros((len(vocab), info["embedding_dim"]), dtype="float32")
+    placeholder = np.zeros((len(vocab), run.embedding_dim), dtype="float32")
     # Runs written before ensembles existed hold one forward classifier.
-    members = info.get("members") or [{"name": "classifier", "direction": "forward"}]
+    members = run.info.get("members") or [{"name": "classifier", "direction": "forward"}]
     classifiers = [
         build_classifier(
             build_encoder(placeholder, encoder_settings["cell"], encoder_settings["layers"], encoder_settings["units"],
@@ -1173,6 +1120,5 @@ def reexport(run_dir, out, force=False):
         for member in members
     ]
     classifier = classifiers[0] if len(classifiers) == 1 else build_ensemble(classifiers)
-    classifier.load_weights(run_dir / "classifier.weights.h5")
-    tokenizer = Tokenizer.from_config(info["tokenizer"])
-    return export_classifier(classifier, vocab, tokenizer, labels, settings["max_len"], out)
+    classifier.load_weights(run.classifier_weights)
+    return export_classifier(classifier, vocab, run.tokenizer, labels, settings["max_len"], out)
