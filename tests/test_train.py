@@ -298,3 +298,30 @@ def test_forward_and_backward_runs_fine_tune_into_one_averaging_export(tiny_runs
     assert np.allclose(served.sum(axis=1), 1.0, atol=1e-5)
     reexport(run, tmp_path / "again")
     assert np.allclose(Predictor(tmp_path / "again").predict(texts)[1], served, atol=1e-6)
+
+
+def test_a_call_runs_off_the_main_thread_and_leaves_the_dtype_policy_as_it_was(tiny_runs, tmp_path):
+    import signal
+    import threading
+
+    recipe = tiny_runs["recipe"].with_overrides(["precision.policy=mixed_float16"])
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    seen = {}
+
+    def train():  # as a notebook's background job would
+        try:
+            keras.mixed_precision.set_global_policy("float32")
+            seen["pretrain"] = pretrain(recipe, tmp_path / "lm")["precision_policy"]
+            seen["after_pretrain"] = keras.mixed_precision.global_policy().name
+            seen["finetune"] = finetune(recipe, tmp_path / "lm", tmp_path / "clf")["precision_policy"]
+            seen["after_finetune"] = keras.mixed_precision.global_policy().name
+        except Exception as e:  # reported below, in the test's thread
+            seen["error"] = repr(e)
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    thread.join()
+    assert "error" not in seen, seen.get("error")
+    assert seen == {"pretrain": "mixed_float16", "after_pretrain": "float32",
+                    "finetune": "mixed_float16", "after_finetune": "float32"}
+    assert {number: signal.getsignal(number) for number in handlers} == handlers

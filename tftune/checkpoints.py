@@ -21,6 +21,7 @@ import json
 import shutil
 import signal
 import tempfile
+import threading
 import tomllib
 from pathlib import Path
 
@@ -158,7 +159,10 @@ class Checkpointing(keras.callbacks.Callback):
     """Writes a checkpoint after every epoch, every `every_steps` steps, and on SIGINT/SIGTERM.
 
     On a signal, training stops at the next step boundary, the checkpoint is written and
-    `Interrupted` is raised with a message saying how to resume.
+    `Interrupted` is raised with a message saying how to resume. The handlers are installed for
+    the training only, and the caller's put back after it. Python delivers signals to the main
+    thread alone, so a run started on another thread (a notebook's background job, a server's
+    worker) installs none and keeps the per-epoch and `every_steps` checkpoints.
 
     Args:
         checkpoint: the `RunCheckpoint` to write.
@@ -180,6 +184,8 @@ class Checkpointing(keras.callbacks.Callback):
         self._previous_handlers = {}
 
     def on_train_begin(self, logs=None):
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal.signal raises off the main thread, which never receives signals anyway
         for number in (signal.SIGINT, signal.SIGTERM):
             self._previous_handlers[number] = signal.signal(number, self._on_signal)
 

@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from tftune.errors import DataError, RunError
 from tftune.metrics import classification_metrics
-from tftune.models import build_classifier, build_encoder, build_ensemble, ensemble_members
+from tftune.models import build_classifier, build_encoder, build_ensemble, ensemble_members, global_policy_restored
 from tftune.runs import FinetuneRun, replace_directory
 from tftune.text import EOS, Tokenizer
 
@@ -60,16 +60,13 @@ def _rebuilt_classifier(classifier):
 
 def portable_copy(model):
     """A float32, non-cuDNN copy of a trained classifier (or ensemble) with the same weights."""
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
+    with global_policy_restored():
+        keras.mixed_precision.set_global_policy("float32")
         members = ensemble_members(model)
         copies = [_rebuilt_classifier(member) for member in members]
         copy = build_ensemble(copies) if members[0] is not model else copies[0]
         copy.set_weights([np.asarray(w, dtype="float32") for w in model.get_weights()])
         return copy
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def export_classifier(classifier, vocab, tokenizer: Tokenizer, labels, max_len, out):

@@ -17,6 +17,8 @@ Example:
 TensorShape([1, 3])
 """
 
+import contextlib
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -27,6 +29,29 @@ from tftune.fast_rnn import FastGRU, FastLSTM, FastSimpleRNN
 from tftune.regularization import LockedDropout, WordDropout, activation_regularization
 
 CELLS = {"simple_rnn": FastSimpleRNN, "lstm": FastLSTM, "gru": FastGRU}
+
+
+@contextlib.contextmanager
+def global_policy_restored():
+    """Puts Keras' global dtype policy back as it was when the block ends, however it ends.
+
+    Building models under a recipe's `precision.policy` sets the global policy; this keeps a
+    `pretrain`, `finetune` or export call from leaving it changed in the caller's process (a
+    notebook, say).
+
+    Example:
+
+    ```python
+    with global_policy_restored():
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        model = build_encoder(...)
+    ```
+    """
+    previous = keras.mixed_precision.global_policy()
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def recurrent_layer_names(n_layers):

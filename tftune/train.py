@@ -45,6 +45,7 @@ from tftune.models import (
     build_ensemble,
     build_language_model,
     cudnn_report,
+    global_policy_restored,
     recurrent_layer_names,
 )
 from tftune.open_vocab import (
@@ -105,7 +106,10 @@ def resolve_policy(name):
 
 
 def set_precision(name):
-    """Sets Keras' global dtype policy for the models built next; returns the policy used."""
+    """Sets Keras' global dtype policy for the models built next; returns the policy used.
+
+    `pretrain` and `finetune` put the caller's policy back when they return (`global_policy_restored`).
+    """
     policy = resolve_policy(name)
     keras.mixed_precision.set_global_policy(policy)
     return policy
@@ -367,7 +371,7 @@ def pretrain(recipe: Recipe, out, force=False, callbacks=(), from_run=None, resu
     strategy = start_distribution(recipe, strategy, resume, "pretrain.batch_size")
     # Every worker checks the real `out` (a worker other than the chief writes elsewhere).
     check_run_paths(recipe, "pretrain", out, [] if from_run is None else [from_run], resume)
-    with distribute.chief_output(out, strategy) as target, worker_failures(strategy):
+    with distribute.chief_output(out, strategy) as target, worker_failures(strategy), global_policy_restored():
         return _pretrain(recipe, target, force, callbacks, from_run, resume, strategy)
 
 
@@ -964,7 +968,7 @@ def finetune(recipe: Recipe, from_run, out, force=False, callbacks=(), resume=Fa
     from_runs = [resolve_run(path) for path in ([from_run] if isinstance(from_run, (str, Path)) else from_run)]
     strategy = start_distribution(recipe, strategy, resume, "finetune.batch_size")
     check_run_paths(recipe, "finetune", out, from_runs, resume)
-    with distribute.chief_output(out, strategy) as target, worker_failures(strategy):
+    with distribute.chief_output(out, strategy) as target, worker_failures(strategy), global_policy_restored():
         return _finetune(recipe, from_runs, target, force, callbacks, resume, strategy)
 
 
