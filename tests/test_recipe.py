@@ -296,3 +296,15 @@ def test_describe_schema_lists_every_key():
             line = next(line for line in docs.splitlines() if line.startswith(f"{section}.{key} "))
             assert field.help in line
             assert ("required" in line) == field.required
+
+
+def test_each_list_of_choices_is_its_owner_s():
+    """The strategies come from tftune.distribute itself; the other lists are copies that must agree
+    (their owners import TensorFlow or gensim, which the recipe and the command line avoid)."""
+    from tftune import cli, distribute, embeddings, models
+    from tftune.recipe import SCHEMA
+
+    assert SCHEMA["distribute"]["strategy"].choices is distribute.STRATEGIES
+    assert SCHEMA["embeddings"]["format"].choices == embeddings.FORMATS == cli.EMBEDDING_FORMATS
+    assert SCHEMA["embeddings"]["oov"].choices == embeddings.OOV_TREATMENTS
+    assert sorted(SCHEMA["encoder"]["cell"].choices) == sorted(models.CELLS)

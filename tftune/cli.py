@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from tftune.distribute import STRATEGIES
 from tftune.errors import DataError, EncodingError, TftuneError, WriteError
 
 EMBEDDING_FORMATS = ("glove", "word2vec", "word2vec-binary", "keyedvectors", "npy")
@@ -156,7 +157,6 @@ recipe_encoding_option = click.option(
 resume_option = click.option(
     "--resume", is_flag=True, help="Continue an interrupted run of --out from its checkpoint (same recipe)."
 )
-STRATEGIES = ("none", "mirrored", "multi-worker")  # tftune.distribute.STRATEGIES, without importing it here
 distribute_option = click.option(
     "--distribute",
     type=click.Choice(STRATEGIES),

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tftune.distribute import STRATEGIES
 from tftune.errors import RecipeError
 
 
@@ -311,7 +312,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "strategy": _choice("Data-parallel training: none = one device; mirrored = every local GPU (or "
                             "distribute.devices); multi-worker = one process per machine, each with its own "
                             "TF_CONFIG. batch_size is the global batch, split over the replicas; the learning "
-                            "rate is not scaled.", ("none", "mirrored", "multi-worker"), "none"),
+                            "rate is not scaled.", STRATEGIES, "none"),
         "devices": Field("text", 'Comma-separated devices for mirrored, e.g. "/gpu:0,/gpu:1"; "" = every local '
                          "GPU, or the CPU when there is none.", ""),
     },
