@@ -48,19 +48,24 @@ class Preset:
     perplexity: float | None
 
 
-def _is_preset(path: Path) -> bool:
+def _open_preset(path: Path) -> PretrainRun | None:
+    """The pretrain run at `path` when it is a preset (a run with a model card), else None."""
     if not (path / MODEL_CARD).is_file():
-        return False
+        return None
     try:
-        PretrainRun.open(path, require=())
+        return PretrainRun.open(path, require=())
     except RunError:
-        return False
-    return True
+        return None
 
 
-def _read_preset(path: Path) -> Preset:
-    run = PretrainRun.open(path, require=())
-    metrics = run.metrics()
+def _open_presets(directory: Path) -> list[PretrainRun]:
+    if not directory.is_dir():
+        return []
+    return [run for run in map(_open_preset, sorted(directory.iterdir())) if run is not None]
+
+
+def _read_preset(run: PretrainRun) -> Preset:
+    path, metrics = run.path, run.metrics()
     return Preset(
         name=path.name,
         path=path,
@@ -78,15 +83,13 @@ def list_presets(directory: str | os.PathLike | None = None) -> list[Preset]:
         directory: Where to look; default: the shipped `pretrained/` folder.
     """
     directory = Path(directory) if directory is not None else PRETRAINED_DIR
-    return [_read_preset(directory / name) for name in preset_names(directory)]
+    return [_read_preset(run) for run in _open_presets(directory)]
 
 
 def preset_names(directory: str | os.PathLike | None = None) -> list[str]:
     """The names of the shipped pretrained language models (see `list_presets`)."""
     directory = Path(directory) if directory is not None else PRETRAINED_DIR
-    if not directory.is_dir():
-        return []
-    return [path.name for path in sorted(directory.iterdir()) if path.is_dir() and _is_preset(path)]
+    return [run.path.name for run in _open_presets(directory)]
 
 
 def resolve_run(name_or_path: str | os.PathLike) -> Path:
@@ -109,7 +112,7 @@ def resolve_run(name_or_path: str | os.PathLike) -> Path:
     if path.exists() or os.sep in str(name_or_path) or "/" in str(name_or_path):
         return path
     preset = PRETRAINED_DIR / str(name_or_path)
-    if preset.is_dir() and _is_preset(preset):
+    if _open_preset(preset) is not None:
         return preset
     names = ", ".join(preset_names()) or "none shipped"
     raise RunError(f"{name_or_path}: no such run directory, nor a pretrained model of that name (pretrained: {names})")

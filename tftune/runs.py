@@ -305,7 +305,7 @@ class Run:
     >>> run = PretrainRun.open("runs/lm")  # doctest: +SKIP
     >>> run.vocab, run.metrics()["valid"]["perplexity"]  # doctest: +SKIP
     >>> with FinetuneRun.create("runs/clf", force=False) as run:  # doctest: +SKIP
-    ...     run.write_info(pretrain_run="runs/lm")
+    ...     run.write_info(vocab, tokenizer, embedding_dim=50, pretrain_run="runs/lm")
     ...     model.save_weights(run.classifier_weights)
     """
 
@@ -404,8 +404,9 @@ class Run:
         return RunDirectory(out, force, cls)
 
     def write_info(self, vocab, tokenizer, embedding_dim, **fields):
-        """Writes `run.json`: the kind, the format, the tftune version, what the weights were trained
-        with (the vocabulary's fingerprint, the tokenizer, the vectors' size), and `fields`."""
+        """Writes `run.json` (the kind, the format, the tftune version, what the weights were trained
+        with: the vocabulary's fingerprint, the tokenizer, the vectors' size; and `fields`) and the
+        vocabulary that fingerprint describes (`vocab.txt`)."""
         from tftune import __version__
 
         self.info = {"kind": self.kind, "format": FORMAT_VERSION, "tftune_version": __version__, **fields,
@@ -504,18 +505,19 @@ def write_json(path, data):
 def check_vector_size(recipe, from_run):
     """Fails when the recipe's vectors have another dimension than those the pretrain run was trained on.
 
-    A run continued or fine-tuned from `from_run` keeps that run's embedding, so vectors of another
+    A run continued or fine-tuned from `from_run` (an opened `PretrainRun`) keeps that run's
+    embedding, so vectors of another
     size in `embeddings.path` (e.g. from `--embeddings`) can only be a mistake. Files whose size
     cannot be read cheaply (missing, keyedvectors) are not checked: the run does not need them.
     """
     from tftune.embeddings import vector_size  # imports TensorFlow
 
-    trained = PretrainRun.open(from_run, require=()).info.get("embedding_dim")
+    trained = from_run.info.get("embedding_dim")
     settings = recipe["embeddings"]
     size = vector_size(settings["path"], settings["format"])
     if size is not None and trained is not None and size != trained:
         raise RunError(
             f"embeddings.path: {Path(settings['path']).name} holds {size}-d vectors, but the pretrain run "
-            f"{from_run} was trained on {trained}-d vectors and runs built on it keep them; drop the other "
+            f"{from_run.path} was trained on {trained}-d vectors and runs built on it keep them; drop the other "
             "vectors (--embeddings, or the --recipe's embeddings.path)"
         )

@@ -559,7 +559,7 @@ def check_encoder_matches(recipe, pretrained):
                     f"{section}.{key} is {recipe[section][key]!r} in the recipe but {value!r} in the "
                     f"pretrain run {pretrained.path}; fine-tuning reuses the pretrained encoder"
                 )
-    check_vector_size(recipe, pretrained.path)
+    check_vector_size(recipe, pretrained)
 
 
 def restore_encoder(pretrained, dropout, use_cudnn="auto", **regularization):
