@@ -9,9 +9,9 @@ Every row runs once per seed of `--seeds`; the seed goes to `pretrain.seed` and 
 of its runs, the Keras baseline, TREC-6's validation split and the low-data subsets. A row keeps
 each seed's figures, and their mean and (sample) standard deviation.
 
-The rows run tftune as its command line does, through `tftune.train.pretrain` and `finetune`: a
+The rows run tftune as its command line does, through `tftune.pretraining.pretrain` and `finetune`: a
 step that continues from a run (`--from RUN` without `--recipe`) loads that run's `recipe.toml`
-with the CLI's `[distribute]` reset (`tftune.cli.LOCAL_DISTRIBUTE`), then the step's own
+with the CLI's `[distribute]` reset (`tftune.recipe.LOCAL_DISTRIBUTE`), then the step's own
 overrides, then `--set`. GENERAL is the general-domain LM, `--general` (default: the shipped
 preset `lstm-glove-general`); the rows that need it are skipped, with the reason, when it is
 missing. Rows:
@@ -242,11 +242,17 @@ class Runner:
         return common.display_path(path)
 
     def shown(self, overrides):
-        return [text.replace(str(self.root), "$TMP") for text in overrides]
+        texts = [item if isinstance(item, str) else f"{item[0]}={self.shown_value(item[1])}" for item in overrides]
+        return [text.replace(str(self.root), "$TMP") for text in texts]
+
+    @staticmethod
+    def shown_value(value):
+        """A `(key, value)` override's value as `--set` would take it: bare words bare, the rest as JSON."""
+        return value if isinstance(value, str) and value.isidentifier() else json.dumps(value)
 
     def load(self, source, overrides, reset):
         """`(recipe, record)`: `source` is a shipped recipe's name or file, or a run directory (its recipe)."""
-        from tftune.cli import LOCAL_DISTRIBUTE
+        from tftune.recipe import LOCAL_DISTRIBUTE
         from tftune.recipe import load_recipe
         from tftune.runs import PretrainRun
 
@@ -265,7 +271,7 @@ class Runner:
         """
         import keras
 
-        from tftune.train import pretrain
+        from tftune.pretraining import pretrain
 
         loaded, record = self.load(from_run if recipe is None else recipe, overrides, reset=recipe is None)
         keras.backend.clear_session()
@@ -287,7 +293,7 @@ class Runner:
         """`tftune finetune --from RUN --set ... --out OUT`, with the run's recipe: `(scores, record)`."""
         import keras
 
-        from tftune.train import finetune
+        from tftune.finetuning import finetune
 
         loaded, record = self.load(from_run, overrides, reset=True)
         keras.backend.clear_session()

@@ -1,5 +1,5 @@
 """Keras callbacks the benchmarks use to stop training at a wall-clock budget (step timing is
-`tftune.train.Throughput`).
+`tftune.callbacks.Throughput`).
 
 Example:
 

@@ -116,7 +116,7 @@ def measure_task(name, recipe, vectors, sizes, max_examples):
 
     from tftune.data import classification_dataset, truncate
     from tftune.embeddings import align
-    from tftune.models import build_classifier, build_encoder
+    from tftune.models import TextClassifier, build_encoder
     from tftune.text import Tokenizer, Vocabulary
 
     loaded = load_task(name)
@@ -140,8 +140,8 @@ def measure_task(name, recipe, vectors, sizes, max_examples):
         keras.utils.set_random_seed(head["seed"])
         encoder = build_encoder(matrix, encoder_settings["cell"], sizes["layers"], sizes["units"],
                                 encoder_settings["dropout"])
-        model = build_classifier(encoder, len(label_index), head["head"], head["head_units"], head["head_dropout"],
-                                 head["pool_embeddings"])
+        model = TextClassifier(encoder, len(label_index), head["head"], head["head_units"], head["head_dropout"],
+                               head["pool_embeddings"])
         model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         return model
 

@@ -2,7 +2,7 @@
 
 For each cell (LSTM, GRU, SimpleRNN) two fresh processes train for the same wall-clock budget:
 
-- **tftune**: `tftune.train.pretrain` with a recipe (default `lstm-glove`) and overrides that fix
+- **tftune**: `tftune.pretraining.pretrain` with a recipe (default `lstm-glove`) and overrides that fix
   the shared configuration; tokens/s is `train_tokens_per_second` from its returned metrics
   (and tokens per CPU second, all threads of the process, `train_tokens_per_cpu_second`).
 - **Keras**: a plain model built here, `Embedding(V, dim)` (frozen, the same aligned vectors) →
@@ -112,7 +112,7 @@ def choose_corpus(smoke, tmp):
 def _work_tftune(spec):
     from tftune.recipe import load_recipe
     from tftune.runs import PretrainRun
-    from tftune.train import pretrain
+    from tftune.pretraining import pretrain
 
     from bench.callbacks import WallClockBudget
 
@@ -143,10 +143,10 @@ def _work_keras(spec):
     from tftune.data import lm_windows, read_corpus
     from tftune.embeddings import align, load_vectors
     from tftune.text import Tokenizer, Vocabulary
-    from tftune.train import split_documents
+    from tftune.cache import split_documents
 
     from bench.callbacks import WallClockBudget
-    from tftune.train import Throughput
+    from tftune.callbacks import Throughput
 
     s = spec["settings"]
     keras.utils.set_random_seed(s["seed"])

@@ -63,7 +63,8 @@ def _labeled_rows(path):
 def make_run(tmp, sizes, smoke):
     """Pretrains and fine-tunes a briefly trained model of the recipe's architecture; returns the run."""
     from tftune.recipe import load_recipe
-    from tftune.train import finetune, pretrain
+    from tftune.finetuning import finetune
+    from tftune.pretraining import pretrain
 
     lines = common.SHIPPED_CORPUS.read_text(encoding="utf-8").splitlines()[: sizes["corpus_lines"]]
     corpus = tmp / "corpus.txt"
@@ -93,20 +94,13 @@ def make_run(tmp, sizes, smoke):
 
 def load_keras_classifier(run):
     """The run's classifier rebuilt in this process, with its vocabulary, tokenizer and max_len."""
-    import numpy as np
-
-    from tftune.models import build_classifier, build_encoder
+    from tftune.models.presets import load_classifier
     from tftune.runs import FinetuneRun
 
     run_files = FinetuneRun.open(run)
-    recipe, vocab, labels = run_files.recipe, run_files.vocab, run_files.labels()
-    encoder_settings, settings = recipe["encoder"], recipe["finetune"]
-    placeholder = np.zeros((len(vocab), run_files.embedding_dim), dtype="float32")
-    encoder = build_encoder(placeholder, encoder_settings["cell"], encoder_settings["layers"],
-                            encoder_settings["units"])
-    classifier = build_classifier(encoder, len(labels), settings["head"], settings["head_units"],
-                                  pool_embeddings=settings["pool_embeddings"])
-    classifier.load_weights(run_files.classifier_weights)
+    recipe, vocab = run_files.recipe, run_files.vocab
+    settings = recipe["finetune"]
+    classifier = load_classifier(run_files)
     return classifier, vocab, run_files.tokenizer, settings["max_len"], recipe
 
 

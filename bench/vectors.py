@@ -119,7 +119,7 @@ def write_vocabulary(smoke, out):
     from tftune.data import read_corpus
     from tftune.recipe import load_recipe
     from tftune.text import Tokenizer, Vocabulary
-    from tftune.train import split_documents
+    from tftune.cache import split_documents
 
     recipe = load_recipe("lstm-glove")
     documents = read_corpus(recipe["pretrain"]["corpus"])

@@ -98,7 +98,8 @@ def tiny_overrides(data, cell="gru", units=16, layers=2):
 def tiny_runs(tmp_path_factory, small_data):
     """One real pretrain run and one finetune run from it (GRU on the shipped GloVe subset)."""
     from tftune.recipe import load_recipe
-    from tftune.train import finetune, pretrain
+    from tftune.finetuning import finetune
+    from tftune.pretraining import pretrain
 
     root = tmp_path_factory.mktemp("runs")
     recipe = load_recipe("gru-glove", tiny_overrides(small_data))

@@ -13,7 +13,8 @@ import pytest
 from conftest import REPO, tiny_overrides
 from tftune.errors import RunError
 from tftune.recipe import load_recipe
-from tftune.train import finetune, pretrain
+from tftune.finetuning import finetune
+from tftune.pretraining import pretrain
 
 pytestmark = pytest.mark.slow
 

@@ -331,7 +331,7 @@ import keras
     + TINY_DATA
     + """
 from tftune.data import classification_dataset
-from tftune.models import build_classifier, build_encoder
+from tftune.models import TextClassifier, build_encoder
 from tftune.schedules import DiscriminativeAdam, SlantedTriangular
 
 train_data = classification_dataset(docs, labels, 8)
@@ -339,12 +339,12 @@ names = ["rnn_1", "rnn_2"]
 
 
 def finetune(strategy, fit):
-    # As tftune.train.finetune: one optimizer built on every layer, a compile per stage (the head
+    # As tftune.finetuning.finetune: one optimizer built on every layer, a compile per stage (the head
     # alone, then everything); rnn_1 has a zero multiplier, so it must not move.
     keras.utils.set_random_seed(0)
     with strategy.scope():
         encoder = build_encoder(vectors, "gru", 2, U, 0.0)
-        classifier = build_classifier(encoder, 3, head_dropout=0.0)
+        classifier = TextClassifier(encoder, 3, head_dropout=0.0)
         optimizer = DiscriminativeAdam(0.01, multipliers={"rnn_1": 0.0, "rnn_2": 0.5}, beta_1=0.7, beta_2=0.99)
         optimizer.build(classifier.trainable_variables)
     rnn_1 = [w.copy() for w in encoder.get_layer("rnn_1").get_weights()]
@@ -427,7 +427,7 @@ import keras
     + """
 from tftune.data import classification_dataset
 from tftune.export import export_classifier
-from tftune.models import LanguageModel, build_classifier, build_encoder
+from tftune.models import LanguageModel, TextClassifier, build_encoder
 from tftune.runs import FinetuneRun, write_json
 from tftune.schedules import DiscriminativeAdam, SlantedTriangular, discriminative_multipliers
 from tftune.text import Tokenizer, Vocabulary
@@ -464,7 +464,7 @@ clf_started = time.time()
 names = ["rnn_1", "rnn_2"]
 train_data = classification_dataset(docs, labels, 8)
 with strategy.scope():
-    classifier = build_classifier(encoder, 3, head_dropout=0.0)
+    classifier = TextClassifier(encoder, 3, head_dropout=0.0)
     optimizer = DiscriminativeAdam(0.01, multipliers=discriminative_multipliers(names), beta_1=0.7, beta_2=0.99)
     optimizer.build(classifier.trainable_variables)
 steps = Steps()
@@ -560,7 +560,7 @@ def test_two_worker_processes_train_like_one_device_and_only_the_chief_writes(tm
     assert (out / "export" / "saved_model.pb").is_file()
 
 
-# === tftune.train under a strategy: `distribute.strategy` / `--distribute` ===
+# === tftune.pretraining and tftune.finetuning under a strategy: `distribute.strategy` / `--distribute` ===
 
 # pretrain + finetune through the Python API, one device then mirrored over two logical CPUs, in
 # one process (same seeds; both classifiers start from the one-device pretrain run, so that the
@@ -576,7 +576,8 @@ from pathlib import Path
 from tftune import distribute
 distribute.configure_logical_cpus(2)
 from tftune.recipe import load_recipe
-from tftune.train import finetune, pretrain
+from tftune.finetuning import finetune
+from tftune.pretraining import pretrain
 
 root, overrides = Path(sys.argv[1]), json.loads(sys.argv[2])
 result = {}
@@ -631,7 +632,8 @@ distribute.configure_logical_cpus(2)
 import keras
 import tensorflow as tf
 from tftune.recipe import load_recipe
-from tftune.train import finetune, pretrain
+from tftune.finetuning import finetune
+from tftune.pretraining import pretrain
 
 
 class OptimizerLog(keras.callbacks.Callback):

@@ -36,7 +36,7 @@ def in_process_probabilities(run, texts):
     """Probabilities of the trained classifier, computed by the Keras model in this process."""
     import keras
 
-    from tftune.models import build_classifier, build_encoder
+    from tftune.models import TextClassifier, build_encoder
     from tftune.recipe import Recipe
     from tftune.text import Tokenizer, Vocabulary
 
@@ -50,7 +50,7 @@ def in_process_probabilities(run, texts):
         np.zeros((len(vocab), info["embedding_dim"]), "float32"), shape["cell"], shape["layers"], shape["units"]
     )
     settings = recipe["finetune"]
-    classifier = build_classifier(
+    classifier = TextClassifier(
         encoder, len(labels), settings["head"], settings["head_units"], pool_embeddings=settings["pool_embeddings"]
     )
     classifier.load_weights(run / "classifier.weights.h5")
@@ -144,9 +144,10 @@ def test_mixed_precision_trains_resumes_and_exports_a_float32_cpu_model(small_da
     import tensorflow as tf
 
     from tftune.recipe import load_recipe
-    from tftune.train import finetune, pretrain
+    from tftune.finetuning import finetune
 
     # Two layers: gradual unfreezing in 3 stages (set by tiny_overrides), discriminative rates and STLR.
+    from tftune.pretraining import pretrain
     recipe = load_recipe("lstm-glove", [*tiny_overrides(small_data, cell="lstm"), f"precision.policy={policy}",
                                         "finetune.epochs=4"])
     pretrain_log = OptimizerLog()

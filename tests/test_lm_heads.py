@@ -9,10 +9,10 @@ import pytest
 
 from conftest import CORPUS, tiny_overrides
 from tftune.data import lm_dataset
-from tftune.models import LanguageModel, build_classifier, build_encoder
+from tftune.models import LanguageModel, TextClassifier, build_encoder
 from tftune.recipe import load_recipe
 from tftune.text import Tokenizer, Vocabulary
-from tftune.train import pretrain
+from tftune.pretraining import pretrain
 
 DIM, UNITS, SEQ_LEN, BATCH = 8, 16, 12, 16
 
@@ -130,7 +130,7 @@ def test_encoder_weights_of_the_language_model_load_into_the_classifier(vectors,
     encoder.load_weights(tmp_path / "encoder.weights.h5")
     for trained, loaded in zip(model.encoder.weights, encoder.weights, strict=True):
         np.testing.assert_array_equal(trained.numpy(), loaded.numpy())
-    classifier = build_classifier(encoder, n_classes=3)
+    classifier = TextClassifier(encoder, num_classes=3)
     assert classifier(np.array([[5, 6, 2]])).shape == (1, 3)
 
 

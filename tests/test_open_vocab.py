@@ -22,7 +22,8 @@ from tftune.open_vocab import (
     unk_shares,
 )
 from tftune.text import UNK_ID, Vocabulary
-from tftune.train import finetune, pretrain
+from tftune.finetuning import finetune
+from tftune.pretraining import pretrain
 
 
 @pytest.fixture(scope="module")

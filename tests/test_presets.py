@@ -60,7 +60,7 @@ def test_publish_stores_float16_weights_and_the_preset_fine_tunes(tiny_runs, tmp
     import numpy as np
 
     from tftune.recipe import Recipe
-    from tftune.train import finetune
+    from tftune.finetuning import finetune
 
     preset = presets.publish(tiny_runs["pretrain"], tmp_path / "pretrained" / "tiny-general")
     with h5py.File(preset / "language_model.weights.h5") as weights:
@@ -100,9 +100,8 @@ def test_each_shipped_preset_loads_by_name_and_has_a_model_card(name):
 
     import numpy as np
 
-    from tftune.models import build_language_model
+    from tftune.models import LanguageModel, TextBackbone, TextClassifier
     from tftune.runs import PretrainRun
-    from tftune.train import restore_encoder, restore_language_model
 
     pretrained = PretrainRun.open(presets.resolve_run(name))
     assert presets.Path(pretrained.recipe["embeddings"]["path"]).is_file()
@@ -110,9 +109,13 @@ def test_each_shipped_preset_loads_by_name_and_has_a_model_card(name):
     # fine-tuning unfreezes gradually.
     assert all(presets.Path(path).is_file() for path in pretrained.recipe["pretrain"]["corpus"])
     assert pretrained.recipe["finetune"]["unfreeze"] == "gradual"
-    encoder = restore_encoder(pretrained, 0.0)
-    model = build_language_model(encoder, pretrained.recipe["pretrain"]["output"])
-    restore_language_model(model, pretrained, encoder)
+    # The tasks load the same backbone by the preset's name.
+    model = LanguageModel.from_preset(name)
+    assert model.output_kind == pretrained.recipe["pretrain"]["output"]
+    classifier = TextClassifier.from_preset(name, num_classes=4)
+    backbone = TextBackbone.from_preset(name)
+    for loaded in (model.encoder, classifier.backbone):
+        assert all(np.array_equal(a, b) for a, b in zip(loaded.get_weights(), backbone.get_weights()))
     ids = np.array([pretrained.vocab.ids(pretrained.tokenizer.tokenize("the film was a delight from start to end ."))])
     loss = model.compute_loss(y=ids[:, 1:], y_pred=model(ids[:, :-1]))
     assert math.isfinite(float(loss)) and float(loss) < math.log(len(pretrained.vocab))

@@ -14,7 +14,7 @@ from tftune.recipe import load_recipe
 from tftune.regularization import LockedDropout, WordDropout, activation_regularization
 from tftune.text import Tokenizer, Vocabulary
 from tftune.runs import PretrainRun
-from tftune.train import build_member_classifier, classifier_dropouts
+from tftune.finetuning import build_member_classifier, classifier_dropouts
 
 VOCAB, DIM, UNITS = 30, 4, 6
 AWD_RATES = {"weight_dropout": 0.5, "embedding_dropout": 0.2, "input_dropout": 0.4, "hidden_dropout": 0.2}

@@ -208,7 +208,8 @@ def test_resume_reads_the_checkpoint_s_own_recipe(tree):
 
 
 def test_the_python_api_checks_before_anything_is_written(tree):
-    from tftune.train import finetune, pretrain, reexport  # imports TensorFlow
+    from tftune.finetuning import finetune, reexport  # imports TensorFlow
+    from tftune.pretraining import pretrain
 
     recipe = recipe_with("precision.policy=float32")
     before = snapshot(tree)

@@ -8,9 +8,10 @@ import pytest
 
 from conftest import tiny_overrides
 from tftune.errors import RunError
+from tftune.finetuning import finetune
+from tftune.pretraining import pretrain
 from tftune.recipe import load_recipe
 from tftune.runs import PretrainRun
-from tftune.train import finetune, pretrain
 
 pytestmark = pytest.mark.slow
 
@@ -40,16 +41,19 @@ def test_finetune_run_has_metrics_labels_and_export(tiny_runs):
 
 @pytest.mark.parametrize("kind", ["pretrain", "finetune"])
 def test_history_also_goes_to_tensorboard_logs(tiny_runs, kind):
+    """The curves TensorBoard showed live move into the run: `tensorboard --logdir RUN/logs`."""
     import tensorflow as tf
 
-    events = list((tiny_runs[kind] / "logs").glob("events.out.tfevents.*"))
-    assert len(events) == 1
-    scalars = {}
-    for event in tf.compat.v1.train.summary_iterator(str(events[0])):
-        for value in event.summary.value:
-            scalars.setdefault(value.tag, []).append(float(tf.make_ndarray(value.tensor)))
-    history = json.loads((tiny_runs[kind] / "history.json").read_text())
-    assert scalars["val_loss"] == pytest.approx([epoch["val_loss"] for epoch in history])
+    run = tiny_runs[kind]
+    assert not (run.parent / f".{run.name}.logs").exists()
+    validation = {}
+    for events in (run / "logs").rglob("validation/events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            for value in event.summary.value:
+                if value.tag == "epoch_loss":
+                    validation[event.step] = float(tf.make_ndarray(value.tensor))
+    history = json.loads((run / "history.json").read_text())
+    assert [validation[step] for step in sorted(validation)] == pytest.approx([epoch["val_loss"] for epoch in history])
 
 
 class WeightLog(keras.callbacks.Callback):
@@ -95,7 +99,7 @@ def test_gradual_unfreezing_freezes_exactly_the_right_layers(tiny_runs, tmp_path
 
 
 def test_each_unfreezing_stage_peaks_lower_by_stage_lr_decay():
-    from tftune.train import stage_learning_rate
+    from tftune.finetuning import stage_learning_rate
 
     settings = {"learning_rate": 0.01, "stage_lr_decay": 2.0, "schedule": "stlr"}
     peaks = []
@@ -111,9 +115,9 @@ def test_finetune_starts_from_pretrained_weights(tiny_runs, tmp_path):
     finetune(tiny_runs["recipe"], tiny_runs["pretrain"], tmp_path / "run", callbacks=[log])
     pretrained = PretrainRun.open(tiny_runs["pretrain"])
     assert pretrained.vocab.tokens[:3] == ["<pad>", "<unk>", "<eos>"]
-    from tftune.train import restore_encoder
+    from tftune.models import TextBackbone
 
-    encoder = restore_encoder(pretrained, dropout=0.0)
+    encoder = TextBackbone.from_preset(pretrained)
     assert same(encoder.get_layer("rnn_1").get_weights(), log.snapshots[0]["begin"]["rnn_1"])
 
 
@@ -199,27 +203,8 @@ def test_one_optimizer_keeps_its_state_across_unfreezing_stages(tiny_runs, tmp_p
     assert metrics["epochs"] == 3 and metrics["weights_from_epoch"] == metrics["best_epoch"]
 
 
-def test_keep_best_weights_restores_the_best_epoch_and_stops_after_patience():
-    from tftune.train import KeepBestWeights
-
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    best = KeepBestWeights(patience=2)
-    best.set_model(model)
-    weights_by_epoch = []
-    for epoch, accuracy in enumerate([0.5, 0.7, 0.7, 0.6, 0.65]):
-        model.set_weights([np.full((2, 1), epoch, "float32"), np.zeros(1, "float32")])
-        weights_by_epoch.append(model.get_weights())
-        best.on_epoch_end(epoch, {"val_accuracy": accuracy})
-        if best.stopped:
-            break
-    assert best.stopped and epoch == 4  # two epochs without a better accuracy after epoch 3
-    assert best.best_epoch == 3  # a tie goes to the later epoch
-    best.restore()
-    assert same(model.get_weights(), weights_by_epoch[2])
-
-
 def test_balanced_class_weights():
-    from tftune.train import balanced_class_weights
+    from tftune.finetuning import balanced_class_weights
 
     assert balanced_class_weights([0, 0, 0, 1], 2) == {0: pytest.approx(4 / 6), 1: pytest.approx(2.0)}
 
@@ -247,9 +232,9 @@ def test_pretrain_from_a_run_continues_its_encoder_on_new_text(tiny_runs, tmp_pa
     assert (tmp_path / "zero" / "vocab.txt").read_text() == (base / "vocab.txt").read_text()
     info = json.loads((tmp_path / "zero" / "run.json").read_text())
     assert info["from_run"] == str(base) and info["vocab_fingerprint"] == PretrainRun.open(base).vocab.fingerprint()
-    from tftune.train import restore_encoder
+    from tftune.models import TextBackbone
 
-    weights = [restore_encoder(PretrainRun.open(run), 0.0).get_weights() for run in (base, tmp_path / "zero")]
+    weights = [TextBackbone.from_preset(run).get_weights() for run in (base, tmp_path / "zero")]
     assert same(*weights)
     # Two epochs on the task's text lower the perplexity on held-out task text.
     after = pretrain(untouched.with_overrides(["pretrain.epochs=2"]), tmp_path / "two", from_run=base)
@@ -277,7 +262,9 @@ def test_zero_epoch_pretrain_is_an_untrained_encoder_to_fine_tune_from_scratch(t
 
 def test_forward_and_backward_runs_fine_tune_into_one_averaging_export(tiny_runs, tmp_path):
     from tftune.export import Predictor
-    from tftune.train import reexport
+    from tftune.models import ClassifierEnsemble
+    from tftune.models.presets import load_classifier
+    from tftune.finetuning import reexport
 
     backward = tmp_path / "backward"
     lm = pretrain(tiny_runs["recipe"].with_overrides(["pretrain.direction=backward"]), backward)
@@ -298,6 +285,11 @@ def test_forward_and_backward_runs_fine_tune_into_one_averaging_export(tiny_runs
     assert np.allclose(served.sum(axis=1), 1.0, atol=1e-5)
     reexport(run, tmp_path / "again")
     assert np.allclose(Predictor(tmp_path / "again").predict(texts)[1], served, atol=1e-6)
+    # Both rebuild the trained model from the config the run keeps, head dropout included.
+    model = load_classifier(run)
+    assert isinstance(model, ClassifierEnsemble)
+    assert [member.direction for member in model.members] == ["forward", "backward"]
+    assert {member.head_dropout for member in model.members} == {tiny_runs["recipe"]["finetune"]["head_dropout"]}
 
 
 def test_a_call_runs_off_the_main_thread_and_leaves_the_dtype_policy_as_it_was(tiny_runs, tmp_path):

@@ -29,9 +29,10 @@ import keras
 import numpy as np
 
 from tftune import distribute
+from tftune.callbacks import plugin_arrays, plugin_states
 from tftune.errors import RecipeError, RunError, TftuneError
 from tftune.recipe import Recipe
-from tftune.runs import hidden_sibling, replace_directory
+from tftune.runs import hidden_sibling, live_logs, replace_directory
 
 STATE = "state.json"
 WEIGHTS = "model.weights.h5"
@@ -57,6 +58,11 @@ class RunCheckpoint:
         out = Path(out)
         self.out = out
         self.path = hidden_sibling(out, "checkpoint")
+
+    @property
+    def logs(self):
+        """The run's live TensorBoard logs, beside the checkpoint (`tftune.runs.live_logs`)."""
+        return live_logs(self.out)
 
     @property
     def recipe_file(self):
@@ -158,6 +164,10 @@ def same_training_recipe(saved, current):
 class Checkpointing(keras.callbacks.Callback):
     """Writes a checkpoint after every epoch, every `every_steps` steps, and on SIGINT/SIGTERM.
 
+    One checkpoint gathers the whole run's progress: the model and its optimizer, the training
+    function's own `progress` (where it is: epoch, step, stage), and the state and arrays of every
+    `tftune.callbacks.Plugin` (history, best weights, ...), each under its `state_key`.
+
     On a signal, training stops at the next step boundary, the checkpoint is written and
     `Interrupted` is raised with a message saying how to resume. The handlers are installed for
     the training only, and the caller's put back after it. Python delivers signals to the main
@@ -166,16 +176,19 @@ class Checkpointing(keras.callbacks.Callback):
 
     Args:
         checkpoint: the `RunCheckpoint` to write.
-        state: a callable `(epochs_done, steps_done_in_epoch) -> dict` giving the progress to save.
+        progress: a callable `(epochs_done, steps_done_in_epoch) -> dict` giving the training
+            function's progress to save.
+        plugins: the `tftune.callbacks.Plugin`s whose states are saved too.
         every_steps: also save every this many steps inside an epoch (0 = only at epoch ends).
         resume_hint: the command that resumes the run, for the interruption message.
-        arrays: an optional callable returning named lists of arrays to save as well.
+        arrays: an optional callable returning more named lists of arrays to save.
     """
 
-    def __init__(self, checkpoint, state, every_steps=0, resume_hint="--resume", arrays=None):
+    def __init__(self, checkpoint, progress, plugins=(), every_steps=0, resume_hint="--resume", arrays=None):
         super().__init__()
         self.checkpoint = checkpoint
-        self.state = state
+        self.progress = progress
+        self.plugins = list(plugins)
         self.arrays = arrays or dict
         self.every_steps = every_steps
         self.resume_hint = resume_hint
@@ -220,7 +233,8 @@ class Checkpointing(keras.callbacks.Callback):
         self._save(epoch + 1, 0)
 
     def _save(self, epochs_done, steps_done):
-        self.checkpoint.save(self.model, self.state(epochs_done, steps_done), self.arrays())
+        state = {**self.progress(epochs_done, steps_done), **plugin_states(self.plugins)}
+        self.checkpoint.save(self.model, state, {**self.arrays(), **plugin_arrays(self.plugins)})
 
 
 def advance_epochs(dataset, epochs):
@@ -232,7 +246,7 @@ def advance_epochs(dataset, epochs):
             pass
 
 
-def fit_from(model, data, epochs_done, steps_done, epochs, saver, advance=0, **fit_kwargs):
+def fit_from(model, data, epochs_done, steps_done, epochs, **fit_kwargs):
     """`model.fit` from a checkpoint's position: the rest of a part-done epoch, then the others.
 
     Through `distribute.fit`: Keras' `model.fit` on one device, its custom loop under a strategy.
@@ -243,13 +257,13 @@ def fit_from(model, data, epochs_done, steps_done, epochs, saver, advance=0, **f
         epochs_done: epochs completed before the checkpoint.
         steps_done: steps of the next epoch completed before the checkpoint.
         epochs: the epoch to stop after (Keras' `epochs`).
-        saver: the run's `Checkpointing` callback (also in `fit_kwargs["callbacks"]`).
-        advance: epochs of `data` the interrupted process had drawn (see `advance_epochs`).
-        **fit_kwargs: the other `fit` arguments.
+        **fit_kwargs: the other `fit` arguments; the `Checkpointing` among the callbacks counts
+            the part-done epoch's steps from `steps_done`.
     """
-    advance_epochs(data, advance)
     if steps_done and epochs_done < epochs:
-        saver.step_offset = steps_done
+        for callback in fit_kwargs.get("callbacks", ()):
+            if isinstance(callback, Checkpointing):
+                callback.step_offset = steps_done
         distribute.fit(model, data.skip(steps_done), initial_epoch=epochs_done, epochs=epochs_done + 1, **fit_kwargs)
         epochs_done += 1
     if epochs_done < epochs:

@@ -15,6 +15,7 @@ import click
 
 from tftune.distribute import STRATEGIES
 from tftune.errors import DataError, EncodingError, TftuneError, WriteError
+from tftune.recipe import LOCAL_DISTRIBUTE
 
 EMBEDDING_FORMATS = ("glove", "word2vec", "word2vec-binary", "keyedvectors", "npy")
 
@@ -103,9 +104,8 @@ class TftuneGroup(click.Group):
 
 
 def _overrides(pairs, settings):
-    """`section.key=value` strings for the flags that were given, then the --set ones."""
-    flags = [f"{key}={json.dumps(value)}" for key, value in pairs if value is not None and value != []]
-    return flags + list(settings)
+    """`(section.key, value)` pairs for the flags that were given, then the --set strings."""
+    return [(key, value) for key, value in pairs if value is not None and value != []] + list(settings)
 
 
 recipe_option = click.option(
@@ -163,9 +163,6 @@ distribute_option = click.option(
     help="Data-parallel training (overrides distribute.strategy): none = one device; mirrored = every local GPU; "
     "multi-worker = one process per machine, each with its own TF_CONFIG [default: the recipe's, none].",
 )
-# A run's [distribute] section describes the machine it ran on, not the model: a recipe taken from a
-# run (pretrain --from, finetune without --recipe) starts from the defaults instead.
-LOCAL_DISTRIBUTE = ["distribute.strategy=none", 'distribute.devices=""']
 
 
 def _distribute_flags(strategy):
@@ -284,8 +281,7 @@ def pretrain(recipe, corpus, valid, from_run, embeddings, embeddings_format, out
         base, reset = _checkpoint_recipe(out), []
     resolved = load_recipe(
         base,
-        reset
-        + _overrides(
+        [*reset, *_overrides(
             [
                 ("pretrain.corpus", list(corpus)),
                 ("pretrain.valid", valid),
@@ -295,7 +291,7 @@ def pretrain(recipe, corpus, valid, from_run, embeddings, embeddings_format, out
                 *_distribute_flags(distribute),
             ],
             settings,
-        ),
+        )],
     )
     out = Path(out or f"runs/{resolved['name']}-pretrain")
     if _check_distribution(resolved, resume):
@@ -303,7 +299,7 @@ def pretrain(recipe, corpus, valid, from_run, embeddings, embeddings_format, out
         check_run_paths(resolved, "pretrain", out, [from_run] if from_run is not None else [], resume)
         check_writable_target(out, force)
     strategy = _start_strategy(resolved)
-    from tftune.train import pretrain as run_pretrain
+    from tftune.pretraining import pretrain as run_pretrain
 
     run_pretrain(resolved, out, force=force, from_run=from_run, resume=resume, strategy=strategy)
     click.echo(out)
@@ -355,13 +351,13 @@ def finetune(from_runs, recipe, train, valid, test, text_column, label_column, o
     if train and not test:
         flags.append(("finetune.test", ""))
     flags += _distribute_flags(distribute)
-    resolved = load_recipe(base, reset + _overrides(flags, settings))
+    resolved = load_recipe(base, [*reset, *_overrides(flags, settings)])
     out = Path(out or f"runs/{resolved['name']}-finetune")
     if _check_distribution(resolved, resume):
         check_run_paths(resolved, "finetune", out, [run.path for run in from_runs], resume)
         check_writable_target(out, force)
     strategy = _start_strategy(resolved)
-    from tftune.train import finetune as run_finetune
+    from tftune.finetuning import finetune as run_finetune
 
     run_finetune(resolved, [run.path for run in from_runs], out, force=force, resume=resume, strategy=strategy)
     click.echo(FinetuneRun(out).export)
@@ -378,7 +374,7 @@ def export(run_dir, out, force):
     out = Path(out or FinetuneRun(run_dir).export)
     check_export_paths(run_dir, out)
     _import_tensorflow_quietly()
-    from tftune.train import reexport
+    from tftune.finetuning import reexport
 
     try:
         reexport(run_dir, out, force=force)

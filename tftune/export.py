@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from tftune.errors import DataError, RunError
 from tftune.metrics import classification_metrics
-from tftune.models import build_classifier, build_encoder, build_ensemble, ensemble_members, global_policy_restored
+from tftune.models import global_policy_restored
 from tftune.runs import FinetuneRun, replace_directory
 from tftune.text import EOS, Tokenizer
 
@@ -37,34 +37,24 @@ SIGNATURE = "serving_default"
 LABELS_FILE = "labels.json"
 
 
-def _rebuilt_classifier(classifier):
-    """A float32, non-cuDNN classifier with `classifier`'s architecture (weights not copied)."""
-    encoder = classifier.get_layer("encoder")
-    embedding = encoder.get_layer("embedding")
-    first_rnn = encoder.get_layer("rnn_1")
-    cell = {"SimpleRNN": "simple_rnn", "LSTM": "lstm", "GRU": "gru"}[type(first_rnn).__name__]
-    n_layers = sum(1 for layer in encoder.layers if layer.name.startswith("rnn_") and not layer.name.endswith("_dropout"))
-    placeholder = np.zeros((embedding.input_dim, embedding.output_dim), dtype="float32")
-    copy_encoder = build_encoder(placeholder, cell, n_layers, first_rnn.units, 0.0, use_cudnn=False)
-    layer_names = {layer.name for layer in classifier.layers}
-    return build_classifier(
-        copy_encoder,
-        classifier.get_layer("classifier_logits").units,
-        head=classifier.get_layer("classifier_pooling").mode,
-        head_units=classifier.get_layer("classifier_hidden").units,
-        pool_embeddings="classifier_features" in layer_names,
-        direction="backward" if "reverse_tokens" in layer_names else "forward",
-        name=classifier.name,
-    )
+def _portable_config(config):
+    """`config` with `use_cudnn=False` in every backbone it holds (members of an ensemble too)."""
+    if isinstance(config, dict):
+        return {key: False if key == "use_cudnn" else _portable_config(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_portable_config(value) for value in config]
+    return config
 
 
 def portable_copy(model):
-    """A float32, non-cuDNN copy of a trained classifier (or ensemble) with the same weights."""
+    """A float32, non-cuDNN copy of a trained classifier (or ensemble) with the same weights.
+
+    Rebuilt with `from_config` under the float32 policy, so a model trained with mixed precision
+    on a GPU exports without CuDNN ops or float16 outputs.
+    """
     with global_policy_restored():
         keras.mixed_precision.set_global_policy("float32")
-        members = ensemble_members(model)
-        copies = [_rebuilt_classifier(member) for member in members]
-        copy = build_ensemble(copies) if members[0] is not model else copies[0]
+        copy = type(model).from_config(_portable_config(model.get_config()))
         copy.set_weights([np.asarray(w, dtype="float32") for w in model.get_weights()])
         return copy
 
@@ -73,7 +63,7 @@ def export_classifier(classifier, vocab, tokenizer: Tokenizer, labels, max_len, 
     """Writes a raw-string SavedModel of `classifier` to `out` (atomically).
 
     Args:
-        classifier: the trained model from `build_classifier`.
+        classifier: the trained `TextClassifier` or `ClassifierEnsemble`.
         vocab: the `Vocabulary` the model was trained with.
         tokenizer: the `Tokenizer` the model was trained with.
         labels: class names in output order.

@@ -156,7 +156,7 @@ def grow_encoder(encoder, kv, words: Sequence[str], lowercase_fallback: bool = T
     """A copy of a (trained) encoder whose frozen embedding has a row more per word.
 
     Args:
-        encoder: The encoder (`tftune.models.build_encoder`), its weights loaded.
+        encoder: The `tftune.models.TextBackbone`, its weights loaded.
         kv: gensim `KeyedVectors` with a vector for each of `words`.
         words: The words to add, as given to `grow_vocabulary`.
         lowercase_fallback: Use `word.lower()`'s vector when `word` has none.
@@ -168,16 +168,7 @@ def grow_encoder(encoder, kv, words: Sequence[str], lowercase_fallback: bool = T
         return encoder
     old = encoder.get_layer("embedding")
     matrix = grow_embedding(keras.ops.convert_to_numpy(old.embeddings), kv, words, lowercase_fallback)
-
-    def clone(layer):
-        config = layer.get_config()
-        if layer.name == "embedding":
-            config["input_dim"] = len(matrix)
-        if "vocab_size" in config:  # a layer sized by the vocabulary: word dropout
-            config["vocab_size"] = len(matrix)
-        return layer.__class__.from_config(config)
-
-    grown = keras.models.clone_model(encoder, clone_function=clone)
+    grown = type(encoder).from_config({**encoder.get_config(), "vocabulary_size": len(matrix)})
     grown.get_layer("embedding").set_weights([matrix])
     copy_recurrent_weights(encoder, grown)
     return grown

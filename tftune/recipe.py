@@ -53,6 +53,9 @@ def _shipped_dir(name: str) -> Path:
 RECIPES_DIR = _shipped_dir("recipes")
 PRETRAINED_DIR = _shipped_dir("pretrained")
 DEFAULT_RECIPE = "lstm-glove"
+# A run's [distribute] section describes the machine it ran on, not the model: a recipe taken from a
+# run (pretrain --from, finetune without --recipe) starts from these defaults instead.
+LOCAL_DISTRIBUTE = (("distribute.strategy", "none"), ("distribute.devices", ""))
 
 
 def shipped_dirs() -> tuple[Path, ...]:
@@ -437,22 +440,33 @@ def _parse_override_value(raw: str, field: Field) -> Any:
     return value
 
 
-def _apply_overrides(tree: dict[str, Any], overrides: Sequence[str], base_dir: Path) -> dict[str, Any]:
+def _apply_overrides(
+    tree: dict[str, Any], overrides: Sequence[str | tuple[str, Any]], base_dir: Path
+) -> dict[str, Any]:
+    """Applies "section.key=value" strings (values read as TOML) and `(dotted key, value)` pairs (values as given)."""
     tree = {name: dict(value) if isinstance(value, Mapping) else value for name, value in tree.items()}
     if isinstance(overrides, str):
         overrides = [overrides]  # a single override passed bare
-    for text in overrides:
-        section, key, raw = _parse_override(text)
-        origin = f"override {text!r}"
+    for override in overrides:
+        if isinstance(override, str):
+            section, key, raw = _parse_override(override)
+            origin = f"override {override!r}"
+        else:
+            dotted, raw = override
+            section, key = dotted.split(".", 1) if "." in dotted else (None, dotted)
+            origin = "setting"
         if section is None:
-            field = TOP_LEVEL[key]
-            tree[key] = _checked(field, _parse_override_value(raw, field), key, origin, base_dir)
-            continue
-        if section not in SCHEMA or key not in SCHEMA[section]:
-            raise _unknown_name_error(origin, section, key)
-        field = SCHEMA[section][key]
-        value = _checked(field, _parse_override_value(raw, field), f"{section}.{key}", origin, base_dir)
-        tree.setdefault(section, {})[key] = value
+            if key not in TOP_LEVEL:
+                raise _unknown_name_error(origin, None, key)
+            field, dotted = TOP_LEVEL[key], key
+            target = tree
+        else:
+            if section not in SCHEMA or key not in SCHEMA[section]:
+                raise _unknown_name_error(origin, section, key)
+            field, dotted = SCHEMA[section][key], f"{section}.{key}"
+            target = tree.setdefault(section, {})
+        value = _parse_override_value(raw, field) if isinstance(override, str) else raw
+        target[key] = _checked(field, value, dotted, origin, base_dir)
     return tree
 
 
@@ -555,7 +569,9 @@ def list_recipes() -> list[tuple[str, str]]:
     return recipes
 
 
-def load_recipe(name_or_path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Recipe:
+def load_recipe(
+    name_or_path: str | os.PathLike | None = None, overrides: Sequence[str | tuple[str, Any]] = ()
+) -> Recipe:
     """Loads, completes and validates a recipe.
 
     Relative paths in the file resolve against the file's directory; relative
@@ -564,9 +580,10 @@ def load_recipe(name_or_path: str | os.PathLike | None = None, overrides: Sequen
     Args:
         name_or_path: A shipped recipe name or a recipe file path; None =
             `DEFAULT_RECIPE`.
-        overrides: "section.key=value" strings applied on top of the file;
-            values are read as TOML (`3`, `0.5`, `true`, `["a", "b"]`) or else
-            as a bare string.
+        overrides: applied on top of the file, in order: "section.key=value"
+            strings, whose values are read as TOML (`3`, `0.5`, `true`,
+            `["a", "b"]`) or else as a bare string, and `("section.key", value)`
+            pairs, whose Python values are checked as they are.
 
     Returns:
         The `Recipe`.
@@ -578,14 +595,14 @@ def load_recipe(name_or_path: str | os.PathLike | None = None, overrides: Sequen
     Example:
 
     ```python
-    recipe = load_recipe("gru-glove", ["encoder.units=512", "finetune.epochs=6"])
+    recipe = load_recipe("gru-glove", ["encoder.units=512", ("finetune.epochs", 6)])
     recipe["encoder"]["units"]  # 512
     ```
     """
     return _load_file(find_recipe(name_or_path), overrides)
 
 
-def _load_file(path: Path, overrides: Sequence[str]) -> Recipe:
+def _load_file(path: Path, overrides: Sequence[str | tuple[str, Any]]) -> Recipe:
     tree = _check_tree(_read_toml(path), str(path), path.resolve().parent)
     tree = _apply_overrides(tree, overrides, Path.cwd())
     return Recipe(tree, source=path)
@@ -659,8 +676,8 @@ class Recipe:
             raise _unknown_name_error("recipe", section, key)
         return self._data[section][key]
 
-    def with_overrides(self, overrides: Sequence[str]) -> Recipe:
-        """Returns a copy with "section.key=value" overrides applied (paths relative to the cwd)."""
+    def with_overrides(self, overrides: Sequence[str | tuple[str, Any]]) -> Recipe:
+        """Returns a copy with overrides applied, as `load_recipe` takes them (paths relative to the cwd)."""
         return Recipe(_apply_overrides(self._data, overrides, Path.cwd()), source=self._source)
 
     def to_dict(self) -> dict[str, Any]:

@@ -140,14 +140,26 @@ def check_output_paths(outputs, inputs):
             )
 
 
+def live_logs(out):
+    """The hidden `.NAME.logs/` beside a run in progress, where TensorBoard's curves are written live;
+    moved into the run (`Run.logs`) when it is published, kept with the checkpoint when it stops."""
+    return hidden_sibling(out, "logs")
+
+
+def data_folder(out):
+    """The hidden `.NAME.data/` beside a run, where the Python API writes the examples it was given
+    in memory (as files named by their content), so that the run's recipe can name them."""
+    return hidden_sibling(out, "data")
+
+
 def run_outputs(out):
     """What a pretrain or finetune run writes, for `check_output_paths`: `out`, and beside it its
-    checkpoint folder and lock file. (Its staging folders are new, uniquely named ones: they
+    checkpoint folder, live logs and lock file. (Its staging folders are new, uniquely named ones: they
     cannot hold an input.)"""
     if not Path(out).name:  # "." or "/": no siblings, and no run can be published there anyway
         return [("--out", out)]
     return [("--out", out), ("checkpoint folder", hidden_sibling(out, "checkpoint")),
-            ("lock file", hidden_sibling(out, "lock"))]
+            ("live TensorBoard logs", live_logs(out)), ("lock file", hidden_sibling(out, "lock"))]
 
 
 def check_run_paths(recipe, kind, out, from_runs=(), resume=False):
@@ -325,6 +337,14 @@ class Run:
     # --- Reading ---
 
     @classmethod
+    def kind_at(cls, path):
+        """The kind (`"pretrain"`, `"finetune"`) `path`'s `run.json` declares, or None when it is no run."""
+        try:
+            return json.loads(cls(path).info_file.read_text(encoding="utf-8")).get("kind")
+        except (ValueError, OSError, AttributeError):
+            return None
+
+    @classmethod
     def open(cls, path, require=None):
         """The run of this kind at `path`; anything else is a one-line `RunError`.
 
@@ -424,6 +444,11 @@ class Run:
     def write_metrics(self, metrics):
         write_json(self.metrics_file, metrics)
 
+    def adopt_logs(self, source):
+        """Moves a folder of TensorBoard logs (`live_logs`) into the run as its `logs/`, if it exists."""
+        if Path(source).is_dir():
+            shutil.move(str(source), str(self.logs))
+
 
 class PretrainRun(Run):
     """A pretrain run: the encoder and the language model over it.
@@ -446,6 +471,8 @@ class FinetuneRun(Run):
     kind = "finetune"
     labels_file = RunFile("labels.json")
     classifier_weights = RunFile("classifier.weights.h5")
+    # The classifier's Keras config (`keras.saving.serialize_keras_object`), to rebuild it with `from_config`.
+    classifier_config = RunFile("classifier.json")
     export = RunFile("export")  # the SavedModel
     required = Run.required + ("labels_file", "classifier_weights")
 
@@ -454,6 +481,15 @@ class FinetuneRun(Run):
 
     def write_labels(self, labels):
         write_json(self.labels_file, list(labels))
+
+    def model_config(self) -> dict | None:
+        """The classifier's serialized Keras config, or None for a run written before it was kept."""
+        if not self.classifier_config.is_file():
+            return None
+        return json.loads(self.classifier_config.read_text(encoding="utf-8"))
+
+    def write_model_config(self, config):
+        write_json(self.classifier_config, config)
 
 
 class RunDirectory:

@@ -1,0 +1,626 @@
+"""Classifier fine-tuning with gradual unfreezing, as small stages: read the task, fit, evaluate, write.
+
+`finetune` turns pretrained encoders into a classifier (or an ensemble of one classifier per
+pretrain run, e.g. a forward and a backward one) and writes a finetune run with its raw-string
+SavedModel (`tftune.runs.FinetuneRun`). Each classifier trains through `fit_unfreezing_stages`:
+the head first, then one more recurrent layer per stage, each stage with its own slanted
+triangular cycle and discriminative rates. `_finetune` only calls the stages in order.
+
+Example:
+
+>>> from tftune.recipe import load_recipe
+>>> from tftune.finetuning import finetune
+>>> recipe = load_recipe("gru-glove", ["finetune.epochs=3"])  # doctest: +SKIP
+>>> finetune(recipe, "runs/lm", "runs/clf")["valid"]["accuracy"]  # doctest: +SKIP
+"""
+
+import dataclasses
+import time
+from collections import Counter
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tftune import distribute
+from tftune.callbacks import KeepBestWeights, StageHistory, StopOnNonFiniteLoss, restore_plugins, tensorboard
+from tftune.checkpoints import Checkpointing, RunCheckpoint, fit_from
+from tftune.data import classification_dataset, read_labeled, truncate
+from tftune.embeddings import load_vectors
+from tftune.errors import DataError, RunError
+from tftune.export import export_classifier
+from tftune.metrics import classification_metrics
+from tftune.models import ClassifierEnsemble, TextClassifier, ensemble_members, global_policy_restored
+from tftune.models.presets import classifier_config, encoder_dropouts, load_backbone, load_classifier
+from tftune.open_vocab import OpenWords, grow_encoder, grow_vocabulary, measure_growth
+from tftune.presets import resolve_run
+from tftune.recipe import Recipe
+from tftune.runs import (
+    FinetuneRun,
+    PretrainRun,
+    check_export_paths,
+    check_run_paths,
+    check_writable_target,
+    holds_output_lock,
+)
+from tftune.schedules import (
+    DiscriminativeAdam,
+    OneCycle,
+    SlantedTriangular,
+    Stage,
+    discriminative_multipliers,
+    unfreezing_stages,
+)
+from tftune.text import Vocabulary
+from tftune.training import (
+    RESUME_HINT,
+    check_encoder_matches,
+    chief_verbosity,
+    distribution_summary,
+    log,
+    log_written,
+    open_checkpoint,
+    set_precision,
+    start_distribution,
+    worker_failures,
+)
+
+# ULMFiT's Adam betas for fine-tuning.
+ADAM_BETAS = {"beta_1": 0.7, "beta_2": 0.99}
+
+
+def finetune(recipe: Recipe, from_run, out, force=False, callbacks=(), resume=False, strategy=None):
+    """Fine-tunes pretrained encoders as a classifier, then exports it.
+
+    With `finetune.unfreeze = "gradual"`, stage 0 trains the head only and each following
+    stage unfreezes one more recurrent layer from the top, until all train; with `"all"`,
+    one stage trains everything. The embedding stays frozen throughout. Each stage runs a
+    slanted triangular learning-rate cycle with discriminative rates (each layer down gets
+    the rate of the one above divided by `finetune.lr_decay`). Given several pretrain runs
+    (e.g. a forward and a backward language model), each gets its own classifier, trained
+    the same way, and the export averages their probabilities (ULMFiT's ensemble).
+
+    Args:
+        recipe: the resolved recipe (`finetune` and `precision` sections are used; its
+            encoder must match the pretrain runs').
+        from_run: a pretrain run directory, or a list of them for an ensemble.
+        out: the finetune run directory to create (the SavedModel goes to `out/export`); it may
+            not be, hold or lie inside anything the run reads (see `tftune.runs.check_run_paths`).
+        force: replace an existing non-empty `out`.
+        callbacks: extra Keras callbacks for every `fit` call.
+        resume: continue an interrupted run of the same recipe and runs from its checkpoint
+            (in the member, stage, epoch and step where it stopped).
+        strategy: the `tf.distribute` strategy to train under; default: the recipe's
+            `[distribute]` one (see `tftune.pretraining.pretrain`). Only the chief writes `out`.
+
+    Returns:
+        The metrics written to `metrics.json`.
+    """
+    from_runs = [resolve_run(path) for path in ([from_run] if isinstance(from_run, (str, Path)) else from_run)]
+    strategy = start_distribution(recipe, strategy, resume, "finetune.batch_size")
+    check_run_paths(recipe, "finetune", out, from_runs, resume)
+    with distribute.chief_output(out, strategy) as target, worker_failures(strategy), global_policy_restored():
+        return _finetune(recipe, from_runs, target, force, callbacks, resume, strategy)
+
+
+@holds_output_lock
+def _finetune(recipe, from_runs, out, force, callbacks, resume, strategy):
+    started = time.time()
+    checkpoint = RunCheckpoint(out)
+    resumed = open_checkpoint(checkpoint, "finetune", recipe, resume, force, from_run=[str(path) for path in from_runs])
+    log(f"live curves: tensorboard --logdir {checkpoint.logs} (moved into the run when it is written)")
+    members = open_members(recipe, from_runs)
+    keras.utils.set_random_seed(recipe["finetune"]["seed"])
+    task = prepare_task(recipe, members)
+    policy = set_precision(recipe["precision"]["policy"])
+    log(distribute.describe(strategy))
+    log(f"precision policy: {policy}")
+    progress = FinetuneProgress(checkpoint, recipe, from_runs, resumed)
+    trained = train_members(recipe, members, task, progress, callbacks, strategy)
+    model, metrics, history = evaluate_members(recipe, members, trained, task)
+    metrics.update(precision_policy=policy, distribute=distribution_summary(strategy),
+                   wall_seconds=round(time.time() - started, 1))
+    write_finetune_run(out, force, recipe, members, task, model, history, metrics, checkpoint.logs)
+    checkpoint.remove()
+    log_written("finetune", out, strategy)
+    return metrics
+
+
+# === Stage 1: the pretrain runs and the task ===
+
+
+def open_members(recipe, from_runs):
+    """The pretrain runs, checked against the recipe and each other before anything trains."""
+    members = [PretrainRun.open(path) for path in from_runs]
+    for pretrained in members:
+        check_encoder_matches(recipe, pretrained)
+        classifier_dropouts(recipe, pretrained)  # a dropout_scale that takes a rate to 1 fails before training
+    check_same_vocabulary(members)
+    return members
+
+
+def check_same_vocabulary(members):
+    """An ensemble's members read the same ids, so they must share one vocabulary and tokenizer."""
+    first = members[0]
+    for other in members[1:]:
+        if (other.vocab.fingerprint(), other.tokenizer.get_config()) != (
+            first.vocab.fingerprint(),
+            first.tokenizer.get_config(),
+        ):
+            raise RunError(
+                f"{other.path}: its vocabulary or tokenizer differs from {first.path}'s; the runs of an ensemble "
+                "must be pretrained on the same corpus with the same vocab and embeddings settings"
+            )
+
+
+@dataclasses.dataclass
+class LabeledSplits:
+    labels: list
+    train: tuple
+    valid: tuple
+    test: tuple | None
+
+
+@dataclasses.dataclass
+class OpenedVocabulary:
+    """A pretrain run's vocabulary, grown with the words of the task's text that have a vector.
+
+    Args:
+        vocab: the grown vocabulary (the run's own when nothing was added).
+        added: the words added, in id order.
+        vectors: the `KeyedVectors` they came from (None with `vocab.open = false`).
+        growth: the token coverage before and after (`tftune.open_vocab.Growth`), or None.
+    """
+
+    vocab: Vocabulary
+    added: list
+    vectors: object
+    growth: object
+
+
+@dataclasses.dataclass
+class LabeledTask:
+    """The task as the classifiers read it.
+
+    Attributes:
+        labels: class names, in output order.
+        opened: the vocabulary (`OpenedVocabulary`) and its growth.
+        tokenizer: the pretrain runs' tokenizer.
+        data: `{"train", "valid", "class_weight"}`: the datasets and optional class weights.
+        test_data: the test dataset, or None.
+    """
+
+    labels: list
+    opened: OpenedVocabulary
+    tokenizer: object
+    data: dict
+    test_data: object
+
+
+def prepare_task(recipe, members):
+    """Reads the labeled splits, opens the vocabulary to their words, and batches them."""
+    settings = recipe["finetune"]
+    tokenizer = members[0].tokenizer
+    splits = load_labeled_splits(settings)
+    opened = open_vocabulary(recipe, members[0].vocab, tokenizer, splits.train[0] + splits.valid[0])
+    label_index = {label: i for i, label in enumerate(splits.labels)}
+
+    def dataset(split, shuffle=False):
+        texts, labels = split
+        ids = truncate(opened.vocab.encode(texts, tokenizer), settings["max_len"])
+        targets = [label_index[label] for label in labels]
+        return classification_dataset(ids, targets, settings["batch_size"], shuffle=shuffle, seed=settings["seed"])
+
+    data = {"train": dataset(splits.train, shuffle=True), "valid": dataset(splits.valid), "class_weight": None}
+    if settings["class_weight"] == "balanced":
+        train_labels = [label_index[label] for label in splits.train[1]]
+        data["class_weight"] = balanced_class_weights(train_labels, len(splits.labels))
+    log(
+        f"classes: {', '.join(splits.labels)}; {len(splits.train[0]):,} train, "
+        f"{len(splits.valid[0]):,} valid, {len(splits.test[0]) if splits.test else 0:,} test examples"
+    )
+    return LabeledTask(splits.labels, opened, tokenizer, data, dataset(splits.test) if splits.test else None)
+
+
+def load_labeled_splits(settings):
+    """Reads train/valid/test; holds out part of train when there is no valid file."""
+    columns = {
+        "text_column": settings["text_column"],
+        "label_column": settings["label_column"],
+        "encoding": settings["encoding"],
+    }
+    train = read_labeled(settings["train"], **columns)
+    if settings["valid"]:
+        valid = read_labeled(settings["valid"], **columns)
+    else:
+        order = np.random.default_rng(settings["seed"]).permutation(len(train[0]))
+        n_valid = max(1, round(len(order) * settings["valid_fraction"]))
+        held, kept = order[:n_valid], order[n_valid:]
+        valid = tuple([rows[i] for i in held] for rows in train)
+        train = tuple([rows[i] for i in kept] for rows in train)
+    test = read_labeled(settings["test"], **columns) if settings["test"] else None
+    labels = sorted(set(train[1]))
+    if len(labels) < 2:
+        raise DataError(f"{settings['train']}: only one class ({labels[0]!r}); a classifier needs at least 2")
+    for name, split, path in (("valid", valid, settings["valid"]), ("test", test, settings["test"])):
+        if split is None:
+            continue
+        unseen = sorted(set(split[1]) - set(labels))
+        if unseen:
+            raise DataError(
+                f"{path or settings['train']}: {name} label(s) {', '.join(map(repr, unseen[:5]))} never seen in training"
+            )
+    return LabeledSplits(labels, train, valid, test)
+
+
+def open_vocabulary(recipe, vocab, tokenizer, texts):
+    """Grows `vocab` with the words of `texts` that have a vector (`vocab.open`), and logs the coverage."""
+    if not recipe["vocab"]["open"]:
+        return OpenedVocabulary(vocab, [], None, None)
+    vectors = load_vectors(recipe["embeddings"]["path"], recipe["embeddings"]["format"])
+    counts = Counter(token for text in texts for token in tokenizer.tokenize(text))
+    added = OpenWords(vectors).new_words(counts, vocab)
+    growth = measure_growth(counts, vocab, added)
+    log(growth.summary())
+    return OpenedVocabulary(grow_vocabulary(vocab, added), added, vectors, growth)
+
+
+def balanced_class_weights(label_ids, n_classes):
+    """`examples / (classes * examples of the class)` per class, as Keras' `class_weight` takes it."""
+    counts = np.bincount(np.asarray(label_ids, dtype="int64"), minlength=n_classes)
+    return {index: len(label_ids) / (n_classes * count) for index, count in enumerate(counts) if count}
+
+
+# === Stage 2: fit each member ===
+
+
+@dataclasses.dataclass
+class TrainedMember:
+    """One fine-tuned classifier, with what its training recorded."""
+
+    classifier: keras.Model
+    history: list
+    best: KeepBestWeights
+
+
+@dataclasses.dataclass
+class FinetuneProgress:
+    """What a finetune run's checkpoint holds besides the classifier in training and its plugins.
+
+    Attributes:
+        checkpoint: the run's `RunCheckpoint`.
+        recipe: the run's recipe.
+        from_runs: the pretrain runs, one per member.
+        resumed: the state to resume from, or None.
+        finished: the members already trained (`TrainedMember`s).
+    """
+
+    checkpoint: RunCheckpoint
+    recipe: Recipe
+    from_runs: list
+    resumed: dict | None
+    finished: list = dataclasses.field(default_factory=list)
+
+    def resumed_member(self, index):
+        """The saved state of member `index` when the run resumes inside it."""
+        if self.resumed is not None and self.resumed["member"] == index:
+            return self.resumed
+        return None
+
+    def state(self, member, position, epochs_done, steps_done):
+        return {
+            "kind": "finetune",
+            "recipe": self.recipe.to_toml(),
+            "from_run": [str(path) for path in self.from_runs],
+            "member": member,
+            "epochs_done": epochs_done,
+            "steps_done": steps_done,
+            "stage_start_step": position.stage_start_step,
+            "finished": [{"history": done.history, "best": done.best.get_state()} for done in self.finished],
+        }
+
+    def arrays(self):
+        return {f"member_{index}": done.classifier.get_weights() for index, done in enumerate(self.finished)}
+
+
+def member_names(directions):
+    """Model names of the ensemble members: by direction, numbered when a direction repeats."""
+    if len(directions) == 1:
+        return ["classifier"]
+    if len(set(directions)) == len(directions):
+        return [f"classifier_{direction}" for direction in directions]
+    return [f"classifier_{number}" for number in range(1, len(directions) + 1)]
+
+
+def train_members(recipe, members, task, progress, callbacks, strategy):
+    """Fine-tunes one classifier per pretrain run, in order; a resumed run rebuilds the finished ones."""
+    names = member_names([pretrained.recipe["pretrain"]["direction"] for pretrained in members])
+    resumed = progress.resumed
+    if resumed:
+        log(f"resuming {names[resumed['member']]} after epoch {resumed['epochs_done']}, step {resumed['steps_done']}")
+        for index, done in enumerate(resumed["finished"]):
+            with strategy.scope():
+                classifier = build_member_classifier(recipe, members[index], names[index], len(task.labels), task.opened)
+                classifier.set_weights(progress.checkpoint.load_arrays(f"member_{index}"))
+            best = KeepBestWeights(recipe["finetune"]["patience"])
+            best.set_state(done["best"])
+            progress.finished.append(TrainedMember(classifier, done["history"], best))
+    for pretrained, name in list(zip(members, names))[len(progress.finished) :]:
+        progress.finished.append(finetune_member(recipe, pretrained, name, task, progress, callbacks, strategy))
+    return progress.finished
+
+
+def classifier_dropouts(recipe, pretrained):
+    """The pretrain run's encoder dropout rates times `finetune.dropout_scale`: see `encoder_dropouts`."""
+    return encoder_dropouts(pretrained.recipe["encoder"], recipe["finetune"]["dropout_scale"])
+
+
+def build_member_classifier(recipe, pretrained, name, n_classes, opened=None):
+    """A classifier on `pretrained`'s encoder (weights restored), shaped by the recipe's head.
+
+    With `opened` (an `OpenedVocabulary`), the encoder's embedding also holds the added words.
+    """
+    rates, _ = classifier_dropouts(recipe, pretrained)
+    backbone = load_backbone(pretrained, **rates)
+    if opened is not None and opened.added:
+        backbone = grow_encoder(backbone, opened.vectors, opened.added)
+    return TextClassifier(backbone, **classifier_config(recipe, pretrained.recipe, n_classes, name))
+
+
+def build_finetune_optimizer(classifier, settings):
+    """One `DiscriminativeAdam` for every stage, built on every variable that will ever train.
+
+    Keeping one optimizer keeps Adam's moments of the layers that already train when the next
+    layer is unfrozen; each stage then only sets a fresh learning-rate cycle.
+    """
+    layers = classifier.backbone.recurrent_layers
+    for layer in layers:
+        layer.trainable = True
+    optimizer = DiscriminativeAdam(
+        # Of the same kind as every stage's (a schedule or a float), so the optimizer's variables,
+        # and so its checkpoints, have the same layout whichever stage they were written in.
+        stage_learning_rate(settings, 0, 1),
+        multipliers=discriminative_multipliers([layer.name for layer in layers], settings["lr_decay"]),
+        **ADAM_BETAS,
+    )
+    optimizer.build(classifier.trainable_variables)
+    return optimizer
+
+
+def stage_learning_rate(settings, start_step, steps, stage=0):
+    """The rate of stage number `stage` (from 0): `steps` optimizer steps from optimizer step `start_step`.
+
+    Its peak is `learning_rate / stage_lr_decay ** stage`.
+    """
+    peak = settings["learning_rate"] / settings["stage_lr_decay"] ** stage
+    schedule = {"stlr": SlantedTriangular, "one_cycle": OneCycle}.get(settings["schedule"])
+    if schedule is None:
+        return peak
+    return schedule(peak, steps, start_step=start_step)
+
+
+def member_stages(settings, n_layers):
+    """The unfreezing stages of `finetune.unfreeze`: gradual (head first), or all layers at once."""
+    if settings["unfreeze"] == "gradual":
+        return unfreezing_stages(n_layers, settings["stage_epochs"], settings["epochs"])
+    return [Stage(trainable_layers=n_layers, epochs=settings["epochs"])]
+
+
+def finetune_member(recipe, pretrained, name, task, progress, callbacks=(), strategy=None):
+    """Builds a classifier on a pretrained encoder and trains it with gradual unfreezing.
+
+    Args:
+        recipe: the resolved recipe (its `finetune` section is used).
+        pretrained: the `tftune.runs.PretrainRun` whose encoder the classifier starts from.
+        name: the classifier's model name.
+        task: the `LabeledTask`.
+        progress: the run's `FinetuneProgress` (checkpoints, resume, earlier members).
+        callbacks: extra Keras callbacks for every `fit` call.
+        strategy: the `tf.distribute` strategy to train under (default: the current one).
+
+    Returns:
+        A `TrainedMember` holding the weights of the best (or last) epoch.
+    """
+    strategy = tf.distribute.get_strategy() if strategy is None else strategy
+    settings, index = recipe["finetune"], len(progress.finished)
+    with strategy.scope():
+        classifier = build_member_classifier(recipe, pretrained, name, len(task.labels), task.opened)
+        optimizer = build_finetune_optimizer(classifier, settings)
+    history, best = StageHistory(), KeepBestWeights(settings["patience"])
+    position, restore = StagePosition(), None
+    resumed = progress.resumed_member(index)
+    if resumed:
+        restore_plugins([history, best], resumed, progress.checkpoint.load_arrays)
+        position = StagePosition(resumed["epochs_done"], resumed["steps_done"], resumed["stage_start_step"])
+        restore = progress.checkpoint.restore
+    saver = Checkpointing(
+        progress.checkpoint, lambda epochs, steps: progress.state(index, position, epochs, steps), [history, best],
+        settings["checkpoint_every"], resume_hint=RESUME_HINT, arrays=progress.arrays,
+    )
+    if not best.stopped:
+        fit_unfreezing_stages(
+            classifier, optimizer, member_stages(settings, pretrained.recipe["encoder"]["layers"]), task.data["train"],
+            lambda number, start, steps: stage_learning_rate(settings, start, steps, stage=number),
+            validation_data=task.data["valid"], class_weight=task.data["class_weight"],
+            # Best weights and a finite loss are checked before the epoch's checkpoint is written.
+            callbacks=[history, best, StopOnNonFiniteLoss(), tensorboard(progress.checkpoint.logs / name), saver,
+                       *callbacks],
+            position=position, restore=restore, strategy=strategy, verbose=chief_verbosity(strategy),
+        )
+    if best.stopped:
+        log(f"no better validation accuracy for {settings['patience']} epoch(s): stopping")
+    if settings["restore_best"]:
+        best.restore()
+        log(f"{name}: kept the weights of epoch {best.best_epoch} (validation accuracy {best.best_accuracy:.4f})")
+    return TrainedMember(classifier, history.epochs, best)
+
+
+@dataclasses.dataclass
+class StagePosition:
+    """Where a classifier's training is: epochs done, steps done in the next epoch, and the optimizer
+    step at which the current stage's learning-rate cycle started (None: at the next stage's start)."""
+
+    epochs_done: int = 0
+    steps_done: int = 0
+    stage_start_step: int | None = None
+
+
+def fit_unfreezing_stages(classifier, optimizer, stages, train_data, stage_rate, validation_data=None,
+                          class_weight=None, callbacks=(), position=None, restore=None, strategy=None, verbose=0):
+    """Fits a classifier stage by stage, unfreezing its top recurrent layers as each stage says.
+
+    Each stage sets which of the backbone's recurrent layers train (the top
+    `stage.trainable_layers`), compiles (Keras reads trainable flags at compile time), gives the
+    optimizer a fresh learning-rate cycle, and fits its epochs. Training stops early when a
+    callback sets `stop_training`. Callbacks with a `set_stage(number, trainable_names)` method
+    (`StageHistory`) hear of each stage.
+
+    Args:
+        classifier: a `TextClassifier`.
+        optimizer: its optimizer, built on every variable that will ever train.
+        stages: `tftune.schedules.Stage`s, in order.
+        train_data: the training dataset (its batch order a function of the seed and the epoch).
+        stage_rate: `(stage number, start step, steps) -> learning rate or schedule` of a stage.
+        validation_data, class_weight, callbacks, verbose: as in `fit`.
+        position: the `StagePosition` to start from (default: the start); it tracks the stage's start step.
+        restore: a callable loading a checkpoint into the compiled classifier, when resuming.
+        strategy: the `tf.distribute` strategy (default: the current one).
+
+    Example:
+
+    ```python
+    stages = unfreezing_stages(n_layers=2, stage_epochs=1, total_epochs=3)
+    fit_unfreezing_stages(classifier, optimizer, stages, train, lambda n, start, steps: SlantedTriangular(
+        0.01 / 2.6 ** n, steps, start_step=start))
+    ```
+    """
+    strategy = tf.distribute.get_strategy() if strategy is None else strategy
+    position = StagePosition() if position is None else position
+    layers = classifier.backbone.recurrent_layers
+    steps_per_epoch = int(train_data.cardinality())
+    stage_end = 0
+    for number, stage in enumerate(stages):
+        stage_begin, stage_end = stage_end, stage_end + stage.epochs
+        if position.epochs_done >= stage_end:
+            continue  # done before the checkpoint this run resumes from
+        trainable = [layer.name for layer in layers[len(layers) - stage.trainable_layers :]]
+        for layer in layers:
+            layer.trainable = layer.name in trainable
+        log(f"{classifier.name} stage {number + 1}/{len(stages)}: training the head"
+            + (f" and {', '.join(sorted(trainable))}" if trainable else " only") + f" for {stage.epochs} epoch(s)")
+        with strategy.scope():
+            classifier.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                               metrics=["accuracy"])
+            if restore is not None:
+                restore(classifier)
+        inside_stage = position.epochs_done > stage_begin or position.steps_done > 0
+        if restore is None or not inside_stage or position.stage_start_step is None:
+            position.stage_start_step = int(optimizer.iterations.numpy())
+        restore = None
+        optimizer.learning_rate = stage_rate(number, position.stage_start_step, stage.epochs * steps_per_epoch)
+        for callback in callbacks:
+            if hasattr(callback, "set_stage"):
+                callback.set_stage(number + 1, sorted(trainable))
+        fit_from(classifier, train_data, position.epochs_done, position.steps_done, stage_end,
+                 validation_data=validation_data, class_weight=class_weight, callbacks=list(callbacks), shuffle=False,
+                 verbose=verbose)
+        position.epochs_done, position.steps_done = stage_end, 0
+        if classifier.stop_training:
+            break
+
+
+# === Stage 3: evaluate ===
+
+
+def predict_dataset(model, dataset):
+    """Predicted and true class indices over a `(ids, label)` dataset."""
+    predicted, true = [], []
+    for ids, labels in dataset:
+        predicted.append(np.argmax(model(ids, training=False), axis=-1))
+        true.append(labels.numpy())
+    return np.concatenate(true), np.concatenate(predicted)
+
+
+def scores(model, task):
+    """Validation (and test) metrics of a classifier or ensemble."""
+    result = {"valid": classification_metrics(*predict_dataset(model, task.data["valid"]), task.labels)}
+    if task.test_data is not None:
+        result["test"] = classification_metrics(*predict_dataset(model, task.test_data), task.labels)
+    return result
+
+
+def training_summary(member, restore_best):
+    """What `metrics.json` records of one member's training."""
+    return {
+        "epochs": len(member.history),
+        "best_epoch": member.best.best_epoch,
+        "weights_from_epoch": member.best.best_epoch if restore_best else len(member.history),
+        "stopped_early": member.best.stopped,
+    }
+
+
+def evaluate_members(recipe, members, trained, task):
+    """`(the model to export, its metrics, the history)`: the one classifier, or the members' ensemble."""
+    restore_best = recipe["finetune"]["restore_best"]
+    if len(trained) == 1:
+        model = trained[0].classifier
+        metrics = {**scores(model, task), **training_summary(trained[0], restore_best)}
+        history = trained[0].history
+    else:
+        model = ClassifierEnsemble([member.classifier for member in trained])
+        metrics = {**scores(model, task), "members": [
+            {"name": member.classifier.name, "pretrain_run": str(pretrained.path),
+             "direction": member.classifier.direction, **scores(member.classifier, task),
+             **training_summary(member, restore_best)}
+            for pretrained, member in zip(members, trained)
+        ]}
+        history = [{"member": member.classifier.name, **epoch} for member in trained for epoch in member.history]
+    if task.opened.growth is not None:
+        metrics["open_vocabulary"] = dataclasses.asdict(task.opened.growth)
+    summary = f"valid accuracy {metrics['valid']['accuracy']:.4f}"
+    if "test" in metrics:
+        summary += f", test accuracy {metrics['test']['accuracy']:.4f}, macro-F1 {metrics['test']['macro_f1']:.4f}"
+    log(summary)
+    return model, metrics, history
+
+
+# === Stage 4: write ===
+
+
+def write_finetune_run(out, force, recipe, members, task, model, history, metrics, live_logs):
+    """Writes the finetune run whole: the classifier's config and weights, its export, history and logs."""
+    classifiers = ensemble_members(model)
+    with FinetuneRun.create(out, force) as run:
+        run.write_info(
+            task.opened.vocab, task.tokenizer, members[0].embedding_dim,
+            pretrain_run=str(members[0].path),
+            members=[{"name": classifier.name, "pretrain_run": str(pretrained.path), "direction": classifier.direction}
+                     for classifier, pretrained in zip(classifiers, members)],
+        )
+        run.write_recipe(recipe)
+        run.write_labels(task.labels)
+        run.write_model_config(keras.saving.serialize_keras_object(model))
+        model.save_weights(run.classifier_weights)
+        run.write_history(history)
+        run.adopt_logs(live_logs)
+        export_classifier(model, task.opened.vocab, task.tokenizer, task.labels, recipe["finetune"]["max_len"],
+                          run.export)
+        run.write_metrics(metrics)
+
+
+def reexport(run_dir, out, force=False):
+    """Exports a finetune run's classifier again (e.g. to another directory).
+
+    Args:
+        run_dir: the finetune run.
+        out: the export directory; `run_dir/export`, or a place outside the run (see
+            `tftune.runs.check_export_paths`).
+        force: replace an existing non-empty `out`.
+    """
+    check_export_paths(run_dir, out)
+    check_writable_target(out, force, replaces="export")
+    run = FinetuneRun.open(run_dir)
+    classifier = load_classifier(run)
+    return export_classifier(classifier, run.vocab, run.tokenizer, run.labels(), run.recipe["finetune"]["max_len"], out)
+

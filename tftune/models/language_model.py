@@ -1,0 +1,273 @@
+"""The language-model task: a backbone with a next-token head.
+
+Example:
+
+>>> import numpy as np
+>>> from tftune.models import LanguageModel, TextBackbone
+>>> backbone = TextBackbone(100, 8, "lstm", 1, 16)
+>>> model = LanguageModel(backbone, output="tied")
+>>> model(np.array([[5, 6, 7]])).shape
+TensorShape([1, 3, 100])
+>>> LanguageModel.from_config(model.get_config()).count_params() == model.count_params()
+True
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers, ops
+
+from tftune.distribute import scale_loss_for_replicas
+from tftune.models.backbone import deserialized
+from tftune.regularization import LockedDropout, activation_regularization
+
+OUTPUTS = ("full", "sampled", "tied")
+
+
+@keras.saving.register_keras_serializable(package="tftune")
+class TiedOutput(keras.layers.Layer):
+    """Scores hidden states against a given matrix of word vectors, plus a trained bias per word.
+
+    The matrix is passed in at call time (the encoder's frozen embedding), so this layer owns
+    only the bias.
+
+    Args:
+        vocab_size: number of words (rows of the matrix).
+
+    Example:
+
+    >>> import numpy as np
+    >>> vectors = np.eye(3, 2, dtype="float32")
+    >>> TiedOutput(3)(np.array([[[2.0, 5.0]]], "float32"), vectors).numpy().tolist()
+    [[[2.0, 5.0, 0.0]]]
+    """
+
+    def __init__(self, vocab_size, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.supports_masking = True
+
+    def build(self, inputs_shape, vectors_shape=None):
+        self.bias = self.add_weight(shape=(self.vocab_size,), initializer="zeros", name="bias")
+
+    def call(self, inputs, vectors):
+        return ops.matmul(inputs, ops.transpose(ops.cast(vectors, inputs.dtype))) + self.bias
+
+    def compute_output_shape(self, inputs_shape, vectors_shape=None):
+        return (*inputs_shape[:-1], self.vocab_size)
+
+    def get_config(self):
+        return {**super().get_config(), "vocab_size": self.vocab_size}
+
+
+@keras.saving.register_keras_serializable(package="tftune")
+class LanguageModel(keras.Model):
+    """Encoder + next-token head that can train on a sampled softmax but always evaluates on the full one.
+
+    `call` returns float32 logits over the whole vocabulary, and the model's own loss is the
+    full-softmax cross-entropy, so `evaluate`, `validation_data` and perplexity are exact
+    for every output kind. Compile with an optimizer only.
+
+    Output kinds:
+        - `"full"`: `Dense(vocab)` head (`lm_head`), full softmax in training.
+        - `"sampled"`: the same `lm_head`; training scores the true word and `num_sampled`
+          candidates drawn from a log-uniform (Zipf) distribution, which fits a vocabulary
+          sorted by frequency (`tf.nn.sampled_softmax_loss`). Metrics compiled with the
+          model are only updated in evaluation, as training produces no full logits.
+        - `"tied"`: `Dense(dim)` (`lm_projection`) maps the top layer's states to the
+          embedding space, and `lm_head` scores them against the frozen embedding matrix
+          plus a trained bias: a full softmax that trains `units * dim` weights instead of
+          `units * vocab`.
+
+    Logits and losses are float32 under mixed precision too. The sampled loss ignores the
+    padding mask: LM batches (`lm_dataset`) are never padded.
+
+    AWD-LSTM's output dropout and activation penalties act in training only: the top layer's
+    outputs go through `LockedDropout(output_dropout)` before the head, and the training step
+    adds AR and TAR (`tftune.regularization.activation_regularization`) to the loss it
+    differentiates. The `loss` it reports stays the cross-entropy alone, like every evaluation.
+
+    Args:
+        encoder: the `TextBackbone`; its weights are shared, not copied. (Named `encoder`, not
+            `backbone`, because weight files address the layers by attribute name.)
+        output: `"full"`, `"sampled"` or `"tied"`.
+        num_sampled: candidates per training step for `"sampled"` (at most the vocabulary size).
+        unigram_counts: optional count of every id in the training corpus. The output bias then
+            starts at the log unigram probabilities (add-one smoothed), so training starts from a
+            unigram model instead of a uniform one. Needed with `"sampled"`: rare words are
+            seldom sampled, so without it their logits stay high for long and the full-softmax
+            perplexity lags far behind.
+        output_dropout: locked dropout rate on the encoder's outputs, before the head.
+        ar: weight of activation regularization (AR) in the training loss; 0 = none.
+        tar: weight of temporal activation regularization (TAR) in the training loss; 0 = none.
+        **kwargs: passed to `keras.Model` (e.g. `name`).
+
+    Example:
+
+    >>> import numpy as np
+    >>> vectors = np.random.rand(100, 8).astype("float32")
+    >>> from tftune.models import build_encoder
+    >>> encoder = build_encoder(vectors, cell="lstm", layers=1, units=16)
+    >>> model = LanguageModel(encoder, output="sampled", num_sampled=20)
+    >>> model.compile(optimizer="adam")
+    >>> ids = np.random.randint(3, 100, size=(4, 11)).astype("int32")
+    >>> model.fit(ids[:, :-1], ids[:, 1:], verbose=0).history["loss"][0] > 0
+    True
+    >>> model(ids[:, :-1]).shape
+    TensorShape([4, 10, 100])
+    """
+
+    def __init__(
+        self,
+        encoder,
+        output="full",
+        num_sampled=1024,
+        unigram_counts=None,
+        output_dropout=0.0,
+        ar=0.0,
+        tar=0.0,
+        **kwargs,
+    ):
+        kwargs.setdefault("name", "language_model")
+        super().__init__(**kwargs)
+        if output not in OUTPUTS:
+            raise ValueError(f"unknown output {output!r}; expected one of {OUTPUTS}")
+        embedding = encoder.get_layer("embedding")
+        self.encoder = encoder
+        self.output_kind = output
+        self.output_dropout = LockedDropout(output_dropout, name="lm_output_dropout")
+        self.ar, self.tar = ar, tar
+        self.vocab_size = embedding.input_dim
+        self.num_sampled = min(num_sampled, self.vocab_size)
+        units = encoder.output.shape[-1]
+        if output == "tied":
+            self.lm_projection = layers.Dense(embedding.output_dim, name="lm_projection")
+            self.lm_projection.build((None, None, units))
+            self.lm_head = TiedOutput(self.vocab_size, dtype="float32", name="lm_head")
+            self.lm_head.build((None, None, embedding.output_dim))
+        else:
+            self.lm_projection = None
+            self.lm_head = layers.Dense(self.vocab_size, dtype="float32", name="lm_head")
+            self.lm_head.build((None, None, units))
+        if unigram_counts is not None:
+            counts = np.asarray(unigram_counts, dtype="float64") + 1.0
+            self.lm_head.bias.assign(np.log(counts / counts.sum()).astype("float32"))
+        self._cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        # Every layer with weights is built above: weights load before the first call.
+        self.built = True
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "output": self.output_kind,
+            "num_sampled": self.num_sampled,
+            "output_dropout": self.output_dropout.rate,
+            "ar": self.ar,
+            "tar": self.tar,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**deserialized(config, "encoder"))
+
+    @classmethod
+    def from_preset(cls, preset, **config):
+        """The language model of a pretrain run or shipped model, its weights loaded.
+
+        Args:
+            preset: a shipped model's name (`tftune pretrained list`) or a pretrain run directory.
+            **config: backbone config entries to change, e.g. dropout rates.
+        """
+        from tftune.models.presets import load_language_model
+
+        return load_language_model(preset, **config)
+
+    def _forward(self, ids, training):
+        """The top layer's outputs, the same after output dropout, and the float32 vectors the head scores."""
+        states = self.encoder(ids, training=training)
+        dropped = self.output_dropout(states, training=training)
+        hidden = dropped if self.lm_projection is None else self.lm_projection(dropped)
+        return states, dropped, ops.cast(hidden, "float32")
+
+    def hidden_states(self, ids, training=False):
+        """The float32 vectors `[batch, time, d]` that the head scores against the output matrix."""
+        return self._forward(ids, training)[-1]
+
+    def _logits(self, hidden):
+        if self.output_kind == "tied":
+            return self.lm_head(hidden, self.encoder.get_layer("embedding").embeddings)
+        return self.lm_head(hidden)
+
+    def call(self, ids, training=False):
+        return self._logits(self.hidden_states(ids, training=training))
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Full-softmax cross-entropy per token, in float32 (Keras' default `train_step`/`test_step` use it)."""
+        return self._cross_entropy(y, y_pred, sample_weight)
+
+    def sampled_loss(self, hidden, targets):
+        """Sampled-softmax cross-entropy per token, averaged: the training loss of `"sampled"`."""
+        features = ops.reshape(hidden, (-1, hidden.shape[-1]))
+        labels = ops.reshape(ops.cast(targets, "int64"), (-1, 1))
+        losses = tf.nn.sampled_softmax_loss(
+            weights=ops.transpose(self.lm_head.kernel),
+            biases=self.lm_head.bias,
+            labels=labels,
+            inputs=features,
+            num_sampled=self.num_sampled,
+            num_classes=self.vocab_size,
+            remove_accidental_hits=True,
+        )
+        return ops.mean(losses)
+
+    def train_step(self, data):
+        # Mirrors keras/src/backend/tensorflow/trainer.py, with the sampled loss where it applies
+        # and AR/TAR added to what is differentiated, not to the reported loss: loss scaling for
+        # mixed_float16 and the batch-weighted loss metric. The loss is this replica's mean:
+        # divided by the replicas, their summed gradients are the global batch's (as Keras' own
+        # losses do), so a strategy takes the one-device step.
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if sample_weight is not None:
+            raise ValueError("language-model training takes no sample weights")
+        with tf.GradientTape() as tape:
+            states, dropped, hidden = self._forward(x, training=True)
+            if self.output_kind == "sampled":
+                logits, loss = None, self.sampled_loss(hidden, y)
+            else:
+                logits = self._logits(hidden)
+                loss = ops.mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+            objective = loss + activation_regularization(states, dropped, self.ar, self.tar)
+            scaled_loss = self.optimizer.scale_loss(scale_loss_for_replicas(objective))
+        for metric in self.metrics:
+            if metric.name == "loss":
+                metric.update_state(loss, sample_weight=tf.shape(x)[0])
+        gradients = tape.gradient(scaled_loss, self.trainable_weights)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
+        if logits is None:
+            return self.get_metrics_result()
+        return self.compute_metrics(x, y, logits)
+
+
+def build_language_model(encoder, output="full", num_sampled=1024, unigram_counts=None, **regularization):
+    """Encoder + next-token head; see `LanguageModel` for the output kinds.
+
+    Args:
+        encoder: the model from `build_encoder`.
+        output: `"full"`, `"sampled"` or `"tied"`.
+        num_sampled: candidates per training step for `"sampled"`.
+        unigram_counts: optional count of every id in the training corpus, to start the
+            output bias at the log unigram probabilities.
+        **regularization: `output_dropout`, `ar` and `tar` (see `LanguageModel`).
+
+    Returns:
+        A `LanguageModel` whose call returns float32 logits `[batch, time, vocab]`.
+    """
+    model = LanguageModel(
+        encoder, output=output, num_sampled=num_sampled, unigram_counts=unigram_counts, **regularization
+    )
+    model(np.zeros((1, 2), dtype="int32"))  # builds it, so weights can be saved or loaded before training
+    return model
+
+
