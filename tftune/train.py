@@ -489,7 +489,6 @@ def _pretrain(recipe, out, force, callbacks, from_run, resume, strategy):
         resumed["steps_done"] if resumed else 0,
         settings["epochs"],
         saver,
-        advance=epochs_done,
         validation_data=valid_data,
         # A non-finite loss stops before the step's checkpoint: the last one saved stays good.
         callbacks=[throughput, history, StopOnNonFiniteLoss(), saver, *callbacks],
@@ -875,10 +874,7 @@ def finetune_member(recipe, pretrained, name, data, labels, progress, callbacks=
             )
             if resumed:
                 progress.checkpoint.restore(classifier)
-        advance = 0
         if resumed:
-            # The data drawn before: every epoch of the earlier members and of this one.
-            advance = sum(len(done.history) for done in progress.finished) + epochs_done
             resumed_inside_stage = epochs_done > stage_begin or steps_done > 0
             stage_start_step = (
                 resumed["stage_start_step"] if resumed_inside_stage else int(optimizer.iterations.numpy())
@@ -897,7 +893,6 @@ def finetune_member(recipe, pretrained, name, data, labels, progress, callbacks=
             steps_done,
             stage_end,
             saver,
-            advance=advance,
             validation_data=data["valid"],
             class_weight=data["class_weight"],
             # Best weights and a finite loss are checked before the epoch's checkpoint is written.
