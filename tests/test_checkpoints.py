@@ -7,7 +7,9 @@ import subprocess
 import sys
 import time
 
+import h5py
 import keras
+import numpy as np
 import pytest
 
 from conftest import REPO, tiny_overrides
@@ -134,6 +136,68 @@ def test_finetune_resumes_in_the_right_unfreezing_stage(tiny_runs, tmp_path):
     history = json.loads((out / "history.json").read_text())
     assert [(epoch["epoch"], epoch["stage"]) for epoch in history] == [(1, 1), (2, 2), (3, 3), (4, 3)]
     assert metrics["epochs"] == 4 and not (tmp_path / ".run.checkpoint").exists()
+
+
+class CrashAtStep(keras.callbacks.Callback):
+    """Raises at the end of step `step` (1-based) of epoch `epoch` (1-based, over the whole run)."""
+
+    def __init__(self, epoch, step):
+        super().__init__()
+        self.epoch, self.step = epoch, step
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current_epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.current_epoch, batch + 1) == (self.epoch, self.step):
+            raise RuntimeError("simulated crash")
+
+
+def saved_weights(run):
+    """The arrays of a finetune run's classifier weights file, by their path in it."""
+    arrays = {}
+    with h5py.File(run / "classifier.weights.h5", "r") as f:
+        f.visititems(lambda name, item: arrays.update({name: item[()]}) if isinstance(item, h5py.Dataset) else None)
+    return arrays
+
+
+@pytest.fixture(scope="module")
+def finetune_without_dropout(tiny_runs, tmp_path_factory):
+    """A three-epoch fine-tuning recipe without dropout, and its uninterrupted run."""
+    recipe = tiny_runs["recipe"].with_overrides(
+        ["finetune.epochs=3", "finetune.dropout_scale=0", "finetune.head_dropout=0", "finetune.checkpoint_every=3"]
+    )
+    run = tmp_path_factory.mktemp("uninterrupted-finetune") / "run"
+    finetune(recipe, tiny_runs["pretrain"], run)
+    return recipe, run
+
+
+@pytest.mark.parametrize("crash", [CrashAfterEpoch(2), CrashAtStep(2, 5)], ids=["between-epochs", "mid-epoch"])
+def test_a_resumed_finetune_ends_with_the_weights_of_an_uninterrupted_one(
+    tiny_runs, finetune_without_dropout, tmp_path, crash
+):
+    """Every epoch draws its batches in an order set by the seed and the epoch alone, so the resumed
+    run trains on what the uninterrupted one did, with nothing replayed. Without dropout (whose
+    masks are not replayed) both end with the same weights and validation history."""
+    recipe, whole = finetune_without_dropout
+    resumed = tmp_path / "resumed"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        finetune(recipe, tiny_runs["pretrain"], resumed, callbacks=[crash])
+    state = json.loads((tmp_path / ".resumed.checkpoint" / "state.json").read_text())
+    assert (state["epochs_done"], state["steps_done"]) == ((2, 0) if isinstance(crash, CrashAfterEpoch) else (1, 3))
+    finetune(recipe, tiny_runs["pretrain"], resumed, resume=True)
+
+    expected, actual = saved_weights(whole), saved_weights(resumed)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        np.testing.assert_allclose(actual[name], expected[name], rtol=1e-6, atol=1e-7, err_msg=name)
+    validation = [
+        [{key: value for key, value in epoch.items() if key.startswith("val_")} for epoch in history]
+        for history in (json.loads((run / "history.json").read_text()) for run in (whole, resumed))
+    ]
+    assert len(validation[0]) == len(validation[1]) == 3
+    for whole_epoch, resumed_epoch in zip(*validation):
+        assert resumed_epoch == pytest.approx(whole_epoch, rel=1e-6)
 
 
 def test_same_seed_same_data_same_recipe_gives_the_same_metrics_on_cpu(small_data, tmp_path):

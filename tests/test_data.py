@@ -283,7 +283,7 @@ def test_lm_dataset_batches():
     import tensorflow as tf
 
     ids = np.arange(1, 1002, dtype="int32")  # 1,000 targets: 100 windows of 10
-    dataset = lm_dataset(ids, seq_len=10, batch_size=32, shuffle=True, seed=3)
+    dataset = lm_dataset(ids, seq_len=10, batch_size=32, shuffle=True, seed=3).epochs(0, 1)
     assert dataset.element_spec[0].dtype == tf.int32
     batches = [(x.numpy(), y.numpy()) for x, y in dataset]
     assert [x.shape for x, _ in batches] == [(32, 10)] * 3 + [(4, 10)]
@@ -332,16 +332,49 @@ def test_classification_dataset_yields_every_example_once_per_epoch(encoded_revi
     assert all(len(ids) and ids.min() > 0 for ids in id_lists)
     expected = Counter((tuple(ids), label) for ids, label in zip(id_lists, labels))
     dataset = classification_dataset(id_lists, labels, batch_size=16, shuffle=shuffle, seed=1)
+    first, second = (dataset.epochs(0, 1), dataset.epochs(1, 2)) if shuffle else (dataset, dataset)
     # Unpadding at the right end recovers each document with its own label: padding is on the right.
-    assert epoch_examples(dataset, 16) == expected
-    assert epoch_examples(dataset, 16) == expected
+    assert epoch_examples(first, 16) == expected
+    assert epoch_examples(second, 16) == expected
 
 
 def test_classification_dataset_reshuffles_every_epoch(encoded_reviews):
     id_lists, labels = encoded_reviews
     dataset = classification_dataset(id_lists, labels, batch_size=16, shuffle=True, seed=1)
-    first, second = ([tuple(ids.numpy()[0]) for ids, _ in dataset] for _ in range(2))
+    first, second = ([tuple(ids.numpy()[0]) for ids, _ in dataset.epochs(epoch, epoch + 1)] for epoch in range(2))
     assert first != second
+
+
+def batch_keys(dataset):
+    """Each batch of `dataset` as a tuple of its examples: (unpadded row, label or LM targets)."""
+    return [
+        tuple((unpad(row), tuple(np.atleast_1d(target))) for row, target in zip(x.numpy(), y.numpy()))
+        for x, y in dataset
+    ]
+
+
+@pytest.mark.parametrize("kind", ["lm", "classification"])
+def test_an_epoch_s_order_depends_on_the_seed_and_the_epoch_alone(encoded_reviews, kind):
+    def training_batches(seed):
+        if kind == "lm":
+            return lm_dataset(np.arange(1, 2002, dtype="int32"), seq_len=10, batch_size=16, shuffle=True, seed=seed)
+        return classification_dataset(*encoded_reviews, batch_size=16, shuffle=True, seed=seed)
+
+    dataset = training_batches(seed=1)
+    steps = dataset.steps_per_epoch
+    two_epochs = batch_keys(dataset.epochs(0, 2))
+    epoch_0, epoch_1 = two_epochs[:steps], two_epochs[steps:]
+    assert len(epoch_1) == steps
+    # Epoch 1 alone, after other iterations of the data, and from a dataset made anew (a resumed run).
+    assert batch_keys(dataset.epochs(1, 2)) == epoch_1
+    for _ in dataset.epochs(0, 3):
+        pass
+    assert batch_keys(dataset.epochs(1, 2)) == epoch_1
+    assert batch_keys(training_batches(seed=1).epochs(1, 2)) == epoch_1
+    # Another epoch or another seed: the same examples in another order.
+    assert epoch_0 != epoch_1
+    assert batch_keys(training_batches(seed=2).epochs(1, 2)) != epoch_1
+    assert sorted(sum(epoch_0, ())) == sorted(sum(epoch_1, ()))
 
 
 @pytest.fixture(scope="module")
@@ -362,7 +395,7 @@ def encoded_train_reviews():
 def test_classification_dataset_bucketing_keeps_padding_small(encoded_train_reviews, max_len):
     full_id_lists, labels = encoded_train_reviews
     id_lists = truncate(full_id_lists, max_len)
-    dataset = classification_dataset(id_lists, labels, batch_size=32, shuffle=True)
+    dataset = classification_dataset(id_lists, labels, batch_size=32, shuffle=True).epochs(0, 1)
     padded = sum(int(np.prod(ids.shape)) for ids, _ in dataset)
     real_share = sum(len(ids) for ids in id_lists) / padded
     assert real_share > 0.95, real_share
@@ -372,7 +405,11 @@ def test_classification_dataset_knows_its_length(encoded_reviews):
     import tensorflow as tf
 
     id_lists, _ = encoded_reviews
-    dataset = classification_dataset(*encoded_reviews, batch_size=16, shuffle=True)
+    training = classification_dataset(*encoded_reviews, batch_size=16, shuffle=True)
+    dataset = training.epochs(0, 1)
     steps = int(dataset.cardinality())
     assert steps == -(-len(id_lists) // 16) == sum(1 for _ in dataset)
     assert steps != tf.data.UNKNOWN_CARDINALITY
+    assert int(training.epochs(0, 3).cardinality()) == 3 * steps
+    assert int(training.cardinality()) == training.steps_per_epoch == steps
+    assert int(classification_dataset(*encoded_reviews, batch_size=16).cardinality()) == steps

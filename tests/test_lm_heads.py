@@ -37,7 +37,7 @@ def vectors(corpus_ids):
 @pytest.fixture
 def data(corpus_ids):
     ids, _ = corpus_ids
-    return lm_dataset(ids[:4000], SEQ_LEN, BATCH, shuffle=True), lm_dataset(ids[4000:5000], SEQ_LEN, BATCH)
+    return lm_dataset(ids[:4000], SEQ_LEN, BATCH, shuffle=True).epochs(0, 1), lm_dataset(ids[4000:5000], SEQ_LEN, BATCH)
 
 
 def language_model(vectors, output, num_sampled=32):

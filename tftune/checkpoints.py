@@ -237,23 +237,16 @@ class Checkpointing(keras.callbacks.Callback):
         self.checkpoint.save(self.model, state, {**self.arrays(), **plugin_arrays(self.plugins)})
 
 
-def advance_epochs(dataset, epochs):
-    """Iterates `dataset` `epochs` times without training, so that a resumed run's next epoch
-    draws the same shuffled order as it would have without the interruption (the shuffle's
-    random state is shared by every iteration of the dataset)."""
-    for _ in range(epochs):
-        for _ in dataset.map(lambda *batch: 0):
-            pass
-
-
 def fit_from(model, data, epochs_done, steps_done, epochs, **fit_kwargs):
     """`model.fit` from a checkpoint's position: the rest of a part-done epoch, then the others.
 
-    Through `distribute.fit`: Keras' `model.fit` on one device, its custom loop under a strategy.
+    Through `distribute.fit`. Each epoch of `data` is drawn in an order that depends on the
+    seed and the epoch alone, so nothing needs replaying: the part-done epoch skips the batches
+    it had trained on, and the others are drawn as in an uninterrupted run.
 
     Args:
         model: the compiled model, its weights and optimizer already restored.
-        data: the training dataset (one epoch per iteration).
+        data: the training batches, a `tftune.data.ShuffledEpochs`.
         epochs_done: epochs completed before the checkpoint.
         steps_done: steps of the next epoch completed before the checkpoint.
         epochs: the epoch to stop after (Keras' `epochs`).
@@ -264,7 +257,15 @@ def fit_from(model, data, epochs_done, steps_done, epochs, **fit_kwargs):
         for callback in fit_kwargs.get("callbacks", ()):
             if isinstance(callback, Checkpointing):
                 callback.step_offset = steps_done
-        distribute.fit(model, data.skip(steps_done), initial_epoch=epochs_done, epochs=epochs_done + 1, **fit_kwargs)
+        rest_of_epoch = data.epochs(epochs_done, epochs_done + 1).skip(steps_done)
+        distribute.fit(model, rest_of_epoch, initial_epoch=epochs_done, epochs=epochs_done + 1, **fit_kwargs)
         epochs_done += 1
     if epochs_done < epochs:
-        distribute.fit(model, data, initial_epoch=epochs_done, epochs=epochs, **fit_kwargs)
+        distribute.fit(
+            model,
+            data.epochs(epochs_done, epochs),
+            initial_epoch=epochs_done,
+            epochs=epochs,
+            steps_per_epoch=data.steps_per_epoch,
+            **fit_kwargs,
+        )

@@ -18,16 +18,16 @@ What was found on TensorFlow 2.21 / Keras 3.15 (see `tests/test_distribute.py`):
 - `model.fit` under `MirroredStrategy` trains tftune's models (full and tied `LanguageModel`, the
   `tftune.fast_rnn` layers with their custom gradient, `DiscriminativeAdam` with its
   per-variable multipliers, the classifier re-compiled per unfreezing stage, class weights)
-  with the same losses and weights as one device, up to float rounding, on unshuffled data.
-- But under any strategy `model.fit` first pulls a batch from a fresh iteration of the data to
-  build the model (`_maybe_symbolic_build`), so a dataset that reshuffles on each iteration
-  (tftune's training sets) starts every `fit` call one iteration further on than on one device.
-  So `fit` here runs `fit_custom_loop` under every strategy other than the default one: it builds
-  from the dataset's `element_spec` and draws exactly one iteration per epoch. A first epoch
-  then matches one device's up to rounding (dropout and sampled candidates aside). Later epochs
-  are shuffled otherwise than on one device, where Keras' `fit` itself starts extra iterations
-  (at the start and at the end of every epoch of a dataset of known length) that it discards:
-  the same examples per epoch, in another order.
+  with the same losses and weights as one device, up to float rounding, on unshuffled data and
+  over several epochs of shuffled training batches (`tftune.data.ShuffledEpochs`).
+- Under a strategy, Keras' `fit` first pulls a batch from a fresh iteration of the data to build
+  the model (`_maybe_symbolic_build`), and without `steps_per_epoch` it iterates the data afresh
+  every epoch. That once shifted the order of datasets that reshuffled on every iteration.
+  tftune's training batches (`ShuffledEpochs`) draw each epoch in an order that depends on the
+  seed and the epoch alone, and every iteration starts at the same epoch, so extra iterations
+  change nothing: `fit` here calls Keras' `fit` on one device and under `MirroredStrategy` alike
+  (`tftune.checkpoints.fit_from` gives it the epochs back to back and `steps_per_epoch`, so
+  that one iterator runs across them).
 - Two `MirroredStrategy` objects over the same devices in one process number their collectives
   alike; training under the second after the first fails with a collective "shape mismatch".
   `make_strategy` returns one strategy per set of devices.
@@ -38,11 +38,15 @@ What was found on TensorFlow 2.21 / Keras 3.15 (see `tests/test_distribute.py`):
   `LanguageModel`) must divide it by the number of replicas (`scale_loss_for_replicas`), as
   Keras' own losses do; otherwise the replicas' gradients add up to N times the step.
 - `model.fit` and `model.evaluate` fail under `MultiWorkerMirroredStrategy` in Keras 3
-  (keras#20585: they all-reduce the integer input batch to build the model, then reduce scalar
-  metrics along axis 0). `fit`/`evaluate` here switch to `fit_custom_loop`/`evaluate_custom_loop`,
-  which run the model's own `train_step`/`test_step` through `strategy.run`; on unshuffled data
-  two workers end with one device's weights. With a shuffled dataset each worker still sees a
-  disjoint share of every epoch, but the order is not the one-device order.
+  (keras#20585): to build the model they mean-reduce the first input batch across the workers,
+  which raises `ValueError: Attempt to convert a value (PerReplica...)`, and past that, their
+  step reduces the scalar metrics along axis 0. Under that strategy `fit` and `evaluate` here
+  switch to `fit_custom_loop`/`evaluate_custom_loop`, which build the model from the data's
+  `element_spec` and run the model's own `train_step`/`test_step` through `strategy.run`; on
+  unshuffled data two workers end with one device's weights. Every worker draws the same
+  batches (shuffled ones too: their order depends on the seed and the epoch alone) and keeps
+  its share of every global batch. `test_keras_fit_still_fails_under_multi_worker` says when
+  the custom loop can go.
 - Keras 3 `Dropout` draws the same mask on every replica (one seed state for all): the noise
   is correlated across replicas, though each replica applies it to other examples.
 
@@ -474,21 +478,32 @@ def clip_after_all_reduce(optimizer_class):
 
 
 def fit(model, train_data, strategy=None, **kwargs):
-    """`model.fit(train_data, **kwargs)` on one device, else `fit_custom_loop`.
+    """`model.fit(train_data, **kwargs)`, or `fit_custom_loop` under `MultiWorkerMirroredStrategy`.
 
-    Keras 3.15's `fit` fails under `MultiWorkerMirroredStrategy` (it all-reduces the integer
-    input batch to build the model, then reduces scalar metrics along axis 0; keras#20585), and
-    under `MirroredStrategy` it draws one iteration of the data before training, which shifts
-    the epochs of a reshuffling dataset by one (see the module's notes).
+    Keras 3.15's `fit` fails under `MultiWorkerMirroredStrategy` (keras#20585; see the module's
+    notes) and works on one device and under `MirroredStrategy`.
+
+    Args:
+        model: a model compiled under `strategy.scope()`.
+        train_data: a `tf.data.Dataset` of global batches, e.g. `ShuffledEpochs.epochs(...)`
+            (then pass its `steps_per_epoch`).
+        strategy: default: the model's strategy.
+        **kwargs: `fit`'s other arguments.
+
+    Example:
+
+    >>> train = lm_dataset(ids, seq_len=20, batch_size=32, shuffle=True)  # doctest: +SKIP
+    >>> fit(model, train.epochs(0, 3), epochs=3, steps_per_epoch=train.steps_per_epoch)  # doctest: +SKIP
     """
     strategy = strategy or model.distribute_strategy
-    if strategy_kind(strategy) != "none":
+    if is_multi_worker(strategy):
         return fit_custom_loop(model, train_data, strategy=strategy, **kwargs)
     return model.fit(train_data, **kwargs)
 
 
 def evaluate(model, data, strategy=None):
-    """`model.evaluate(data, return_dict=True)`, or its custom-loop twin under multi-worker."""
+    """`model.evaluate(data, return_dict=True)`, or `evaluate_custom_loop` under
+    `MultiWorkerMirroredStrategy`, where Keras 3.15's `evaluate` fails (keras#20585)."""
     strategy = strategy or model.distribute_strategy
     if is_multi_worker(strategy):
         return evaluate_custom_loop(model, data, strategy=strategy)
@@ -504,9 +519,8 @@ def _prepare(model, dataset, strategy):
     """Builds the model, its compiled loss and metrics and its optimizer under `strategy`'s scope,
     as `fit` does before it traces its step.
 
-    Works from the dataset's `element_spec`, not a batch: pulling a batch would start an
-    iteration, and a dataset that reshuffles on each iteration would then give every later
-    epoch another order than `fit` does.
+    Works from the dataset's `element_spec`, not a batch: Keras reduces a batch across the
+    workers to build from it, which fails under `MultiWorkerMirroredStrategy` (keras#20585).
     """
     with strategy.scope():
         symbolic_build(model, dataset.element_spec)
@@ -588,6 +602,7 @@ def fit_custom_loop(
     *,
     epochs=1,
     initial_epoch=0,
+    steps_per_epoch=None,
     validation_data=None,
     class_weight=None,
     callbacks=(),
@@ -611,6 +626,9 @@ def fit_custom_loop(
         train_data: a `tf.data.Dataset` of global batches `(x, y)`; every worker passes the
             same dataset (same seed), and each keeps its share of every batch.
         epochs, initial_epoch, validation_data, class_weight, callbacks, verbose: as in `fit`.
+        steps_per_epoch: as in `fit`: with it, one iteration of `train_data` runs across the
+            epochs (e.g. `ShuffledEpochs.epochs`); without it, every epoch iterates `train_data`
+            afresh, to its end.
         shuffle: ignored (datasets shuffle themselves), accepted for `fit`'s callers.
         strategy: default: the model's strategy.
 
@@ -619,12 +637,11 @@ def fit_custom_loop(
     """
     import keras
 
-    tf = _tf()
     strategy = strategy or model.distribute_strategy
     if class_weight:
         train_data = _with_class_weight(train_data, class_weight)
     _prepare(model, train_data, strategy)
-    steps = _steps(train_data)
+    steps = steps_per_epoch or _steps(train_data)
     history = keras.callbacks.History()
     callback_list = keras.callbacks.CallbackList(
         [*callbacks, history],
@@ -641,12 +658,15 @@ def fit_custom_loop(
     model.stop_training = False
     callback_list.on_train_begin()
     epoch_logs = {}
+    iterator = None
     for epoch in range(initial_epoch, epochs):
         model.reset_metrics()
         callback_list.on_epoch_begin(epoch)
+        if iterator is None or steps_per_epoch is None:
+            iterator = iter(distributed)
         _run_steps(
             step,
-            iter(distributed),
+            iterator,
             steps,
             on_begin=callback_list.on_train_batch_begin,
             on_end=callback_list.on_train_batch_end,

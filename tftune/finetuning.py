@@ -480,7 +480,7 @@ def fit_unfreezing_stages(classifier, optimizer, stages, train_data, stage_rate,
         classifier: a `TextClassifier`.
         optimizer: its optimizer, built on every variable that will ever train.
         stages: `tftune.schedules.Stage`s, in order.
-        train_data: the training dataset (its batch order a function of the seed and the epoch).
+        train_data: the training batches, a `tftune.data.ShuffledEpochs` (see `tftune.checkpoints.fit_from`).
         stage_rate: `(stage number, start step, steps) -> learning rate or schedule` of a stage.
         validation_data, class_weight, callbacks, verbose: as in `fit`.
         position: the `StagePosition` to start from (default: the start); it tracks the stage's start step.
@@ -498,7 +498,7 @@ def fit_unfreezing_stages(classifier, optimizer, stages, train_data, stage_rate,
     strategy = tf.distribute.get_strategy() if strategy is None else strategy
     position = StagePosition() if position is None else position
     layers = classifier.backbone.recurrent_layers
-    steps_per_epoch = int(train_data.cardinality())
+    steps_per_epoch = train_data.steps_per_epoch
     stage_end = 0
     for number, stage in enumerate(stages):
         stage_begin, stage_end = stage_end, stage_end + stage.epochs
