@@ -128,26 +128,26 @@ def measure_task(name, recipe, vectors, sizes, max_examples):
     label_index = {label: i for i, label in enumerate(sorted(set(labels)))}
     targets = [label_index[label] for label in labels]
 
-    tokenizer = Tokenizer(lowercase=recipe["embeddings"]["lowercase"])
-    vocab = Vocabulary.build([tokenizer.tokenize(text) for text in texts], recipe["vocab"]["max_size"],
-                             recipe["vocab"]["min_freq"])
-    matrix, _ = align(vocab, vectors, seed=recipe["finetune"]["seed"])
+    tokenizer = Tokenizer(lowercase=recipe.embeddings.lowercase)
+    vocab = Vocabulary.build([tokenizer.tokenize(text) for text in texts], recipe.vocab.max_size,
+                             recipe.vocab.min_freq)
+    matrix, _ = align(vocab, vectors, seed=recipe.finetune.seed)
     max_len, batch_size = sizes["max_len"], sizes["batch_size"]
     ids = truncate(vocab.encode(texts, tokenizer), max_len)
-    encoder_settings, head = recipe["encoder"], recipe["finetune"]
+    encoder_settings, head = recipe.encoder, recipe.finetune
 
     def build():
-        keras.utils.set_random_seed(head["seed"])
-        encoder = build_encoder(matrix, encoder_settings["cell"], sizes["layers"], sizes["units"],
-                                encoder_settings["dropout"])
-        model = TextClassifier(encoder, len(label_index), head["head"], head["head_units"], head["head_dropout"],
-                               head["pool_embeddings"])
+        keras.utils.set_random_seed(head.seed)
+        encoder = build_encoder(matrix, encoder_settings.cell, sizes["layers"], sizes["units"],
+                                encoder_settings.dropout)
+        model = TextClassifier(encoder, len(label_index), head.head, head.head_units, head.head_dropout,
+                               head.pool_embeddings)
         model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         return model
 
     pipelines = {
-        "bucketed": classification_dataset(ids, targets, batch_size, shuffle=True, seed=head["seed"]).epochs(0, 1),
-        "padded": padded_dataset(ids, targets, batch_size, max_len, seed=head["seed"]),
+        "bucketed": classification_dataset(ids, targets, batch_size, shuffle=True, seed=head.seed).epochs(0, 1),
+        "padded": padded_dataset(ids, targets, batch_size, max_len, seed=head.seed),
     }
     result = {
         "source": source,
@@ -181,12 +181,12 @@ def measure(args):
 
     keras.mixed_precision.set_global_policy("float32")
     recipe = load_recipe(args.recipe)
-    finetune = recipe["finetune"]
+    finetune = recipe.finetune
     if args.smoke:
         sizes = SMOKE
     else:
-        sizes = {"examples": None, "layers": recipe["encoder"]["layers"], "units": recipe["encoder"]["units"],
-                 "max_len": finetune["max_len"], "batch_size": finetune["batch_size"], "warmup_steps": WARMUP_STEPS}
+        sizes = {"examples": None, "layers": recipe.encoder.layers, "units": recipe.encoder.units,
+                 "max_len": finetune.max_len, "batch_size": finetune.batch_size, "warmup_steps": WARMUP_STEPS}
     max_examples = args.max_examples or sizes["examples"]
     vectors = load_vectors(common.SHIPPED_GLOVE, "glove")
     tasks = {name: measure_task(name, recipe, vectors, sizes, max_examples) for name in TASKS}
@@ -194,9 +194,9 @@ def measure(args):
     return {
         "config": {
             "recipe": args.recipe,
-            "cell": recipe["encoder"]["cell"],
-            "head": finetune["head"],
-            "pool_embeddings": finetune["pool_embeddings"],
+            "cell": recipe.encoder.cell,
+            "head": finetune.head,
+            "pool_embeddings": finetune.pool_embeddings,
             "max_examples": max_examples,
             **config,
         },

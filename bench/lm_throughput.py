@@ -119,15 +119,15 @@ def _work_tftune(spec):
     recipe = load_recipe(spec["recipe"], spec["recipe_overrides"])
     budget = WallClockBudget(spec["budget_seconds"])
     metrics = pretrain(recipe, spec["run_dir"], callbacks=[budget])
-    settings = recipe["pretrain"]
-    windows = (metrics["train_tokens"] - 1) // settings["seq_len"]
+    settings = recipe.pretrain
+    windows = (metrics["train_tokens"] - 1) // settings.seq_len
     return {
         "tokens_per_second": metrics["train_tokens_per_second"],
         "tokens_per_cpu_second": metrics["train_tokens_per_cpu_second"],
         "valid_perplexity": metrics["valid"]["perplexity"],
         "lm_output": metrics.get("output", "full"),
         "steps": budget.steps,
-        "epochs": round(budget.steps / math.ceil(windows / settings["batch_size"]), 2),
+        "epochs": round(budget.steps / math.ceil(windows / settings.batch_size), 2),
         "train_seconds": round(budget.elapsed, 1),
         "vocab_size": metrics["vocab_size"],
         "train_tokens": metrics["train_tokens"],
@@ -241,22 +241,22 @@ def measure(args):
             recipe = load_recipe(recipe_name, overrides)
             # The Keras side follows whatever the recipe ends up with, --set included.
             settings = {
-                "seq_len": recipe["pretrain"]["seq_len"],
-                "batch_size": recipe["pretrain"]["batch_size"],
-                "units": recipe["encoder"]["units"],
-                "layers": recipe["encoder"]["layers"],
-                "vocab_max_size": recipe["vocab"]["max_size"],
-                "learning_rate": recipe["pretrain"]["learning_rate"],
-                "min_freq": recipe["vocab"]["min_freq"],
-                "lowercase": recipe["embeddings"]["lowercase"],
-                "oov": recipe["embeddings"]["oov"],
-                "seed": recipe["pretrain"]["seed"],
+                "seq_len": recipe.pretrain.seq_len,
+                "batch_size": recipe.pretrain.batch_size,
+                "units": recipe.encoder.units,
+                "layers": recipe.encoder.layers,
+                "vocab_max_size": recipe.vocab.max_size,
+                "learning_rate": recipe.pretrain.learning_rate,
+                "min_freq": recipe.vocab.min_freq,
+                "lowercase": recipe.embeddings.lowercase,
+                "oov": recipe.embeddings.oov,
+                "seed": recipe.pretrain.seed,
             }
             shared = {
                 "corpus": [str(path) for path in corpus],
                 "valid_fraction": valid_fraction,
-                "vectors": recipe["embeddings"]["path"],
-                "vectors_format": recipe["embeddings"]["format"],
+                "vectors": recipe.embeddings.path,
+                "vectors_format": recipe.embeddings.format,
                 "budget_seconds": budget_seconds,
                 "settings": settings,
             }
@@ -290,14 +290,14 @@ def measure(args):
         "config": {
             "corpus": corpus_label,
             "corpus_files": [common.display_path(path) for path in corpus],
-            "vectors": f"{common.display_path(recipe['embeddings']['path'])} (the original report used 100-d GloVe)",
+            "vectors": f"{common.display_path(recipe.embeddings.path)} (the original report used 100-d GloVe)",
             **{key: value for key, value in settings.items() if key != "learning_rate"},
             "budget_seconds": budget_seconds,
             "tftune_recipes": {cell: result["recipe"] for cell, result in results.items()},
             "tftune_overrides": args.overrides,
-            "tftune_dropout": recipe["encoder"]["dropout"],
-            "tftune_lm_output": recipe["pretrain"]["output"],
-            "tftune_num_sampled": recipe["pretrain"]["num_sampled"],
+            "tftune_dropout": recipe.encoder.dropout,
+            "tftune_lm_output": recipe.pretrain.output,
+            "tftune_num_sampled": recipe.pretrain.num_sampled,
         },
         "cells": results,
     }

@@ -99,9 +99,9 @@ def load_keras_classifier(run):
 
     run_files = FinetuneRun.open(run)
     recipe, vocab = run_files.recipe, run_files.vocab
-    settings = recipe["finetune"]
+    settings = recipe.finetune
     classifier = load_classifier(run_files)
-    return classifier, vocab, run_files.tokenizer, settings["max_len"], recipe
+    return classifier, vocab, run_files.tokenizer, settings.max_len, recipe
 
 
 # === Timing ===
@@ -194,7 +194,7 @@ def measure(args):
             }
         run_label = common.display_path(run) if args.run is not None else (
             f"a small run of recipe {RECIPE}" + (" (smoke sizes)" if args.smoke else "") + ", trained briefly")
-        encoder = recipe["encoder"]
+        encoder = recipe.encoder
     keras_rate, tokenizer_rate = results["keras"]["docs_per_second"], results["python_tokenizer"]["docs_per_second"]
     saved_latency, keras_latency = results["savedmodel"]["latency_ms"], results["keras"]["latency_ms"]
     return {

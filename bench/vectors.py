@@ -122,13 +122,13 @@ def write_vocabulary(smoke, out):
     from tftune.cache import split_documents
 
     recipe = load_recipe("lstm-glove")
-    documents = read_corpus(recipe["pretrain"]["corpus"])
+    documents = read_corpus(recipe.pretrain.corpus)
     if smoke:
         documents = documents[:SMOKE_CORPUS_LINES]
-    train_docs, _ = split_documents(documents, recipe["pretrain"]["valid_fraction"])
-    tokenizer = Tokenizer(lowercase=recipe["embeddings"]["lowercase"])
-    vocab = Vocabulary.build([tokenizer.tokenize(doc) for doc in train_docs], recipe["vocab"]["max_size"],
-                             recipe["vocab"]["min_freq"])
+    train_docs, _ = split_documents(documents, recipe.pretrain.valid_fraction)
+    tokenizer = Tokenizer(lowercase=recipe.embeddings.lowercase)
+    vocab = Vocabulary.build([tokenizer.tokenize(doc) for doc in train_docs], recipe.vocab.max_size,
+                             recipe.vocab.min_freq)
     vocab.save(out)
     return len(vocab)
 

@@ -45,19 +45,19 @@ def in_process_probabilities(run, texts):
     vocab = Vocabulary.load(run / "vocab.txt")
     labels = json.loads((run / "labels.json").read_text())
     # The finetune run's vocabulary: the pretrain run's, grown by the task's words (open vocabulary).
-    shape = recipe["encoder"]
+    shape = recipe.encoder
     encoder = build_encoder(
-        np.zeros((len(vocab), info["embedding_dim"]), "float32"), shape["cell"], shape["layers"], shape["units"]
+        np.zeros((len(vocab), info["embedding_dim"]), "float32"), shape.cell, shape.layers, shape.units
     )
-    settings = recipe["finetune"]
+    settings = recipe.finetune
     classifier = TextClassifier(
-        encoder, len(labels), settings["head"], settings["head_units"], pool_embeddings=settings["pool_embeddings"]
+        encoder, len(labels), settings.head, settings.head_units, pool_embeddings=settings.pool_embeddings
     )
     classifier.load_weights(run / "classifier.weights.h5")
     ids = vocab.encode(texts, Tokenizer.from_config(info["tokenizer"]))
     rows = []
     for doc in ids:
-        logits = classifier(np.asarray([doc[: settings["max_len"]]]), training=False)
+        logits = classifier(np.asarray([doc[: settings.max_len]]), training=False)
         rows.append(keras.ops.convert_to_numpy(keras.ops.softmax(logits))[0])
     return np.stack(rows)
 

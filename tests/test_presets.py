@@ -85,13 +85,13 @@ def test_a_preset_continues_with_the_training_sections_of_the_shipped_recipe(tin
                             load_recipe("lstm-glove"))
     assert recipe.description == "a tiny general LM"
     for section in ("vocab", "encoder"):  # the model is the run's
-        assert recipe[section] == run[section]
+        assert getattr(recipe, section) == getattr(run, section)
     for section in ("precision", "distribute"):  # how to train is the shipped recipe's
-        assert recipe[section] == shipped[section]
+        assert getattr(recipe, section) == getattr(shipped, section)
     for key in ("unfreeze", "stage_epochs", "epochs", "learning_rate", "schedule"):
-        assert recipe["finetune"][key] == shipped["finetune"][key]
+        assert getattr(recipe.finetune, key) == getattr(shipped.finetune, key)
     for key in ("epochs", "learning_rate", "ar", "tar"):
-        assert recipe["pretrain"][key] == shipped["pretrain"][key]
+        assert getattr(recipe.pretrain, key) == getattr(shipped.pretrain, key)
 
 
 @pytest.mark.parametrize("name", presets.preset_names())
@@ -104,14 +104,14 @@ def test_each_shipped_preset_loads_by_name_and_has_a_model_card(name):
     from tftune.runs import PretrainRun
 
     pretrained = PretrainRun.open(presets.resolve_run(name))
-    assert presets.Path(pretrained.recipe["embeddings"]["path"]).is_file()
+    assert presets.Path(pretrained.recipe.embeddings.path).is_file()
     # What runs continuing from it train with: the target-domain step's corpus ships, and
     # fine-tuning unfreezes gradually.
-    assert all(presets.Path(path).is_file() for path in pretrained.recipe["pretrain"]["corpus"])
-    assert pretrained.recipe["finetune"]["unfreeze"] == "gradual"
+    assert all(presets.Path(path).is_file() for path in pretrained.recipe.pretrain.corpus)
+    assert pretrained.recipe.finetune.unfreeze == "gradual"
     # The tasks load the same backbone by the preset's name.
     model = LanguageModel.from_preset(name)
-    assert model.output_kind == pretrained.recipe["pretrain"]["output"]
+    assert model.output_kind == pretrained.recipe.pretrain.output
     classifier = TextClassifier.from_preset(name, num_classes=4)
     backbone = TextBackbone.from_preset(name)
     for loaded in (model.encoder, classifier.backbone):

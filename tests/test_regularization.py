@@ -158,7 +158,7 @@ def test_ar_and_tar_join_the_training_loss_but_not_the_reported_one(vectors, out
 def test_shipped_recipe_uses_ar_tar_without_awd_dropouts_and_bad_values_are_rejected():
     # AR/TAR lowered the small LM's perplexity; the dropouts only help long, large runs (README).
     recipe = load_recipe("lstm-glove")
-    assert all(recipe["encoder"][key] == 0.0 for key in (*AWD_RATES, "output_dropout"))
+    assert all(getattr(recipe.encoder, key) == 0.0 for key in (*AWD_RATES, "output_dropout"))
     assert (recipe.get("pretrain.ar"), recipe.get("pretrain.tar"), recipe.get("finetune.dropout_scale")) == (2, 1, 1)
     for override, expected in [
         ("encoder.weight_dropout=1", "encoder.weight_dropout must be a number in [0, 1), got 1"),

@@ -198,7 +198,7 @@ def test_one_optimizer_keeps_its_state_across_unfreezing_stages(tiny_runs, tmp_p
     assert steps[0] == 0 and steps[1] > 0 and steps[2] == 2 * steps[1]  # the step counter carries on
     assert log.stages[0]["head_moment"] == 0 and log.stages[1]["head_moment"] > 0  # Adam's moments too
     # Each stage starts a new slanted triangular cycle at its lowest rate.
-    peak = tiny_runs["recipe"]["finetune"]["learning_rate"]
+    peak = tiny_runs["recipe"].finetune.learning_rate
     assert [stage["learning_rate"] for stage in log.stages] == pytest.approx([peak / 32] * 3)
     assert metrics["epochs"] == 3 and metrics["weights_from_epoch"] == metrics["best_epoch"]
 
@@ -289,7 +289,7 @@ def test_forward_and_backward_runs_fine_tune_into_one_averaging_export(tiny_runs
     model = load_classifier(run)
     assert isinstance(model, ClassifierEnsemble)
     assert [member.direction for member in model.members] == ["forward", "backward"]
-    assert {member.head_dropout for member in model.members} == {tiny_runs["recipe"]["finetune"]["head_dropout"]}
+    assert {member.head_dropout for member in model.members} == {tiny_runs["recipe"].finetune.head_dropout}
 
 
 def test_a_call_runs_off_the_main_thread_and_leaves_the_dtype_policy_as_it_was(tiny_runs, tmp_path):

@@ -183,7 +183,7 @@ def _check_distribution(resolved, resume):
     from tftune import distribute
     from tftune.errors import RunError
 
-    if resolved["distribute"]["strategy"] != "multi-worker":
+    if resolved.distribute.strategy != "multi-worker":
         return True
     if resume:
         raise RunError(distribute.MULTI_WORKER_RESUME)
@@ -195,7 +195,7 @@ def _start_strategy(resolved):
     (a multi-worker strategy must come first in the process)."""
     from tftune import distribute
 
-    config = distribute.read_tf_config() if resolved["distribute"]["strategy"] == "multi-worker" else None
+    config = distribute.read_tf_config() if resolved.distribute.strategy == "multi-worker" else None
     if config is not None:
         logging.getLogger("tftune.cli").info(  # not __name__: `python -m tftune.cli` runs as __main__
             f"multi-worker: worker {config.worker_index} of {config.num_workers} "
@@ -293,7 +293,7 @@ def pretrain(recipe, corpus, valid, from_run, embeddings, embeddings_format, out
             settings,
         )],
     )
-    out = Path(out or f"runs/{resolved['name']}-pretrain")
+    out = Path(out or f"runs/{resolved.name}-pretrain")
     if _check_distribution(resolved, resume):
         # Before the slow TensorFlow import; an --out over an input is refused even with --force.
         check_run_paths(resolved, "pretrain", out, [from_run] if from_run is not None else [], resume)
@@ -352,7 +352,7 @@ def finetune(from_runs, recipe, train, valid, test, text_column, label_column, o
         flags.append(("finetune.test", ""))
     flags += _distribute_flags(distribute)
     resolved = load_recipe(base, [*reset, *_overrides(flags, settings)])
-    out = Path(out or f"runs/{resolved['name']}-finetune")
+    out = Path(out or f"runs/{resolved.name}-finetune")
     if _check_distribution(resolved, resume):
         check_run_paths(resolved, "finetune", out, [run.path for run in from_runs], resume)
         check_writable_target(out, force)

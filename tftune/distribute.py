@@ -295,8 +295,8 @@ def parse_devices(text):
 
 def recipe_strategy(recipe):
     """The strategy that a recipe's `[distribute]` section asks for (see `make_strategy`)."""
-    settings = recipe["distribute"]
-    return make_strategy(settings["strategy"], parse_devices(settings["devices"]))
+    settings = recipe.distribute
+    return make_strategy(settings.strategy, parse_devices(settings.devices))
 
 
 def describe(strategy):

@@ -111,9 +111,9 @@ def _finetune(recipe, from_runs, out, force, callbacks, resume, strategy):
     resumed = open_checkpoint(checkpoint, "finetune", recipe, resume, force, from_run=[str(path) for path in from_runs])
     log(f"live curves: tensorboard --logdir {checkpoint.logs} (moved into the run when it is written)")
     members = open_members(recipe, from_runs)
-    keras.utils.set_random_seed(recipe["finetune"]["seed"])
+    keras.utils.set_random_seed(recipe.finetune.seed)
     task = prepare_task(recipe, members)
-    policy = set_precision(recipe["precision"]["policy"])
+    policy = set_precision(recipe.precision.policy)
     log(distribute.describe(strategy))
     log(f"precision policy: {policy}")
     progress = FinetuneProgress(checkpoint, recipe, from_runs, resumed)
@@ -200,7 +200,7 @@ class LabeledTask:
 
 def prepare_task(recipe, members):
     """Reads the labeled splits, opens the vocabulary to their words, and batches them."""
-    settings = recipe["finetune"]
+    settings = recipe.finetune
     tokenizer = members[0].tokenizer
     splits = load_labeled_splits(settings)
     opened = open_vocabulary(recipe, members[0].vocab, tokenizer, splits.train[0] + splits.valid[0])
@@ -208,12 +208,12 @@ def prepare_task(recipe, members):
 
     def dataset(split, shuffle=False):
         texts, labels = split
-        ids = truncate(opened.vocab.encode(texts, tokenizer), settings["max_len"])
+        ids = truncate(opened.vocab.encode(texts, tokenizer), settings.max_len)
         targets = [label_index[label] for label in labels]
-        return classification_dataset(ids, targets, settings["batch_size"], shuffle=shuffle, seed=settings["seed"])
+        return classification_dataset(ids, targets, settings.batch_size, shuffle=shuffle, seed=settings.seed)
 
     data = {"train": dataset(splits.train, shuffle=True), "valid": dataset(splits.valid), "class_weight": None}
-    if settings["class_weight"] == "balanced":
+    if settings.class_weight == "balanced":
         train_labels = [label_index[label] for label in splits.train[1]]
         data["class_weight"] = balanced_class_weights(train_labels, len(splits.labels))
     log(
@@ -226,39 +226,39 @@ def prepare_task(recipe, members):
 def load_labeled_splits(settings):
     """Reads train/valid/test; holds out part of train when there is no valid file."""
     columns = {
-        "text_column": settings["text_column"],
-        "label_column": settings["label_column"],
-        "encoding": settings["encoding"],
+        "text_column": settings.text_column,
+        "label_column": settings.label_column,
+        "encoding": settings.encoding,
     }
-    train = read_labeled(settings["train"], **columns)
-    if settings["valid"]:
-        valid = read_labeled(settings["valid"], **columns)
+    train = read_labeled(settings.train, **columns)
+    if settings.valid:
+        valid = read_labeled(settings.valid, **columns)
     else:
-        order = np.random.default_rng(settings["seed"]).permutation(len(train[0]))
-        n_valid = max(1, round(len(order) * settings["valid_fraction"]))
+        order = np.random.default_rng(settings.seed).permutation(len(train[0]))
+        n_valid = max(1, round(len(order) * settings.valid_fraction))
         held, kept = order[:n_valid], order[n_valid:]
         valid = tuple([rows[i] for i in held] for rows in train)
         train = tuple([rows[i] for i in kept] for rows in train)
-    test = read_labeled(settings["test"], **columns) if settings["test"] else None
+    test = read_labeled(settings.test, **columns) if settings.test else None
     labels = sorted(set(train[1]))
     if len(labels) < 2:
-        raise DataError(f"{settings['train']}: only one class ({labels[0]!r}); a classifier needs at least 2")
-    for name, split, path in (("valid", valid, settings["valid"]), ("test", test, settings["test"])):
+        raise DataError(f"{settings.train}: only one class ({labels[0]!r}); a classifier needs at least 2")
+    for name, split, path in (("valid", valid, settings.valid), ("test", test, settings.test)):
         if split is None:
             continue
         unseen = sorted(set(split[1]) - set(labels))
         if unseen:
             raise DataError(
-                f"{path or settings['train']}: {name} label(s) {', '.join(map(repr, unseen[:5]))} never seen in training"
+                f"{path or settings.train}: {name} label(s) {', '.join(map(repr, unseen[:5]))} never seen in training"
             )
     return LabeledSplits(labels, train, valid, test)
 
 
 def open_vocabulary(recipe, vocab, tokenizer, texts):
     """Grows `vocab` with the words of `texts` that have a vector (`vocab.open`), and logs the coverage."""
-    if not recipe["vocab"]["open"]:
+    if not recipe.vocab.open:
         return OpenedVocabulary(vocab, [], None, None)
-    vectors = load_vectors(recipe["embeddings"]["path"], recipe["embeddings"]["format"])
+    vectors = load_vectors(recipe.embeddings.path, recipe.embeddings.format)
     counts = Counter(token for text in texts for token in tokenizer.tokenize(text))
     added = OpenWords(vectors).new_words(counts, vocab)
     growth = measure_growth(counts, vocab, added)
@@ -335,7 +335,7 @@ def member_names(directions):
 
 def train_members(recipe, members, task, progress, callbacks, strategy):
     """Fine-tunes one classifier per pretrain run, in order; a resumed run rebuilds the finished ones."""
-    names = member_names([pretrained.recipe["pretrain"]["direction"] for pretrained in members])
+    names = member_names([pretrained.recipe.pretrain.direction for pretrained in members])
     resumed = progress.resumed
     if resumed:
         log(f"resuming {names[resumed['member']]} after epoch {resumed['epochs_done']}, step {resumed['steps_done']}")
@@ -343,7 +343,7 @@ def train_members(recipe, members, task, progress, callbacks, strategy):
             with strategy.scope():
                 classifier = build_member_classifier(recipe, members[index], names[index], len(task.labels), task.opened)
                 classifier.set_weights(progress.checkpoint.load_arrays(f"member_{index}"))
-            best = KeepBestWeights(recipe["finetune"]["patience"])
+            best = KeepBestWeights(recipe.finetune.patience)
             best.set_state(done["best"])
             progress.finished.append(TrainedMember(classifier, done["history"], best))
     for pretrained, name in list(zip(members, names))[len(progress.finished) :]:
@@ -353,7 +353,7 @@ def train_members(recipe, members, task, progress, callbacks, strategy):
 
 def classifier_dropouts(recipe, pretrained):
     """The pretrain run's encoder dropout rates times `finetune.dropout_scale`: see `encoder_dropouts`."""
-    return encoder_dropouts(pretrained.recipe["encoder"], recipe["finetune"]["dropout_scale"])
+    return encoder_dropouts(pretrained.recipe.encoder, recipe.finetune.dropout_scale)
 
 
 def build_member_classifier(recipe, pretrained, name, n_classes, opened=None):
@@ -381,7 +381,7 @@ def build_finetune_optimizer(classifier, settings):
         # Of the same kind as every stage's (a schedule or a float), so the optimizer's variables,
         # and so its checkpoints, have the same layout whichever stage they were written in.
         stage_learning_rate(settings, 0, 1),
-        multipliers=discriminative_multipliers([layer.name for layer in layers], settings["lr_decay"]),
+        multipliers=discriminative_multipliers([layer.name for layer in layers], settings.lr_decay),
         **ADAM_BETAS,
     )
     optimizer.build(classifier.trainable_variables)
@@ -393,8 +393,8 @@ def stage_learning_rate(settings, start_step, steps, stage=0):
 
     Its peak is `learning_rate / stage_lr_decay ** stage`.
     """
-    peak = settings["learning_rate"] / settings["stage_lr_decay"] ** stage
-    schedule = {"stlr": SlantedTriangular, "one_cycle": OneCycle}.get(settings["schedule"])
+    peak = settings.learning_rate / settings.stage_lr_decay ** stage
+    schedule = {"stlr": SlantedTriangular, "one_cycle": OneCycle}.get(settings.schedule)
     if schedule is None:
         return peak
     return schedule(peak, steps, start_step=start_step)
@@ -402,9 +402,9 @@ def stage_learning_rate(settings, start_step, steps, stage=0):
 
 def member_stages(settings, n_layers):
     """The unfreezing stages of `finetune.unfreeze`: gradual (head first), or all layers at once."""
-    if settings["unfreeze"] == "gradual":
-        return unfreezing_stages(n_layers, settings["stage_epochs"], settings["epochs"])
-    return [Stage(trainable_layers=n_layers, epochs=settings["epochs"])]
+    if settings.unfreeze == "gradual":
+        return unfreezing_stages(n_layers, settings.stage_epochs, settings.epochs)
+    return [Stage(trainable_layers=n_layers, epochs=settings.epochs)]
 
 
 def finetune_member(recipe, pretrained, name, task, progress, callbacks=(), strategy=None):
@@ -423,11 +423,11 @@ def finetune_member(recipe, pretrained, name, task, progress, callbacks=(), stra
         A `TrainedMember` holding the weights of the best (or last) epoch.
     """
     strategy = tf.distribute.get_strategy() if strategy is None else strategy
-    settings, index = recipe["finetune"], len(progress.finished)
+    settings, index = recipe.finetune, len(progress.finished)
     with strategy.scope():
         classifier = build_member_classifier(recipe, pretrained, name, len(task.labels), task.opened)
         optimizer = build_finetune_optimizer(classifier, settings)
-    history, best = StageHistory(), KeepBestWeights(settings["patience"])
+    history, best = StageHistory(), KeepBestWeights(settings.patience)
     position, restore = StagePosition(), None
     resumed = progress.resumed_member(index)
     if resumed:
@@ -436,11 +436,11 @@ def finetune_member(recipe, pretrained, name, task, progress, callbacks=(), stra
         restore = progress.checkpoint.restore
     saver = Checkpointing(
         progress.checkpoint, lambda epochs, steps: progress.state(index, position, epochs, steps), [history, best],
-        settings["checkpoint_every"], resume_hint=RESUME_HINT, arrays=progress.arrays,
+        settings.checkpoint_every, resume_hint=RESUME_HINT, arrays=progress.arrays,
     )
     if not best.stopped:
         fit_unfreezing_stages(
-            classifier, optimizer, member_stages(settings, pretrained.recipe["encoder"]["layers"]), task.data["train"],
+            classifier, optimizer, member_stages(settings, pretrained.recipe.encoder.layers), task.data["train"],
             lambda number, start, steps: stage_learning_rate(settings, start, steps, stage=number),
             validation_data=task.data["valid"], class_weight=task.data["class_weight"],
             # Best weights and a finite loss are checked before the epoch's checkpoint is written.
@@ -449,8 +449,8 @@ def finetune_member(recipe, pretrained, name, task, progress, callbacks=(), stra
             position=position, restore=restore, strategy=strategy, verbose=chief_verbosity(strategy),
         )
     if best.stopped:
-        log(f"no better validation accuracy for {settings['patience']} epoch(s): stopping")
-    if settings["restore_best"]:
+        log(f"no better validation accuracy for {settings.patience} epoch(s): stopping")
+    if settings.restore_best:
         best.restore()
         log(f"{name}: kept the weights of epoch {best.best_epoch} (validation accuracy {best.best_accuracy:.4f})")
     return TrainedMember(classifier, history.epochs, best)
@@ -562,7 +562,7 @@ def training_summary(member, restore_best):
 
 def evaluate_members(recipe, members, trained, task):
     """`(the model to export, its metrics, the history)`: the one classifier, or the members' ensemble."""
-    restore_best = recipe["finetune"]["restore_best"]
+    restore_best = recipe.finetune.restore_best
     if len(trained) == 1:
         model = trained[0].classifier
         metrics = {**scores(model, task), **training_summary(trained[0], restore_best)}
@@ -604,7 +604,7 @@ def write_finetune_run(out, force, recipe, members, task, model, history, metric
         model.save_weights(run.classifier_weights)
         run.write_history(history)
         run.adopt_logs(live_logs)
-        export_classifier(model, task.opened.vocab, task.tokenizer, task.labels, recipe["finetune"]["max_len"],
+        export_classifier(model, task.opened.vocab, task.tokenizer, task.labels, recipe.finetune.max_len,
                           run.export)
         run.write_metrics(metrics)
 
@@ -622,5 +622,5 @@ def reexport(run_dir, out, force=False):
     check_writable_target(out, force, replaces="export")
     run = FinetuneRun.open(run_dir)
     classifier = load_classifier(run)
-    return export_classifier(classifier, run.vocab, run.tokenizer, run.labels(), run.recipe["finetune"]["max_len"], out)
+    return export_classifier(classifier, run.vocab, run.tokenizer, run.labels(), run.recipe.finetune.max_len, out)
 

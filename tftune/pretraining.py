@@ -88,13 +88,13 @@ def pretrain(recipe: Recipe, out, force=False, callbacks=(), from_run=None, resu
 @holds_output_lock
 def _pretrain(recipe, out, force, callbacks, from_run, resume, strategy):
     started = time.time()
-    keras.utils.set_random_seed(recipe["pretrain"]["seed"])
+    keras.utils.set_random_seed(recipe.pretrain.seed)
     checkpoint = RunCheckpoint(out)
     resumed = open_checkpoint(checkpoint, "pretrain", recipe, resume, force, from_run=from_run)
     log(f"live curves: tensorboard --logdir {checkpoint.logs} (moved into the run when it is written)")
     base = open_base_run(recipe, from_run)
     corpus = prepare_corpus(recipe, base)
-    policy = set_precision(recipe["precision"]["policy"])
+    policy = set_precision(recipe.precision.policy)
     language_model = build_language_model(recipe, corpus, base, strategy)
     log_setup(strategy, policy, language_model.encoder)
     fitted = fit_language_model(language_model, recipe, corpus, checkpoint, resumed, callbacks, strategy, from_run)
@@ -148,7 +148,7 @@ def open_base_run(recipe, from_run):
         return None
     base = PretrainRun.open(from_run)
     check_encoder_matches(recipe, base)
-    direction, base_direction = recipe["pretrain"]["direction"], base.recipe["pretrain"]["direction"]
+    direction, base_direction = recipe.pretrain.direction, base.recipe.pretrain.direction
     if base_direction != direction:
         raise RunError(
             f"pretrain.direction is {direction!r} in the recipe but {base_direction!r} in the pretrain run {base.path}"
@@ -161,20 +161,20 @@ def prepare_corpus(recipe, base):
 
     The vectors are loaded before tokenizing, so that a bad vectors file fails fast, as one line.
     """
-    settings = recipe["pretrain"]
+    settings = recipe.pretrain
     tokenizer, vocab_options, vectors = _vocabulary_source(recipe, base)
     pending = PendingCorpus(
-        settings["corpus"], tokenizer, settings["valid_fraction"],
-        valid_paths=[settings["valid"]] if settings["valid"] else [],
-        encoding=settings["encoding"], **vocab_options, log=log,
+        settings.corpus, tokenizer, settings.valid_fraction,
+        valid_paths=[settings.valid] if settings.valid else [],
+        encoding=settings.encoding, **vocab_options, log=log,
     )
     if base is None:
-        vectors = load_vectors(recipe["embeddings"]["path"], recipe["embeddings"]["format"])
+        vectors = load_vectors(recipe.embeddings.path, recipe.embeddings.format)
     encoded = pending.encode()
     vocab, counts = encoded.vocab, encoded.counts
     log(f"corpus: {encoded.n_documents:,} documents, {sum(counts.values()):,} training tokens, vocabulary {len(vocab):,}")
     train_ids, valid_ids = encoded.train_ids, encoded.valid_ids
-    if settings["direction"] == "backward":
+    if settings.direction == "backward":
         # The whole stream read right to left: each document reversed, its <eos> now before it.
         train_ids, valid_ids = train_ids[::-1].copy(), valid_ids[::-1].copy()
         log("backward language model: the corpus is read right to left")
@@ -193,21 +193,21 @@ def prepare_corpus(recipe, base):
 def _vocabulary_source(recipe, base):
     """`(tokenizer, PendingCorpus vocabulary options, vectors or None)`: a continued run's, else the recipe's."""
     if base is None:
-        options = {"max_size": recipe["vocab"]["max_size"], "min_freq": recipe["vocab"]["min_freq"]}
-        return Tokenizer(lowercase=recipe["embeddings"]["lowercase"]), options, None
+        options = {"max_size": recipe.vocab.max_size, "min_freq": recipe.vocab.min_freq}
+        return Tokenizer(lowercase=recipe.embeddings.lowercase), options, None
     options, vectors = {"vocab": base.vocab}, None
-    if recipe["vocab"]["open"]:
+    if recipe.vocab.open:
         # The corpus' words that the vectors have join the vocabulary.
-        vectors = load_vectors(recipe["embeddings"]["path"], recipe["embeddings"]["format"])
+        vectors = load_vectors(recipe.embeddings.path, recipe.embeddings.format)
         options["open_words"] = OpenWords(vectors)
     return base.tokenizer, options, vectors
 
 
 def _align(recipe, corpus):
-    settings = recipe["embeddings"]
-    log(f"{len(corpus.vectors):,} {settings['format']} vectors from {settings['path']}")
+    settings = recipe.embeddings
+    log(f"{len(corpus.vectors):,} {settings.format} vectors from {settings.path}")
     corpus.matrix, coverage = align(
-        corpus.vocab, corpus.vectors, oov=settings["oov"], seed=recipe["pretrain"]["seed"], counts=corpus.counts
+        corpus.vocab, corpus.vectors, oov=settings.oov, seed=recipe.pretrain.seed, counts=corpus.counts
     )
     log(coverage.summary())
     corpus.embedding_dim, corpus.coverage = int(corpus.matrix.shape[1]), dataclasses.asdict(coverage)
@@ -224,10 +224,10 @@ def build_language_model(recipe, corpus, base, strategy):
     with strategy.scope():
         if base is None:
             backbone = TextBackbone(
-                **backbone_config(recipe["encoder"], len(corpus.vocab), corpus.embedding_dim), embeddings=corpus.matrix
+                **backbone_config(recipe.encoder, len(corpus.vocab), corpus.embedding_dim), embeddings=corpus.matrix
             )
         else:
-            base_backbone = load_backbone(base, **encoder_dropouts(recipe["encoder"])[0])
+            base_backbone = load_backbone(base, **encoder_dropouts(recipe.encoder)[0])
             backbone = grow_encoder(base_backbone, corpus.vectors, corpus.added) if corpus.added else base_backbone
         unigram_counts = np.bincount(corpus.train_ids, minlength=len(corpus.vocab))
         model = LanguageModel(backbone, unigram_counts=unigram_counts, **language_model_config(recipe))
@@ -237,7 +237,7 @@ def build_language_model(recipe, corpus, base, strategy):
         # Clips the gradient summed over the replicas (Keras clips each replica's share), as on one device.
         adam = distribute.clip_after_all_reduce(keras.optimizers.Adam)
         # The model owns its loss: sampled or full softmax in training, always the full one in evaluation.
-        model.compile(optimizer=adam(recipe["pretrain"]["learning_rate"], global_clipnorm=1.0))
+        model.compile(optimizer=adam(recipe.pretrain.learning_rate, global_clipnorm=1.0))
     return model
 
 
@@ -263,7 +263,7 @@ def restore_language_model(language_model, pretrained, base_encoder, shares=None
     except (ValueError, KeyError) as e:
         raise RunError(
             f"{path}: does not fit pretrain.output = {language_model.output_kind!r} "
-            f"(the run used {pretrained.recipe['pretrain']['output']!r}; {e})"
+            f"(the run used {pretrained.recipe.pretrain.output!r}; {e})"
         ) from None
     if shares is not None:
         copy_recurrent_weights(base_encoder, language_model.encoder)
@@ -290,9 +290,9 @@ def fit_language_model(model, recipe, corpus, checkpoint, resumed, callbacks, st
     A checkpoint is written every epoch (and every `pretrain.checkpoint_every` steps); the
     curves go to TensorBoard live (`checkpoint.logs`).
     """
-    settings = recipe["pretrain"]
-    seq_len, batch_size = settings["seq_len"], settings["batch_size"]
-    train_data = lm_dataset(corpus.train_ids, seq_len, batch_size, shuffle=True, seed=settings["seed"])
+    settings = recipe.pretrain
+    seq_len, batch_size = settings.seq_len, settings.batch_size
+    train_data = lm_dataset(corpus.train_ids, seq_len, batch_size, shuffle=True, seed=settings.seed)
     valid_data = lm_dataset(corpus.valid_ids, seq_len, batch_size)
     throughput = Throughput(seq_len * batch_size)  # the global batch: the step's tokens over all replicas
     history = StageHistory()
@@ -308,9 +308,9 @@ def fit_language_model(model, recipe, corpus, checkpoint, resumed, callbacks, st
         return {"kind": "pretrain", "recipe": recipe.to_toml(), "from_run": from_run and str(from_run),
                 "epochs_done": epochs, "steps_done": steps}
 
-    saver = Checkpointing(checkpoint, progress, [history], settings["checkpoint_every"], resume_hint=RESUME_HINT)
+    saver = Checkpointing(checkpoint, progress, [history], settings.checkpoint_every, resume_hint=RESUME_HINT)
     fit_from(
-        model, train_data, epochs_done, steps_done, settings["epochs"],
+        model, train_data, epochs_done, steps_done, settings.epochs,
         validation_data=valid_data,
         # A non-finite loss stops before the step's checkpoint: the last one saved stays good.
         callbacks=[throughput, history, StopOnNonFiniteLoss(), tensorboard(checkpoint.logs), saver, *callbacks],
@@ -338,7 +338,7 @@ def evaluate_language_model(model, recipe, corpus, fitted, strategy):
         "coverage": corpus.coverage,
         **({"open_vocabulary": dataclasses.asdict(corpus.growth)} if corpus.growth is not None else {}),
         "distribute": distribution_summary(strategy),
-        "output": recipe["pretrain"]["output"],
+        "output": recipe.pretrain.output,
     }
     log(f"validation perplexity {metrics['valid']['perplexity']:.1f} after {metrics['train_steps']} training steps")
     return metrics

@@ -13,7 +13,6 @@ import importlib.resources
 import math
 import os
 import tomllib
-import types
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -322,6 +321,34 @@ SCHEMA: dict[str, dict[str, Field]] = {
 }
 
 
+# === Typed sections ===
+
+_PYTHON_TYPES = {"str": str, "text": str, "choice": str, "path": str, "optional_path": str,
+                 "path_list": tuple[str, ...], "int": int, "float": float, "bool": bool}
+
+
+def _section_class(section: str, fields: Mapping[str, Field]) -> type:
+    """A frozen dataclass with one typed attribute per key of a `SCHEMA` section, its help as docs."""
+    lines = [f"The `[{section}]` section of a recipe (generated from `SCHEMA`).", "", "Attributes:"]
+    lines += [f"    {key}: {field.help}" for key, field in fields.items()]
+    return dataclasses.make_dataclass(
+        "".join(part.title() for part in section.split("_")) + "Section",
+        [(key, _PYTHON_TYPES[field.kind]) for key, field in fields.items()],
+        frozen=True,
+        namespace={"__doc__": "\n".join(lines), "__module__": __name__},
+    )
+
+
+SECTIONS: dict[str, type] = {section: _section_class(section, fields) for section, fields in SCHEMA.items()}
+EmbeddingsSection = SECTIONS["embeddings"]
+VocabSection = SECTIONS["vocab"]
+EncoderSection = SECTIONS["encoder"]
+PretrainSection = SECTIONS["pretrain"]
+FinetuneSection = SECTIONS["finetune"]
+PrecisionSection = SECTIONS["precision"]
+DistributeSection = SECTIONS["distribute"]
+
+
 def _number_text(number: float | None) -> str:
     if number is None:
         return ""
@@ -596,7 +623,7 @@ def load_recipe(
 
     ```python
     recipe = load_recipe("gru-glove", ["encoder.units=512", ("finetune.epochs", 6)])
-    recipe["encoder"]["units"]  # 512
+    recipe.encoder.units  # 512
     ```
     """
     return _load_file(find_recipe(name_or_path), overrides)
@@ -611,8 +638,9 @@ def _load_file(path: Path, overrides: Sequence[str | tuple[str, Any]]) -> Recipe
 class Recipe:
     """A complete, validated recipe: sections of settings.
 
-    Sections are read-only mappings; lists (`pretrain.corpus`) are tuples;
-    paths are absolute strings.
+    Each section is a frozen dataclass generated from `SCHEMA` (`recipe.encoder` is an
+    `EncoderSection`, `recipe.encoder.units` an int); lists (`pretrain.corpus`) are tuples;
+    paths are absolute strings. `get("section.key")` reads a key named at run time.
 
     Args:
         data: Recipe tree like the TOML file's (missing keys take their
@@ -624,7 +652,7 @@ class Recipe:
 
     ```python
     recipe = load_recipe("lstm-glove")
-    recipe["encoder"]["units"], recipe.get("finetune.head"), recipe.name
+    recipe.encoder.units, recipe.get("finetune.head"), recipe.name
     bigger = recipe.with_overrides(["encoder.units=512"])
     Path("run/recipe.toml").write_text(bigger.to_toml())
     ```
@@ -636,6 +664,18 @@ class Recipe:
         file_name = self._source.stem if self._source is not None else "custom"
         tree = _check_tree(data, origin, Path.cwd())
         self._data = _complete(tree, origin, file_name)
+        for section, values in self._data.items():
+            if section in SECTIONS:
+                object.__setattr__(self, section, SECTIONS[section](**values))
+
+    # The sections, as typed attributes (set in __init__).
+    embeddings: EmbeddingsSection
+    vocab: VocabSection
+    encoder: EncoderSection
+    pretrain: PretrainSection
+    finetune: FinetuneSection
+    precision: PrecisionSection
+    distribute: DistributeSection
 
     @classmethod
     def from_toml_file(cls, path: str | os.PathLike) -> Recipe:
@@ -655,22 +695,12 @@ class Recipe:
         """The recipe file this recipe was loaded from, or None."""
         return self._source
 
-    def __getitem__(self, name: str) -> Any:
-        if name not in self._data:
-            raise _unknown_name_error("recipe", None, name)
-        value = self._data[name]
-        return types.MappingProxyType(value) if isinstance(value, dict) else value
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._data
-
-    def __iter__(self):
-        return iter(self._data)
-
     def get(self, dotted_key: str) -> Any:
         """Returns one setting by its dotted name, e.g. `"encoder.units"` or `"name"`."""
         if "." not in dotted_key:
-            return self[dotted_key]
+            if dotted_key not in TOP_LEVEL:
+                raise _unknown_name_error("recipe", None, dotted_key)
+            return self._data[dotted_key]
         section, key = dotted_key.split(".", 1)
         if section not in SCHEMA or key not in SCHEMA[section]:
             raise _unknown_name_error("recipe", section, key)

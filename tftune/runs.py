@@ -181,13 +181,13 @@ def check_run_paths(recipe, kind, out, from_runs=(), resume=False):
     outputs = run_outputs(out)
     inputs = [("--from run", path) for path in from_runs]
     if kind == "pretrain":
-        inputs += [("--corpus file", path) for path in recipe["pretrain"]["corpus"]]
-        if recipe["pretrain"]["valid"]:
-            inputs.append(("--valid file", recipe["pretrain"]["valid"]))
+        inputs += [("--corpus file", path) for path in recipe.pretrain.corpus]
+        if recipe.pretrain.valid:
+            inputs.append(("--valid file", recipe.pretrain.valid))
     else:
         splits = ("train", "valid", "test")
-        inputs += [(f"--{split} file", recipe["finetune"][split]) for split in splits if recipe["finetune"][split]]
-    inputs.append(("vectors file (embeddings.path)", recipe["embeddings"]["path"]))
+        inputs += [(f"--{split} file", getattr(recipe.finetune, split)) for split in splits if getattr(recipe.finetune, split)]
+    inputs.append(("vectors file (embeddings.path)", recipe.embeddings.path))
     checkpoint = dict(outputs).get("checkpoint folder")
     if recipe.source is not None and not (
         resume and checkpoint is not None and recipe.source.resolve().is_relative_to(checkpoint.resolve())
@@ -549,11 +549,11 @@ def check_vector_size(recipe, from_run):
     from tftune.embeddings import vector_size  # imports TensorFlow
 
     trained = from_run.info.get("embedding_dim")
-    settings = recipe["embeddings"]
-    size = vector_size(settings["path"], settings["format"])
+    settings = recipe.embeddings
+    size = vector_size(settings.path, settings.format)
     if size is not None and trained is not None and size != trained:
         raise RunError(
-            f"embeddings.path: {Path(settings['path']).name} holds {size}-d vectors, but the pretrain run "
+            f"embeddings.path: {Path(settings.path).name} holds {size}-d vectors, but the pretrain run "
             f"{from_run.path} was trained on {trained}-d vectors and runs built on it keep them; drop the other "
             "vectors (--embeddings, or the --recipe's embeddings.path)"
         )

@@ -12,6 +12,7 @@ Example:
 """
 
 import contextlib
+import dataclasses
 import logging
 import shutil
 import sys
@@ -74,12 +75,12 @@ def log_setup(strategy, policy, backbone):
 def check_encoder_matches(recipe, pretrained):
     """The recipe must describe the same encoder and vocabulary as the pretrain run it starts from."""
     for section in ("encoder", "vocab"):
-        for key, value in pretrained.recipe[section].items():
+        for key, value in dataclasses.asdict(getattr(pretrained.recipe, section)).items():
             if key in ENCODER_DROPOUT_KEYS or (section, key) == ("vocab", "open"):
                 continue
-            if recipe[section][key] != value:
+            if recipe.get(f"{section}.{key}") != value:
                 raise RunError(
-                    f"{section}.{key} is {recipe[section][key]!r} in the recipe but {value!r} in the "
+                    f"{section}.{key} is {recipe.get(f'{section}.{key}')!r} in the recipe but {value!r} in the "
                     f"pretrain run {pretrained.path}; fine-tuning reuses the pretrained encoder"
                 )
     check_vector_size(recipe, pretrained)

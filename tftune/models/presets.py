@@ -26,20 +26,20 @@ from tftune.runs import FinetuneRun, PretrainRun
 ENCODER_DROPOUT_KEYS = (*DROPOUT_RATES, "output_dropout")
 
 def encoder_dropouts(encoder_settings, scale=1.0):
-    """`(backbone dropout rates, output_dropout)` of an `[encoder]` section, each rate times `scale`.
+    """`(backbone dropout rates, output_dropout)` of an `EncoderSection`, each rate times `scale`.
 
     Example:
 
-    >>> encoder_dropouts({"dropout": 0.1, "weight_dropout": 0.2, "embedding_dropout": 0.0,
-    ...                   "input_dropout": 0.0, "hidden_dropout": 0.0, "output_dropout": 0.3}, 0.5)[1]
+    >>> from tftune.recipe import load_recipe
+    >>> encoder_dropouts(load_recipe("lstm-glove", ["encoder.output_dropout=0.3"]).encoder, 0.5)[1]
     0.15
     """
     rates = {}
     for key in ENCODER_DROPOUT_KEYS:
-        rates[key] = encoder_settings[key] * scale
+        rates[key] = getattr(encoder_settings, key) * scale
         if rates[key] >= 1:
             raise RecipeError(
-                f"finetune.dropout_scale = {scale:g} takes encoder.{key} from {encoder_settings[key]:g} to "
+                f"finetune.dropout_scale = {scale:g} takes encoder.{key} from {getattr(encoder_settings, key):g} to "
                 f"{rates[key]:g}; every scaled dropout rate must stay below 1"
             )
     return rates, rates.pop("output_dropout")
@@ -51,19 +51,19 @@ def backbone_config(encoder_settings, vocabulary_size, embedding_dim, dropout_sc
     return {
         "vocabulary_size": vocabulary_size,
         "embedding_dim": embedding_dim,
-        "cell": encoder_settings["cell"],
-        "num_layers": encoder_settings["layers"],
-        "units": encoder_settings["units"],
+        "cell": encoder_settings.cell,
+        "num_layers": encoder_settings.layers,
+        "units": encoder_settings.units,
         **rates,
     }
 
 
 def language_model_config(recipe):
     """`LanguageModel`'s arguments (besides the backbone) from a recipe's `[pretrain]` and `[encoder]`."""
-    settings = recipe["pretrain"]
-    _, output_dropout = encoder_dropouts(recipe["encoder"])
-    return {"output": settings["output"], "num_sampled": settings["num_sampled"],
-            "output_dropout": output_dropout, "ar": settings["ar"], "tar": settings["tar"]}
+    settings = recipe.pretrain
+    _, output_dropout = encoder_dropouts(recipe.encoder)
+    return {"output": settings.output, "num_sampled": settings.num_sampled,
+            "output_dropout": output_dropout, "ar": settings.ar, "tar": settings.tar}
 
 
 def classifier_config(recipe, pretrain_recipe, num_classes, name="classifier"):
@@ -71,15 +71,15 @@ def classifier_config(recipe, pretrain_recipe, num_classes, name="classifier"):
 
     The backbone's output dropout is the pretrain run's times `finetune.dropout_scale`.
     """
-    settings = recipe["finetune"]
-    _, output_dropout = encoder_dropouts(pretrain_recipe["encoder"], settings["dropout_scale"])
+    settings = recipe.finetune
+    _, output_dropout = encoder_dropouts(pretrain_recipe.encoder, settings.dropout_scale)
     return {
         "num_classes": num_classes,
-        "head": settings["head"],
-        "head_units": settings["head_units"],
-        "head_dropout": settings["head_dropout"],
-        "pool_embeddings": settings["pool_embeddings"],
-        "direction": pretrain_recipe["pretrain"]["direction"],
+        "head": settings.head,
+        "head_units": settings.head_units,
+        "head_dropout": settings.head_dropout,
+        "pool_embeddings": settings.pool_embeddings,
+        "direction": pretrain_recipe.pretrain.direction,
         "output_dropout": output_dropout,
         "name": name,
     }
@@ -87,7 +87,7 @@ def classifier_config(recipe, pretrain_recipe, num_classes, name="classifier"):
 
 def pretrain_backbone_config(run, dropout_scale=1.0):
     """The `TextBackbone` config of an opened `PretrainRun`."""
-    return backbone_config(run.recipe["encoder"], len(run.vocab), run.embedding_dim, dropout_scale)
+    return backbone_config(run.recipe.encoder, len(run.vocab), run.embedding_dim, dropout_scale)
 
 
 def load_weights(model, path, what):
@@ -123,7 +123,7 @@ def load_language_model(preset, **config):
 
 def preset_direction(preset):
     """The reading direction (`"forward"` or `"backward"`) of a pretrain run's language model."""
-    return _pretrain_run(preset).recipe["pretrain"]["direction"]
+    return _pretrain_run(preset).recipe.pretrain.direction
 
 
 def load_classifier(run_dir):
@@ -141,7 +141,7 @@ def load_classifier(run_dir):
 def _recipe_classifier_config(run):
     """The serialized classifier of a finetune run that kept no `model_config`, from its recipe."""
     recipe, labels = run.recipe, run.labels()
-    backbone = backbone_config(recipe["encoder"], len(run.vocab), run.embedding_dim, recipe["finetune"]["dropout_scale"])
+    backbone = backbone_config(recipe.encoder, len(run.vocab), run.embedding_dim, recipe.finetune.dropout_scale)
     # Runs written before ensembles existed hold one forward classifier.
     members = run.info.get("members") or [{"name": "classifier", "direction": "forward"}]
     classifiers = []
