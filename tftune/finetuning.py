@@ -109,7 +109,6 @@ def _finetune(recipe, from_runs, out, force, callbacks, resume, strategy):
     started = time.time()
     checkpoint = RunCheckpoint(out)
     resumed = open_checkpoint(checkpoint, "finetune", recipe, resume, force, from_run=[str(path) for path in from_runs])
-    log(f"live curves: tensorboard --logdir {checkpoint.logs} (moved into the run when it is written)")
     members = open_members(recipe, from_runs)
     keras.utils.set_random_seed(recipe.finetune.seed)
     task = prepare_task(recipe, members)
@@ -336,6 +335,7 @@ def member_names(directions):
 def train_members(recipe, members, task, progress, callbacks, strategy):
     """Fine-tunes one classifier per pretrain run, in order; a resumed run rebuilds the finished ones."""
     names = member_names([pretrained.recipe.pretrain.direction for pretrained in members])
+    log(f"live curves: tensorboard --logdir {progress.checkpoint.logs} (moved into the run when it is written)")
     resumed = progress.resumed
     if resumed:
         log(f"resuming {names[resumed['member']]} after epoch {resumed['epochs_done']}, step {resumed['steps_done']}")

@@ -91,7 +91,6 @@ def _pretrain(recipe, out, force, callbacks, from_run, resume, strategy):
     keras.utils.set_random_seed(recipe.pretrain.seed)
     checkpoint = RunCheckpoint(out)
     resumed = open_checkpoint(checkpoint, "pretrain", recipe, resume, force, from_run=from_run)
-    log(f"live curves: tensorboard --logdir {checkpoint.logs} (moved into the run when it is written)")
     base = open_base_run(recipe, from_run)
     corpus = prepare_corpus(recipe, base)
     policy = set_precision(recipe.precision.policy)
@@ -309,6 +308,7 @@ def fit_language_model(model, recipe, corpus, checkpoint, resumed, callbacks, st
                 "epochs_done": epochs, "steps_done": steps}
 
     saver = Checkpointing(checkpoint, progress, [history], settings.checkpoint_every, resume_hint=RESUME_HINT)
+    log(f"live curves: tensorboard --logdir {checkpoint.logs} (moved into the run when it is written)")
     fit_from(
         model, train_data, epochs_done, steps_done, settings.epochs,
         validation_data=valid_data,
