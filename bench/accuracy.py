@@ -389,7 +389,7 @@ def lm_report(run, runner):
 
     run_files = PretrainRun.open(run)
     metrics, encoder = run_files.metrics(), run_files.recipe.encoder
-    return {"run": runner.where(run), "encoder": f"{encoder['layers']} x {encoder['units']} {encoder['cell']}",
+    return {"run": runner.where(run), "encoder": f"{encoder.layers} x {encoder.units} {encoder.cell}",
             "train_tokens": metrics["train_tokens"], "vocab_size": metrics["vocab_size"],
             "valid_perplexity": metrics["valid"]["perplexity"]}
 

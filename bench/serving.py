@@ -200,7 +200,7 @@ def measure(args):
     return {
         "config": {
             "run": run_label,
-            "model": f"{encoder['layers']} × {encoder['units']} {encoder['cell']}, max_len {max_len}",
+            "model": f"{encoder.layers} × {encoder.units} {encoder.cell}, max_len {max_len}",
             "docs": len(texts),
             "docs_source": common.display_path(common.AUTHORS / "test.csv"),
             "mean_tokens": round(sum(len(doc) for doc in ids) / len(ids), 1),

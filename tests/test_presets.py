@@ -69,7 +69,7 @@ def test_publish_stores_float16_weights_and_the_preset_fine_tunes(tiny_runs, tmp
     assert {dtype for dtype in dtypes if dtype.kind == "f"} == {np.dtype("float16")}
     assert not (preset / "logs").exists()
     # The corpus lies outside the preset's folder: only its name is kept.
-    corpus = Recipe.from_toml_file(preset / "recipe.toml")["pretrain"]["corpus"]
+    corpus = Recipe.from_toml_file(preset / "recipe.toml").pretrain.corpus
     assert [presets.Path(path).parent for path in corpus] == [preset]
     recipe = tiny_runs["recipe"].with_overrides(["finetune.epochs=1", "finetune.unfreeze=all"])
     metrics = finetune(recipe, preset, tmp_path / "clf")

@@ -1,5 +1,6 @@
 """Pretraining and fine-tuning on real (small) data: run contents and gradual unfreezing."""
 
+import dataclasses
 import json
 
 import keras
@@ -101,13 +102,14 @@ def test_gradual_unfreezing_freezes_exactly_the_right_layers(tiny_runs, tmp_path
 def test_each_unfreezing_stage_peaks_lower_by_stage_lr_decay():
     from tftune.finetuning import stage_learning_rate
 
-    settings = {"learning_rate": 0.01, "stage_lr_decay": 2.0, "schedule": "stlr"}
+    settings = load_recipe("lstm-glove").with_overrides(
+        ["finetune.learning_rate=0.01", "finetune.stage_lr_decay=2.0", "finetune.schedule=stlr"]).finetune
     peaks = []
     for stage in range(3):
         schedule = stage_learning_rate(settings, start_step=100 * stage, steps=100, stage=stage)
         peaks.append(max(float(schedule(step)) for step in range(100 * stage, 100 * stage + 100)))
     np.testing.assert_allclose(peaks, [0.01, 0.005, 0.0025], rtol=1e-6)
-    assert stage_learning_rate({**settings, "schedule": "constant"}, 0, 10, stage=1) == 0.005
+    assert stage_learning_rate(dataclasses.replace(settings, schedule="constant"), 0, 10, stage=1) == 0.005
 
 
 def test_finetune_starts_from_pretrained_weights(tiny_runs, tmp_path):
