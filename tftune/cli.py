@@ -14,10 +14,10 @@ from pathlib import Path
 import click
 
 from tftune.distribute import STRATEGIES
+from tftune.embeddings import FORMATS
 from tftune.errors import DataError, EncodingError, TftuneError, WriteError
 from tftune.recipe import LOCAL_DISTRIBUTE
 
-EMBEDDING_FORMATS = ("glove", "word2vec", "word2vec-binary", "keyedvectors", "npy")
 
 
 def _import_tensorflow_quietly():
@@ -248,7 +248,7 @@ def _checkpoint_recipe(out):
                                              "[default: the last pretrain.valid_fraction of the corpus].")
 @click.option("--from", "from_run", metavar="PRETRAIN_RUN", help="Continue language-model training of this pretrain run (a directory, or a shipped model's name: `tftune pretrained list`) on --corpus, e.g. the task's own text.")
 @click.option("--embeddings", metavar="PATH", help="Pretrained vectors file (overrides embeddings.path).")
-@click.option("--embeddings-format", type=click.Choice(EMBEDDING_FORMATS), help="Format of --embeddings.")
+@click.option("--embeddings-format", type=click.Choice(FORMATS), help="Format of --embeddings.")
 @click.option("--out", metavar="DIR", help="Run directory to create [default: runs/RECIPE-pretrain].")
 @recipe_encoding_option
 @distribute_option
@@ -464,7 +464,7 @@ def embeddings():
 
 @embeddings.command("inspect")
 @click.argument("path", metavar="PATH")
-@click.option("--format", "fmt", type=click.Choice(EMBEDDING_FORMATS), default="glove", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="glove", show_default=True)
 @click.option("--corpus", multiple=True, metavar="PATH", help="Report the coverage of this text (repeatable).")
 @click.option("--lowercase/--no-lowercase", default=True, show_default=True, help="Lowercase the corpus first.")
 @encoding_option

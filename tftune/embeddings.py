@@ -37,6 +37,8 @@ print(coverage.summary())
 ```
 """
 
+from __future__ import annotations
+
 import dataclasses
 import importlib.util
 import logging
@@ -45,14 +47,17 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from gensim import utils as gensim_utils
-from gensim.models import KeyedVectors
-
 from tftune.errors import EmbeddingsError
 from tftune.text import PAD, SPECIAL_TOKENS, Vocabulary
 
+if TYPE_CHECKING:
+    from gensim.models import KeyedVectors
+
+# gensim is imported where vectors are read, so that the recipe schema and the command line can
+# import these lists of choices without it.
 FORMATS = ("glove", "word2vec", "word2vec-binary", "keyedvectors", "npy")
 OOV_TREATMENTS = ("random", "zeros", "mean")
 
@@ -177,6 +182,8 @@ def _check_finite(kv: KeyedVectors, path: Path, fmt: str, fail: Callable[[str], 
 
 def _text_line_of(path: Path, word: str, fmt: str) -> str:
     """The line of a text vectors file that holds `word` (read again only on this error path)."""
+    from gensim import utils as gensim_utils
+
     prefix = word.encode("utf-8") + b" "
     with gensim_utils.open(os.fspath(path), "rb") as fin:
         for line_no, raw in enumerate(fin, start=1):
@@ -207,6 +214,8 @@ def load_vectors_by_name(name: str) -> KeyedVectors:
     kv = load_vectors_by_name("glove-wiki-gigaword-100")
     ```
     """
+    from gensim.models import KeyedVectors
+
     if not _MODEL_NAME.fullmatch(name) or name.endswith(_FILE_SUFFIXES):
         raise EmbeddingsError(
             f"'{name}' is not a gensim-data model name (e.g. 'glove-wiki-gigaword-100'); "
@@ -279,6 +288,8 @@ def convert_to_keyedvectors(
     kv = load_vectors("glove-small.kv", "keyedvectors")
     ```
     """
+    from gensim.models import KeyedVectors
+
     kv = load_vectors(src, fmt)
     if keep is not None:
         keys = [key for key in kv.index_to_key if key in keep]
@@ -487,6 +498,8 @@ def _column_stats(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_head(path: Path, fail: Callable[[str], EmbeddingsError]) -> bytes:
     """The first bytes of the (decompressed) file."""
+    from gensim import utils as gensim_utils
+
     try:
         with gensim_utils.open(os.fspath(path), "rb") as fin:
             return fin.read(_HEAD_BYTES)
@@ -575,6 +588,8 @@ def _npy_matrix(path: Path, manifest: dict, fail: Callable[[str], EmbeddingsErro
 
 
 def _load_npy(path: Path, fail: Callable[[str], EmbeddingsError]) -> KeyedVectors:
+    from gensim.models import KeyedVectors
+
     manifest = _read_manifest(path, fail)
     matrix = _npy_matrix(path, manifest, fail)
     words_path = _manifest_file(path, manifest, "words", fail)
@@ -600,6 +615,8 @@ def _load_npy(path: Path, fail: Callable[[str], EmbeddingsError]) -> KeyedVector
 
 
 def _load_keyedvectors(path: Path, fail: Callable[[str], EmbeddingsError]) -> KeyedVectors:
+    from gensim.models import KeyedVectors
+
     name = os.fspath(path)
     # gensim cannot memory-map arrays stored compressed next to a .gz / .bz2 file.
     mmap = None if name.endswith((".gz", ".bz2")) else "r"
@@ -620,6 +637,8 @@ def _load_keyedvectors(path: Path, fail: Callable[[str], EmbeddingsError]) -> Ke
 def _load_word2vec_format(
     path: Path, fmt: str, head: bytes, fail: Callable[[str], EmbeddingsError]
 ) -> KeyedVectors:
+    from gensim.models import KeyedVectors
+
     try:
         return KeyedVectors.load_word2vec_format(
             os.fspath(path), binary=fmt == "word2vec-binary", no_header=fmt == "glove"
@@ -638,6 +657,8 @@ def _load_word2vec_format(
 
 def _find_bad_text_row(path: Path, has_header: bool) -> str | None:
     """Describes the first row gensim cannot read, reading lines the way gensim does."""
+    from gensim import utils as gensim_utils
+
     expected = None
     with gensim_utils.open(os.fspath(path), "rb") as fin:
         for line_no, raw in enumerate(fin, start=1):

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tftune import embeddings, models
 from tftune.distribute import STRATEGIES
 from tftune.errors import RecipeError
 
@@ -199,12 +200,12 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "embeddings": {
         "path": Field("path", "Word vectors file; the vectors stay frozen during training."),
         "format": _choice("How the vectors file is stored (keyedvectors = gensim KeyedVectors.save; npy = a manifest naming a words file and a .npy matrix).",
-                          ("glove", "word2vec", "word2vec-binary", "keyedvectors", "npy")),
+                          embeddings.FORMATS),
         "lowercase": Field("bool", "Lowercase text before tokenizing (GloVe vectors are lowercase, GoogleNews word2vec ones cased).",
                            True),
         "oov": _choice("Vector of vocabulary words missing from the file: random (normal, per-dimension "
                        "std of the vectors), zeros, or the mean vector.",
-                       ("random", "zeros", "mean"), "random"),
+                       embeddings.OOV_TREATMENTS, "random"),
     },
     "vocab": {
         "max_size": Field("int", "Most words kept in the vocabulary, most frequent first.", 20000, low=10),
@@ -213,7 +214,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
                               "that have a vector but no row join the vocabulary with their frozen vectors.", True),
     },
     "encoder": {
-        "cell": _choice("Recurrent cell of every layer.", ("simple_rnn", "lstm", "gru")),
+        "cell": _choice("Recurrent cell of every layer.", models.CELLS),
         "layers": Field("int", "Number of stacked recurrent layers.", 2, low=1, high=8),
         "units": Field("int", "Units (state size) of each recurrent layer.", 256, low=1),
         "dropout": Field("float", "Dropout rate between layers (0 = none).", 0.2, low=0, high=1, high_open=True),
@@ -244,7 +245,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "output": _choice("Language-model output: full = softmax over the whole vocabulary; sampled = the same "
                           "head trained on a sampled softmax of num_sampled words (validation always uses the "
                           "full softmax); tied = project to the embedding size and score against the frozen "
-                          "word vectors.", ("full", "sampled", "tied"), "sampled"),
+                          "word vectors.", models.OUTPUTS, "sampled"),
         "num_sampled": Field("int", 'Words sampled per training step when output = "sampled" (log-uniform over '
                              "the frequency-sorted vocabulary).", 1024, low=1),
         "ar": Field("float", "Activation regularization (AWD-LSTM's alpha): adds ar * the mean squared top-layer "
@@ -258,7 +259,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
                                   "written after every epoch); 0 = epochs only.", 0, low=0),
         "direction": _choice("forward = predict the next word; backward = read the corpus right to left and "
                              "predict the previous one (ULMFiT's second model: fine-tune both and pass both runs "
-                             "to finetune --from for an ensemble).", ("forward", "backward"), "forward"),
+                             "to finetune --from for an ensemble).", models.DIRECTIONS, "forward"),
         "seed": Field("int", "Random seed of pretraining.", 0, low=0, high=2**32 - 1),
     },
     "finetune": {
@@ -273,7 +274,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "max_len": Field("int", "Tokens kept per document; longer documents are cut.", 400, low=1),
         "batch_size": Field("int", "Documents per batch.", 32, low=1),
         "head": _choice("Classifier input: concat_pool = last state, max-pool and mean-pool of the top layer; "
-                        "last = last state only.", ("concat_pool", "last"), "concat_pool"),
+                        "last = last state only.", models.HEADS, "concat_pool"),
         "pool_embeddings": Field("bool", "Pool the frozen word vectors beside the top layer (like ELMo's "
                                  "layer 0), so the head sees lexical features from the first step.", True),
         "head_units": Field("int", "Units of the hidden dense layer of the classifier head.", 50, low=1),

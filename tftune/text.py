@@ -35,13 +35,15 @@ import hashlib
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import tensorflow as tf
 from nltk.tokenize import RegexpTokenizer
 
 from tftune.errors import DataError
+
+if TYPE_CHECKING:  # TensorFlow is imported by the in-graph tokenizer's methods, on first use
+    import tensorflow as tf
 
 PAD = "<pad>"
 UNK = "<unk>"
@@ -142,6 +144,8 @@ def _re2_patterns() -> _Re2Patterns:
 
 
 def _tf_map_characters(texts: tf.Tensor, mapping: dict[str, str]) -> tf.Tensor:
+    import tensorflow as tf
+
     by_replacement = collections.defaultdict(list)
     for source, replacement in mapping.items():
         by_replacement[replacement].append(source)
@@ -212,6 +216,8 @@ class Tokenizer:
         Returns:
             String `tf.RaggedTensor` of shape `[batch, None]`.
         """
+        import tensorflow as tf
+
         patterns = _re2_patterns()
         texts = tf.strings.unicode_transcode(
             tf.convert_to_tensor(texts, tf.string), "UTF-8", "UTF-8", errors="replace"
@@ -378,6 +384,8 @@ class Vocabulary:
 
     def tf_lookup_table(self) -> tf.lookup.StaticHashTable:
         """Returns a TensorFlow table mapping token strings to int64 ids, `<unk>` id by default."""
+        import tensorflow as tf
+
         initializer = tf.lookup.KeyValueTensorInitializer(
             keys=tf.constant(self._tokens, dtype=tf.string),
             values=tf.range(len(self._tokens), dtype=tf.int64),

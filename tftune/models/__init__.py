@@ -23,47 +23,36 @@ Example:
 TensorShape([1, 3])
 """
 
-from tftune.models.backbone import (
-    CELLS,
-    DROPOUT_RATES,
-    TextBackbone,
-    build_encoder,
-    cudnn_report,
-    global_policy_restored,
-    make_recurrent_layer,
-    recurrent_layer_names,
-)
-from tftune.models.classifier import (
-    DIRECTIONS,
-    HEADS,
-    ClassifierEnsemble,
-    ConcatPooling,
-    LogProbabilities,
-    ReverseTokens,
-    TextClassifier,
-    ensemble_members,
-)
-from tftune.models.language_model import OUTPUTS, LanguageModel, TiedOutput, build_language_model
+import importlib
 
-__all__ = [
-    "CELLS",
-    "DIRECTIONS",
-    "DROPOUT_RATES",
-    "HEADS",
-    "OUTPUTS",
-    "ClassifierEnsemble",
-    "ConcatPooling",
-    "LanguageModel",
-    "LogProbabilities",
-    "ReverseTokens",
-    "TextBackbone",
-    "TextClassifier",
-    "TiedOutput",
-    "build_encoder",
-    "build_language_model",
-    "cudnn_report",
-    "ensemble_members",
-    "global_policy_restored",
-    "make_recurrent_layer",
-    "recurrent_layer_names",
-]
+# The lists of choices these models take, defined here so that the recipe schema and the command
+# line can import them without importing Keras.
+CELLS = ("simple_rnn", "lstm", "gru")  # recurrent cell of every backbone layer
+OUTPUTS = ("full", "sampled", "tied")  # the language model's next-token head
+DIRECTIONS = ("forward", "backward")  # reading direction of a language model and its classifier
+HEADS = ("concat_pool", "last")  # what the classifier reads from the backbone
+
+# Each public name and the submodule that defines it; imported on first use (PEP 562), so that
+# `from tftune.models import CELLS` stays free of Keras.
+_EXPORTS = {
+    "backbone": ("DROPOUT_RATES", "TextBackbone", "build_encoder", "cudnn_report", "global_policy_restored",
+                 "make_recurrent_layer", "recurrent_layer_names"),
+    "classifier": ("ClassifierEnsemble", "ConcatPooling", "LogProbabilities", "ReverseTokens", "TextClassifier",
+                   "ensemble_members"),
+    "language_model": ("LanguageModel", "TiedOutput", "build_language_model"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(["CELLS", "DIRECTIONS", "HEADS", "OUTPUTS", *_MODULE_OF])
+
+
+def __getattr__(name):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

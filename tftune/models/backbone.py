@@ -21,9 +21,11 @@ import numpy as np
 from keras import layers
 
 from tftune.fast_rnn import FastGRU, FastLSTM, FastSimpleRNN
+from tftune.models import CELLS
 from tftune.regularization import LockedDropout, WordDropout
 
-CELLS = {"simple_rnn": FastSimpleRNN, "lstm": FastLSTM, "gru": FastGRU}
+_CELL_LAYERS = dict(zip(CELLS, (FastSimpleRNN, FastLSTM, FastGRU)))  # in the order of CELLS
+
 # The backbone's regularization: each rate acts in training only and adds no weights.
 DROPOUT_RATES = ("dropout", "weight_dropout", "embedding_dropout", "input_dropout", "hidden_dropout")
 
@@ -82,13 +84,13 @@ def make_recurrent_layer(cell, units, name, use_cudnn="auto", weight_dropout=0.0
     `weight_dropout` (DropConnect on the recurrent kernel) keeps both kernels.
     """
     if cell not in CELLS:
-        raise ValueError(f"unknown cell {cell!r}; expected one of {sorted(CELLS)}")
+        raise ValueError(f"unknown cell {cell!r}; expected one of {CELLS}")
     options = {"units": units, "return_sequences": True, "name": name, "weight_dropout": weight_dropout}
     if cell == "gru":
         options["reset_after"] = True
     if cell != "simple_rnn":
         options["use_cudnn"] = use_cudnn
-    return CELLS[cell](**options)
+    return _CELL_LAYERS[cell](**options)
 
 
 def cudnn_report(encoder):

@@ -14,11 +14,10 @@ True
 import keras
 from keras import ops
 
+from tftune.models import DIRECTIONS, HEADS
 from tftune.models.backbone import deserialized
 from tftune.regularization import LockedDropout
 
-DIRECTIONS = ("forward", "backward")
-HEADS = ("concat_pool", "last")
 
 @keras.saving.register_keras_serializable(package="tftune")
 class ConcatPooling(keras.layers.Layer):

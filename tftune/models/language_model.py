@@ -18,10 +18,9 @@ import tensorflow as tf
 from keras import layers, ops
 
 from tftune.distribute import scale_loss_for_replicas
+from tftune.models import OUTPUTS
 from tftune.models.backbone import deserialized
 from tftune.regularization import LockedDropout, activation_regularization
-
-OUTPUTS = ("full", "sampled", "tied")
 
 
 @keras.saving.register_keras_serializable(package="tftune")
