@@ -72,10 +72,14 @@ def test_lm_throughput(smoke_outputs):
 def test_rnn_stack(smoke_outputs):
     result = result_of(smoke_outputs, "rnn_stack")
     assert result["matmul_peak_gflop_per_second"] > 0
+    # The practical peak is the better of TensorFlow's and numpy's, so neither share can exceed its own.
+    assert result["matmul_peak_gflop_per_second"] == max(result["tensorflow_matmul_peak_gflop_per_second"],
+                                                         result["numpy_matmul_peak_gflop_per_second"])
     assert set(result["cells"]) == {"lstm", "gru", "simple_rnn"}
     for cell in result["cells"].values():
         assert cell["fast"]["fast_path"] is True and cell["keras"]["fast_path"] is False
         assert 0 < cell["fast"]["share_of_matmul_peak"] and cell["flop_per_token"] > 0
+        assert cell["fast"]["share_of_matmul_peak"] <= cell["fast"]["share_of_tensorflow_matmul_peak"]
 
 
 def test_finetune_throughput(smoke_outputs):

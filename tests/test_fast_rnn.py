@@ -36,10 +36,15 @@ def fixed_weights(tensor):
     return tf.sin(tf.reshape(tf.range(tf.size(tensor), dtype="float32"), tf.shape(tensor)))
 
 
-def values_and_gradients(layer, inputs, mask, initial_state=None, training=False):
-    """Outputs, and gradients of a fixed projection of all outputs w.r.t. inputs, weights and states."""
+def values_and_gradients(layer, inputs, mask, initial_state=None, training=False, fixed_length=True):
+    """Outputs, and gradients of a fixed projection of all outputs w.r.t. inputs, weights and states.
 
-    @tf.function
+    Traced with the inputs' shape (`fixed_length`: the XLA-compiled recurrence), or with any
+    number of steps (the uncompiled one).
+    """
+    signature = None if fixed_length else [tf.TensorSpec([BATCH, None, inputs.shape[-1]], inputs.dtype)]
+
+    @tf.function(input_signature=signature)
     def run(inputs):
         with tf.GradientTape() as tape:
             tape.watch(inputs)
@@ -61,9 +66,10 @@ def assert_all_close(actual, expected, tolerance):
 
 
 def uses_custom_gradient(layer, inputs):
-    """Whether the traced layer contains the fast path's custom-gradient op."""
-    graph = tf.function(layer).get_concrete_function(tf.constant(inputs)).graph
-    return any("_gradient_op_type" in op.node_def.attr for op in graph.get_operations())
+    """Whether the traced layer contains the fast path's custom-gradient op (in its graph or a function it calls)."""
+    graph_def = tf.function(layer).get_concrete_function(tf.constant(inputs)).graph.as_graph_def()
+    nodes = [*graph_def.node, *(node for function in graph_def.library.function for node in function.node_def)]
+    return any("_gradient_op_type" in node.attr for node in nodes)
 
 
 @pytest.fixture
@@ -75,15 +81,29 @@ def inputs():
 @pytest.mark.parametrize(
     "return_sequences, masked", [(True, False), (True, True), (False, True)], ids=["sequences", "masked", "last"]
 )
+@pytest.mark.parametrize("fixed_length", [True, False], ids=["compiled", "any-length"])
 @pytest.mark.parametrize("cell", sorted(PAIRS))
-def test_outputs_and_gradients_match_keras(cell, return_sequences, masked, inputs):
+def test_outputs_and_gradients_match_keras(cell, return_sequences, masked, fixed_length, inputs):
     fast, plain = twin_layers(cell, return_sequences=return_sequences)
     assert fast.uses_fast_path and uses_custom_gradient(fast, inputs)
     mask = tf.constant(MASK) if masked else None
-    fast_outputs, fast_gradients = values_and_gradients(fast, inputs, mask)
+    fast_outputs, fast_gradients = values_and_gradients(fast, inputs, mask, fixed_length=fixed_length)
     keras_outputs, keras_gradients = values_and_gradients(plain, inputs, mask)
     assert_all_close(fast_outputs, keras_outputs, 1e-5)
     assert_all_close(fast_gradients, keras_gradients, 1e-5)
+
+
+def compiled_functions(layer, input_shape):
+    """How many XLA-compiled functions the layer's graph calls, traced on inputs of `input_shape`."""
+    graph_def = tf.function(layer).get_concrete_function(tf.TensorSpec(input_shape, "float32")).graph.as_graph_def()
+    return sum(function.attr["_XlaMustCompile"].b for function in graph_def.library.function)
+
+
+@pytest.mark.parametrize("cell", sorted(PAIRS))
+def test_a_fixed_number_of_steps_compiles_the_recurrence_with_xla_and_any_length_does_not(cell):
+    fast, _ = twin_layers(cell, return_sequences=True)
+    assert compiled_functions(fast, (BATCH, TIME, DIM)) >= 1  # the forward pass (the backward is built on demand)
+    assert compiled_functions(fast, (BATCH, None, DIM)) == 0  # each new length would compile again
 
 
 @pytest.mark.parametrize("cell", sorted(PAIRS))

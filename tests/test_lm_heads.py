@@ -84,6 +84,46 @@ def test_sampled_training_loss_is_the_full_loss_when_every_word_is_a_candidate(v
     assert float(model.sampled_loss(hidden, targets)) == pytest.approx(full, rel=1e-3)
 
 
+def test_sampled_loss_is_tensorflow_s_on_the_same_candidates(vectors, data):
+    import tensorflow as tf
+
+    train, _ = data
+    model = language_model(vectors, "sampled", num_sampled=64)
+    inputs, targets = next(iter(train))
+    hidden = model.hidden_states(inputs)
+    candidates = model.draw_candidates(targets)
+    # The few-word vocabulary makes accidental hits certain: their removal is checked too.
+    assert np.isin(targets.numpy(), candidates[0].numpy()).any()
+    expected = tf.nn.sampled_softmax_loss(
+        weights=tf.transpose(model.lm_head.kernel), biases=model.lm_head.bias,
+        labels=tf.reshape(tf.cast(targets, "int64"), (-1, 1)), inputs=tf.reshape(hidden, (-1, UNITS)),
+        num_sampled=64, num_classes=len(vectors), sampled_values=candidates, remove_accidental_hits=True,
+    )
+    assert float(model.sampled_loss(hidden, targets, candidates)) == pytest.approx(float(tf.reduce_mean(expected)),
+                                                                                  rel=1e-5)
+
+
+@pytest.mark.parametrize("output", ["full", "sampled", "tied"])
+def test_fixed_length_batches_train_through_the_xla_compiled_step_like_the_uncompiled_one(vectors, data, output):
+    """One step, compiled and not, from the same weights and seed: the same loss and updated weights."""
+    train, _ = data
+    inputs, targets = next(iter(train))
+    results = []
+    for compiled in (True, False):
+        model = language_model(vectors, output)
+        assert model.compiles_training_step(inputs)
+        if not compiled:
+            model.compiles_training_step = lambda x: False
+        keras.utils.set_random_seed(1)  # the same sampled candidates
+        loss = model.train_on_batch(inputs, targets)
+        results.append((loss, [weight.numpy() for weight in model.trainable_weights]))
+        assert (model._compiled_gradients is not None) == compiled
+    (compiled_loss, compiled_weights), (plain_loss, plain_weights) = results
+    assert compiled_loss == pytest.approx(plain_loss, rel=1e-5)
+    for compiled_weight, plain_weight in zip(compiled_weights, plain_weights):
+        np.testing.assert_allclose(compiled_weight, plain_weight, rtol=1e-4, atol=1e-5)
+
+
 def test_tied_head_scores_against_the_frozen_embedding_matrix(vectors, data):
     train, valid = data
     model = language_model(vectors, "tied")

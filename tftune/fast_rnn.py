@@ -16,6 +16,16 @@ particular, goes to the Keras implementation, so cuDNN is still used where it ex
 The outputs follow Keras' formulas and masking exactly: a masked step keeps the previous
 state and repeats the previous output.
 
+When the number of time steps is known while the graph is traced (language-model batches of
+`seq_len` tokens, or any fixed-shape input), each recurrence, forward and backward, is compiled
+with XLA (`tf.function(jit_compile=True)`): it fuses the gate math of a step into a few kernels
+and drops TensorFlow's per-op cost inside the loop. There the gates' sigmoid is computed as
+`(1 + tanh(x / 2)) / 2`, since XLA's CPU sigmoid costs several times its tanh (an LSTM step's
+gate math: 0.29 against 0.06 ms here). Inputs whose length varies from batch to batch
+(length-bucketed classification batches, the exported model) run the same recurrence
+uncompiled, since XLA would compile it again for every new length. `LanguageModel` compiles its
+whole forward and backward pass the same way (see its `train_step`).
+
 The classes report Keras' class names (`FastLSTM.__name__ == "LSTM"`): Keras names the
 groups of a `.weights.h5` file after each layer's class name, so this keeps weight files
 interchangeable with the plain layers in both directions.
@@ -135,52 +145,98 @@ def _recurrent_kernel_grad(previous_outputs, recurrent_grads):
     )
 
 
-def _lstm_recurrence(inputs, recurrent_kernel, h0, c0, mask):
-    """LSTM over time-major projected inputs `[time, batch, 4 * units]` (gates i, f, c, o)."""
+_COMPILED = {}  # pass function -> its XLA-compiled tf.function, made on first use
+
+
+def _maybe_compiled(pass_function, compiled):
+    """`pass_function`, or its XLA-compiled twin when `compiled` (see the module docstring).
+
+    Each pass has an explicit gradient (the recurrence's custom gradient calls the backward pass),
+    so its inputs are cut from the tape: a compiled function that TensorFlow itself had to be
+    ready to differentiate would hand its loop's TensorLists across the XLA boundary, which
+    eager TensorFlow refuses.
+    """
+    if compiled and pass_function not in _COMPILED:
+        # autograph off: the passes branch on Python values (a mask or None) while tracing.
+        _COMPILED[pass_function] = tf.function(pass_function, jit_compile=True, autograph=False)
+    function = _COMPILED[pass_function] if compiled else pass_function
+
+    def run(*args):
+        return function(*(tf.stop_gradient(arg) if tf.is_tensor(arg) else arg for arg in args))
+
+    return run
+
+
+def _tanh_sigmoid(x):
+    """The logistic sigmoid as `(1 + tanh(x / 2)) / 2`: XLA's CPU sigmoid costs several times its tanh."""
+    return 0.5 + 0.5 * tf.tanh(0.5 * x)
+
+
+def _sigmoid_of(compiled):
+    """The gates' sigmoid: TensorFlow's own kernel, or the tanh form where XLA compiles the pass."""
+    return _tanh_sigmoid if compiled else tf.sigmoid
+
+
+def _lstm_forward(inputs, recurrent_kernel, h0, c0, mask, sigmoid):
+    """The LSTM's forward pass: outputs, cell states and gates at every step (gates i, f, c, o)."""
     units = recurrent_kernel.shape[0]
+
+    def step(step_inputs, carry):
+        x, mask_t = step_inputs
+        h, c = carry
+        z = x + tf.matmul(h, recurrent_kernel)
+        i, f, g, o = tf.split(z, 4, axis=1)
+        i, f, g, o = sigmoid(i), sigmoid(f), tf.tanh(g), sigmoid(o)
+        c_new = f * c + i * g
+        h_new = o * tf.tanh(c_new)
+        h, c = _keep_if_masked(mask_t, h_new, h), _keep_if_masked(mask_t, c_new, c)
+        return (h, c), (h, c, tf.concat([i, f, g, o], axis=1))
+
+    (h, c), (outputs, carries, gates) = _scan(step, (inputs, mask), (h0, c0), (units, units, 4 * units))
+    return outputs, carries, gates, h, c
+
+
+def _lstm_backward(d_outputs, d_h, d_c, recurrent_kernel, h0, c0, outputs, carries, gates, mask):
+    """The LSTM's backward pass: the gradients of the inputs, recurrent kernel and initial states."""
+    units = recurrent_kernel.shape[0]
+    transposed_kernel = tf.transpose(recurrent_kernel)
+    previous_carries = _before_each_step(c0, carries)
+
+    def step(step_inputs, carry):
+        d_output, gate, c_t, c_tm1, mask_t = step_inputs
+        dh, dc = carry
+        dh, dh_skipped = _split_by_mask(mask_t, dh + d_output)
+        dc, dc_skipped = _split_by_mask(mask_t, dc)
+        i, f, g, o = tf.split(gate, 4, axis=1)
+        tanh_c = tf.tanh(c_t)
+        dc = dc + dh * o * (1 - tanh_c * tanh_c)
+        dz = tf.concat(
+            [dc * g * i * (1 - i), dc * c_tm1 * f * (1 - f), dc * i * (1 - g * g), dh * tanh_c * o * (1 - o)],
+            axis=1,
+        )
+        dh = _plus(tf.matmul(dz, transposed_kernel), dh_skipped)
+        return (dh, _plus(dc * f, dc_skipped)), (dz,)
+
+    (dh0, dc0), (dz,) = _scan(
+        step, (d_outputs, gates, carries, previous_carries, mask), (d_h, d_c), (4 * units,), reverse=True
+    )
+    return dz, _recurrent_kernel_grad(_before_each_step(h0, outputs), dz), dh0, dc0
+
+
+def _lstm_recurrence(inputs, recurrent_kernel, h0, c0, mask, compiled=False):
+    """LSTM over time-major projected inputs `[time, batch, 4 * units]` (gates i, f, c, o)."""
 
     @tf.custom_gradient
     def run(inputs, recurrent_kernel, h0, c0):
-        def forward(step_inputs, carry):
-            x, mask_t = step_inputs
-            h, c = carry
-            z = x + tf.matmul(h, recurrent_kernel)
-            i, f, g, o = tf.split(z, 4, axis=1)
-            i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
-            c_new = f * c + i * g
-            h_new = o * tf.tanh(c_new)
-            h, c = _keep_if_masked(mask_t, h_new, h), _keep_if_masked(mask_t, c_new, c)
-            return (h, c), (h, c, tf.concat([i, f, g, o], axis=1))
-
-        (h, c), (outputs, carries, gates) = _scan(forward, (inputs, mask), (h0, c0), (units, units, 4 * units))
+        outputs, carries, gates, h, c = _maybe_compiled(_lstm_forward, compiled)(
+            inputs, recurrent_kernel, h0, c0, mask, _sigmoid_of(compiled)
+        )
 
         def backward(d_outputs, d_h, d_c):
-            transposed_kernel = tf.transpose(recurrent_kernel)
-            previous_carries = _before_each_step(c0, carries)
-
-            def step(step_inputs, carry):
-                d_output, gate, c_t, c_tm1, mask_t = step_inputs
-                dh, dc = carry
-                dh, dh_skipped = _split_by_mask(mask_t, dh + d_output)
-                dc, dc_skipped = _split_by_mask(mask_t, dc)
-                i, f, g, o = tf.split(gate, 4, axis=1)
-                tanh_c = tf.tanh(c_t)
-                dc = dc + dh * o * (1 - tanh_c * tanh_c)
-                dz = tf.concat(
-                    [dc * g * i * (1 - i), dc * c_tm1 * f * (1 - f), dc * i * (1 - g * g), dh * tanh_c * o * (1 - o)],
-                    axis=1,
-                )
-                dh = _plus(tf.matmul(dz, transposed_kernel), dh_skipped)
-                return (dh, _plus(dc * f, dc_skipped)), (dz,)
-
-            (dh0, dc0), (dz,) = _scan(
-                step,
-                (_zeros_if_none(d_outputs, outputs), gates, carries, previous_carries, mask),
-                (_zeros_if_none(d_h, h), _zeros_if_none(d_c, c)),
-                (4 * units,),
-                reverse=True,
+            return _maybe_compiled(_lstm_backward, compiled)(
+                _zeros_if_none(d_outputs, outputs), _zeros_if_none(d_h, h), _zeros_if_none(d_c, c),
+                recurrent_kernel, h0, c0, outputs, carries, gates, mask,
             )
-            return dz, _recurrent_kernel_grad(_before_each_step(h0, outputs), dz), dh0, dc0
 
         return (outputs, h, c), backward
 
@@ -188,51 +244,64 @@ def _lstm_recurrence(inputs, recurrent_kernel, h0, c0, mask):
     return outputs, [h, c]
 
 
-def _gru_recurrence(inputs, recurrent_kernel, recurrent_bias, h0, mask):
-    """GRU (`reset_after=True`) over time-major projected inputs `[time, batch, 3 * units]` (gates z, r, h)."""
+def _gru_forward(inputs, recurrent_kernel, recurrent_bias, h0, mask, sigmoid):
+    """The GRU's forward pass: outputs, and the gates and recurrent candidate part at every step."""
     units = recurrent_kernel.shape[0]
+
+    def step(step_inputs, carry):
+        x, mask_t = step_inputs
+        (h,) = carry
+        x_z, x_r, x_h = tf.split(x, 3, axis=1)
+        inner = tf.matmul(h, recurrent_kernel) + recurrent_bias
+        inner_z, inner_r, inner_h = tf.split(inner, 3, axis=1)
+        z = sigmoid(x_z + inner_z)
+        r = sigmoid(x_r + inner_r)
+        candidate = tf.tanh(x_h + r * inner_h)
+        h = _keep_if_masked(mask_t, z * h + (1 - z) * candidate, h)
+        return (h,), (h, tf.concat([z, r, candidate, inner_h], axis=1))
+
+    (h,), (outputs, saved) = _scan(step, (inputs, mask), (h0,), (units, 4 * units))
+    return outputs, saved, h
+
+
+def _gru_backward(d_outputs, d_h, recurrent_kernel, h0, outputs, saved, mask):
+    """The GRU's backward pass: the gradients of the inputs, recurrent kernel and bias, and initial state."""
+    units = recurrent_kernel.shape[0]
+    transposed_kernel = tf.transpose(recurrent_kernel)
+    previous_outputs = _before_each_step(h0, outputs)
+
+    def step(step_inputs, carry):
+        d_output, saved_t, h_tm1, mask_t = step_inputs
+        (dh,) = carry
+        dh, dh_skipped = _split_by_mask(mask_t, dh + d_output)
+        z, r, candidate, inner_h = tf.split(saved_t, 4, axis=1)
+        d_candidate = dh * (1 - z) * (1 - candidate * candidate)
+        d_z = dh * (h_tm1 - candidate) * z * (1 - z)
+        d_r = d_candidate * inner_h * r * (1 - r)
+        d_inner = tf.concat([d_z, d_r, d_candidate * r], axis=1)
+        dh = _plus(tf.matmul(d_inner, transposed_kernel) + dh * z, dh_skipped)
+        return (dh,), (tf.concat([d_z, d_r, d_candidate], axis=1), d_inner)
+
+    (dh0,), (d_inputs, d_inner) = _scan(
+        step, (d_outputs, saved, previous_outputs, mask), (d_h,), (3 * units, 3 * units), reverse=True
+    )
+    d_bias = tf.reduce_sum(d_inner, axis=[0, 1])
+    return d_inputs, _recurrent_kernel_grad(previous_outputs, d_inner), d_bias, dh0
+
+
+def _gru_recurrence(inputs, recurrent_kernel, recurrent_bias, h0, mask, compiled=False):
+    """GRU (`reset_after=True`) over time-major projected inputs `[time, batch, 3 * units]` (gates z, r, h)."""
 
     @tf.custom_gradient
     def run(inputs, recurrent_kernel, recurrent_bias, h0):
-        def forward(step_inputs, carry):
-            x, mask_t = step_inputs
-            (h,) = carry
-            x_z, x_r, x_h = tf.split(x, 3, axis=1)
-            inner = tf.matmul(h, recurrent_kernel) + recurrent_bias
-            inner_z, inner_r, inner_h = tf.split(inner, 3, axis=1)
-            z = tf.sigmoid(x_z + inner_z)
-            r = tf.sigmoid(x_r + inner_r)
-            candidate = tf.tanh(x_h + r * inner_h)
-            h = _keep_if_masked(mask_t, z * h + (1 - z) * candidate, h)
-            return (h,), (h, tf.concat([z, r, candidate, inner_h], axis=1))
-
-        (h,), (outputs, saved) = _scan(forward, (inputs, mask), (h0,), (units, 4 * units))
+        outputs, saved, h = _maybe_compiled(_gru_forward, compiled)(
+            inputs, recurrent_kernel, recurrent_bias, h0, mask, _sigmoid_of(compiled)
+        )
 
         def backward(d_outputs, d_h):
-            transposed_kernel = tf.transpose(recurrent_kernel)
-            previous_outputs = _before_each_step(h0, outputs)
-
-            def step(step_inputs, carry):
-                d_output, saved_t, h_tm1, mask_t = step_inputs
-                (dh,) = carry
-                dh, dh_skipped = _split_by_mask(mask_t, dh + d_output)
-                z, r, candidate, inner_h = tf.split(saved_t, 4, axis=1)
-                d_candidate = dh * (1 - z) * (1 - candidate * candidate)
-                d_z = dh * (h_tm1 - candidate) * z * (1 - z)
-                d_r = d_candidate * inner_h * r * (1 - r)
-                d_inner = tf.concat([d_z, d_r, d_candidate * r], axis=1)
-                dh = _plus(tf.matmul(d_inner, transposed_kernel) + dh * z, dh_skipped)
-                return (dh,), (tf.concat([d_z, d_r, d_candidate], axis=1), d_inner)
-
-            (dh0,), (d_inputs, d_inner) = _scan(
-                step,
-                (_zeros_if_none(d_outputs, outputs), saved, previous_outputs, mask),
-                (_zeros_if_none(d_h, h),),
-                (3 * units, 3 * units),
-                reverse=True,
+            return _maybe_compiled(_gru_backward, compiled)(
+                _zeros_if_none(d_outputs, outputs), _zeros_if_none(d_h, h), recurrent_kernel, h0, outputs, saved, mask
             )
-            d_bias = tf.reduce_sum(d_inner, axis=[0, 1])
-            return d_inputs, _recurrent_kernel_grad(previous_outputs, d_inner), d_bias, dh0
 
         return (outputs, h), backward
 
@@ -240,38 +309,47 @@ def _gru_recurrence(inputs, recurrent_kernel, recurrent_bias, h0, mask):
     return outputs, [h]
 
 
-def _simple_rnn_recurrence(inputs, recurrent_kernel, h0, mask):
-    """tanh SimpleRNN over time-major projected inputs `[time, batch, units]`."""
+def _simple_rnn_forward(inputs, recurrent_kernel, h0, mask):
+    """The tanh SimpleRNN's forward pass: the outputs at every step."""
     units = recurrent_kernel.shape[0]
+
+    def step(step_inputs, carry):
+        x, mask_t = step_inputs
+        (h,) = carry
+        h = _keep_if_masked(mask_t, tf.tanh(x + tf.matmul(h, recurrent_kernel)), h)
+        return (h,), (h,)
+
+    (h,), (outputs,) = _scan(step, (inputs, mask), (h0,), (units,))
+    return outputs, h
+
+
+def _simple_rnn_backward(d_outputs, d_h, recurrent_kernel, h0, outputs, mask):
+    """The SimpleRNN's backward pass: the gradients of the inputs, recurrent kernel and initial state."""
+    units = recurrent_kernel.shape[0]
+    transposed_kernel = tf.transpose(recurrent_kernel)
+
+    def step(step_inputs, carry):
+        d_output, h_t, mask_t = step_inputs
+        (dh,) = carry
+        dh, dh_skipped = _split_by_mask(mask_t, dh + d_output)
+        da = dh * (1 - h_t * h_t)
+        return (_plus(tf.matmul(da, transposed_kernel), dh_skipped),), (da,)
+
+    (dh0,), (da,) = _scan(step, (d_outputs, outputs, mask), (d_h,), (units,), reverse=True)
+    return da, _recurrent_kernel_grad(_before_each_step(h0, outputs), da), dh0
+
+
+def _simple_rnn_recurrence(inputs, recurrent_kernel, h0, mask, compiled=False):
+    """tanh SimpleRNN over time-major projected inputs `[time, batch, units]`."""
 
     @tf.custom_gradient
     def run(inputs, recurrent_kernel, h0):
-        def forward(step_inputs, carry):
-            x, mask_t = step_inputs
-            (h,) = carry
-            h = _keep_if_masked(mask_t, tf.tanh(x + tf.matmul(h, recurrent_kernel)), h)
-            return (h,), (h,)
-
-        (h,), (outputs,) = _scan(forward, (inputs, mask), (h0,), (units,))
+        outputs, h = _maybe_compiled(_simple_rnn_forward, compiled)(inputs, recurrent_kernel, h0, mask)
 
         def backward(d_outputs, d_h):
-            transposed_kernel = tf.transpose(recurrent_kernel)
-
-            def step(step_inputs, carry):
-                d_output, h_t, mask_t = step_inputs
-                (dh,) = carry
-                dh, dh_skipped = _split_by_mask(mask_t, dh + d_output)
-                da = dh * (1 - h_t * h_t)
-                return (_plus(tf.matmul(da, transposed_kernel), dh_skipped),), (da,)
-
-            (dh0,), (da,) = _scan(
-                step,
-                (_zeros_if_none(d_outputs, outputs), outputs, mask),
-                (_zeros_if_none(d_h, h),),
-                (units,),
-                reverse=True,
+            return _maybe_compiled(_simple_rnn_backward, compiled)(
+                _zeros_if_none(d_outputs, outputs), _zeros_if_none(d_h, h), recurrent_kernel, h0, outputs, mask
             )
-            return da, _recurrent_kernel_grad(_before_each_step(h0, outputs), da), dh0
 
         return (outputs, h), backward
 
@@ -344,7 +422,8 @@ class _FastRecurrentCall(WeightDroppedInnerLoop):
         step_mask = None if mask is None else tf.transpose(tf.cast(mask, "bool"))[:, :, None]
 
         recurrent_kernel = ops.cast(self.recurrent_kernel_for_call(training), dtype)
-        outputs, states = self._recurrence(projected, recurrent_kernel, states, step_mask)
+        compiled = sequences.shape[1] is not None  # a fixed number of steps: one XLA compilation
+        outputs, states = self._recurrence(projected, recurrent_kernel, states, step_mask, compiled)
         if step_mask is not None and initial_state is not None:
             # Keras outputs zeros, not the initial state, before a sequence's first real step.
             started = tf.cumsum(tf.cast(step_mask, "int32"), axis=0) > 0
@@ -384,8 +463,8 @@ class FastLSTM(_FastRecurrentCall, layers.LSTM):
     def _input_bias(self):
         return self.cell.bias
 
-    def _recurrence(self, projected, recurrent_kernel, states, mask):
-        return _lstm_recurrence(projected, recurrent_kernel, states[0], states[1], mask)
+    def _recurrence(self, projected, recurrent_kernel, states, mask, compiled):
+        return _lstm_recurrence(projected, recurrent_kernel, states[0], states[1], mask, compiled)
 
 
 @_keep_keras_class_name(layers.GRU)
@@ -419,11 +498,11 @@ class FastGRU(_FastRecurrentCall, layers.GRU):
     def _input_bias(self):
         return None if self.cell.bias is None else self.cell.bias[0]
 
-    def _recurrence(self, projected, recurrent_kernel, states, mask):
+    def _recurrence(self, projected, recurrent_kernel, states, mask, compiled):
         bias = self.cell.bias
         dtype = recurrent_kernel.dtype
         recurrent_bias = tf.zeros([3 * self.units], dtype) if bias is None else ops.cast(bias[1], dtype)
-        return _gru_recurrence(projected, recurrent_kernel, recurrent_bias, states[0], mask)
+        return _gru_recurrence(projected, recurrent_kernel, recurrent_bias, states[0], mask, compiled)
 
 
 @_keep_keras_class_name(layers.SimpleRNN)
@@ -451,5 +530,5 @@ class FastSimpleRNN(_FastRecurrentCall, layers.SimpleRNN):
     def _input_bias(self):
         return self.cell.bias
 
-    def _recurrence(self, projected, recurrent_kernel, states, mask):
-        return _simple_rnn_recurrence(projected, recurrent_kernel, states[0], mask)
+    def _recurrence(self, projected, recurrent_kernel, states, mask, compiled):
+        return _simple_rnn_recurrence(projected, recurrent_kernel, states[0], mask, compiled)
