@@ -18,4 +18,4 @@ import os
 # Before TensorFlow is first imported by any benchmark module.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-BENCHMARKS = ("lm_throughput", "rnn_stack", "finetune_throughput", "vectors", "serving", "accuracy")
+BENCHMARKS = ("lm_throughput", "rnn_stack", "finetune_throughput", "scaling", "vectors", "serving", "accuracy")

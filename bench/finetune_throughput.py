@@ -111,6 +111,16 @@ def time_training(build, dataset, n_examples, warmup_steps):
 
 
 def measure_task(name, recipe, vectors, sizes, max_examples):
+    loaded = load_task(name)
+    if isinstance(loaded, str):
+        common.log(f"{NAME}: skipping {name}: {loaded}")
+        return {"skipped": loaded}
+    texts, labels, source = loaded
+    return measure_loaded_task(name, (texts[:max_examples], labels[:max_examples], source), recipe, vectors, sizes)
+
+
+def measure_loaded_task(name, task, recipe, vectors, sizes):
+    """Bucketed against padded training on `task`, `(texts, labels, source)`, at `sizes` (max_len, batch, ...)."""
     import keras
     import numpy as np
 
@@ -119,12 +129,7 @@ def measure_task(name, recipe, vectors, sizes, max_examples):
     from tftune.models import TextClassifier, build_encoder
     from tftune.text import Tokenizer, Vocabulary
 
-    loaded = load_task(name)
-    if isinstance(loaded, str):
-        common.log(f"{NAME}: skipping {name}: {loaded}")
-        return {"skipped": loaded}
-    texts, labels, source = loaded
-    texts, labels = texts[:max_examples], labels[:max_examples]
+    texts, labels, source = task
     label_index = {label: i for i, label in enumerate(sorted(set(labels)))}
     targets = [label_index[label] for label in labels]
 

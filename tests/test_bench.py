@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = ("lm_throughput", "rnn_stack", "finetune_throughput", "vectors", "serving", "accuracy")
+BENCHMARKS = ("lm_throughput", "rnn_stack", "finetune_throughput", "scaling", "vectors", "serving", "accuracy")
 RUN_KEYS = {"tokens_per_second", "valid_perplexity", "steps", "epochs", "train_seconds", "vocab_size",
             "train_tokens", "valid_tokens", "peak_rss_mb"}
 LOAD_KEYS = {"vectors", "dim", "import_rss_mb", "load_seconds", "rss_after_load_mb", "align_seconds",
@@ -188,6 +188,24 @@ def test_accuracy_mean_and_std_over_seeds():
               "small_lm": None, "tasks": {"trec6": {"rows": {"tftune": {"description": "d", "seeds": figures,
                                                                        **spread}}}}}
     assert "| trec6 | tftune | 85.0% ± 7.1% | 75.0% ± 7.1% | 0.800 | 0, 1 | 15 | d |" in accuracy.markdown(result)
+
+
+def test_scaling(smoke_outputs):
+    result = result_of(smoke_outputs, "scaling")
+    rows = result["vocabulary"]["rows"]
+    assert len(rows) == 2
+    for row in rows.values():
+        assert {"tokens_per_second", "tokens_per_cpu_second", "peak_rss_mb", "embedding_mb"} <= set(row["tftune"])
+        assert row["tftune"]["tokens_per_second"] > 0 and row["keras"]["tokens_per_second"] > 0
+        assert row["ratios"]["tftune_vs_keras"] > 0
+    smallest, largest = (rows[size] for size in sorted(rows, key=int))
+    assert smallest["ratios"]["tftune_vs_smallest_vocabulary"] == 1
+    assert largest["tftune"]["embedding_mb"] > smallest["tftune"]["embedding_mb"]
+    length = result["length"]
+    if "skipped" not in length:  # the IMDb subset is in ../shared/data
+        for row in length["rows"].values():
+            assert PIPELINE_KEYS <= set(row["bucketed"]) and PIPELINE_KEYS <= set(row["padded"])
+            assert row["bucketed"]["seconds_per_1k_real_tokens"] > 0
 
 
 def test_markdown_table_from_results(smoke_outputs, tmp_path):

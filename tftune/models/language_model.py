@@ -152,7 +152,8 @@ class LanguageModel(keras.Model):
             counts = np.asarray(unigram_counts, dtype="float64") + 1.0
             self.lm_head.bias.assign(np.log(counts / counts.sum()).astype("float32"))
         self._cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        self._compiled_gradients = None  # the XLA-compiled training gradients, made on the first compiled step
+        # The XLA-compiled training gradients and optimizer update, made on the first compiled step.
+        self._compiled_gradients = self._compiled_update = None
         # Every layer with weights is built above: weights load before the first call.
         self.built = True
 
@@ -260,6 +261,9 @@ class LanguageModel(keras.Model):
             scaled_loss = self.optimizer.scale_loss(scale_loss_for_replicas(objective))
         return loss, logits, tape.gradient(scaled_loss, self.trainable_weights)
 
+    def _update(self, gradients):
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
+
     def compiles_training_step(self, x):
         """Whether the training step on batches shaped like `x` is compiled with XLA.
 
@@ -276,21 +280,26 @@ class LanguageModel(keras.Model):
         # divided by the replicas, their summed gradients are the global batch's (as Keras' own
         # losses do), so a strategy takes the one-device step. The forward and backward pass is
         # compiled with XLA where it can be (`compiles_training_step`): it fuses the gate math
-        # and the head, about 1.3x faster on a CPU; the optimizer's update stays outside.
+        # and the head, about 1.2x faster on a CPU. So is the optimizer's update on one device
+        # (Adam and the global norm clip fused into a few passes over the weights: 19 -> 10 ms
+        # for the 2 x 256 LM at 20k words).
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if sample_weight is not None:
             raise ValueError("language-model training takes no sample weights")
         candidates = self.draw_candidates(y) if self.output_kind == "sampled" else None
-        gradients_of = self._training_gradients
+        gradients_of, update = self._training_gradients, self._update
         if self.compiles_training_step(x):
             if self._compiled_gradients is None:
                 self._compiled_gradients = tf.function(self._training_gradients, jit_compile=True)
+                self._compiled_update = tf.function(self._update, jit_compile=True)
             gradients_of = self._compiled_gradients
+            # Under a tf.distribute strategy the update sums the replicas' gradients, which XLA cannot.
+            update = update if tf.distribute.has_strategy() else self._compiled_update
         loss, logits, gradients = gradients_of(x, y, candidates)
         for metric in self.metrics:
             if metric.name == "loss":
                 metric.update_state(loss, sample_weight=tf.shape(x)[0])
-        self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
+        update(gradients)
         if logits is None:
             return self.get_metrics_result()
         return self.compute_metrics(x, y, logits)
