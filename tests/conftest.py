@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The tests' models are tiny and each compiles with XLA once (language-model steps, fixed-length
+# recurrences): XLA's least optimized code generation halves that compile time, in this process
+# and the CLI subprocesses, and still runs every compiled path.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAINED = REPO / "pretrained"
