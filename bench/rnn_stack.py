@@ -175,8 +175,8 @@ def measure(args):
             "cpu_ms_per_step": round(1000 * cpu, 2),
             "tokens_per_second": round(tokens / wall),
             "gflop_per_second": round(flop * tokens / wall / 1e9, 1),
-            "share_of_matmul_peak": round(flop * tokens / wall / 1e9 / peak, 3),
-            "share_of_tensorflow_matmul_peak": round(flop * tokens / wall / 1e9 / tensorflow_peak, 3),
+            "share_of_matmul_peak": common.significant(flop * tokens / wall / 1e9 / peak, 3),
+            "share_of_tensorflow_matmul_peak": common.significant(flop * tokens / wall / 1e9 / tensorflow_peak, 3),
         }
     for result in cells.values():
         keras_result, fast_result = result["keras"], result["fast"]
