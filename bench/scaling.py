@@ -4,7 +4,7 @@
 GloVe 6B 50d, which are frequency-ordered; 400,000 is the whole set, tftune's default vectors),
 a fresh process trains tftune's `LanguageModel` (the LSTM recipe's sampled softmax of 1,024
 words, 2 × 256 units, sequence 70, batch 64, AR/TAR as in the recipe) on the shipped corpus, its
-tokens mapped into that vocabulary, for a fixed number of timed steps after warm-up. It reports
+tokens mapped into that vocabulary, for a fixed number of timed steps after the first (traced) one. It reports
 tokens/s, tokens per CPU second, peak RSS, and what the vocabulary itself costs in memory: the
 frozen embedding (V × 50) and the trainable head with its two Adam moments (3 × 256 × V). The
 baseline, run in the same script at the same sizes, is the plain Keras LM of `bench.lm_throughput`
@@ -13,8 +13,8 @@ logits alone would take `batch × seq × V × 4` bytes (7.2 GB) per batch, so th
 Ratios: tftune / Keras at each size, and each side's tokens/s at V / at 20,000 words (flat = 1).
 
 **Length.** `bench.finetune_throughput`'s comparison (tftune's length-bucketed batches against
-batches padded to `max_len`) on the IMDb subset's training reviews (long documents: 270 tokens on
-average) with `max_len` 50, 200 and 800: examples/s, the share of real tokens, and seconds per
+batches padded to `max_len`) on the IMDb subset's training reviews (long documents: 282 tokens on
+average when cut to 800) with `max_len` 50, 200 and 800: examples/s, the share of real tokens, and seconds per
 thousand real tokens, which bucketing should keep nearly constant.
 
 Example:
@@ -26,7 +26,6 @@ python -m bench.scaling --smoke          # tiny sizes, seconds
 ```
 """
 
-import time
 
 from bench import common
 
@@ -35,10 +34,8 @@ PARTS = ("vocabulary", "length")
 VOCABULARY_SIZES = (20_000, 100_000, 400_000)
 MAX_LENS = (50, 200, 800)
 KERAS_LOGITS_LIMIT_GB = 4.0  # the plain Keras LM is not run where one batch's logits exceed this
-LM = {"units": 256, "layers": 2, "seq_len": 70, "batch_size": 64, "warmup_steps": 3, "timed_steps": 20,
-      "keras_timed_steps": 4}
-SMOKE_LM = {"units": 16, "layers": 1, "seq_len": 10, "batch_size": 8, "warmup_steps": 1, "timed_steps": 2,
-            "keras_timed_steps": 1}
+LM = {"units": 256, "layers": 2, "seq_len": 70, "batch_size": 64, "timed_steps": 20, "keras_timed_steps": 4}
+SMOKE_LM = {"units": 16, "layers": 1, "seq_len": 10, "batch_size": 8, "timed_steps": 2, "keras_timed_steps": 1}
 SMOKE_VOCABULARY_SIZES = (2_000, 8_000)
 SMOKE_MAX_LENS = (10, 40)
 IMDB = common.SHARED_DATA / "imdb-subset" / "train.csv"
@@ -52,54 +49,17 @@ def add_arguments(parser):
 # === Vocabulary ===
 
 
-def corpus_ids(vocabulary_size, max_tokens):
-    """Ids of the shipped corpus in the vocabulary of GloVe's first `vocabulary_size` words (after the specials)."""
+def vocabulary_and_ids(vocabulary_size, max_tokens):
+    """GloVe's first words as a vocabulary of `vocabulary_size` ids, and the shipped corpus encoded in it."""
     import numpy as np
 
-    from tftune.text import SPECIAL_TOKENS, UNK_ID, Tokenizer
+    from tftune.text import SPECIAL_TOKENS, Tokenizer, Vocabulary
 
     words = (common.PRETRAINED / "glove.6B.50d.words.txt").read_text(encoding="utf-8").splitlines()
-    index = {word: i + len(SPECIAL_TOKENS) for i, word in enumerate(words[: vocabulary_size - len(SPECIAL_TOKENS)])}
-    tokenizer = Tokenizer(lowercase=True)
-    ids = []
-    for line in common.SHIPPED_CORPUS.read_text(encoding="utf-8").splitlines():
-        ids.extend(index.get(token, UNK_ID) for token in tokenizer.tokenize(line))
-        if len(ids) >= max_tokens:
-            break
-    return np.asarray(ids[:max_tokens], dtype="int32")
-
-
-def vocabulary_matrix(vocabulary_size):
-    """The frozen embedding: the specials' rows, then GloVe's first words, as `tftune.embeddings.align` lays them."""
-    import numpy as np
-
-    from tftune.embeddings import load_vectors
-    from tftune.text import SPECIAL_TOKENS
-
-    vectors = load_vectors(common.PRETRAINED / "glove.6B.50d.toml", "npy").vectors
-    rng = np.random.default_rng(0)
-    specials = rng.normal(scale=vectors[:10_000].std(axis=0), size=(len(SPECIAL_TOKENS), vectors.shape[1]))
-    specials[0] = 0.0  # <pad>
-    return np.concatenate([specials, vectors[: vocabulary_size - len(SPECIAL_TOKENS)]]).astype("float32")
-
-
-class StepTimer:
-    """Wall and CPU seconds of each `fit` step, as a Keras callback."""
-
-    def __init__(self):
-        import keras
-
-        timer = self
-
-        class Callback(keras.callbacks.Callback):
-            def on_train_batch_begin(self, batch, logs=None):
-                timer.started = (time.perf_counter(), time.process_time())
-
-            def on_train_batch_end(self, batch, logs=None):
-                wall, cpu = timer.started
-                timer.steps.append((time.perf_counter() - wall, time.process_time() - cpu))
-
-        self.steps, self.started, self.callback = [], None, Callback()
+    vocab = Vocabulary(words[: vocabulary_size - len(SPECIAL_TOKENS)])
+    lines = common.SHIPPED_CORPUS.read_text(encoding="utf-8").splitlines()
+    ids = np.concatenate(vocab.encode(lines, Tokenizer(lowercase=True)))
+    return vocab, ids[:max_tokens]
 
 
 def vocabulary_work(spec):
@@ -107,15 +67,18 @@ def vocabulary_work(spec):
     import keras
     import numpy as np
 
+    from tftune.callbacks import Throughput
     from tftune.data import lm_dataset
+    from tftune.embeddings import align, load_vectors
     from tftune.models import LanguageModel, build_encoder
     from tftune.recipe import load_recipe
 
     sizes, vocabulary_size = spec["sizes"], spec["vocabulary_size"]
     keras.utils.set_random_seed(0)
-    steps = sizes["warmup_steps"] + sizes["timed_steps" if spec["side"] == "tftune" else "keras_timed_steps"]
-    ids = corpus_ids(vocabulary_size, (steps * sizes["batch_size"] + 1) * sizes["seq_len"] + 1)
-    matrix = vocabulary_matrix(vocabulary_size)
+    # The first step (tracing, XLA compilation) is never timed.
+    steps = 1 + sizes["timed_steps" if spec["side"] == "tftune" else "keras_timed_steps"]
+    vocab, ids = vocabulary_and_ids(vocabulary_size, (steps * sizes["batch_size"] + 1) * sizes["seq_len"] + 1)
+    matrix, _ = align(vocab, load_vectors(common.PRETRAINED / "glove.6B.50d.toml", "npy"))
     rss_before_model = common.current_rss_mb()
     pretrain = load_recipe("lstm-glove").pretrain
     optimizer = keras.optimizers.Adam(pretrain.learning_rate, global_clipnorm=1.0)
@@ -134,22 +97,19 @@ def vocabulary_work(spec):
         ])
         model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
     data = lm_dataset(ids, sizes["seq_len"], sizes["batch_size"]).take(steps).repeat()
-    timer = StepTimer()
-    model.fit(data, steps_per_epoch=steps, epochs=1, callbacks=[timer.callback], shuffle=False, verbose=0)
-    timed = timer.steps[sizes["warmup_steps"]:]
-    tokens = sizes["batch_size"] * sizes["seq_len"]
-    wall, cpu = sum(step[0] for step in timed), sum(step[1] for step in timed)
+    throughput = Throughput(tokens_per_step=sizes["batch_size"] * sizes["seq_len"])
+    model.fit(data, steps_per_epoch=steps, epochs=1, callbacks=[throughput], shuffle=False, verbose=0)
     return {
-        "tokens_per_second": tokens * len(timed) / wall,
-        "tokens_per_cpu_second": tokens * len(timed) / cpu,
-        "step_ms": round(1000 * wall / len(timed), 1),
-        "timed_steps": len(timed),
+        "tokens_per_second": throughput.tokens_per_second,
+        "tokens_per_cpu_second": throughput.tokens_per_cpu_second,
+        "step_ms": round(1000 * throughput.seconds / throughput.steps, 1),
+        "timed_steps": throughput.steps,
         "rss_before_model_mb": rss_before_model,
         "embedding_mb": round(matrix.nbytes / 2**20, 1),
     }
 
 
-def measure_vocabulary(args, sizes, vocabulary_sizes):
+def measure_vocabulary(sizes, vocabulary_sizes):
     rows = {}
     for vocabulary_size in vocabulary_sizes:
         row = {"head_and_moments_mb": round(3 * sizes["units"] * vocabulary_size * 4 / 2**20, 1),
@@ -219,15 +179,11 @@ def measure(args):
         raise SystemExit(f"error: unknown part(s) {', '.join(unknown)}; expected {', '.join(PARTS)}")
     result = {}
     if "vocabulary" in parts:
-        result["vocabulary"] = measure_vocabulary(args, SMOKE_LM if args.smoke else LM,
+        result["vocabulary"] = measure_vocabulary(SMOKE_LM if args.smoke else LM,
                                                   SMOKE_VOCABULARY_SIZES if args.smoke else VOCABULARY_SIZES)
     if "length" in parts:
         result["length"] = measure_length(args, SMOKE_MAX_LENS if args.smoke else MAX_LENS)
     return result
-
-
-def work(spec):
-    return vocabulary_work(spec)
 
 
 def summary(result):
@@ -264,7 +220,7 @@ def markdown(result):
             f"{config['layers']} × {config['units']} LSTM on frozen GloVe 6B 50d (its first V words), sequence "
             f"{config['seq_len']}, batch {config['batch_size']}; tftune: sampled softmax of 1,024 words; Keras: "
             f"full softmax. {config['timed_steps']} (Keras: {config['keras_timed_steps']}) timed steps after "
-            f"{config['warmup_steps']} warm-up steps, each size in a fresh process.",
+            f"{config.get('warmup_steps', 1)} untimed one(s), each size in a fresh process.",
             "",
             "| vocabulary | tftune tokens/s | Keras tokens/s | tftune / Keras | tftune vs the smallest | tftune peak RSS (MiB) "
             "| Keras peak RSS (MiB) | embedding (MiB) | head + Adam moments (MiB) |",
@@ -303,7 +259,7 @@ def markdown(result):
 
 def main(argv=None):
     return common.main(NAME, "LM cost by vocabulary size, classifier cost by max_len.", measure, summary,
-                       add_arguments, work=work, argv=argv)
+                       add_arguments, work=vocabulary_work, argv=argv)
 
 
 if __name__ == "__main__":
