@@ -14,6 +14,13 @@ measured against the machine's practical float32 matmul peak: the better of Tens
 numpy's (BLAS) square matmul in this process, timed the same way; the share of TensorFlow's own
 peak is reported beside it.
 
+Two ceilings run beside them: the same stack's matmuls alone, at the same shapes and with the
+same step-to-step dependency (each step's recurrent matmul waits for the previous one, forward
+and backward), but without any gate math, once compiled with XLA (TensorFlow's kernels, as the
+fast path runs them) and once in numpy (BLAS). No implementation of the cell built on those
+kernels can beat its ceiling, so the ceiling's share of the peak bounds what the fast path can
+reach.
+
 Example:
 
 ```sh
@@ -125,6 +132,89 @@ def _training_step(stack, shape, masked):
     return lambda: step(inputs)[0].numpy()
 
 
+def _matmuls_only_xla(gates, shape):
+    """The stack's matmuls alone, compiled with XLA, as a no-argument callable."""
+    import numpy as np
+    import tensorflow as tf
+
+    batch, steps, units = shape["batch"], shape["time"], shape["units"]
+    rng = np.random.default_rng(0)
+    inputs = tf.constant(rng.normal(size=(steps * batch, shape["input_dim"])).astype("float32"))
+    widths = [shape["input_dim"]] + [units] * (shape["layers"] - 1)
+    input_kernels = [tf.constant(rng.normal(size=(w, gates * units)).astype("float32") * 0.05) for w in widths]
+    recurrent_kernels = [tf.constant(rng.normal(size=(units, gates * units)).astype("float32") * 0.05)
+                         for _ in widths]
+
+    def loop(body, start):
+        """`steps` dependent applications of `body`, stacked time-major into `[steps * batch, ...]`."""
+        def step(t, state, outputs):
+            state = body(state)
+            return t + 1, state, outputs.write(t, state)
+
+        _, _, outputs = tf.while_loop(lambda t, *_: t < steps, step,
+                                      (0, start, tf.TensorArray(tf.float32, steps)))
+        return tf.reshape(outputs.stack(), (steps * batch, -1))
+
+    @tf.function(jit_compile=True)
+    def step(inputs):
+        hidden, gradients = inputs, []
+        for input_kernel, recurrent_kernel in zip(input_kernels, recurrent_kernels):
+            projected = tf.reshape(hidden @ input_kernel, (steps, batch, gates * units))
+            # Forward: each step's recurrent matmul needs the previous step's output (summed over
+            # the gates, so that every output column is used and none of the matmul can be dropped).
+            states = loop(lambda h: tf.reduce_sum(tf.reshape(h @ recurrent_kernel, (batch, gates, units)), axis=1),
+                          tf.zeros((batch, units)))
+            states += tf.reshape(projected[..., :units], (steps * batch, units))
+            # Backward: the gate gradients of a step need the next step's.
+            gate_gradients = loop(lambda g: tf.tile(g @ tf.transpose(recurrent_kernel), (1, gates)),
+                                  tf.fill((batch, gates * units), 1e-3))
+            gradients += [tf.reduce_sum(tf.transpose(states) @ gate_gradients),
+                          tf.reduce_sum(tf.transpose(hidden) @ gate_gradients)]
+            inputs_gradient = gate_gradients @ tf.transpose(input_kernel)
+            gradients.append(tf.reduce_sum(inputs_gradient))
+            hidden = states
+        return tf.add_n(gradients)
+
+    return lambda: step(inputs).numpy()
+
+
+def _matmuls_only_blas(gates, shape):
+    """The stack's matmuls alone in numpy (BLAS), as a no-argument callable."""
+    import numpy as np
+
+    batch, steps, units = shape["batch"], shape["time"], shape["units"]
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(size=(steps * batch, shape["input_dim"])).astype("float32")
+    widths = [shape["input_dim"]] + [units] * (shape["layers"] - 1)
+    kernels = [(rng.normal(size=(w, gates * units)).astype("float32") * 0.05,
+                rng.normal(size=(units, gates * units)).astype("float32") * 0.05) for w in widths]
+
+    def run():
+        hidden = inputs
+        for input_kernel, recurrent_kernel in kernels:
+            projected = hidden @ input_kernel
+            state, states = np.zeros((batch, units), "float32"), []
+            for t in range(steps):
+                gate_sum = (state @ recurrent_kernel).reshape(batch, gates, units).sum(axis=1)
+                state = gate_sum + projected[t * batch:(t + 1) * batch, :units]
+                states.append(state)
+            gate_gradient, gate_gradients = np.full((batch, gates * units), 1e-3, "float32"), []
+            transposed = np.ascontiguousarray(recurrent_kernel.T)
+            for _ in range(steps):
+                gate_gradient = np.tile(gate_gradient @ transposed, (1, gates))
+                gate_gradients.append(gate_gradient)
+            states, gate_gradients = np.concatenate(states), np.concatenate(gate_gradients)
+            # The weight and input gradients: computed for their time, not used.
+            states.T @ gate_gradients, hidden.T @ gate_gradients, gate_gradients @ input_kernel.T
+            hidden = states
+
+    return run
+
+
+# Ceilings timed beside the implementations: the stack's matmuls alone, in each library's kernels.
+CEILINGS = {"matmuls_xla": _matmuls_only_xla, "matmuls_blas": _matmuls_only_blas}
+
+
 def measure(args):
     if args.smoke:
         shape = {"layers": 2, "units": 16, "input_dim": 8, "batch": 4, "time": 6}
@@ -149,6 +239,11 @@ def measure(args):
                 "wall": [],
                 "cpu": [],
             }
+        for ceiling, build in CEILINGS.items():
+            run = build(GATES[cell], shape)
+            for _ in range(schedule["warmup"]):
+                run()
+            runs[cell, ceiling] = {"run": run, "fast_path": False, "wall": [], "cpu": []}
 
     common.log("timing")
     for _ in range(schedule["rounds"]):
@@ -194,7 +289,9 @@ def summary(result):
     return "rnn_stack (Keras -> tftune.fast_rnn, forward + backward): " + "; ".join(
         f"{cell} {r['keras']['tokens_per_second']:,} -> {r['fast']['tokens_per_second']:,} tokens/s "
         f"(x{r['ratios']['tokens_per_second']:.2f}, x{r['ratios']['cpu_per_step']:.2f} CPU time, "
-        f"{r['fast']['gflop_per_second']} GFLOP/s = {r['fast']['share_of_matmul_peak']:.0%} of the practical matmul peak)"
+        f"{r['fast']['gflop_per_second']} GFLOP/s = {r['fast']['share_of_matmul_peak']:.0%} of the practical "
+        f"matmul peak; its matmuls alone: XLA {r['matmuls_xla']['share_of_matmul_peak']:.0%}, "
+        f"BLAS {r['matmuls_blas']['share_of_matmul_peak']:.0%})"
         for cell, r in result["cells"].items()
     )
 
@@ -213,8 +310,9 @@ def markdown(result):
         f"better of the two, {result['matmul_peak_gflop_per_second']} GFLOP/s.",
         "",
         "| cell | Keras tokens/s | fast tokens/s | ratio | CPU-time ratio | fast GFLOP/s | share of practical "
-        "peak (Keras → fast) | share of TensorFlow's peak (fast) | FLOP/token |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "peak (Keras → fast) | share of TensorFlow's peak (fast) | its matmuls alone, share of practical peak "
+        "(XLA / BLAS) | FLOP/token |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for cell, r in result["cells"].items():
         lines.append(
@@ -223,6 +321,7 @@ def markdown(result):
             f"{r['fast']['gflop_per_second']} | {r['keras']['share_of_matmul_peak']:.0%} → "
             f"{r['fast']['share_of_matmul_peak']:.0%} | "
             f"{r['fast'].get('share_of_tensorflow_matmul_peak', r['fast']['share_of_matmul_peak']):.0%} | "
+            f"{r['matmuls_xla']['share_of_matmul_peak']:.0%} / {r['matmuls_blas']['share_of_matmul_peak']:.0%} | "
             f"{r['flop_per_token']:,} |"
         )
     return "\n".join(lines)

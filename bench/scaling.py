@@ -2,12 +2,14 @@
 
 **Vocabulary.** For each vocabulary size (20,000, 100,000 and 400,000 words: the first V words of
 GloVe 6B 50d, which are frequency-ordered; 400,000 is the whole set, tftune's default vectors),
-a fresh process trains tftune's `LanguageModel` (the LSTM recipe's sampled softmax of 1,024
-words, 2 × 256 units, sequence 70, batch 64, AR/TAR as in the recipe) on the shipped corpus, its
-tokens mapped into that vocabulary, for a fixed number of timed steps after the first (traced) one. It reports
-tokens/s, tokens per CPU second, peak RSS, and what the vocabulary itself costs in memory: the
-frozen embedding (V × 50) and the trainable head with its two Adam moments (3 × 256 × V). The
-baseline, run in the same script at the same sizes, is the plain Keras LM of `bench.lm_throughput`
+a fresh process trains tftune's `LanguageModel` (2 × 256 units, sequence 70, batch 64, AR/TAR as
+in the LSTM recipe) on the shipped corpus, its tokens mapped into that vocabulary, for a fixed
+number of timed steps after the first (traced) one, with each of two heads trained on a sampled
+softmax of 1,024 words: `sampled` (the recipe's: a trainable 256 × V kernel) and `tied_sampled`
+(the frozen word vectors as output vectors, a trainable bias per word). It reports tokens/s,
+tokens per CPU second, peak RSS, and what the vocabulary itself costs in memory: the frozen
+embedding (V × 50) and the trainable head with its two Adam moments (3 × 256 × V, or 3 × V for
+`tied_sampled`). The baseline, run in the same script at the same sizes, is the plain Keras LM of `bench.lm_throughput`
 (frozen `Embedding` → 2 × `LSTM(256)` → `Dense(V, softmax)`, `model.fit`); at 400,000 words its
 logits alone would take `batch × seq × V × 4` bytes (7.2 GB) per batch, so that row is not run.
 Ratios: tftune / Keras at each size, and each side's tokens/s at V / at 20,000 words (flat = 1).
@@ -34,6 +36,8 @@ PARTS = ("vocabulary", "length")
 VOCABULARY_SIZES = (20_000, 100_000, 400_000)
 MAX_LENS = (50, 200, 800)
 KERAS_LOGITS_LIMIT_GB = 4.0  # the plain Keras LM is not run where one batch's logits exceed this
+# Each side of the vocabulary part: tftune with one LM output, or the plain Keras LM (None).
+VOCABULARY_SIDES = {"tftune": "sampled", "tftune_tied": "tied_sampled", "keras": None}
 LM = {"units": 256, "layers": 2, "seq_len": 70, "batch_size": 64, "timed_steps": 20, "keras_timed_steps": 4}
 SMOKE_LM = {"units": 16, "layers": 1, "seq_len": 10, "batch_size": 8, "timed_steps": 2, "keras_timed_steps": 1}
 SMOKE_VOCABULARY_SIZES = (2_000, 8_000)
@@ -76,15 +80,16 @@ def vocabulary_work(spec):
     sizes, vocabulary_size = spec["sizes"], spec["vocabulary_size"]
     keras.utils.set_random_seed(0)
     # The first step (tracing, XLA compilation) is never timed.
-    steps = 1 + sizes["timed_steps" if spec["side"] == "tftune" else "keras_timed_steps"]
+    output = VOCABULARY_SIDES[spec["side"]]
+    steps = 1 + sizes["keras_timed_steps" if output is None else "timed_steps"]
     vocab, ids = vocabulary_and_ids(vocabulary_size, (steps * sizes["batch_size"] + 1) * sizes["seq_len"] + 1)
     matrix, _ = align(vocab, load_vectors(common.PRETRAINED / "glove.6B.50d.toml", "npy"))
     rss_before_model = common.current_rss_mb()
     pretrain = load_recipe("lstm-glove").pretrain
     optimizer = keras.optimizers.Adam(pretrain.learning_rate, global_clipnorm=1.0)
-    if spec["side"] == "tftune":
+    if output is not None:
         encoder = build_encoder(matrix, "lstm", sizes["layers"], sizes["units"])
-        model = LanguageModel(encoder, output="sampled", num_sampled=min(pretrain.num_sampled, vocabulary_size),
+        model = LanguageModel(encoder, output=output, num_sampled=min(pretrain.num_sampled, vocabulary_size),
                               unigram_counts=np.bincount(ids, minlength=vocabulary_size), ar=pretrain.ar,
                               tar=pretrain.tar)
         model.compile(optimizer=optimizer)
@@ -113,8 +118,11 @@ def measure_vocabulary(sizes, vocabulary_sizes):
     rows = {}
     for vocabulary_size in vocabulary_sizes:
         row = {"head_and_moments_mb": round(3 * sizes["units"] * vocabulary_size * 4 / 2**20, 1),
+               # The tied head trains a units × 50 projection (GloVe 6B 50d) and one bias per word.
+               "tied_head_and_moments_mb": round(
+                   3 * (sizes["units"] * 50 + 50 + vocabulary_size) * 4 / 2**20, 1),
                "keras_logits_gb_per_batch": round(sizes["batch_size"] * sizes["seq_len"] * vocabulary_size * 4 / 1e9, 2)}
-        for side in ("tftune", "keras"):
+        for side in VOCABULARY_SIDES:
             if side == "keras" and row["keras_logits_gb_per_batch"] > KERAS_LOGITS_LIMIT_GB:
                 row[side] = {"skipped": f"one batch's logits take {row['keras_logits_gb_per_batch']} GB"}
                 continue
@@ -125,11 +133,11 @@ def measure_vocabulary(sizes, vocabulary_sizes):
     smallest = rows[str(vocabulary_sizes[0])]
     for row in rows.values():
         row["ratios"] = {
-            "tftune_vs_keras": common.ratio(row["tftune"]["tokens_per_second"],
-                                            row["keras"].get("tokens_per_second")),
+            **{f"{side}_vs_keras": common.ratio(row[side]["tokens_per_second"], row["keras"].get("tokens_per_second"))
+               for side in VOCABULARY_SIDES if side != "keras"},
             **{f"{side}_vs_smallest_vocabulary": common.ratio(row[side].get("tokens_per_second"),
                                                              smallest[side].get("tokens_per_second"))
-               for side in ("tftune", "keras")},
+               for side in VOCABULARY_SIDES},
         }
     return {"config": sizes, "rows": rows}
 
@@ -189,8 +197,11 @@ def measure(args):
 def summary(result):
     parts = []
     if "vocabulary" in result:
-        parts.append("tftune LM tokens/s by vocabulary: " + ", ".join(
-            f"{int(size):,} {row['tftune']['tokens_per_second']:,.0f}" for size, row in result["vocabulary"]["rows"].items()))
+        rows = result["vocabulary"]["rows"].items()
+        for side, output in VOCABULARY_SIDES.items():
+            if output is not None:
+                parts.append(f"tftune ({output}) LM tokens/s by vocabulary: " + ", ".join(
+                    f"{int(size):,} {row[side]['tokens_per_second']:,.0f}" for size, row in rows))
     if "length" in result and "rows" in result["length"]:
         parts.append("bucketed examples/s by max_len: " + ", ".join(
             f"{size} {row['bucketed']['examples_per_second']:,.0f} ({row['ratios']['examples_per_second']:.2f}x padded)"
@@ -218,22 +229,26 @@ def markdown(result):
             "### LM pretraining by vocabulary size (`python -m bench.scaling --parts vocabulary`)",
             "",
             f"{config['layers']} × {config['units']} LSTM on frozen GloVe 6B 50d (its first V words), sequence "
-            f"{config['seq_len']}, batch {config['batch_size']}; tftune: sampled softmax of 1,024 words; Keras: "
-            f"full softmax. {config['timed_steps']} (Keras: {config['keras_timed_steps']}) timed steps after "
-            f"{config.get('warmup_steps', 1)} untimed one(s), each size in a fresh process.",
+            f"{config['seq_len']}, batch {config['batch_size']}; tftune: each head trained on a sampled softmax "
+            f"of 1,024 words; Keras: full softmax. {config['timed_steps']} (Keras: {config['keras_timed_steps']}) "
+            f"timed steps after {config.get('warmup_steps', 1)} untimed one(s), each size and side in a fresh process.",
             "",
-            "| vocabulary | tftune tokens/s | Keras tokens/s | tftune / Keras | tftune vs the smallest | tftune peak RSS (MiB) "
-            "| Keras peak RSS (MiB) | embedding (MiB) | head + Adam moments (MiB) |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| vocabulary | tftune head | tftune tokens/s | Keras tokens/s | tftune / Keras | tftune vs the smallest "
+            "| tftune peak RSS (MiB) | Keras peak RSS (MiB) | embedding (MiB) | head + Adam moments (MiB) |",
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for size, row in result["vocabulary"]["rows"].items():
             ratios = row["ratios"]
-            lines.append(
-                f"| {int(size):,} | {_rate(row['tftune'])} | {_rate(row['keras'])} | "
-                f"{_times(ratios['tftune_vs_keras'])} | "
-                f"{_times(ratios['tftune_vs_smallest_vocabulary'])} | {_megabytes(row['tftune'])} | "
-                f"{_megabytes(row['keras'])} | {row['tftune']['embedding_mb']:,.1f} | {row['head_and_moments_mb']:,.1f} |"
-            )
+            for side, output in VOCABULARY_SIDES.items():
+                if output is None or side not in row:
+                    continue
+                head_mb = row["tied_head_and_moments_mb" if output.startswith("tied") else "head_and_moments_mb"]
+                lines.append(
+                    f"| {int(size):,} | `{output}` | {_rate(row[side])} | {_rate(row['keras'])} | "
+                    f"{_times(ratios[f'{side}_vs_keras'])} | {_times(ratios[f'{side}_vs_smallest_vocabulary'])} | "
+                    f"{_megabytes(row[side])} | {_megabytes(row['keras'])} | {row[side]['embedding_mb']:,.1f} | "
+                    f"{head_mb:,.1f} |"
+                )
     if "length" in result and "rows" in result["length"]:
         lines += [
             "",

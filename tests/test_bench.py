@@ -80,6 +80,9 @@ def test_rnn_stack(smoke_outputs):
         assert cell["fast"]["fast_path"] is True and cell["keras"]["fast_path"] is False
         assert 0 < cell["fast"]["share_of_matmul_peak"] and cell["flop_per_token"] > 0
         assert cell["fast"]["share_of_matmul_peak"] <= cell["fast"]["share_of_tensorflow_matmul_peak"]
+        # The ceilings: the same matmuls alone, in XLA's and in BLAS' kernels.
+        for ceiling in ("matmuls_xla", "matmuls_blas"):
+            assert 0 < cell[ceiling]["share_of_matmul_peak"] and cell[ceiling]["fast_path"] is False
 
 
 def test_finetune_throughput(smoke_outputs):
@@ -195,11 +198,14 @@ def test_scaling(smoke_outputs):
     rows = result["vocabulary"]["rows"]
     assert len(rows) == 2
     for row in rows.values():
-        assert {"tokens_per_second", "tokens_per_cpu_second", "peak_rss_mb", "embedding_mb"} <= set(row["tftune"])
-        assert row["tftune"]["tokens_per_second"] > 0 and row["keras"]["tokens_per_second"] > 0
-        assert row["ratios"]["tftune_vs_keras"] > 0
+        for side in ("tftune", "tftune_tied"):  # the sampled and the tied_sampled head
+            assert {"tokens_per_second", "tokens_per_cpu_second", "peak_rss_mb", "embedding_mb"} <= set(row[side])
+            assert row[side]["tokens_per_second"] > 0 and row["ratios"][f"{side}_vs_keras"] > 0
+        assert row["keras"]["tokens_per_second"] > 0
+        assert row["tied_head_and_moments_mb"] < row["head_and_moments_mb"]
     smallest, largest = (rows[size] for size in sorted(rows, key=int))
     assert smallest["ratios"]["tftune_vs_smallest_vocabulary"] == 1
+    assert smallest["ratios"]["tftune_tied_vs_smallest_vocabulary"] == 1
     assert largest["tftune"]["embedding_mb"] > smallest["tftune"]["embedding_mb"]
     length = result["length"]
     if "skipped" not in length:  # the IMDb subset is in ../shared/data

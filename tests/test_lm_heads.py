@@ -84,26 +84,51 @@ def test_sampled_training_loss_is_the_full_loss_when_every_word_is_a_candidate(v
     assert float(model.sampled_loss(hidden, targets)) == pytest.approx(full, rel=1e-3)
 
 
-def test_sampled_loss_is_tensorflow_s_on_the_same_candidates(vectors, data):
+@pytest.mark.parametrize("output", ["sampled", "tied_sampled"])
+def test_sampled_loss_is_tensorflow_s_on_the_same_candidates(vectors, data, output):
     import tensorflow as tf
 
     train, _ = data
-    model = language_model(vectors, "sampled", num_sampled=64)
+    model = language_model(vectors, output, num_sampled=64)
     inputs, targets = next(iter(train))
     hidden = model.hidden_states(inputs)
     candidates = model.draw_candidates(targets)
     # The few-word vocabulary makes accidental hits certain: their removal is checked too.
     assert np.isin(targets.numpy(), candidates[0].numpy()).any()
+    # The output vectors: the lm_head kernel's columns, or (tied) the frozen word vectors.
+    weights = vectors if output == "tied_sampled" else tf.transpose(model.lm_head.kernel)
     expected = tf.nn.sampled_softmax_loss(
-        weights=tf.transpose(model.lm_head.kernel), biases=model.lm_head.bias,
-        labels=tf.reshape(tf.cast(targets, "int64"), (-1, 1)), inputs=tf.reshape(hidden, (-1, UNITS)),
+        weights=weights, biases=model.lm_head.bias,
+        labels=tf.reshape(tf.cast(targets, "int64"), (-1, 1)), inputs=tf.reshape(hidden, (-1, hidden.shape[-1])),
         num_sampled=64, num_classes=len(vectors), sampled_values=candidates, remove_accidental_hits=True,
     )
     assert float(model.sampled_loss(hidden, targets, candidates)) == pytest.approx(float(tf.reduce_mean(expected)),
                                                                                   rel=1e-5)
 
 
-@pytest.mark.parametrize("output", ["full", "sampled", "tied"])
+def test_tied_sampled_head_trains_only_per_word_biases_and_validates_with_the_full_softmax(vectors, data):
+    train, valid = data
+    model = language_model(vectors, "tied_sampled")
+    # Nothing trainable is units x vocab: the step's cost beyond the bias does not grow with the vocabulary.
+    assert [w.path for w in model.trainable_weights if len(vectors) in w.shape] == ["lm_head/bias"]
+    before = model.evaluate(valid, verbose=0)
+    history = model.fit(train, validation_data=valid, epochs=3, shuffle=False, verbose=0).history
+    assert history["loss"][-1] < history["loss"][0]
+    after = model.evaluate(valid, verbose=0)
+    assert after < before
+    np.testing.assert_array_equal(model.encoder.get_layer("embedding").get_weights()[0], vectors)
+
+    # The validation loss is the full softmax of the projected states against the frozen vectors.
+    (bias,) = model.get_layer("lm_head").get_weights()
+    losses, counts = [], []
+    for inputs, targets in valid:
+        projected = model.get_layer("lm_projection")(model.encoder(inputs, training=False)).numpy()
+        losses.append(full_softmax_loss(projected @ vectors.T + bias, targets.numpy()))
+        counts.append(targets.shape[0])
+    assert after == pytest.approx(np.average(losses, weights=counts), rel=1e-4)
+
+
+@pytest.mark.parametrize("output", ["full", "sampled", "tied", "tied_sampled"])
 def test_fixed_length_batches_train_through_the_xla_compiled_step_like_the_uncompiled_one(vectors, data, output):
     """One step, compiled and not, from the same weights and seed: the same loss and updated weights."""
     train, _ = data
@@ -174,7 +199,7 @@ def test_encoder_weights_of_the_language_model_load_into_the_classifier(vectors,
     assert classifier(np.array([[5, 6, 2]])).shape == (1, 3)
 
 
-@pytest.mark.parametrize("output", ["full", "sampled", "tied"])
+@pytest.mark.parametrize("output", ["full", "sampled", "tied", "tied_sampled"])
 def test_output_bias_starts_at_the_log_unigram_probabilities(vectors, corpus_ids, output):
     ids, vocab_size = corpus_ids
     counts = np.bincount(ids, minlength=vocab_size)

@@ -245,9 +245,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "output": _choice("Language-model output: full = softmax over the whole vocabulary; sampled = the same "
                           "head trained on a sampled softmax of num_sampled words (validation always uses the "
                           "full softmax); tied = project to the embedding size and score against the frozen "
-                          "word vectors.", models.OUTPUTS, "sampled"),
-        "num_sampled": Field("int", 'Words sampled per training step when output = "sampled" (log-uniform over '
-                             "the frequency-sorted vocabulary).", 1024, low=1),
+                          "word vectors; tied_sampled = the tied head trained on the sampled softmax, whose "
+                          "step cost stays flat as the vocabulary grows.", models.OUTPUTS, "sampled"),
+        "num_sampled": Field("int", 'Words sampled per training step when output = "sampled" or "tied_sampled" '
+                             "(log-uniform over the frequency-sorted vocabulary).", 1024, low=1),
         "ar": Field("float", "Activation regularization (AWD-LSTM's alpha): adds ar * the mean squared top-layer "
                     "output (after output_dropout) to the training loss, not to the reported loss; 0 = none.",
                     0.0, low=0),

@@ -28,7 +28,7 @@ import importlib
 # The lists of choices these models take, defined here so that the recipe schema and the command
 # line can import them without importing Keras.
 CELLS = ("simple_rnn", "lstm", "gru")  # recurrent cell of every backbone layer
-OUTPUTS = ("full", "sampled", "tied")  # the language model's next-token head
+OUTPUTS = ("full", "sampled", "tied", "tied_sampled")  # the language model's next-token head
 DIRECTIONS = ("forward", "backward")  # reading direction of a language model and its classifier
 HEADS = ("concat_pool", "last")  # what the classifier reads from the backbone
 

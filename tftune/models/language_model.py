@@ -77,6 +77,11 @@ class LanguageModel(keras.Model):
           embedding space, and `lm_head` scores them against the frozen embedding matrix
           plus a trained bias: a full softmax that trains `units * dim` weights instead of
           `units * vocab`.
+        - `"tied_sampled"`: the `"tied"` head trained on the sampled softmax. Nothing in its
+          training step grows with the vocabulary but the bias (one float per word): the
+          step's cost and the memory beyond the embedding stay flat from 20k words to 400k
+          (`python -m bench.scaling`), where `"sampled"` trains a `units * vocab` kernel and
+          its two Adam moments densely.
 
     Logits and losses are float32 under mixed precision too. The sampled loss ignores the
     padding mask: LM batches (`lm_dataset`) are never padded.
@@ -89,8 +94,9 @@ class LanguageModel(keras.Model):
     Args:
         encoder: the `TextBackbone`; its weights are shared, not copied. (Named `encoder`, not
             `backbone`, because weight files address the layers by attribute name.)
-        output: `"full"`, `"sampled"` or `"tied"`.
-        num_sampled: candidates per training step for `"sampled"` (at most the vocabulary size).
+        output: `"full"`, `"sampled"`, `"tied"` or `"tied_sampled"`.
+        num_sampled: candidates per training step for `"sampled"` and `"tied_sampled"` (at most
+            the vocabulary size).
         unigram_counts: optional count of every id in the training corpus. The output bias then
             starts at the log unigram probabilities (add-one smoothed), so training starts from a
             unigram model instead of a uniform one. Needed with `"sampled"`: rare words are
@@ -134,12 +140,14 @@ class LanguageModel(keras.Model):
         embedding = encoder.get_layer("embedding")
         self.encoder = encoder
         self.output_kind = output
+        self.tied = output in ("tied", "tied_sampled")
+        self.sampled = output in ("sampled", "tied_sampled")
         self.output_dropout = LockedDropout(output_dropout, name="lm_output_dropout")
         self.ar, self.tar = ar, tar
         self.vocab_size = embedding.input_dim
         self.num_sampled = min(num_sampled, self.vocab_size)
         units = encoder.output.shape[-1]
-        if output == "tied":
+        if self.tied:
             self.lm_projection = layers.Dense(embedding.output_dim, name="lm_projection")
             self.lm_projection.build((None, None, units))
             self.lm_head = TiedOutput(self.vocab_size, dtype="float32", name="lm_head")
@@ -196,10 +204,20 @@ class LanguageModel(keras.Model):
         """The float32 vectors `[batch, time, d]` that the head scores against the output matrix."""
         return self._forward(ids, training)[-1]
 
+    def _output_vectors(self):
+        """The frozen word vectors a tied head scores against."""
+        return self.encoder.get_layer("embedding").embeddings
+
     def _logits(self, hidden):
-        if self.output_kind == "tied":
-            return self.lm_head(hidden, self.encoder.get_layer("embedding").embeddings)
+        if self.tied:
+            return self.lm_head(hidden, self._output_vectors())
         return self.lm_head(hidden)
+
+    def _output_columns(self, ids):
+        """The output weight vectors of the words `ids` as columns, `[d, len(ids)]`, as the head scores them."""
+        if self.tied:
+            return ops.transpose(ops.cast(ops.take(self._output_vectors(), ids, axis=0), "float32"))
+        return ops.take(self.lm_head.kernel, ids, axis=1)  # the kernel is [units, vocab]
 
     def call(self, ids, training=False):
         return self._logits(self.hidden_states(ids, training=training))
@@ -221,7 +239,7 @@ class LanguageModel(keras.Model):
         )
 
     def sampled_loss(self, hidden, targets, candidates=None):
-        """Sampled-softmax cross-entropy per token, averaged: the training loss of `"sampled"`.
+        """Sampled-softmax cross-entropy per token, averaged: the training loss of `"sampled"` and `"tied_sampled"`.
 
         The arithmetic of `tf.nn.sampled_softmax_loss` (true and sampled logits corrected by
         the log of their expected counts, accidental hits removed), written in ops that XLA
@@ -237,10 +255,10 @@ class LanguageModel(keras.Model):
         )
         features = ops.reshape(hidden, (-1, hidden.shape[-1]))
         labels = ops.reshape(ops.cast(targets, "int64"), (-1,))
-        kernel, bias = self.lm_head.kernel, self.lm_head.bias  # [units, vocab], [vocab]
-        true_logits = (ops.sum(features * ops.transpose(ops.take(kernel, labels, axis=1)), axis=1)
+        bias = self.lm_head.bias
+        true_logits = (ops.sum(features * ops.transpose(self._output_columns(labels)), axis=1)
                        + ops.take(bias, labels) - ops.log(true_expected[:, 0]))
-        sampled_logits = (ops.matmul(features, ops.take(kernel, sampled, axis=1))
+        sampled_logits = (ops.matmul(features, self._output_columns(sampled))
                           + ops.take(bias, sampled) - ops.log(sampled_expected))
         # A sampled id that is the true word scores as tf.nn does it: minus the largest float.
         hits = ops.equal(labels[:, None], sampled[None, :])
@@ -252,7 +270,7 @@ class LanguageModel(keras.Model):
         """The step's reported loss, its full logits (None when sampled), and the gradients."""
         with tf.GradientTape() as tape:
             states, dropped, hidden = self._forward(x, training=True)
-            if self.output_kind == "sampled":
+            if self.sampled:
                 logits, loss = None, self.sampled_loss(hidden, y, candidates)
             else:
                 logits = self._logits(hidden)
@@ -286,7 +304,7 @@ class LanguageModel(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if sample_weight is not None:
             raise ValueError("language-model training takes no sample weights")
-        candidates = self.draw_candidates(y) if self.output_kind == "sampled" else None
+        candidates = self.draw_candidates(y) if self.sampled else None
         gradients_of, update = self._training_gradients, self._update
         if self.compiles_training_step(x):
             if self._compiled_gradients is None:
@@ -310,8 +328,8 @@ def build_language_model(encoder, output="full", num_sampled=1024, unigram_count
 
     Args:
         encoder: the model from `build_encoder`.
-        output: `"full"`, `"sampled"` or `"tied"`.
-        num_sampled: candidates per training step for `"sampled"`.
+        output: one of `tftune.models.OUTPUTS` (`"full"`, `"sampled"`, `"tied"`, `"tied_sampled"`).
+        num_sampled: candidates per training step for the sampled outputs.
         unigram_counts: optional count of every id in the training corpus, to start the
             output bias at the log unigram probabilities.
         **regularization: `output_dropout`, `ar` and `tar` (see `LanguageModel`).
