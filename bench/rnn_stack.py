@@ -132,18 +132,27 @@ def _training_step(stack, shape, masked):
     return lambda: step(inputs)[0].numpy()
 
 
+def _ceiling_operands(gates, shape):
+    """Time-major inputs `[time * batch, input_dim]` and each layer's (input, recurrent) kernels, in numpy."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    units = shape["units"]
+    inputs = rng.normal(size=(shape["time"] * shape["batch"], shape["input_dim"])).astype("float32")
+    widths = [shape["input_dim"]] + [units] * (shape["layers"] - 1)
+    kernels = [(rng.normal(size=(width, gates * units)).astype("float32") * 0.05,
+                rng.normal(size=(units, gates * units)).astype("float32") * 0.05) for width in widths]
+    return inputs, kernels
+
+
 def _matmuls_only_xla(gates, shape):
     """The stack's matmuls alone, compiled with XLA, as a no-argument callable."""
-    import numpy as np
     import tensorflow as tf
 
     batch, steps, units = shape["batch"], shape["time"], shape["units"]
-    rng = np.random.default_rng(0)
-    inputs = tf.constant(rng.normal(size=(steps * batch, shape["input_dim"])).astype("float32"))
-    widths = [shape["input_dim"]] + [units] * (shape["layers"] - 1)
-    input_kernels = [tf.constant(rng.normal(size=(w, gates * units)).astype("float32") * 0.05) for w in widths]
-    recurrent_kernels = [tf.constant(rng.normal(size=(units, gates * units)).astype("float32") * 0.05)
-                         for _ in widths]
+    inputs, kernels = _ceiling_operands(gates, shape)
+    inputs = tf.constant(inputs)
+    kernels = [(tf.constant(input_kernel), tf.constant(recurrent_kernel)) for input_kernel, recurrent_kernel in kernels]
 
     def loop(body, start):
         """`steps` dependent applications of `body`, stacked time-major into `[steps * batch, ...]`."""
@@ -158,7 +167,7 @@ def _matmuls_only_xla(gates, shape):
     @tf.function(jit_compile=True)
     def step(inputs):
         hidden, gradients = inputs, []
-        for input_kernel, recurrent_kernel in zip(input_kernels, recurrent_kernels):
+        for input_kernel, recurrent_kernel in kernels:
             projected = tf.reshape(hidden @ input_kernel, (steps, batch, gates * units))
             # Forward: each step's recurrent matmul needs the previous step's output (summed over
             # the gates, so that every output column is used and none of the matmul can be dropped).
@@ -183,11 +192,7 @@ def _matmuls_only_blas(gates, shape):
     import numpy as np
 
     batch, steps, units = shape["batch"], shape["time"], shape["units"]
-    rng = np.random.default_rng(0)
-    inputs = rng.normal(size=(steps * batch, shape["input_dim"])).astype("float32")
-    widths = [shape["input_dim"]] + [units] * (shape["layers"] - 1)
-    kernels = [(rng.normal(size=(w, gates * units)).astype("float32") * 0.05,
-                rng.normal(size=(units, gates * units)).astype("float32") * 0.05) for w in widths]
+    inputs, kernels = _ceiling_operands(gates, shape)
 
     def run():
         hidden = inputs

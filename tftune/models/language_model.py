@@ -99,7 +99,7 @@ class LanguageModel(keras.Model):
             the vocabulary size).
         unigram_counts: optional count of every id in the training corpus. The output bias then
             starts at the log unigram probabilities (add-one smoothed), so training starts from a
-            unigram model instead of a uniform one. Needed with `"sampled"`: rare words are
+            unigram model instead of a uniform one. Needed with the sampled outputs: rare words are
             seldom sampled, so without it their logits stay high for long and the full-softmax
             perplexity lags far behind.
         output_dropout: locked dropout rate on the encoder's outputs, before the head.
