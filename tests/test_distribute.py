@@ -505,10 +505,10 @@ import keras
 from tftune.data import ShuffledEpochs, classification_dataset
 from tftune.finetuning import fit_unfreezing_stages
 from tftune.export import export_classifier
-from tftune.models import LanguageModel, TextClassifier, build_encoder
+from tftune.models import LanguageModel, TextClassifier, TextPreprocessor, build_encoder
 from tftune.runs import FinetuneRun, write_json
 from tftune.schedules import DiscriminativeAdam, SlantedTriangular, Stage, discriminative_multipliers
-from tftune.text import Tokenizer, Vocabulary
+from tftune.text import Vocabulary
 
 
 class Steps(keras.callbacks.Callback):
@@ -562,8 +562,8 @@ with distribute.chief_output(out, strategy) as target:
     with FinetuneRun.create(target) as run:
         classifier.save_weights(run.classifier_weights)
         write_json(run.path / "report.json", report)
-        vocab = Vocabulary([f"w{i}" for i in range(3, V)])
-        export_classifier(classifier, vocab, Tokenizer(), ["a", "b", "c"], 20, run.export)
+        classifier.preprocessor = TextPreprocessor(Vocabulary([f"w{i}" for i in range(3, V)]), max_len=20)
+        export_classifier(classifier, ["a", "b", "c"], run.export)
 report["wall_seconds"] = round(time.time() - started, 1)
 print("RESULT " + json.dumps(report), flush=True)
 """

@@ -227,7 +227,8 @@ def test_export_of_a_classifier_trained_with_every_piece_is_deterministic(pretra
     rnn = classifier.get_layer("encoder").get_layer("rnn_1")
     assert not np.allclose(classifier(ids, training=True), classifier(ids, training=True))
 
-    export = export_classifier(classifier, run.vocab, run.tokenizer, ["neg", "pos"], 8, tmp_path / "export")
+    classifier.preprocessor.max_len = 8
+    export = export_classifier(classifier, ["neg", "pos"], tmp_path / "export")
     op_types = graph_op_types(export)
     assert not [op for op in op_types if "Random" in op or "Cudnn" in op]
     assert "MatMul" in op_types  # the graph was read

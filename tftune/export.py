@@ -7,8 +7,10 @@ TensorFlow to run:
 - output `probabilities`: `float32`, shape `[None, n_classes]`;
 - output `label`: `tf.string`, shape `[None]`, the most probable class name.
 
-The classifier is rebuilt under the float32 policy with `use_cudnn=False` before export, so
-a model trained on a GPU with mixed precision exports without CuDNN ops or float16 outputs.
+The classifier task is exported as it is, with its preprocessor: its probabilities are those of
+`classifier.predict` on the same strings. It is traced in float32 with the portable recurrent
+kernels (`portable_trace`), so a model trained on a GPU with mixed precision exports without
+cuDNN or float16 ops.
 
 Example:
 
@@ -17,6 +19,7 @@ Example:
 >>> serve(text=tf.constant(["a gripping , moving film"]))["label"]  # doctest: +SKIP
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -29,70 +32,74 @@ import tensorflow as tf
 
 from tftune.errors import DataError, RunError
 from tftune.metrics import classification_metrics
-from tftune.models import global_policy_restored
 from tftune.runs import FinetuneRun, replace_directory
-from tftune.text import EOS, Tokenizer
 
 SIGNATURE = "serving_default"
 LABELS_FILE = "labels.json"
 
 
-def _portable_config(config):
-    """`config` with `use_cudnn=False` in every backbone it holds (members of an ensemble too)."""
-    if isinstance(config, dict):
-        return {key: False if key == "use_cudnn" else _portable_config(value) for key, value in config.items()}
-    if isinstance(config, list):
-        return [_portable_config(value) for value in config]
-    return config
+@contextlib.contextmanager
+def portable_trace(model):
+    """Traces `model` as a CPU serves it best: float32 compute and the portable recurrent kernels.
 
-
-def portable_copy(model):
-    """A float32, non-cuDNN copy of a trained classifier (or ensemble) with the same weights.
-
-    Rebuilt with `from_config` under the float32 policy, so a model trained with mixed precision
-    on a GPU exports without CuDNN ops or float16 outputs.
+    A model trained on a GPU with mixed precision computes in float16 and may pick cuDNN; its
+    variables are float32 either way. Layers read their dtype policy and `use_cudnn` when they
+    are traced, so setting them for the trace and putting them back exports the same weights
+    without float16 or cuDNN ops, and leaves the model as it was.
     """
-    with global_policy_restored():
-        keras.mixed_precision.set_global_policy("float32")
-        copy = type(model).from_config(_portable_config(model.get_config()))
-        copy.set_weights([np.asarray(w, dtype="float32") for w in model.get_weights()])
-        return copy
+    layers = list(_nested_layers(model))
+    policies = [layer.dtype_policy for layer in layers]
+    kernels = [(layer, layer.use_cudnn) for layer in layers if hasattr(layer, "use_cudnn")]
+    try:
+        for layer in layers:
+            layer.dtype_policy = "float32"
+        for layer, _ in kernels:
+            layer.use_cudnn = False
+        yield model
+    finally:
+        for layer, policy in zip(layers, policies):
+            layer.dtype_policy = policy
+        for layer, use_cudnn in kernels:
+            layer.use_cudnn = use_cudnn
 
 
-def export_classifier(classifier, vocab, tokenizer: Tokenizer, labels, max_len, out):
-    """Writes a raw-string SavedModel of `classifier` to `out` (atomically).
+def _nested_layers(layer):
+    """`layer` and every layer inside it: the layers of models, and recurrent layers' cells."""
+    yield layer
+    for inner in [*getattr(layer, "layers", ()), getattr(layer, "cell", None)]:
+        if isinstance(inner, keras.layers.Layer):  # a backbone's `cell` is the cell's name
+            yield from _nested_layers(inner)
+
+
+def export_classifier(classifier, labels, out):
+    """Writes a raw-string SavedModel of a trained classifier task to `out` (atomically).
+
+    The task is exported as it is: its own `preprocessor` (tokenizer, vocabulary, `max_len`)
+    turns the strings into ids, and its probabilities are those of `classifier.predict`.
 
     Args:
-        classifier: the trained `TextClassifier` or `ClassifierEnsemble`.
-        vocab: the `Vocabulary` the model was trained with.
-        tokenizer: the `Tokenizer` the model was trained with.
+        classifier: the trained `TextClassifier` or `ClassifierEnsemble`, with its preprocessor.
         labels: class names in output order.
-        max_len: documents are cut to their first `max_len` ids, as in training.
         out: the export directory to create.
     """
-    model = portable_copy(classifier)
-    table = vocab.tf_lookup_table()
-    eos_id = vocab.token_to_id(EOS)
+    preprocessor = classifier._require_preprocessor()
     label_names = tf.constant(list(labels))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def serve(text):
-        tokens = tokenizer.tf_tokenize(text)
-        ids = tf.cast(table.lookup(tokens), tf.int32)
-        eos = tf.fill([tf.shape(text)[0], 1], eos_id)
-        ids = tf.concat([ids, tf.RaggedTensor.from_tensor(eos)], axis=1)[:, :max_len]
-        logits = model(ids.to_tensor(0), training=False)
-        probabilities = tf.nn.softmax(logits, axis=-1)
+        probabilities = tf.nn.softmax(classifier(preprocessor(text), training=False), axis=-1)
         return {"probabilities": probabilities, "label": tf.gather(label_names, tf.argmax(probabilities, axis=-1))}
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.track(table)
-    archive.add_endpoint(SIGNATURE, serve)
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        archive.write_out(str(staging), verbose=False)
+        with portable_trace(classifier):
+            archive = keras.export.ExportArchive()
+            archive.track(classifier)
+            archive.track(preprocessor.lookup_table)
+            archive.add_endpoint(SIGNATURE, serve)
+            archive.write_out(str(staging), verbose=False)
         # TensorFlow's convention for files that serving does not read: assets.extra/.
         (staging / "assets.extra").mkdir()
         (staging / "assets.extra" / LABELS_FILE).write_text(json.dumps(list(labels)) + "\n", encoding="utf-8")

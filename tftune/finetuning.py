@@ -31,7 +31,7 @@ from tftune.embeddings import load_vectors
 from tftune.errors import DataError, RunError
 from tftune.export import export_classifier
 from tftune.metrics import classification_metrics
-from tftune.models import ClassifierEnsemble, TextClassifier, ensemble_members, global_policy_restored
+from tftune.models import ClassifierEnsemble, TextClassifier, TextPreprocessor, ensemble_members, global_policy_restored
 from tftune.models.presets import classifier_config, encoder_dropouts, load_backbone, load_classifier
 from tftune.open_vocab import OpenWords, grow_encoder, grow_vocabulary, measure_growth
 from tftune.presets import resolve_run
@@ -365,7 +365,10 @@ def build_member_classifier(recipe, pretrained, name, n_classes, opened=None):
     backbone = load_backbone(pretrained, **rates)
     if opened is not None and opened.added:
         backbone = grow_encoder(backbone, opened.vectors, opened.added)
-    return TextClassifier(backbone, **classifier_config(recipe, pretrained.recipe, n_classes, name))
+    preprocessor = TextPreprocessor(opened.vocab if opened is not None else pretrained.vocab,
+                                    lowercase=pretrained.tokenizer.lowercase, max_len=recipe.finetune.max_len)
+    return TextClassifier(backbone, **classifier_config(recipe, pretrained.recipe, n_classes, name),
+                          preprocessor=preprocessor)
 
 
 def build_finetune_optimizer(classifier, settings):
@@ -604,8 +607,7 @@ def write_finetune_run(out, force, recipe, members, task, model, history, metric
         model.save_weights(run.classifier_weights)
         run.write_history(history)
         run.adopt_logs(live_logs)
-        export_classifier(model, task.opened.vocab, task.tokenizer, task.labels, recipe.finetune.max_len,
-                          run.export)
+        export_classifier(model, task.labels, run.export)
         run.write_metrics(metrics)
 
 
@@ -621,6 +623,5 @@ def reexport(run_dir, out, force=False):
     check_export_paths(run_dir, out)
     check_writable_target(out, force, replaces="export")
     run = FinetuneRun.open(run_dir)
-    classifier = load_classifier(run)
-    return export_classifier(classifier, run.vocab, run.tokenizer, run.labels(), run.recipe.finetune.max_len, out)
+    return export_classifier(load_classifier(run), run.labels(), out)
 

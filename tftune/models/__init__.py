@@ -38,8 +38,11 @@ _EXPORTS = {
     "backbone": ("DROPOUT_RATES", "TextBackbone", "build_encoder", "cudnn_report", "global_policy_restored",
                  "make_recurrent_layer", "recurrent_layer_names"),
     "classifier": ("ClassifierEnsemble", "ConcatPooling", "LogProbabilities", "ReverseTokens", "TextClassifier",
+                   "WordVectorFeatures",
                    "ensemble_members"),
     "language_model": ("LanguageModel", "TiedOutput", "build_language_model"),
+    "preprocessor": ("TextPreprocessor",),
+    "task": ("ClassifierTask", "Task"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -51,6 +54,10 @@ def __getattr__(name):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
     globals()[name] = value
+    import tftune
+
+    if not tftune._importing_tftune():  # Keras is imported now; register the rest of tftune's objects with it
+        tftune.register_keras_objects()
     return value
 
 

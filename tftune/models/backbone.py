@@ -63,7 +63,9 @@ def deserialized(config, key):
     >>> type(deserialized(config, "backbone")["backbone"]).__name__
     'TextBackbone'
     """
-    value = config[key]
+    value = config.get(key)
+    if value is None:  # e.g. a task without a preprocessor, or a config written before it had one
+        return {**config, key: None}
     rebuild = keras.saving.deserialize_keras_object
     return {**config, key: [rebuild(item) for item in value] if isinstance(value, list) else rebuild(value)}
 

@@ -16,6 +16,7 @@ from keras import ops
 
 from tftune.models import DIRECTIONS, HEADS
 from tftune.models.backbone import deserialized
+from tftune.models.task import ClassifierTask
 from tftune.regularization import LockedDropout
 
 
@@ -99,6 +100,24 @@ class ReverseTokens(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tftune")
+class WordVectorFeatures(keras.layers.Layer):
+    """The word vectors as pooling features: in the layer's compute dtype, without a mask of their own.
+
+    Example:
+
+    >>> import numpy as np
+    >>> WordVectorFeatures()(np.ones((1, 2, 3), "float32")).shape
+    TensorShape([1, 2, 3])
+    """
+
+    def call(self, vectors):
+        return ops.cast(vectors, self.compute_dtype)
+
+    def compute_mask(self, vectors, mask=None):
+        return None
+
+
+@keras.saving.register_keras_serializable(package="tftune")
 class LogProbabilities(keras.layers.Layer):
     """`log(p)`: averaged probabilities turned back into logits (`softmax(log p) == p`)."""
 
@@ -107,11 +126,13 @@ class LogProbabilities(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tftune")
-class TextClassifier(keras.Model):
+class TextClassifier(ClassifierTask, keras.Model):
     """Backbone + pooling + a small layer-normalised MLP; returns float32 logits `[batch, num_classes]`.
 
     ULMFiT's head (norm + dropout + linear, twice), with layer norm instead of batch norm:
-    length-bucketed batches skew batch statistics, and layer norm has none.
+    length-bucketed batches skew batch statistics, and layer norm has none. Its call takes token
+    ids; with a `preprocessor`, `fit`, `evaluate` and `predict` take raw strings too, and
+    `predict` returns class probabilities (see `tftune.models.task`).
 
     Args:
         backbone: the `TextBackbone` (its weights are shared, not copied).
@@ -123,6 +144,7 @@ class TextClassifier(keras.Model):
         direction: `"backward"` for a backbone pretrained right to left: the classifier
             still takes ids in reading order and reverses them itself (`ReverseTokens`).
         output_dropout: locked dropout rate on the backbone's outputs, before pooling (training only).
+        preprocessor: the `TextPreprocessor` of the backbone's vocabulary, or None (ids only).
         **kwargs: passed to `keras.Model` (`name`, default `"classifier"`; members of an
             ensemble need different ones).
 
@@ -133,6 +155,11 @@ class TextClassifier(keras.Model):
     >>> classifier = TextClassifier(TextBackbone(100, 8, "lstm", 1, 16), 2, head="last")
     >>> classifier.predict(np.array([[5, 6, 2]]), verbose=0).shape
     (1, 2)
+    >>> from tftune.models import TextPreprocessor
+    >>> vocabulary = ["<pad>", "<unk>", "<eos>"] + [f"w{i}" for i in range(97)]
+    >>> classifier.preprocessor = TextPreprocessor(vocabulary, max_len=50)
+    >>> classifier.predict(["w5 w6"], verbose=0).sum().round(4)
+    1.0
     """
 
     def __init__(
@@ -145,6 +172,7 @@ class TextClassifier(keras.Model):
         pool_embeddings=True,
         direction="forward",
         output_dropout=0.0,
+        preprocessor=None,
         **kwargs,
     ):
         if direction not in DIRECTIONS:
@@ -155,9 +183,11 @@ class TextClassifier(keras.Model):
         tokens = ReverseTokens(name="reverse_tokens")(ids) if direction == "backward" else ids
         hidden = LockedDropout(output_dropout, name="classifier_output_dropout")(backbone(tokens))
         if pool_embeddings:
-            # The embedding layer is shared with the backbone: same frozen weights, same mask.
-            vectors = backbone.get_layer("embedding")(tokens)
-            hidden = keras.layers.Concatenate(name="classifier_features")([ops.cast(vectors, hidden.dtype), hidden])
+            # The embedding layer is shared with the backbone: same frozen weights. The padding
+            # mask is the backbone's; the vectors are cast when called, not when built, so that an
+            # export traced in float32 (`tftune.export.portable_trace`) holds no float16 op.
+            vectors = WordVectorFeatures(name="classifier_word_vectors")(backbone.get_layer("embedding")(tokens))
+            hidden = keras.layers.Concatenate(name="classifier_features")([vectors, hidden])
         x = ConcatPooling(head, name="classifier_pooling")(hidden)
         x = keras.layers.LayerNormalization(name="classifier_norm_1")(x)
         x = keras.layers.Dropout(head_dropout, name="classifier_dropout_1")(x)
@@ -170,6 +200,7 @@ class TextClassifier(keras.Model):
 
         # === Config ===
         self.backbone = backbone
+        self.preprocessor = preprocessor
         self.num_classes = num_classes
         self.head = head
         self.head_units = head_units
@@ -190,11 +221,12 @@ class TextClassifier(keras.Model):
             "pool_embeddings": self.pool_embeddings,
             "direction": self.direction,
             "output_dropout": self.output_dropout,
+            "preprocessor": _serialized(self.preprocessor),
         }
 
     @classmethod
     def from_config(cls, config):
-        return cls(**deserialized(config, "backbone"))
+        return cls(**deserialized(deserialized(config, "backbone"), "preprocessor"))
 
     @classmethod
     def from_preset(cls, preset, num_classes, **config):
@@ -221,14 +253,17 @@ class TextClassifier(keras.Model):
 
 
 @keras.saving.register_keras_serializable(package="tftune")
-class ClassifierEnsemble(keras.Model):
+class ClassifierEnsemble(ClassifierTask, keras.Model):
     """Averages the class probabilities of several classifiers (e.g. forward + backward, as in ULMFiT).
 
     The output is the log of the mean probabilities, so it is used like any classifier's
-    logits: its softmax is the mean, its argmax the ensemble's prediction.
+    logits: its softmax is the mean, its argmax the ensemble's prediction. The members read the
+    same ids, so the ensemble holds the one preprocessor (the first member's, unless given) and
+    the members none.
 
     Args:
         members: `TextClassifier`s with different names.
+        preprocessor: the `TextPreprocessor`; default: the first member's.
         **kwargs: passed to `keras.Model` (`name`, default `"ensemble"`).
 
     Example:
@@ -240,7 +275,7 @@ class ClassifierEnsemble(keras.Model):
     TensorShape([1, 2])
     """
 
-    def __init__(self, members, **kwargs):
+    def __init__(self, members, preprocessor=None, **kwargs):
         ids = keras.Input(shape=(None,), dtype="int32", name="ids")
         probabilities = [
             keras.layers.Softmax(dtype="float32", name=f"{member.name}_probabilities")(member(ids))
@@ -250,17 +285,30 @@ class ClassifierEnsemble(keras.Model):
         kwargs.setdefault("name", "ensemble")
         super().__init__(ids, LogProbabilities(dtype="float32", name="ensemble_logits")(mean), **kwargs)
         self.members = list(members)
+        self.preprocessor = preprocessor if preprocessor is not None else self.members[0].preprocessor
+        for member in self.members:
+            member.preprocessor = None
+
+    @property
+    def backbone(self):
+        """The first member's backbone (each member has its own: `members[i].backbone`)."""
+        return self.members[0].backbone
 
     def get_config(self):
         return {
             "name": self.name,
             "trainable": self.trainable,
             "members": [keras.saving.serialize_keras_object(member) for member in self.members],
+            "preprocessor": _serialized(self.preprocessor),
         }
 
     @classmethod
     def from_config(cls, config):
-        return cls(**deserialized(config, "members"))
+        return cls(**deserialized(deserialized(config, "members"), "preprocessor"))
+
+
+def _serialized(layer):
+    return None if layer is None else keras.saving.serialize_keras_object(layer)
 
 
 def ensemble_members(model):

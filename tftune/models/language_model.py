@@ -20,6 +20,7 @@ from keras import layers, ops
 from tftune.distribute import scale_loss_for_replicas
 from tftune.models import OUTPUTS
 from tftune.models.backbone import deserialized
+from tftune.models.task import Task
 from tftune.regularization import LockedDropout, activation_regularization
 
 
@@ -60,7 +61,7 @@ class TiedOutput(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tftune")
-class LanguageModel(keras.Model):
+class LanguageModel(Task, keras.Model):
     """Encoder + next-token head that can train on a sampled softmax but always evaluates on the full one.
 
     `call` returns float32 logits over the whole vocabulary, and the model's own loss is the
@@ -105,6 +106,8 @@ class LanguageModel(keras.Model):
         output_dropout: locked dropout rate on the encoder's outputs, before the head.
         ar: weight of activation regularization (AR) in the training loss; 0 = none.
         tar: weight of temporal activation regularization (TAR) in the training loss; 0 = none.
+        preprocessor: the `TextPreprocessor` of the encoder's vocabulary, or None (ids only); with
+            it, `predict` takes raw strings too (and returns logits for every token of each text).
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -131,6 +134,7 @@ class LanguageModel(keras.Model):
         output_dropout=0.0,
         ar=0.0,
         tar=0.0,
+        preprocessor=None,
         **kwargs,
     ):
         kwargs.setdefault("name", "language_model")
@@ -139,6 +143,7 @@ class LanguageModel(keras.Model):
             raise ValueError(f"unknown output {output!r}; expected one of {OUTPUTS}")
         embedding = encoder.get_layer("embedding")
         self.encoder = encoder
+        self.preprocessor = preprocessor
         self.output_kind = output
         self.tied = output in ("tied", "tied_sampled")
         self.sampled = output in ("sampled", "tied_sampled")
@@ -165,6 +170,9 @@ class LanguageModel(keras.Model):
         # Every layer with weights is built above: weights load before the first call.
         self.built = True
 
+    # Its outputs are per token: the rows of one `predict` on texts are padded to one length.
+    pads_predictions_to_one_length = True
+
     def get_config(self):
         return {
             "name": self.name,
@@ -175,11 +183,12 @@ class LanguageModel(keras.Model):
             "output_dropout": self.output_dropout.rate,
             "ar": self.ar,
             "tar": self.tar,
+            "preprocessor": None if self.preprocessor is None else keras.saving.serialize_keras_object(self.preprocessor),
         }
 
     @classmethod
     def from_config(cls, config):
-        return cls(**deserialized(config, "encoder"))
+        return cls(**deserialized(deserialized(config, "encoder"), "preprocessor"))
 
     @classmethod
     def from_preset(cls, preset, **config):

@@ -18,6 +18,7 @@ from tftune.errors import RecipeError, RunError
 from tftune.models.backbone import DROPOUT_RATES, TextBackbone
 from tftune.models.classifier import ClassifierEnsemble, TextClassifier
 from tftune.models.language_model import LanguageModel
+from tftune.models.preprocessor import TextPreprocessor
 from tftune.presets import resolve_run
 from tftune.runs import FinetuneRun, PretrainRun
 
@@ -113,11 +114,17 @@ def load_backbone(preset, **config):
     return load_weights(backbone, run.encoder_weights, "the recipe's encoder")
 
 
+def run_preprocessor(run, max_len=None):
+    """The `TextPreprocessor` of a run: its vocabulary and tokenizer, documents cut to `max_len`."""
+    return TextPreprocessor(run.vocab, lowercase=run.tokenizer.lowercase, max_len=max_len)
+
+
 def load_language_model(preset, **config):
-    """`LanguageModel.from_preset`: the pretrained encoder and next-token head, their weights loaded."""
+    """`LanguageModel.from_preset`: the pretrained encoder and next-token head, their weights loaded,
+    with the run's preprocessor (so it takes text)."""
     run = _pretrain_run(preset)
     backbone = TextBackbone.from_config({**pretrain_backbone_config(run), **config})
-    model = LanguageModel(backbone, **language_model_config(run.recipe))
+    model = LanguageModel(backbone, **language_model_config(run.recipe), preprocessor=run_preprocessor(run))
     return load_weights(model, run.language_model_weights, f"pretrain.output = {model.output_kind!r}")
 
 
@@ -127,7 +134,8 @@ def preset_direction(preset):
 
 
 def load_classifier(run_dir):
-    """The trained classifier (or ensemble) of a finetune run, its weights loaded.
+    """The trained classifier (or ensemble) of a finetune run, its weights loaded, with the run's
+    preprocessor (so it takes text) and compiled for `fit` and `evaluate`.
 
     Rebuilt from the config the run keeps; runs written before it was kept are rebuilt from
     their recipe (with the recipe's own dropout rates, which only matter in training).
@@ -135,7 +143,13 @@ def load_classifier(run_dir):
     run = run_dir if isinstance(run_dir, FinetuneRun) else FinetuneRun.open(run_dir)
     config = run.model_config() or _recipe_classifier_config(run)
     model = keras.saving.deserialize_keras_object(config)
-    return load_weights(model, run.classifier_weights, "the run's classifier")
+    load_weights(model, run.classifier_weights, "the run's classifier")
+    if model.preprocessor is None:  # a run written before the preprocessor was part of the model
+        model.preprocessor = run_preprocessor(run, run.recipe.finetune.max_len)
+    else:  # the vocabulary is the run's file, not part of the config
+        model.preprocessor.set_vocabulary(run.vocab)
+    model.compile_for_classes()
+    return model
 
 
 def _recipe_classifier_config(run):

@@ -1,0 +1,110 @@
+"""The base of tftune's tasks: a backbone and a preprocessor, and `fit`/`evaluate`/`predict` on raw strings.
+
+A `Task` (keras-hub's shape) is a Keras model over token ids that also holds the
+`TextPreprocessor` turning text into those ids. Its `fit`, `evaluate` and `predict` take either:
+
+- token ids, as any Keras model does (tftune's own training pipeline batches ids by length), or
+- raw strings: a list, a NumPy array or pandas Series of strings, or a `tf.data.Dataset` whose
+  elements (or their first part) are batches of strings. The preprocessor maps them to ids in
+  the input pipeline, batch by batch.
+
+Example:
+
+```python
+classifier = tftune.load("runs/clf")
+classifier.predict(["a gripping, moving film"])          # class probabilities
+classifier.fit(texts, labels, epochs=1)                  # texts: a list of strings
+classifier.evaluate(tf.data.Dataset.from_tensor_slices((texts, labels)).batch(32))
+```
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tftune.models.preprocessor import holds_text
+
+DEFAULT_BATCH_SIZE = 32  # Keras' own default for arrays
+
+
+class Task:
+    """The mixin of a Keras model over token ids with a `preprocessor` that lets it take text.
+
+    A task class lists it before `keras.Model` (`class TextClassifier(ClassifierTask, keras.Model)`):
+    a mixin, because Keras rewrites the bases of the classes above a functional model's, and a
+    shared base class would turn every task functional. Subclasses build the model and then set
+    `self.backbone` and `self.preprocessor` (`TextPreprocessor`, or None for ids only).
+    """
+
+    # Rows of one `predict` on texts are padded to one length (a language model's outputs are per
+    # token, so batches of different lengths would not stack); classifiers pad batch by batch.
+    pads_predictions_to_one_length = False
+
+    def _require_preprocessor(self):
+        if getattr(self, "preprocessor", None) is None:
+            raise ValueError(
+                f"{self.name} has no preprocessor, so it takes token ids, not text: build it with "
+                "preprocessor=TextPreprocessor(...) or load it with tftune.load"
+            )
+        return self.preprocessor
+
+    def _preprocess_sample(self, texts, *rest):
+        return (self._require_preprocessor()(texts), *rest)
+
+    def _text_dataset(self, x, y=None, sample_weight=None, batch_size=None, shuffle=False):
+        """The `(ids, ...)` batches of texts `x` (in memory or a dataset of string batches)."""
+        if isinstance(x, tf.data.Dataset):
+            return x.map(self._preprocess_sample, num_parallel_calls=tf.data.AUTOTUNE)
+        texts = x.tolist() if hasattr(x, "tolist") else list(x)
+        parts = [tf.constant(texts, dtype=tf.string)]
+        parts += [np.asarray(part.tolist() if hasattr(part, "tolist") else part)
+                  for part in (y, sample_weight) if part is not None]
+        dataset = tf.data.Dataset.from_tensor_slices(tuple(parts))
+        if shuffle:
+            dataset = dataset.shuffle(len(texts), reshuffle_each_iteration=True)
+        dataset = dataset.batch(batch_size or DEFAULT_BATCH_SIZE).map(self._preprocess_sample,
+                                                                      num_parallel_calls=tf.data.AUTOTUNE)
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
+    def fit(self, x=None, y=None, **kwargs):
+        if holds_text(x):
+            x = self._text_dataset(x, y, kwargs.pop("sample_weight", None), kwargs.pop("batch_size", None),
+                                   shuffle=kwargs.get("shuffle", True) and not isinstance(x, tf.data.Dataset))
+            y, kwargs["shuffle"] = None, False  # shuffled above, before batching
+        validation = kwargs.get("validation_data")
+        if validation is not None and not isinstance(validation, tf.data.Dataset) and holds_text(validation[0]):
+            kwargs["validation_data"] = self._text_dataset(*validation, batch_size=kwargs.get("validation_batch_size"))
+        elif isinstance(validation, tf.data.Dataset) and holds_text(validation):
+            kwargs["validation_data"] = self._text_dataset(validation)
+        return super().fit(x, y, **kwargs)
+
+    def evaluate(self, x=None, y=None, **kwargs):
+        if holds_text(x):
+            x = self._text_dataset(x, y, kwargs.pop("sample_weight", None), kwargs.pop("batch_size", None))
+            y = None
+        return super().evaluate(x, y, **kwargs)
+
+    def predict(self, x, **kwargs):
+        if holds_text(x):
+            if self.pads_predictions_to_one_length and not isinstance(x, tf.data.Dataset):
+                x = self._require_preprocessor()(tf.constant(x.tolist() if hasattr(x, "tolist") else list(x)))
+            else:
+                x = self._text_dataset(x, batch_size=kwargs.pop("batch_size", None))
+        return super().predict(x, **kwargs)
+
+
+class ClassifierTask(Task):
+    """A task whose call returns float32 logits over classes; `predict` returns their probabilities.
+
+    `compile_for_classes` compiles it with the loss and metric every tftune classifier trains with
+    (sparse cross-entropy on logits, accuracy); `tftune.load` returns classifiers compiled so.
+    """
+
+    def compile_for_classes(self, optimizer="adam", **kwargs):
+        """`compile` with the classifiers' loss (sparse cross-entropy on logits) and accuracy."""
+        self.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                     metrics=["accuracy"], **kwargs)
+
+    def predict_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return keras.ops.softmax(self(x, training=False), axis=-1)
