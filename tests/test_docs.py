@@ -105,13 +105,33 @@ def test_every_example_is_run_or_says_why_not():
     assert not unmarked, f"examples without an '<!-- example: ... -->' line before them: {unmarked}"
 
 
+def run_all(marker, folder):
+    """Runs the examples with `marker` three at a time, each in its own `folder()`: most of their time is start-up."""
+    blocks = [param.values[0] for param in examples_marked(marker)]
+    folders = [folder() for _ in blocks]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return dict(zip(blocks, pool.map(run_example, blocks, folders)))
+
+
 @pytest.fixture(scope="module")
 def cheap_results(tmp_path_factory):
-    """Runs every `run` example at once, each in its own folder: most of their time is start-up."""
-    blocks = [param.values[0] for param in examples_marked("run")]
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        results = pool.map(lambda block: run_example(block, tmp_path_factory.mktemp("example")), blocks)
-        return dict(zip(blocks, results))
+    return run_all("run", lambda: tmp_path_factory.mktemp("example"))
+
+
+@pytest.fixture(scope="module")
+def trained_run_results(tmp_path_factory, tiny_runs):
+    def folder():
+        """Where runs/lm, runs/clf and task/*.csv are the tiny pair and its data, as the examples name them."""
+        root = tmp_path_factory.mktemp("example")
+        (root / "runs").mkdir()
+        (root / "runs" / "lm").symlink_to(tiny_runs["pretrain"])
+        (root / "runs" / "clf").symlink_to(tiny_runs["finetune"])
+        (root / "task").mkdir()
+        for split in ("train", "valid", "test"):
+            (root / "task" / f"{split}.csv").symlink_to(tiny_runs["data"][split])
+        return root
+
+    return run_all("needs tiny runs", folder)
 
 
 @pytest.mark.parametrize("block", examples_marked("run"))
@@ -121,14 +141,8 @@ def test_cheap_examples_run_as_written(block, cheap_results):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("block", examples_marked("needs tiny runs"))
-def test_examples_on_a_trained_run_run_as_written(block, tmp_path, tiny_runs):
-    (tmp_path / "runs").mkdir()
-    (tmp_path / "runs" / "lm").symlink_to(tiny_runs["pretrain"])
-    (tmp_path / "runs" / "clf").symlink_to(tiny_runs["finetune"])
-    (tmp_path / "task").mkdir()
-    for split in ("train", "valid", "test"):
-        (tmp_path / "task" / f"{split}.csv").symlink_to(tiny_runs["data"][split])
-    assert_ran(block, run_example(block, tmp_path))
+def test_examples_on_a_trained_run_run_as_written(block, trained_run_results):
+    assert_ran(block, trained_run_results[block])
 
 
 def test_the_readme_links_only_to_files_that_exist():
