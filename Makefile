@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_PRETRAIN := runs/demo-pretrain
 DEMO_FINETUNE := runs/demo-finetune
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ test: install
 bench: install
 	$(BIN)/python -m bench
 
+# The documentation site, from docs/ and mkdocs.yml, into site/ (open site/index.html).
+# tests/test_docs.py builds it too whenever mkdocs is installed.
+$(VENV)/.docs-installed: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs site .pytest_cache

@@ -1,6 +1,6 @@
 """Bad input on the real command line: one `error:` line naming the culprit, the right exit status, nothing written.
 
-This is the catalogue of hostile inputs that the README's "Bad input" table documents, one case
+This is the catalogue of hostile inputs that the "Bad input" table of docs/reference/errors.md documents, one case
 per row. Every case fails before training starts, except the full disk (which fails while the run
 is written). Commands that import TensorFlow still take a few seconds to start, so the cases run
 concurrently, each in its own working directory, and each test checks the result of its own case:

@@ -156,7 +156,7 @@ def test_ar_and_tar_join_the_training_loss_but_not_the_reported_one(vectors, out
 
 
 def test_shipped_recipe_uses_ar_tar_without_awd_dropouts_and_bad_values_are_rejected():
-    # AR/TAR lowered the small LM's perplexity; the dropouts only help long, large runs (README).
+    # AR/TAR lowered the small LM's perplexity; the dropouts only help long, large runs (docs/guides/pretraining.md).
     recipe = load_recipe("lstm-glove")
     assert all(getattr(recipe.encoder, key) == 0.0 for key in (*AWD_RATES, "output_dropout"))
     assert (recipe.get("pretrain.ar"), recipe.get("pretrain.tar"), recipe.get("finetune.dropout_scale")) == (2, 1, 1)
