@@ -126,7 +126,8 @@ def measure_loaded_task(name, task, recipe, vectors, sizes):
 
     from tftune.data import classification_dataset, truncate
     from tftune.embeddings import align
-    from tftune.models import TextClassifier, build_encoder
+    from tftune.models import TextBackbone, TextClassifier
+    from tftune.models.presets import backbone_config, classifier_config
     from tftune.text import Tokenizer, Vocabulary
 
     texts, labels, source = task
@@ -139,15 +140,16 @@ def measure_loaded_task(name, task, recipe, vectors, sizes):
     matrix, _ = align(vocab, vectors, seed=recipe.finetune.seed)
     max_len, batch_size = sizes["max_len"], sizes["batch_size"]
     ids = truncate(vocab.encode(texts, tokenizer), max_len)
-    encoder_settings, head = recipe.encoder, recipe.finetune
+    head = recipe.finetune
 
     def build():
+        # The classifier of the recipe, built as tftune builds one (its configs), at the bench's sizes.
         keras.utils.set_random_seed(head.seed)
-        encoder = build_encoder(matrix, encoder_settings.cell, sizes["layers"], sizes["units"],
-                                encoder_settings.dropout)
-        model = TextClassifier(encoder, len(label_index), head.head, head.head_units, head.head_dropout,
-                               head.pool_embeddings)
-        model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        config = {**backbone_config(recipe.encoder, *matrix.shape), "num_layers": sizes["layers"],
+                  "units": sizes["units"]}
+        model = TextClassifier(TextBackbone(**config, embeddings=matrix),
+                               **classifier_config(recipe, recipe, len(label_index)))
+        model.compile_for_classes()
         return model
 
     pipelines = {

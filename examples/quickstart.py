@@ -71,9 +71,12 @@ print(labels, probabilities.max(axis=1).round(3))
 # ## Keep the Keras model
 #
 # `load` rebuilds the trained classifier from its config (`TextClassifier.from_config`) and its
-# weights; it saves to a single `.keras` file like any Keras model.
+# weights, with its preprocessor: it takes raw strings, and `predict` returns the probabilities
+# of the classes (in the order of the run's `labels.json`). It saves to a single `.keras` file
+# like any Keras model; `keras.saving.load_model` reads it back after `import tftune`.
 
 # %%
 model = tftune.load(WORK / "authors")
+print(model.predict(["Call me Ishmael."], verbose=0).round(3))
 model.save(WORK / "authors.keras")
 print(f"{type(model).__name__} saved to {WORK / 'authors.keras'}")

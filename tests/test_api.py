@@ -1,5 +1,6 @@
 """The Python API (`import tftune`): texts in memory in, Keras models out."""
 
+import random
 import runpy
 import sys
 import threading
@@ -31,19 +32,32 @@ def test_the_quickstart_example_runs_as_written(tmp_path, monkeypatch):
     assert keras.mixed_precision.global_policy().name == policy
 
 
-def test_pretrain_on_a_list_continues_a_shipped_model_and_returns_it(tmp_path):
+def test_pretrain_on_a_list_continues_a_shipped_model_and_returns_it(tmp_path, capfd):
+    import keras
+    import numpy as np
+
     texts = ["The whale rose beside the ship.", "She smiled at the ball and said nothing."] * 40
-    result = {}
+    result, epochs_seen = {}, []
+    counter = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: epochs_seen.append(epoch))
+    random.seed(7)
+    np.random.seed(7)
+    expected = (random.random(), np.random.rand())
+    random.seed(7)
+    np.random.seed(7)
     # Off the main thread, as in a notebook's background job: no signal handlers are installed there.
     thread = threading.Thread(target=lambda: result.update(trained=tftune.pretrain(
         texts, from_run="lstm-glove-general", out=tmp_path / "lm",
         settings={"pretrain.epochs": 1, "pretrain.seq_len": 10, "pretrain.batch_size": 4},
+        callbacks=[counter], verbose=0,
     )))
     thread.start()
     thread.join()
     trained = result["trained"]
     assert type(trained.model).__name__ == "LanguageModel" and trained.run == tmp_path / "lm"
     assert trained.metrics["train_tokens"] > 0 and trained.metrics["valid"]["perplexity"] > 1
+    assert epochs_seen == [0] and len(trained.history.history["loss"]) == 1
+    assert (random.random(), np.random.rand()) == expected  # the caller's random state is back
+    assert "/step" not in capfd.readouterr().out  # verbose=0 reached Keras' fit
     assert type(tftune.load(tmp_path / "lm")).__name__ == "LanguageModel"
 
 

@@ -15,8 +15,11 @@ files. Texts given in memory are written once to CSV files in the hidden folder 
 `recipe.toml` and `--resume` find them there.
 
 Progress goes through the `tftune` logger; `logging.basicConfig(level=logging.INFO)` shows it.
-Each call leaves Keras' global dtype policy and the process' signal handlers as they were, and
-works off the main thread too.
+`callbacks=` and `verbose=` pass through to every Keras `fit`, and the result carries the Keras
+`History` of the epochs trained in the call. TensorFlow is imported as quietly as on the command
+line. Each call leaves the caller's random state (Python's, NumPy's and TensorFlow's global seed),
+Keras' global dtype policy and the process' signal handlers as they were, and works off the main
+thread too.
 
 Example:
 
@@ -31,16 +34,19 @@ labels, probabilities = tftune.predict("runs/clf", ["a gripping, moving film"])
 ```
 """
 
+import contextlib
 import csv
 import hashlib
 import io
 import os
+import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from tftune.errors import DataError, RunError
 from tftune.presets import resolve_run
+from tftune.quiet_import import import_tensorflow_quietly
 from tftune.recipe import DEFAULT_RECIPE, LOCAL_DISTRIBUTE, Recipe, load_recipe
 from tftune.runs import FinetuneRun, PretrainRun, data_folder
 
@@ -50,17 +56,22 @@ class Trained(NamedTuple):
     """What `pretrain` and `finetune` return.
 
     Attributes:
-        model: the trained Keras model (`LanguageModel`, `TextClassifier` or `ClassifierEnsemble`).
+        model: the trained Keras model (`LanguageModel`, `TextClassifier` or `ClassifierEnsemble`),
+            which takes raw strings.
         metrics: the run's metrics, as written to its `metrics.json`.
         run: the run directory.
+        history: the `keras.callbacks.History` of the epochs trained in this call (every stage
+            of a fine-tuning, one after the other).
     """
 
     model: Any
     metrics: dict
     run: Path
+    history: Any = None
 
 
-def pretrain(texts=None, *, out, from_run=None, recipe=None, settings=(), force=False, resume=False):
+def pretrain(texts=None, *, out, from_run=None, recipe=None, settings=(), force=False, resume=False, callbacks=(),
+             verbose="auto"):
     """Trains a next-token language model on `texts` and returns it with its metrics.
 
     Args:
@@ -74,9 +85,12 @@ def pretrain(texts=None, *, out, from_run=None, recipe=None, settings=(), force=
         settings: recipe overrides: a mapping `{"pretrain.epochs": 2}` or `"section.key=value"` strings.
         force: replace an existing non-empty `out`.
         resume: continue an interrupted run from its checkpoint.
+        callbacks: extra Keras callbacks for `fit`.
+        verbose: Keras' `verbose` for `fit` (0 silent, 1 progress bar, 2 a line per epoch);
+            `"auto"`: a progress bar on a terminal, a line per epoch elsewhere.
 
     Returns:
-        `Trained(model, metrics, run)`, the model a `LanguageModel`.
+        `Trained(model, metrics, run, history)`, the model a `LanguageModel`.
 
     Example:
 
@@ -85,6 +99,7 @@ def pretrain(texts=None, *, out, from_run=None, recipe=None, settings=(), force=
                          settings={"pretrain.epochs": 1})
     ```
     """
+    import_tensorflow_quietly()
     from tftune.models import LanguageModel
     from tftune.pretraining import pretrain as train_language_model
 
@@ -94,12 +109,15 @@ def pretrain(texts=None, *, out, from_run=None, recipe=None, settings=(), force=
     if texts is not None:
         overrides.append(("pretrain.corpus", _corpus_files(texts, out)))
     resolved = _recipe(recipe, default, overrides, settings, from_run_recipe=from_run is not None)
-    metrics = train_language_model(resolved, out, force=force, from_run=from_run, resume=resume)
-    return Trained(LanguageModel.from_preset(out), metrics, Path(out))
+    history = keras_history()
+    with callers_state_kept(verbose):
+        metrics = train_language_model(resolved, out, force=force, from_run=from_run, resume=resume,
+                                       callbacks=[history, *callbacks])
+    return Trained(LanguageModel.from_preset(out), metrics, Path(out), history)
 
 
 def finetune(from_run, train=None, *, out, valid=None, test=None, recipe=None, settings=(), text_column="text",
-             label_column="label", force=False, resume=False):
+             label_column="label", force=False, resume=False, callbacks=(), verbose="auto"):
     """Fine-tunes a classifier on pretrained encoders, exports it, and returns it with its metrics.
 
     Args:
@@ -115,10 +133,12 @@ def finetune(from_run, train=None, *, out, valid=None, test=None, recipe=None, s
         text_column, label_column: the columns of DataFrames and files.
         force: replace an existing non-empty `out`.
         resume: continue an interrupted run from its checkpoint.
+        callbacks: extra Keras callbacks for every `fit` (one per unfreezing stage).
+        verbose: Keras' `verbose` for `fit`, as for `pretrain`.
 
     Returns:
-        `Trained(model, metrics, run)`, the model a `TextClassifier` (a `ClassifierEnsemble`
-        for several runs).
+        `Trained(model, metrics, run, history)`, the model a `TextClassifier` (a
+        `ClassifierEnsemble` for several runs) that takes raw strings.
 
     Example:
 
@@ -127,6 +147,7 @@ def finetune(from_run, train=None, *, out, valid=None, test=None, recipe=None, s
     clf.metrics["valid"]["accuracy"]
     ```
     """
+    import_tensorflow_quietly()
     from tftune.finetuning import finetune as train_classifier
 
     from_runs = [resolve_run(run) for run in ([from_run] if isinstance(from_run, (str, os.PathLike)) else from_run)]
@@ -136,12 +157,18 @@ def finetune(from_run, train=None, *, out, valid=None, test=None, recipe=None, s
             path = "" if examples is None else _labeled_file(examples, split, out, text_column, label_column)
             overrides.append((f"finetune.{split}", path))
     resolved = _recipe(recipe, PretrainRun.open(from_runs[0]).recipe_file, overrides, settings, from_run_recipe=True)
-    metrics = train_classifier(resolved, from_runs, out, force=force, resume=resume)
-    return Trained(load(out), metrics, Path(out))
+    history = keras_history()
+    with callers_state_kept(verbose):
+        metrics = train_classifier(resolved, from_runs, out, force=force, resume=resume, callbacks=[history, *callbacks])
+    return Trained(load(out), metrics, Path(out), history)
 
 
 def load(path):
-    """The Keras model of a run or a shipped model, rebuilt with `from_config` and its weights loaded.
+    """The Keras model of a run or a shipped model, with its preprocessor: it takes raw strings.
+
+    Rebuilt with `from_config` and its weights loaded, in any process (tftune's Keras objects
+    are registered on import). A classifier comes compiled for `fit` and `evaluate`; its `predict`
+    returns class probabilities, in the order of the run's `labels.json`.
 
     Args:
         path: a finetune run (its classifier or ensemble), or a pretrain run or shipped model's
@@ -151,9 +178,11 @@ def load(path):
 
     ```python
     classifier = tftune.load("runs/clf")
-    classifier.save("clf.keras")
+    classifier.predict(["a gripping, moving film"])
+    classifier.save("clf.keras")  # keras.saving.load_model reads it after `import tftune`
     ```
     """
+    import_tensorflow_quietly()
     from tftune.models import LanguageModel
     from tftune.models.presets import load_classifier
 
@@ -173,9 +202,45 @@ def predict(path, texts):
         `(labels, probabilities)`: the most probable class name per text, and a float32 array
         `[len(texts), classes]` in the order of the run's labels.
     """
+    import_tensorflow_quietly()
     from tftune.export import Predictor
 
     return Predictor(path).predict(_texts(texts, "texts"))
+
+
+# === The caller's process ===
+
+
+def keras_history():
+    """A Keras `History` callback, which keeps adding up epochs over several `fit` calls (stages)."""
+    import keras
+
+    return keras.callbacks.History()
+
+
+@contextlib.contextmanager
+def callers_state_kept(verbose):
+    """Trains with Keras' `verbose`, TensorFlow imported quietly, and the caller's random state put back.
+
+    Training seeds Python's, NumPy's and TensorFlow's generators (`keras.utils.set_random_seed`);
+    a notebook that called `tftune.finetune` gets its own sequences back afterwards.
+    """
+    import_tensorflow_quietly()
+    import numpy as np
+    import tensorflow as tf
+
+    from tftune.training import FIT_VERBOSITY
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    global_seed = tf.compat.v1.get_seed(None)[0]
+    token = FIT_VERBOSITY.set(verbose)
+    try:
+        yield
+    finally:
+        FIT_VERBOSITY.reset(token)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        tf.random.set_seed(global_seed)
 
 
 # === Inputs ===

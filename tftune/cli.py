@@ -16,26 +16,9 @@ import click
 from tftune.distribute import STRATEGIES
 from tftune.embeddings import FORMATS
 from tftune.errors import DataError, EncodingError, TftuneError, WriteError
+from tftune.quiet_import import import_tensorflow_quietly
 from tftune.recipe import LOCAL_DISTRIBUTE
 
-
-
-def _import_tensorflow_quietly():
-    """TensorFlow prints CPU/CUDA notices at import; keep the terminal for our own messages."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if "tensorflow" in sys.modules or os.environ.get("TFTUNE_DEBUG"):
-        return
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()
-    finally:
-        os.dup2(saved, 2)
-        os.close(devnull)
-        os.close(saved)
 
 
 class _CurrentStderr(logging.StreamHandler):
@@ -201,7 +184,7 @@ def _start_strategy(resolved):
             f"multi-worker: worker {config.worker_index} of {config.num_workers} "
             f"({config.task_type} {config.task_index}) waits for every worker to join the cluster"
         )
-    _import_tensorflow_quietly()
+    import_tensorflow_quietly()
     if config is None:
         return distribute.recipe_strategy(resolved)
     # Joining blocks inside TensorFlow, where Python never sees Ctrl-C or SIGTERM: let them end
@@ -373,7 +356,7 @@ def export(run_dir, out, force):
 
     out = Path(out or FinetuneRun(run_dir).export)
     check_export_paths(run_dir, out)
-    _import_tensorflow_quietly()
+    import_tensorflow_quietly()
     from tftune.finetuning import reexport
 
     try:
@@ -405,7 +388,7 @@ def evaluate(model, data, text_column, label_column, plot, force, encoding):
         check_output_paths([("--plot", plot)], [("evaluated model", model), ("--data file", data)])
         _check_plot_path(Path(plot), force)
     texts, labels = read_labeled(data, text_column, label_column, encoding=encoding)
-    _import_tensorflow_quietly()
+    import_tensorflow_quietly()
     from tftune.export import evaluate_export
 
     metrics = evaluate_export(model, texts, labels, source=data)
@@ -449,7 +432,7 @@ def predict(model, texts, encoding):
         from tftune.data import read_stream_lines
 
         texts = read_stream_lines(sys.stdin.buffer, "standard input", encoding)
-    _import_tensorflow_quietly()
+    import_tensorflow_quietly()
     from tftune.export import Predictor
 
     labels, probabilities = Predictor(model).predict(list(texts))
@@ -472,7 +455,7 @@ def inspect_embeddings(path, fmt, corpus, lowercase, encoding):
     """Size, dimension, and coverage of a corpus by a vectors file (JSON)."""
     from collections import Counter
 
-    _import_tensorflow_quietly()  # tftune.text imports TensorFlow
+    import_tensorflow_quietly()  # tftune.text imports TensorFlow
     from tftune.data import read_corpus
     from tftune.embeddings import inspect_vectors
     from tftune.text import Tokenizer

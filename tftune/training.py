@@ -12,6 +12,7 @@ Example:
 """
 
 import contextlib
+import contextvars
 import dataclasses
 import logging
 import shutil
@@ -34,8 +35,15 @@ def log(message):
     logger.info(message)
 
 
+# Keras' `verbose` for the `fit` calls of this context (the Python API's `verbose=`); None: by the terminal.
+FIT_VERBOSITY = contextvars.ContextVar("fit_verbosity", default=None)
+
+
 def fit_verbosity():
-    """A live progress bar on a terminal, one line per epoch in logs."""
+    """`FIT_VERBOSITY` when set, else a live progress bar on a terminal and one line per epoch in logs."""
+    chosen = FIT_VERBOSITY.get()
+    if chosen is not None and chosen != "auto":
+        return chosen
     return 1 if sys.stdout.isatty() else 2
 
 
