@@ -759,6 +759,7 @@ IMPORTS_AT_EXIT = (
         ["pretrain", "--corpus", "missing.txt"],
         ["finetune", "--from", "lstm-glove-general", "--train", "missing.csv"],
         ["finetune", "--from", "lstm-glove-general", "--set", "finetune.epochs=many"],
+        ["embeddings", "inspect", "missing.vec"],
     ],
     ids=lambda args: " ".join(args),
 )

@@ -478,7 +478,6 @@ def inspect_embeddings(path, fmt, corpus, lowercase, encoding):
     """Size, dimension, and coverage of a corpus by a vectors file (JSON)."""
     from collections import Counter
 
-    _import_tensorflow_quietly()  # tftune.text imports TensorFlow
     from tftune.data import read_corpus
     from tftune.embeddings import inspect_vectors
     from tftune.text import Tokenizer
