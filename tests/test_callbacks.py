@@ -1,9 +1,12 @@
 """Training features as callbacks: best weights, stage history, live TensorBoard, and their resume state."""
 
+import logging
+import re
+
 import keras
 import numpy as np
 
-from tftune.callbacks import KeepBestWeights, StageHistory, restore_plugins, tensorboard
+from tftune.callbacks import KeepBestWeights, RunProgress, StageHistory, restore_plugins, tensorboard
 from tftune.checkpoints import Checkpointing, RunCheckpoint
 
 
@@ -70,3 +73,20 @@ def test_tensorboard_curves_are_written_during_training(tmp_path):
         for event in tf.compat.v1.train.summary_iterator(str(event_file)):
             steps += [event.step for value in event.summary.value if value.tag == "epoch_loss"]
     assert sorted(steps) == [0, 1]
+
+
+def test_run_progress_numbers_the_epochs_of_every_fit_call_and_logs_the_run_eta(capsys, caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("tftune"), "propagate", True)  # to caplog, even after the CLI's set-up
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    x, y = np.ones((8, 2), "float32"), np.ones((8, 1), "float32")
+    # A second classifier of an ensemble, after a first one's 2 epochs: stages of 1 and 2 epochs.
+    progress = RunProgress(total_epochs=5, epoch_offset=2)
+    with caplog.at_level(logging.INFO, logger="tftune"):
+        model.fit(x, y, epochs=1, verbose=2, callbacks=[progress])
+        model.fit(x, y, initial_epoch=1, epochs=3, verbose=2, callbacks=[progress])
+    headers = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch ")]
+    assert headers == ["Epoch 3/5", "Epoch 4/5", "Epoch 5/5"]  # Keras alone: none, "Epoch 2/3", "Epoch 3/3"
+    etas = [message.rsplit(" ", 1) for message in caplog.messages if "of the run, ETA" in message]
+    assert [prefix for prefix, _ in etas] == [f"epoch {k}/5 of the run, ETA" for k in (3, 4, 5)]
+    assert etas[-1][1] == "00:00" and all(re.fullmatch(r"\d\d:\d\d", eta) for _, eta in etas)

@@ -45,8 +45,19 @@ def test_pretrain_finetune_export_predict(tmp_path, small_data, cell, vectors, f
     assert result.stdout.strip().splitlines()[-1] == str(pretrain_dir)
     # The library's log records reach stderr once each, as `tftune: ...` lines.
     assert result.stderr.splitlines().count(f"tftune: pretrain run written to {pretrain_dir}") == 1, result.stderr
-    out = tftune("finetune", "--from", pretrain_dir, "--out", finetune_dir, "--set", "finetune.epochs=3")
-    assert out.strip().splitlines()[-1] == str(finetune_dir / "export")
+    # max_len above the texts' 81-110 tokens: batches of several lengths, as a real task has.
+    result = run_tftune("finetune", "--from", pretrain_dir, "--out", finetune_dir, "--set", "finetune.epochs=3",
+                        "--set", "finetune.max_len=120")
+    assert result.stdout.strip().splitlines()[-1] == str(finetune_dir / "export")
+    # A quiet log: the plan before training, each stage, the run's ETA; no TensorFlow warning.
+    log = result.stderr.splitlines()
+    assert not [line for line in log if "retracing" in line or not line.startswith("tftune: ")], result.stderr
+    assert "tftune: classifier plan: 3 stages x 1 epoch = 3 epochs (gradual unfreezing: the head first, " \
+           "then one more recurrent layer per stage)" in log
+    assert "tftune: classifier stage 1/3, epoch 1 of 3: training the head only" in log
+    assert [line for line in log if "of the run, ETA" in line][-1] == "tftune: epoch 3/3 of the run, ETA 00:00"
+    headers = [line for line in result.stdout.splitlines() if line.startswith("Epoch ")]
+    assert headers == ["Epoch 1/3", "Epoch 2/3", "Epoch 3/3"]  # Keras prints none for a one-epoch fit
 
     recipe = (finetune_dir / "recipe.toml").read_text()
     assert f'cell = "{cell}"' in recipe and f'format = "{fmt}"' in recipe

@@ -742,6 +742,39 @@ def test_help_lists_every_command():
         assert f"  {command} " in usage
 
 
+# Runs the command line as the `tftune` script does, then reports on the last stderr line which of
+# the slow libraries it imported.
+HEAVY_MODULES = ("gensim", "keras", "nltk", "scipy", "tensorflow")
+IMPORTS_AT_EXIT = (
+    "import atexit, sys; "
+    f"atexit.register(lambda: print('imported:', *sorted(set(sys.modules) & set({HEAVY_MODULES!r})), file=sys.stderr)); "
+    "sys.argv[0] = 'tftune'; from tftune.cli import main; main()"
+)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["pretrain", "--corpus", "missing.txt"],
+        ["finetune", "--from", "lstm-glove-general", "--train", "missing.csv"],
+        ["finetune", "--from", "lstm-glove-general", "--set", "finetune.epochs=many"],
+        ["embeddings", "inspect", "missing.vec"],
+    ],
+    ids=lambda args: " ".join(args),
+)
+def test_help_and_early_errors_start_without_the_slow_libraries(tmp_path, args):
+    # TensorFlow, gensim and NLTK (through scipy) each take a second or more to import.
+    result = subprocess.run([sys.executable, "-c", IMPORTS_AT_EXIT, *args], cwd=tmp_path, env=cli_environment(),
+                            capture_output=True, text=True, timeout=TIMEOUT_SECONDS)
+    *messages, imported = result.stderr.splitlines()
+    assert imported == "imported:", result.stderr
+    if args == ["--help"]:
+        assert result.returncode == 0 and result.stdout.startswith("Usage: ") and messages == []
+    else:
+        assert result.returncode == 2 and len(messages) == 1 and messages[0].startswith("error: "), result.stderr
+
+
 def test_recipes_list_shows_the_shipped_recipes():
     result = run_tftune(["recipes", "list"])
     assert result.returncode == 0 and result.stderr == ""

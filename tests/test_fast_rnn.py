@@ -1,5 +1,7 @@
 """The fast recurrent layers match the Keras layers they replace: values, gradients, files, configs."""
 
+import logging
+
 import keras
 import numpy as np
 import pytest
@@ -104,6 +106,31 @@ def test_a_fixed_number_of_steps_compiles_the_recurrence_with_xla_and_any_length
     fast, _ = twin_layers(cell, return_sequences=True)
     assert compiled_functions(fast, (BATCH, TIME, DIM)) >= 1  # the forward pass (the backward is built on demand)
     assert compiled_functions(fast, (BATCH, None, DIM)) == 0  # each new length would compile again
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.mark.parametrize("cell", sorted(PAIRS))
+def test_eager_calls_on_batches_of_new_lengths_do_not_retrace(cell):
+    # As a classifier's evaluation calls it: nearly every length-bucketed batch has a new length.
+    fast, plain = twin_layers(cell, return_sequences=True)
+    records = _Records()
+    tf.get_logger().addHandler(records)
+    try:
+        for length in range(2, 10):
+            inputs = np.random.default_rng(length).normal(size=(BATCH, length, DIM)).astype("float32")
+            mask = tf.constant(np.arange(length)[None, :] < np.array([length, 4, 1, 0])[:, None])
+            np.testing.assert_allclose(fast(inputs, mask=mask), plain(inputs, mask=mask), rtol=1e-5, atol=1e-5)
+    finally:
+        tf.get_logger().removeHandler(records)
+    assert not [message for message in records.messages if "retracing" in message]
 
 
 @pytest.mark.parametrize("cell", sorted(PAIRS))

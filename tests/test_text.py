@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tftune import text as text_module
 from tftune.errors import DataError
 from tftune.text import EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, WHITESPACE, Tokenizer, Vocabulary
 
@@ -130,6 +131,21 @@ def test_python_and_tf_agree_on_every_code_point(tokenizer):
     chars = [chr(code_point) for code_point in range(0x110000) if not 0xD800 <= code_point <= 0xDFFF]
     texts = ["a".join(chars[start : start + 400]).join("aa") for start in range(0, len(chars), 400)]
     _assert_same_tokens(tokenizer, texts)
+
+
+def test_tokens_are_split_as_nltk_regexp_tokenizer_splits_them(tokenizer):
+    # The tokenizer calls the `regex` module directly, as NLTK's RegexpTokenizer does, to keep
+    # NLTK's scipy import out of start-up: its word class and its final split must stay NLTK's.
+    from nltk.tokenize import RegexpTokenizer
+
+    all_chars = "".join(map(chr, range(0x110000)))
+    nltk_word_spans = RegexpTokenizer(r"\w+").span_tokenize(all_chars)
+    assert text_module._word_ranges() == tuple((start, end - 1) for start, end in nltk_word_spans)
+    chars = [chr(code_point) for code_point in range(0x110000) if not 0xD800 <= code_point <= 0xDFFF]
+    texts = HARD_STRINGS + ["a".join(chars[start : start + 400]) for start in range(0, len(chars), 400)]
+    nltk_tokenizer = RegexpTokenizer(tokenizer._token.pattern)
+    for text in texts:
+        assert tokenizer._token.findall(text) == nltk_tokenizer.tokenize(text), text
 
 
 def test_whitespace_is_exactly_python_isspace():

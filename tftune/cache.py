@@ -38,7 +38,6 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import nltk
 import numpy as np
 import regex
 
@@ -80,11 +79,10 @@ def cache_dir():
 
 @functools.cache
 def _code_fingerprint():
-    """The code behind an encoded corpus: these modules' source and the tokenizer's libraries."""
+    """The code behind an encoded corpus: these modules' source and the tokenizer's regex engine."""
     sources = (data.__file__, text.__file__, open_vocab.__file__, __file__)
     return {
         "sources": [hashlib.sha256(Path(source).read_bytes()).hexdigest() for source in sources],
-        "nltk": nltk.__version__,
         "regex": regex.__version__,
         "unicode": unicodedata.unidata_version,
     }

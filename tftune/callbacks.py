@@ -17,12 +17,15 @@ model.fit(data, epochs=4, callbacks=[history, best, StopOnNonFiniteLoss(), saver
 ```
 """
 
+import logging
 import math
 import time
 
 import keras
 
 from tftune.errors import TrainingError
+
+_logger = logging.getLogger(__name__)
 
 
 class Plugin(keras.callbacks.Callback):
@@ -241,3 +244,50 @@ def tensorboard(log_dir):
     a resumed run) adds its epochs to the same curves, numbered from the run's first epoch.
     """
     return keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False, update_freq="epoch")
+
+
+class RunProgress(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar, counting the epochs of a whole run over several `fit` calls, with the run's ETA.
+
+    Gradual unfreezing fits each stage in its own `fit` call. Passed to each of them, this bar
+    numbers every epoch's header of the run (`Epoch 2/3`), the first epoch of a one-epoch stage
+    included (Keras' own bar prints no header when a `fit` call has one epoch), and after each
+    epoch logs "epoch k/K of the run, ETA mm:ss" from the mean time of the epochs seen so far.
+
+    Args:
+        total_epochs: the epochs of the whole run.
+        epoch_offset: the run's epochs before Keras' epoch 0 of the next `fit` calls (those of
+            the classifiers an ensemble trained before this one); Keras numbers the epochs of a
+            resumed `fit` itself (`initial_epoch`).
+
+    Example:
+
+    ```python
+    progress = RunProgress(total_epochs=3)
+    model.fit(data, epochs=1, callbacks=[progress])  # Epoch 1/3 ... epoch 1/3 of the run, ETA 00:42
+    model.fit(data, initial_epoch=1, epochs=3, callbacks=[progress])  # Epoch 2/3, Epoch 3/3
+    ```
+    """
+
+    def __init__(self, total_epochs, epoch_offset=0):
+        super().__init__()
+        self.total_epochs = total_epochs
+        self.epoch_offset = epoch_offset
+        self._epoch_seconds = []
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.epochs = self.total_epochs  # the header's N: the run's epochs, not this `fit` call's
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+        super().on_epoch_begin(self.epoch_offset + epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        self._epoch_seconds.append(time.perf_counter() - self._epoch_start)
+        done = self.epoch_offset + epoch + 1
+        if self.verbose:
+            mean = sum(self._epoch_seconds) / len(self._epoch_seconds)
+            minutes, seconds = divmod(round(mean * max(0, self.total_epochs - done)), 60)
+            _logger.info(f"epoch {done}/{self.total_epochs} of the run, ETA {minutes:02d}:{seconds:02d}")

@@ -213,11 +213,12 @@ def main():
 
 def _checkpoint_recipe(out):
     """The recipe file saved with the checkpoint of `--out`, for `--resume` without `--recipe`."""
-    from tftune.checkpoints import RunCheckpoint
     from tftune.errors import RunError
 
     if out is None:
         raise RunError("--resume needs the --out of the interrupted run")
+    from tftune.checkpoints import RunCheckpoint  # imports Keras
+
     checkpoint = RunCheckpoint(out)
     if not checkpoint.exists():
         raise RunError(f"{out}: no checkpoint to resume ({checkpoint.path} does not exist); run without --resume")
@@ -248,6 +249,7 @@ def pretrain(recipe, corpus, valid, from_run, embeddings, embeddings_format, out
     With --distribute multi-worker, start the same command on every machine, each with its own
     TF_CONFIG; only the chief writes --out.
     """
+    from tftune.data import check_data_files
     from tftune.presets import resolve_run
     from tftune.recipe import load_recipe
     from tftune.runs import PretrainRun, check_run_paths, check_writable_target
@@ -281,6 +283,7 @@ def pretrain(recipe, corpus, valid, from_run, embeddings, embeddings_format, out
         # Before the slow TensorFlow import; an --out over an input is refused even with --force.
         check_run_paths(resolved, "pretrain", out, [from_run] if from_run is not None else [], resume)
         check_writable_target(out, force)
+        check_data_files([*resolved.pretrain.corpus, *filter(None, [resolved.pretrain.valid])])
     strategy = _start_strategy(resolved)
     from tftune.pretraining import pretrain as run_pretrain
 
@@ -312,6 +315,7 @@ def finetune(from_runs, recipe, train, valid, test, text_column, label_column, o
     With several --from runs, each gets its own classifier and the export averages their
     probabilities. --distribute works as for pretrain.
     """
+    from tftune.data import LABELED_SUFFIXES, check_data_files
     from tftune.presets import resolve_run
     from tftune.recipe import load_recipe
     from tftune.runs import FinetuneRun, PretrainRun, check_run_paths, check_writable_target
@@ -339,6 +343,8 @@ def finetune(from_runs, recipe, train, valid, test, text_column, label_column, o
     if _check_distribution(resolved, resume):
         check_run_paths(resolved, "finetune", out, [run.path for run in from_runs], resume)
         check_writable_target(out, force)
+        splits = (resolved.finetune.train, resolved.finetune.valid, resolved.finetune.test)
+        check_data_files(filter(None, splits), LABELED_SUFFIXES)
     strategy = _start_strategy(resolved)
     from tftune.finetuning import finetune as run_finetune
 
@@ -455,7 +461,6 @@ def inspect_embeddings(path, fmt, corpus, lowercase, encoding):
     """Size, dimension, and coverage of a corpus by a vectors file (JSON)."""
     from collections import Counter
 
-    import_tensorflow_quietly()  # tftune.text imports TensorFlow
     from tftune.data import read_corpus
     from tftune.embeddings import inspect_vectors
     from tftune.text import Tokenizer

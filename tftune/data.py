@@ -27,8 +27,6 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
-
 from tftune.errors import DataError, EncodingError
 
 LABELED_SUFFIXES = (".csv", ".tsv", ".jsonl")
@@ -128,12 +126,35 @@ def _line_and_column(data, position):
     return f"line {line}, column {position - line_start + 1}"
 
 
-def _read_lines(path, encoding):
-    path = Path(path)
+def _check_is_file(path):
     if not path.exists():
         raise DataError(f"{path}: no such file")
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a file")
+
+
+def check_data_files(paths, suffixes=TEXT_SUFFIXES):
+    """Fails as the readers would on a file of the wrong type, a missing file or a directory.
+
+    Cheap (nothing is read), so that a command finds these mistakes before it imports TensorFlow.
+
+    Args:
+        paths: the data files.
+        suffixes: the file types allowed, e.g. `LABELED_SUFFIXES` for labeled data.
+
+    Example:
+
+    >>> check_data_files(["train.csv"], LABELED_SUFFIXES)  # doctest: +SKIP
+    DataError: train.csv: no such file
+    """
+    for path in paths:
+        _check_suffix(path, suffixes)
+        _check_is_file(Path(path))
+
+
+def _read_lines(path, encoding):
+    path = Path(path)
+    _check_is_file(path)
     try:
         check_encoding(encoding)
     except DataError as e:
@@ -349,6 +370,7 @@ def lm_dataset(ids, seq_len, batch_size, shuffle=False, seed=0):
     >>> [tuple(x.shape) for x, _ in valid]  # doctest: +SKIP
     [(32, 10), (32, 10), (32, 10), (4, 10)]
     """
+    import numpy as np
     import tensorflow as tf
 
     inputs, targets = lm_windows(np.asarray(ids, dtype="int32"), seq_len)
@@ -410,6 +432,7 @@ def classification_dataset(id_lists, labels, batch_size, shuffle=False, seed=0):
     >>> [int(labels[0]) for _, labels in train.epochs(0, 2)]  # two epochs, two orders  # doctest: +SKIP
     [1, 0, 2, 2, 1, 0]
     """
+    import numpy as np
     import tensorflow as tf
 
     n_documents = len(id_lists)

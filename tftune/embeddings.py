@@ -49,15 +49,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from tftune.errors import EmbeddingsError
 from tftune.text import PAD, SPECIAL_TOKENS, Vocabulary
 
 if TYPE_CHECKING:
+    import numpy as np
     from gensim.models import KeyedVectors
 
-# gensim is imported where vectors are read, so that the recipe schema and the command line can
-# import these lists of choices without it.
+# gensim and NumPy are imported where vectors are read, so that the recipe schema and the command
+# line can import these lists of choices without them.
 FORMATS = ("glove", "word2vec", "word2vec-binary", "keyedvectors", "npy")
 OOV_TREATMENTS = ("random", "zeros", "mean")
 
@@ -170,6 +170,8 @@ def load_vectors(path: str | os.PathLike, fmt: str) -> KeyedVectors:
 
 def _check_finite(kv: KeyedVectors, path: Path, fmt: str, fail: Callable[[str], EmbeddingsError]) -> None:
     """Refuses NaN or infinite values, which would only surface later as a NaN training loss."""
+    import numpy as np
+
     finite_rows = np.isfinite(kv.vectors).all(axis=1)
     if finite_rows.all():
         return
@@ -346,6 +348,8 @@ def align(
     """
     if oov not in OOV_TREATMENTS:
         raise EmbeddingsError(f"unknown oov treatment '{oov}'; expected one of {', '.join(OOV_TREATMENTS)}")
+    import numpy as np
+
     tokens = vocab.tokens
     matrix = np.zeros((len(tokens), kv.vector_size), dtype=np.float32)
     marker_rows, found_rows, found_indices, missing_rows = [], [], [], []
@@ -485,6 +489,8 @@ def _measure(
 
 def _column_stats(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-dimension mean and std, in chunks so that large memory-mapped matrices stay on disk."""
+    import numpy as np
+
     total = np.zeros(vectors.shape[1], dtype=np.float64)
     squares = np.zeros(vectors.shape[1], dtype=np.float64)
     for start in range(0, len(vectors), _STATS_CHUNK_ROWS):
@@ -575,6 +581,8 @@ def _manifest_file(path: Path, manifest: dict, key: str, fail: Callable[[str], E
 
 
 def _npy_matrix(path: Path, manifest: dict, fail: Callable[[str], EmbeddingsError]) -> np.ndarray:
+    import numpy as np
+
     matrix_path = _manifest_file(path, manifest, "matrix", fail)
     try:
         matrix = np.load(matrix_path, mmap_mode="r", allow_pickle=False)

@@ -145,23 +145,36 @@ def _recurrent_kernel_grad(previous_outputs, recurrent_grads):
     )
 
 
-_COMPILED = {}  # pass function -> its XLA-compiled tf.function, made on first use
+_GRAPH_FUNCTIONS = {}  # (pass function, compiled) -> its tf.function, made on first use
+
+
+def _graph_function(pass_function, compiled):
+    if (pass_function, compiled) not in _GRAPH_FUNCTIONS:
+        # autograph off: the passes branch on Python values (a mask or None) while tracing.
+        _GRAPH_FUNCTIONS[pass_function, compiled] = tf.function(
+            pass_function, jit_compile=compiled, reduce_retracing=not compiled, autograph=False
+        )
+    return _GRAPH_FUNCTIONS[pass_function, compiled]
 
 
 def _maybe_compiled(pass_function, compiled):
     """`pass_function`, or its XLA-compiled twin when `compiled` (see the module docstring).
+
+    In a graph being traced, the uncompiled pass becomes part of it. Called eagerly (e.g. a
+    model called on batches of several lengths), it runs as one graph function whose traces
+    generalize over the number of steps, so each new length is neither traced nor compiled again
+    (which XLA would do) and the loop does not run op by op.
 
     Each pass has an explicit gradient (the recurrence's custom gradient calls the backward pass),
     so its inputs are cut from the tape: a compiled function that TensorFlow itself had to be
     ready to differentiate would hand its loop's TensorLists across the XLA boundary, which
     eager TensorFlow refuses.
     """
-    if compiled and pass_function not in _COMPILED:
-        # autograph off: the passes branch on Python values (a mask or None) while tracing.
-        _COMPILED[pass_function] = tf.function(pass_function, jit_compile=True, autograph=False)
-    function = _COMPILED[pass_function] if compiled else pass_function
 
     def run(*args):
+        function = pass_function
+        if compiled or tf.executing_eagerly():
+            function = _graph_function(pass_function, compiled)
         return function(*(tf.stop_gradient(arg) if tf.is_tensor(arg) else arg for arg in args))
 
     return run
@@ -422,7 +435,9 @@ class _FastRecurrentCall(WeightDroppedInnerLoop):
         step_mask = None if mask is None else tf.transpose(tf.cast(mask, "bool"))[:, :, None]
 
         recurrent_kernel = ops.cast(self.recurrent_kernel_for_call(training), dtype)
-        compiled = sequences.shape[1] is not None  # a fixed number of steps: one XLA compilation
+        # A graph traced for a fixed number of steps: one XLA compilation. An eager call's steps
+        # are known too, but the next call's may differ.
+        compiled = sequences.shape[1] is not None and not tf.executing_eagerly()
         outputs, states = self._recurrence(projected, recurrent_kernel, states, step_mask, compiled)
         if step_mask is not None and initial_state is not None:
             # Keras outputs zeros, not the initial state, before a sequence's first real step.

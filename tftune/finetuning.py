@@ -24,7 +24,14 @@ import numpy as np
 import tensorflow as tf
 
 from tftune import distribute
-from tftune.callbacks import KeepBestWeights, StageHistory, StopOnNonFiniteLoss, restore_plugins, tensorboard
+from tftune.callbacks import (
+    KeepBestWeights,
+    RunProgress,
+    StageHistory,
+    StopOnNonFiniteLoss,
+    restore_plugins,
+    tensorboard,
+)
 from tftune.checkpoints import Checkpointing, RunCheckpoint, fit_from
 from tftune.data import classification_dataset, read_labeled, truncate
 from tftune.embeddings import load_vectors
@@ -335,6 +342,11 @@ def member_names(directions):
 def train_members(recipe, members, task, progress, callbacks, strategy):
     """Fine-tunes one classifier per pretrain run, in order; a resumed run rebuilds the finished ones."""
     names = member_names([pretrained.recipe.pretrain.direction for pretrained in members])
+    plans = [member_stages(recipe.finetune, pretrained.recipe.encoder.layers) for pretrained in members]
+    for name, stages in zip(names, plans):
+        log(f"{name} plan: {describe_plan(stages, recipe.finetune)}")
+    epochs = [sum(stage.epochs for stage in stages) for stages in plans]
+    run_progress = RunProgress(total_epochs=sum(epochs))
     log(f"live curves: tensorboard --logdir {progress.checkpoint.logs} (moved into the run when it is written)")
     resumed = progress.resumed
     if resumed:
@@ -346,8 +358,11 @@ def train_members(recipe, members, task, progress, callbacks, strategy):
             best = KeepBestWeights(recipe.finetune.patience)
             best.set_state(done["best"])
             progress.finished.append(TrainedMember(classifier, done["history"], best))
-    for pretrained, name in list(zip(members, names))[len(progress.finished) :]:
-        progress.finished.append(finetune_member(recipe, pretrained, name, task, progress, callbacks, strategy))
+    for index in range(len(progress.finished), len(members)):
+        run_progress.epoch_offset = sum(epochs[:index])
+        progress.finished.append(
+            finetune_member(recipe, members[index], names[index], task, progress, [*callbacks, run_progress], strategy)
+        )
     return progress.finished
 
 
@@ -408,6 +423,32 @@ def member_stages(settings, n_layers):
     if settings.unfreeze == "gradual":
         return unfreezing_stages(n_layers, settings.stage_epochs, settings.epochs)
     return [Stage(trainable_layers=n_layers, epochs=settings.epochs)]
+
+
+def _count(number, noun):
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def describe_plan(stages, settings):
+    """One classifier's stages and epochs, and why they add up to more than `finetune.epochs` when they do.
+
+    Example:
+
+    >>> describe_plan(unfreezing_stages(2, stage_epochs=1, total_epochs=4), settings)  # doctest: +SKIP
+    '3 stages of 1 + 1 + 2 epochs = 4 epochs (gradual unfreezing: the head first, then one more recurrent layer per stage)'
+    """
+    lengths = [stage.epochs for stage in stages]
+    total = _count(sum(lengths), "epoch")
+    if len(stages) == 1:
+        return f"1 stage x {total}, every recurrent layer trainable from the start (finetune.unfreeze={settings.unfreeze})"
+    shape = (f"{len(stages)} stages x {_count(lengths[0], 'epoch')}" if len(set(lengths)) == 1
+             else f"{len(stages)} stages of {' + '.join(map(str, lengths))} epochs")
+    why = "gradual unfreezing: the head first, then one more recurrent layer per stage"
+    if sum(lengths) > settings.epochs:
+        why += (f"; every stage runs finetune.stage_epochs={settings.stage_epochs} (the last at least 1), so "
+                f"finetune.epochs={settings.epochs} becomes {sum(lengths)}; --set finetune.unfreeze=all trains "
+                "exactly finetune.epochs")
+    return f"{shape} = {total} ({why})"
 
 
 def finetune_member(recipe, pretrained, name, task, progress, callbacks=(), strategy=None):
@@ -510,8 +551,9 @@ def fit_unfreezing_stages(classifier, optimizer, stages, train_data, stage_rate,
         trainable = [layer.name for layer in layers[len(layers) - stage.trainable_layers :]]
         for layer in layers:
             layer.trainable = layer.name in trainable
-        log(f"{classifier.name} stage {number + 1}/{len(stages)}: training the head"
-            + (f" and {', '.join(sorted(trainable))}" if trainable else " only") + f" for {stage.epochs} epoch(s)")
+        epochs = f"epoch {stage_end}" if stage.epochs == 1 else f"epochs {stage_begin + 1}-{stage_end}"
+        log(f"{classifier.name} stage {number + 1}/{len(stages)}, {epochs} of {sum(s.epochs for s in stages)}: "
+            "training the head" + (f" and {', '.join(sorted(trainable))}" if trainable else " only"))
         with strategy.scope():
             classifier.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                                metrics=["accuracy"])

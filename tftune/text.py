@@ -1,6 +1,6 @@
 """Tokenization and vocabularies, identical in Python (training) and in TensorFlow graphs (serving).
 
-`Tokenizer.tokenize` (Python, NLTK's `RegexpTokenizer`) and `Tokenizer.tf_tokenize` (core TensorFlow
+`Tokenizer.tokenize` (Python, the third-party `regex` module) and `Tokenizer.tf_tokenize` (core TensorFlow
 string ops only, so it can live in an exported SavedModel) produce the same tokens for every input.
 Both run the same steps, with regular expressions built from shared parts:
 
@@ -18,13 +18,14 @@ Both run the same steps, with regular expressions built from shared parts:
 4. Tokens, by the first alternative that matches: a special token (<unk>, <eos>, <pad>) | n't |
    a clitic 's 're 've 'll 'd 'm | a run of word characters | any other single non-space character.
 
-Word characters are those of `\\w` in the regex engine NLTK's `RegexpTokenizer` compiles with (the
-third-party `regex` module in NLTK 3.10: letters, combining marks, decimal digits, connector
-punctuation, joiners; not ² or ½). The rest of the Python side and TensorFlow's RE2 (whose `\\w` is
-ASCII only) get them as an explicit class of code point ranges computed from that engine, so the
-three regex engines agree by construction. Whitespace is the explicit set of characters for which
-`str.isspace()` is true, on both sides. Python's substitutions and RE2's global replace are both
-leftmost-first and non-overlapping, so equal classes give equal tokens.
+Word characters are those of `\\w` in the third-party `regex` module (letters, combining marks,
+decimal digits, connector punctuation, joiners; not ² or ½), which splits the tokens, compiled as
+NLTK's `RegexpTokenizer` compiles (NLTK 3.10), so tokens equal NLTK's without importing it (NLTK
+imports scipy, a second of start-up). The rest of the Python side (`re`) and TensorFlow's RE2 (whose
+`\\w` is ASCII only) get them as an explicit class of code point ranges computed from `regex`, so
+the three regex engines agree by construction. Whitespace is the explicit set of characters for
+which `str.isspace()` is true, on both sides. Python's substitutions and RE2's global replace are
+both leftmost-first and non-overlapping, so equal classes give equal tokens.
 """
 
 from __future__ import annotations
@@ -37,12 +38,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-import numpy as np
-from nltk.tokenize import RegexpTokenizer
+import regex
 
 from tftune.errors import DataError
 
-if TYPE_CHECKING:  # TensorFlow is imported by the in-graph tokenizer's methods, on first use
+if TYPE_CHECKING:  # NumPy and TensorFlow are imported where they are used, so the command line starts fast
+    import numpy as np
     import tensorflow as tf
 
 PAD = "<pad>"
@@ -116,13 +117,16 @@ def _re2_escape(code_point: int) -> str:
 
 _WHITESPACE_RANGES = _code_point_ranges(WHITESPACE)
 
+# The flags NLTK's RegexpTokenizer compiles its pattern with.
+_REGEX_FLAGS = regex.UNICODE | regex.MULTILINE | regex.DOTALL
+
 
 @functools.cache
 def _word_ranges() -> tuple[tuple[int, int], ...]:
-    """Code point ranges of `\\w` as NLTK's `RegexpTokenizer` matches it."""
+    """Code point ranges of `\\w` in the `regex` module, which splits the tokens."""
     all_chars = "".join(map(chr, range(0x110000)))
-    spans = RegexpTokenizer(r"\w+").span_tokenize(all_chars)
-    return tuple((start, end - 1) for start, end in spans)
+    matches = regex.compile(r"\w+", _REGEX_FLAGS).finditer(all_chars)
+    return tuple((match.start(), match.end() - 1) for match in matches)
 
 
 class _Re2Patterns(NamedTuple):
@@ -181,7 +185,7 @@ class Tokenizer:
         self._negation = re.compile(f"(?=[\\s\\S]{_NEGATION})" + _negation_pattern(word))
         self._quote = re.compile(_quote_pattern(word))
         non_whitespace = _char_class(_WHITESPACE_RANGES, _python_escape, negate=True)
-        self._regexp_tokenizer = RegexpTokenizer(_token_pattern(r"\w", non_whitespace))
+        self._token = regex.compile(_token_pattern(r"\w", non_whitespace), _REGEX_FLAGS)
 
     def tokenize(self, text: str) -> list[str]:
         """Splits one text into tokens.
@@ -191,17 +195,13 @@ class Tokenizer:
 
         Returns:
             The tokens, none of them empty or containing whitespace.
-
-        Raises:
-            TimeoutError: From NLTK's 5 s limit per regex call (NLTK 3.10), reached only by a
-                single text of tens of megabytes; tokenize such input line by line.
         """
         text = text.translate(self._translation)
         if self.lowercase:
             text = text.lower()
         text = self._negation.sub(r"\1 \2", text)
         text = self._quote.sub(r"' \1", text)
-        return self._regexp_tokenizer.tokenize(text)
+        return self._token.findall(text)
 
     def tf_tokenize(self, texts: tf.Tensor) -> tf.RaggedTensor:
         """Splits a batch of texts into tokens with core TensorFlow ops only.
@@ -332,6 +332,8 @@ class Vocabulary:
         Returns:
             One int32 array of ids per text.
         """
+        import numpy as np
+
         suffix = [EOS_ID] if append_eos else []
         return [np.array(self.ids(tokenizer.tokenize(text)) + suffix, dtype=np.int32) for text in texts]
 
