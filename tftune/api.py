@@ -110,10 +110,10 @@ def pretrain(texts=None, *, out, from_run=None, recipe=None, settings=(), force=
         overrides.append(("pretrain.corpus", _corpus_files(texts, out)))
     resolved = _recipe(recipe, default, overrides, settings, from_run_recipe=from_run is not None)
     history = keras_history()
-    with callers_state_kept(verbose):
+    with callers_state_kept(verbose):  # building a model draws seeds too
         metrics = train_language_model(resolved, out, force=force, from_run=from_run, resume=resume,
                                        callbacks=[history, *callbacks])
-    return Trained(LanguageModel.from_preset(out), metrics, Path(out), history)
+        return Trained(LanguageModel.from_preset(out), metrics, Path(out), history)
 
 
 def finetune(from_run, train=None, *, out, valid=None, test=None, recipe=None, settings=(), text_column="text",
@@ -158,9 +158,9 @@ def finetune(from_run, train=None, *, out, valid=None, test=None, recipe=None, s
             overrides.append((f"finetune.{split}", path))
     resolved = _recipe(recipe, PretrainRun.open(from_runs[0]).recipe_file, overrides, settings, from_run_recipe=True)
     history = keras_history()
-    with callers_state_kept(verbose):
+    with callers_state_kept(verbose):  # building a model draws seeds too
         metrics = train_classifier(resolved, from_runs, out, force=force, resume=resume, callbacks=[history, *callbacks])
-    return Trained(load(out), metrics, Path(out), history)
+        return Trained(load(out), metrics, Path(out), history)
 
 
 def load(path):

@@ -59,6 +59,7 @@ class TextPreprocessor(keras.layers.Layer):
         self.tokenizer = Tokenizer(lowercase=self.lowercase)
         self.vocabulary = None
         self.lookup_table = None
+        self.built = True  # no weights: nothing to build, and no build config in saved files
         if vocabulary is not None:
             self.set_vocabulary(vocabulary)
 
