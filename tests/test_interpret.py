@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import snapshot
-from tftune.interpret import interpretation, most_confused
+from tftune.interpretation import interpretation, most_confused
 
 TFTUNE = [sys.executable, "-m", "tftune.cli"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -136,8 +136,8 @@ def test_interpret_without_matplotlib(interpreted, tiny_runs, tmp_path):
     run, test = tiny_runs["finetune"], tiny_runs["data"]["test"]
     assert_input_error(run_tftune("interpret", run, "--test", test, "--out", tmp_path / "a", "--plot", env=env),
                        "matplotlib")
-    # --force replaces the earlier report whole: the old curves.png goes too.
-    result = run_tftune("interpret", run, "--test", test, "--out", interpreted["out"], "--force", env=env)
+    # --force replaces the earlier report whole (same command otherwise): the old curves.png goes too.
+    result = run_tftune("interpret", run, "--test", test, "--top", 5, "--out", interpreted["out"], "--force", env=env)
     assert result.returncode == 0, result.stderr
     assert [line for line in result.stderr.splitlines() if "curves" in line] == [
         "tftune: training curves not drawn: curves.png needs matplotlib, which is not installed: "

@@ -240,7 +240,7 @@ def interpret(run, test, out=None, *, top=10, plot=None, force=False, text_colum
     ```
     """
     from tftune.data import read_labeled
-    from tftune.interpret import interpret_run
+    from tftune.interpretation import interpret_run
 
     data_file = None
     if _is_file_like(test):

@@ -440,7 +440,7 @@ def interpret(run_dir, data, out, top, plot, text_column, label_column, force, e
     DIR/curves.png (loss and accuracy per epoch, unfreezing stages marked), and prints their paths.
     """
     from tftune.data import read_labeled
-    from tftune.interpret import PLOT_MISSING, check_report_paths, matplotlib_available
+    from tftune.interpretation import PLOT_MISSING, check_report_paths, matplotlib_available
     from tftune.metrics import check_known_labels
     from tftune.runs import FinetuneRun
 
@@ -453,7 +453,7 @@ def interpret(run_dir, data, out, top, plot, text_column, label_column, force, e
     texts, labels = read_labeled(data, text_column, label_column, encoding=encoding)
     check_known_labels(labels, run.labels(), data)
     import_tensorflow_quietly()
-    from tftune.interpret import interpret_run
+    from tftune.interpretation import interpret_run
 
     report = interpret_run(run_dir, texts, labels, out, top=top, plot=plot, force=force, data_file=data)
     for path in report["files"]:
