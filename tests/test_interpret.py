@@ -123,7 +123,11 @@ def test_interpret_refuses_bad_input_in_one_line(interpreted, tiny_runs, tmp_pat
     assert_input_error(run_tftune("interpret", run, "--test", unknown, "--out", tmp_path / "r"), "'sideways'")
     assert_input_error(run_tftune("interpret", run, "--test", test, "--label-column", "stars",
                                   "--out", tmp_path / "r"), "stars")
-    assert snapshot(out) == before and not (tmp_path / "r").exists()
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine\n")
+    assert_input_error(run_tftune("interpret", run, "--test", test, "--out", notes, "--force"), "not a tftune interpret report")
+    assert snapshot(out) == before and not (tmp_path / "r").exists() and (notes / "todo.txt").read_text() == "mine\n"
 
 
 @pytest.mark.slow

@@ -212,7 +212,7 @@ def interpret_run(run, texts, labels, out=None, top=10, plot=None, force=False, 
     if out is not None:
         check_report_paths(run, out, force, data_file)
     if plot and not matplotlib_available():
-        raise DataError(f"the training curves {PLOT_MISSING}")
+        raise DataError(f"plot=True {PLOT_MISSING}")
     run_labels = finetune_run.labels()
     check_known_labels(labels, run_labels, source)
     if not texts:
@@ -222,7 +222,9 @@ def interpret_run(run, texts, labels, out=None, top=10, plot=None, force=False, 
     index = {label: i for i, label in enumerate(run_labels)}
     report = {"run": str(run), "data": data_file and str(data_file),
               **interpretation(list(texts), [index[label] for label in labels], probabilities, run_labels, top)}
-    history = json.loads(finetune_run.history_file.read_text(encoding="utf-8"))
+    # A run may have no history.json (an older format): the report then has no curves.
+    history_file = finetune_run.history_file
+    history = json.loads(history_file.read_text(encoding="utf-8")) if history_file.is_file() else []
     report["stages"] = stage_summary(history)
     report["files"] = []
     if out is not None:
@@ -245,8 +247,10 @@ def write_report(report, history, out, force, plot, title):
     """Writes the report folder whole (staged, then renamed); lists its files in `report["files"]`."""
     from tftune.runs import RunDirectory
 
-    draw = plot if plot is not None else matplotlib_available()
-    if not draw and plot is None:
+    draw = bool(history) and (plot if plot is not None else matplotlib_available())
+    if not history and plot is not False:
+        logger.info("training curves not drawn: the run has no history of its epochs")
+    elif not draw and plot is None:
         logger.info(f"training curves not drawn: {CURVES_FILE} {PLOT_MISSING}")
     names = [REPORT_FILE, TOP_LOSSES_FILE] + ([CURVES_FILE] if draw else [])
     out = Path(out)
