@@ -1,6 +1,7 @@
 """End to end through the real command line: pretrain -> finetune -> export -> reload -> predict."""
 
 import json
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -96,9 +97,11 @@ def test_evaluate_plot_draws_the_confusion_matrix(tiny_runs, tmp_path):
     image = pytest.importorskip("matplotlib.image")
     data = tiny_runs["data"]["test"]
     plot = tmp_path / "confusion.png"
-    metrics = json.loads(tftune("evaluate", tiny_runs["finetune"], "--data", data, "--plot", plot))
-    assert metrics["examples"] == 60
-    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = run_tftune("evaluate", tiny_runs["finetune"], "--data", data, "--plot", plot)
+    metrics = json.loads(result.stdout)  # stdout stays one JSON object; the file written is logged
+    assert metrics["examples"] == 60 and metrics["labels"] == list(metrics["per_class"])
+    assert f"tftune: plot written to {plot}" in result.stderr.splitlines()
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and stat.S_IMODE(plot.stat().st_mode) == 0o644
     height, width, _ = image.imread(plot).shape
     assert width > height >= 300  # the matrix beside the per-class scores
     assert [p.name for p in tmp_path.iterdir()] == ["confusion.png"]  # no temporary file left

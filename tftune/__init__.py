@@ -1,6 +1,6 @@
 """tftune: ULMFiT-style transfer learning for text with Keras recurrent stacks on frozen vectors.
 
-The Python API (`tftune.api`): `pretrain`, `finetune`, `load` and `predict`. They are imported on
+The Python API (`tftune.api`): `pretrain`, `finetune`, `load`, `predict` and `interpret`. They are imported on
 first use, so that `import tftune` (and the command line) stays fast until TensorFlow is needed.
 
 tftune's Keras objects (models, layers, the preprocessor, optimizers, schedules) are registered
@@ -22,7 +22,7 @@ import importlib.abc
 import sys
 
 __version__ = "0.1.0"
-__all__ = ["finetune", "load", "predict", "pretrain", "register_keras_objects"]
+__all__ = ["finetune", "interpret", "load", "predict", "pretrain", "register_keras_objects"]
 
 # The modules that define tftune's Keras-serializable objects (`@register_keras_serializable`).
 _KERAS_OBJECT_MODULES = (
@@ -88,7 +88,7 @@ elif not any(isinstance(finder, _RegisterAfterKeras) for finder in sys.meta_path
 
 
 def __getattr__(name):
-    if name in ("finetune", "load", "predict", "pretrain"):
+    if name in ("finetune", "interpret", "load", "predict", "pretrain"):
         from tftune import api
 
         register_keras_objects()

@@ -1,4 +1,4 @@
-"""The Python API: `pretrain`, `finetune`, `load` and `predict` on texts in memory or in files.
+"""The Python API: `pretrain`, `finetune`, `load`, `predict` and `interpret` on texts in memory or in files.
 
 The functions behind `import tftune`. They run what the command line runs (same recipes, same
 run directories, same checks, same errors) and hand back Keras models:
@@ -8,6 +8,8 @@ run directories, same checks, same errors) and hand back Keras models:
   unfreezing, exports it, and returns it.
 - `load(path)` rebuilds the model of a run or a shipped model (`from_config` + weights).
 - `predict(path, texts)` classifies raw strings with a run's exported SavedModel.
+- `interpret(run, test, out=...)` reports the highest-loss texts, the most confused classes,
+  per-class scores and the training curves of a finetune run.
 
 Texts may be lists of strings, pandas Series or DataFrames (when pandas is installed), or
 files. Texts given in memory are written once to CSV files in the hidden folder beside `out`
@@ -208,6 +210,48 @@ def predict(path, texts):
     return Predictor(path).predict(_texts(texts, "texts"))
 
 
+def interpret(run, test, out=None, *, top=10, plot=None, force=False, text_column="text", label_column="label",
+              encoding="utf-8"):
+    """What a finetune run's classifier gets wrong on labeled data, and how it trained.
+
+    The twin of `tftune interpret`: the highest-loss texts, the most confused pairs of classes,
+    per-class precision, recall and F1, and (in `out`) the training curves of every stage.
+
+    Args:
+        run: a finetune run directory.
+        test: the labeled examples: `(texts, labels)`, a pandas DataFrame (`text_column` and
+            `label_column`), or a file (.csv/.tsv/.jsonl).
+        out: the folder to write `report.json`, `top_losses.csv` and `curves.png` to; None =
+            only return the report.
+        top: how many of the highest-loss texts to report.
+        plot: draw `curves.png`: True, False, or None = when matplotlib is installed.
+        force: replace an earlier report at `out`.
+        text_column, label_column, encoding: how to read a file or DataFrame.
+
+    Returns:
+        The report, a dict: `labels`, `accuracy`, `macro_f1`, `per_class`, `confusion_matrix`,
+        `most_confused`, `top_losses`, `stages`, and `files`, the paths written.
+
+    Example:
+
+    ```python
+    report = tftune.interpret("runs/clf", "task/test.csv", out="runs/clf-interpret")
+    report["most_confused"][:3], report["top_losses"][0]
+    ```
+    """
+    from tftune.data import read_labeled
+    from tftune.interpretation import interpret_run
+
+    data_file = None
+    if _is_file_like(test):
+        data_file = test
+        texts, labels = read_labeled(test, text_column, label_column, encoding=encoding)
+    else:
+        texts, labels = _labeled_examples(test, "test", text_column, label_column)
+    import_tensorflow_quietly()
+    return interpret_run(run, texts, labels, out, top=top, plot=plot, force=force, data_file=data_file)
+
+
 # === The caller's process ===
 
 
@@ -289,6 +333,12 @@ def _labeled_file(examples, split, out, text_column, label_column):
     """The file of one labeled split: a given file as it is, examples in memory written to a CSV."""
     if _is_file_like(examples):
         return str(examples)
+    texts, labels = _labeled_examples(examples, split, text_column, label_column)
+    return str(_write_csv({text_column: texts, label_column: labels}, split, out))
+
+
+def _labeled_examples(examples, split, text_column, label_column):
+    """`(texts, labels)` as lists of strings from a pair of sequences or a DataFrame."""
     if hasattr(examples, "columns"):  # a DataFrame
         examples = (examples[text_column], examples[label_column])
     if not (isinstance(examples, (tuple, list)) and len(examples) == 2):
@@ -297,7 +347,7 @@ def _labeled_file(examples, split, out, text_column, label_column):
     labels = [str(label) for label in _texts_or_values(examples[1])]
     if len(texts) != len(labels):
         raise DataError(f"{split}: {len(texts)} texts but {len(labels)} labels")
-    return str(_write_csv({text_column: texts, label_column: labels}, split, out))
+    return texts, labels
 
 
 def _texts_or_values(values):

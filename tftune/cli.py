@@ -405,6 +405,8 @@ def evaluate(model, data, text_column, label_column, plot, force, encoding):
             plot_metrics(metrics, list(metrics["per_class"]), plot, f"{Path(model).name} on {Path(data).name}")
         except OSError as e:
             raise WriteError(f"{plot}: writing the plot failed ({e.strerror or e}); nothing was written") from e
+        # stdout stays one JSON object (for jq and the like); the file written goes to the log.
+        logging.getLogger("tftune.cli").info(f"plot written to {plot}")
     click.echo(json.dumps(metrics, indent=2))
 
 
@@ -422,6 +424,46 @@ def _check_plot_path(plot, force):
         raise DataError(f"{plot}: is a directory")
     if plot.exists() and not force:
         raise DataError(f"{plot}: exists; choose another --plot or pass --force to replace it")
+
+
+@main.command()
+@click.argument("run_dir", metavar="RUN_DIR")
+@click.option("--test", "data", required=True, metavar="PATH", help="Labeled data (.csv/.tsv/.jsonl).")
+@click.option("--out", metavar="DIR", help="Folder to write the report to [default: RUN_DIR-interpret].")
+@click.option("--top", default=10, show_default=True, type=click.IntRange(min=0), help="Highest-loss texts to list.")
+@click.option("--plot/--no-plot", default=None,
+              help="Draw the training curves into DIR/curves.png (needs matplotlib: pip install 'tftune[plot]') "
+                   "[default: when matplotlib is installed].")
+@click.option("--text-column", default="text", show_default=True, help="Text column or key.")
+@click.option("--label-column", default="label", show_default=True, help="Label column or key.")
+@force_option
+@encoding_option
+def interpret(run_dir, data, out, top, plot, text_column, label_column, force, encoding):
+    """What a finetune run's classifier gets wrong on labeled data, and how it trained.
+
+    Writes DIR/report.json (per-class precision, recall and F1, the confusion matrix and its
+    labels, the most confused pairs, the highest-loss texts), DIR/top_losses.csv and
+    DIR/curves.png (loss and accuracy per epoch, unfreezing stages marked), and prints their paths.
+    """
+    from tftune.data import read_labeled
+    from tftune.interpretation import PLOT_MISSING, check_report_paths, matplotlib_available
+    from tftune.metrics import check_known_labels
+    from tftune.runs import FinetuneRun
+
+    run = FinetuneRun.open(run_dir)
+    named = Path(run_dir) if Path(run_dir).name not in ("", "..") else Path(run_dir).resolve()  # "." has no name
+    out = Path(out or named.with_name(f"{named.name}-interpret"))
+    check_report_paths(run_dir, out, force, data)
+    if plot and not matplotlib_available():
+        raise DataError(f"--plot {PLOT_MISSING}")
+    texts, labels = read_labeled(data, text_column, label_column, encoding=encoding)
+    check_known_labels(labels, run.labels(), data)
+    import_tensorflow_quietly()
+    from tftune.interpretation import interpret_run
+
+    report = interpret_run(run_dir, texts, labels, out, top=top, plot=plot, force=force, data_file=data)
+    for path in report["files"]:
+        click.echo(path)
 
 
 @main.command()

@@ -30,8 +30,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tftune.errors import DataError, RunError
-from tftune.metrics import classification_metrics
+from tftune.errors import RunError
+from tftune.metrics import check_known_labels, classification_metrics
 from tftune.runs import FinetuneRun, replace_directory
 
 SIGNATURE = "serving_default"
@@ -158,15 +158,11 @@ class Predictor:
 def evaluate_export(path, texts, labels, source="data"):
     """Metrics of an exported model on labeled texts (labels must be known to the model)."""
     predictor = Predictor(path)
-    unknown = sorted(set(labels) - set(predictor.labels))
-    if unknown:
-        raise DataError(
-            f"{source}: label(s) {', '.join(map(repr, unknown[:5]))} unknown to the model "
-            f"(it knows {', '.join(map(repr, predictor.labels))})"
-        )
+    check_known_labels(labels, predictor.labels, source)
     predicted, _ = predictor.predict(texts)
     index = {label: i for i, label in enumerate(predictor.labels)}
     return classification_metrics(
         [index[label] for label in labels], [index[label] for label in predicted], predictor.labels
     )
+
 

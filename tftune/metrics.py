@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from tftune.errors import DataError
+
 
 def classification_metrics(true, predicted, labels):
     """Metrics of predicted against true class indices.
@@ -13,8 +15,8 @@ def classification_metrics(true, predicted, labels):
 
     Returns:
         A JSON-ready dict with `accuracy`, `macro_f1`, `examples`, `per_class` (precision,
-        recall, f1 and support per label) and `confusion_matrix` (rows: true, columns:
-        predicted, in `labels` order).
+        recall, f1 and support per label), `confusion_matrix` (rows: true, columns:
+        predicted) and `labels`, the class names in the matrix's order.
 
     Example:
 
@@ -48,14 +50,26 @@ def classification_metrics(true, predicted, labels):
         "examples": int(len(true)),
         "per_class": per_class,
         "confusion_matrix": confusion.tolist(),
+        "labels": list(labels),
     }
+
+
+def check_known_labels(labels, known, source="data"):
+    """Refuses labeled data with a label the model was not trained on (one line naming them)."""
+    unknown = sorted(set(labels) - set(known))
+    if unknown:
+        raise DataError(
+            f"{source}: label(s) {', '.join(map(repr, unknown[:5]))} unknown to the model "
+            f"(it knows {', '.join(map(repr, known))})"
+        )
 
 
 def plot_metrics(metrics, labels, path, title):
     """Write a PNG of `classification_metrics` output: the confusion matrix and per-class scores.
 
     Needs matplotlib (`pip install 'tftune[plot]'`). The file is written to a temporary name
-    beside `path` and renamed, so an interrupted write never leaves a partial PNG.
+    beside `path` and renamed, so an interrupted write never leaves a partial PNG; it gets the
+    permissions of any new file (0644 under the usual umask).
 
     Args:
         metrics: a dict returned by `classification_metrics`.
@@ -69,7 +83,6 @@ def plot_metrics(metrics, labels, path, title):
     >>> plot_metrics(metrics, ["neg", "pos"], "confusion.png", "demo")  # doctest: +SKIP
     """
     import os
-    import tempfile
     from pathlib import Path
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -112,9 +125,10 @@ def plot_metrics(metrics, labels, path, title):
                     f"{metrics['examples']:,} examples")
 
     path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Not mkstemp, whose files are private (0600): a plain new file follows the umask.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(descriptor, "wb") as file:
+        with open(temporary, "wb") as file:
             figure.savefig(file, format="png", dpi=100)
         os.replace(temporary, path)
     except BaseException:

@@ -206,7 +206,8 @@ def check_export_paths(run_dir, out):
 
 
 # What `--force` may replace: only a folder that tftune wrote, known by the file it always holds.
-_REPLACEABLE = {"run": (RUN_INFO, "tftune run"), "export": ("saved_model.pb", "SavedModel export")}
+_REPLACEABLE = {"run": (RUN_INFO, "tftune run"), "export": ("saved_model.pb", "SavedModel export"),
+                "report": ("report.json", "tftune interpret report")}
 
 
 def check_writable_target(out, force, replaces="run"):
@@ -219,7 +220,7 @@ def check_writable_target(out, force, replaces="run"):
     Args:
         out: the directory to write.
         force: replace an existing non-empty `out` of the same kind.
-        replaces: `"run"` or `"export"`: what `out` must be to be replaced.
+        replaces: `"run"`, `"export"` or `"report"`: what `out` must be to be replaced.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -502,21 +503,26 @@ class RunDirectory:
         out: the final directory.
         force: replace an existing non-empty `out`.
         run_class: the kind of run written (`PretrainRun`, `FinetuneRun`).
+        replaces: what `out` is, for `check_writable_target` and messages: `"run"` or `"report"`
+            (a folder of `tftune interpret`).
     """
 
-    def __init__(self, out, force=False, run_class=Run):
+    def __init__(self, out, force=False, run_class=Run, replaces="run"):
         self.out = Path(out)
         self.force = force
         self.run = None
         self.run_class = run_class
+        self.replaces = replaces
 
     def __enter__(self):
-        check_writable_target(self.out, self.force)
+        check_writable_target(self.out, self.force, self.replaces)
         try:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
         except OSError as e:
-            raise WriteError(f"{self.out}: cannot create the run directory ({e.strerror}); nothing was written") from e
+            raise WriteError(
+                f"{self.out}: cannot create the {self.replaces} directory ({e.strerror}); nothing was written"
+            ) from e
         self.run = self.run_class(staging)
         return self.run
 
@@ -526,7 +532,9 @@ class RunDirectory:
             shutil.rmtree(staging, ignore_errors=True)
             reason = None if isinstance(exc, TftuneError) else write_failure(exc)
             if reason is not None:
-                raise WriteError(f"{self.out}: writing the run failed ({reason}); nothing was written") from exc
+                raise WriteError(
+                    f"{self.out}: writing the {self.replaces} failed ({reason}); nothing was written"
+                ) from exc
             return False
         os.chmod(staging, 0o755)
         replace_directory(staging, self.out)
