@@ -84,7 +84,7 @@ def test_settings_are_checked_like_the_recipe(tmp_path):
 
 
 def test_the_api_is_there_without_importing_tensorflow_first():
-    assert set(tftune.__all__) == {"pretrain", "finetune", "load", "predict", "register_keras_objects"}
+    assert set(tftune.__all__) == {"pretrain", "finetune", "load", "predict", "interpret", "register_keras_objects"}
     assert all(callable(getattr(tftune, name)) for name in tftune.__all__)
     with pytest.raises(AttributeError):
         tftune.train_everything  # noqa: B018
