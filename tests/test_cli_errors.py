@@ -114,6 +114,15 @@ def unreadable(name):
     return prepare
 
 
+def named_pipe(name):
+    """`prepare`: a FIFO `name` with no writer, which a reader would wait on forever."""
+
+    def prepare(cwd, run):
+        os.mkfifo(cwd / name)
+
+    return prepare
+
+
 def symlink(name, target):
     """`prepare`: a symbolic link `name` to `target` (relative to the link) in the working directory."""
 
@@ -193,6 +202,41 @@ CASES = {
         ["pretrain", "--corpus", "corpus.txt", "--out", "out"],
         ["corpus.txt", "a binary file, not utf-8 text"],
         {"corpus.txt": WORD2VEC.open("rb").read(65536)},
+    ),
+    # --- special files: refused at once, never opened (a FIFO blocks, /dev/zero never ends) ---
+    "--corpus named pipe": Case(
+        ["pretrain", "--corpus", "corpus.txt", "--out", "out"],
+        ["corpus.txt", "is a named pipe (FIFO), expected a regular file"],
+        prepare=named_pipe("corpus.txt"),
+    ),
+    "--corpus character device": Case(
+        ["pretrain", "--corpus", "/dev/zero", "--out", "out"],
+        ["/dev/zero", "is a character device, expected a regular file"],
+    ),
+    "--corpus directory": Case(
+        ["pretrain", "--corpus", "texts", "--out", "out"],
+        ["texts", "is a directory, expected a regular file"],
+        {"texts/corpus.txt": corpus_lines(20)},
+    ),
+    "finetune --train named pipe": Case(
+        ["finetune", "--from", PRETRAINED / "gru-glove-general", "--train", "train.csv", "--out", "out"],
+        ["train.csv", "is a named pipe (FIFO)"],
+        prepare=named_pipe("train.csv"),
+    ),
+    "evaluate --data named pipe": Case(
+        ["evaluate", "not-a-run", "--data", "reviews.csv"],
+        ["reviews.csv", "is a named pipe (FIFO)"],
+        NOT_A_RUN,
+        prepare=named_pipe("reviews.csv"),
+    ),
+    "--embeddings character device": Case(
+        ["pretrain", "--embeddings", "/dev/zero", "--out", "out"],
+        ["/dev/zero", "is a character device"],
+    ),
+    "--recipe named pipe": Case(
+        ["pretrain", "--recipe", "recipe.toml", "--out", "out"],
+        ["recipe.toml", "is a named pipe (FIFO)"],
+        prepare=named_pipe("recipe.toml"),
     ),
     "--corpus latin-1": Case(
         ["pretrain", "--corpus", "reviews.csv", "--out", "out"],

@@ -24,7 +24,9 @@ import codecs
 import csv
 import io
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -128,12 +130,50 @@ def _line_and_column(data, position):
     return f"line {line}, column {position - line_start + 1}"
 
 
-def _read_lines(path, encoding):
+# What a path is when it is not a regular file (`stat` mode tests), for messages.
+_SPECIAL_FILES = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def special_file_kind(path):
+    """What `path` is if it exists but is not a regular file ("a directory", "a named pipe (FIFO)"...),
+    else None. A FIFO's reader would wait for a writer forever, and a device such as /dev/zero never
+    ends, so inputs are checked with this before they are opened.
+
+    Example:
+
+    >>> special_file_kind("/dev/null")
+    'a character device'
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # missing or unreadable: opening it says why
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for is_kind, kind in _SPECIAL_FILES if is_kind(mode)), "a special file")
+
+
+def check_input_file(path, missing_ok=False):
+    """Raises DataError unless `path` is a regular file (links followed), or with `missing_ok`, is missing."""
     path = Path(path)
     if not path.exists():
+        if missing_ok:
+            return path
         raise DataError(f"{path}: no such file")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, expected a file")
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise DataError(f"{path}: is {kind}, expected a regular file")
+    return path
+
+
+def _read_lines(path, encoding):
+    path = check_input_file(path)
     try:
         check_encoding(encoding)
     except DataError as e:

@@ -569,7 +569,10 @@ def find_recipe(name_or_path: str | os.PathLike | None = None) -> Path:
     if "/" in text or os.sep in text or text.endswith(".toml"):
         path = Path(text).expanduser()
         if not path.is_file():
-            raise RecipeError(f"recipe file {text} does not exist")
+            from tftune.data import special_file_kind
+
+            kind = special_file_kind(path)
+            raise RecipeError(f"recipe file {text} " + (f"is {kind}, not a regular file" if kind else "does not exist"))
         return path
     path = RECIPES_DIR / f"{text}.toml"
     if not path.is_file():

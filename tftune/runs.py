@@ -33,6 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
+from tftune.data import check_input_file
 from tftune.errors import RunError, TftuneError, WriteError
 from tftune.recipe import shipped_dirs
 
@@ -188,6 +189,9 @@ def check_run_paths(recipe, kind, out, from_runs=(), resume=False):
         splits = ("train", "valid", "test")
         inputs += [(f"--{split} file", getattr(recipe.finetune, split)) for split in splits if getattr(recipe.finetune, split)]
     inputs.append(("vectors file (embeddings.path)", recipe.embeddings.path))
+    for _, path in inputs[len(from_runs):]:  # a FIFO or a device would hang the run once it reads it
+        if path:
+            check_input_file(path, missing_ok=True)
     checkpoint = dict(outputs).get("checkpoint folder")
     if recipe.source is not None and not (
         resume and checkpoint is not None and recipe.source.resolve().is_relative_to(checkpoint.resolve())
