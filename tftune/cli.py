@@ -15,7 +15,7 @@ import click
 
 from tftune.distribute import STRATEGIES
 from tftune.embeddings import FORMATS
-from tftune.errors import DataError, EncodingError, TftuneError, WriteError
+from tftune.errors import DataError, EncodingError, TftuneError, WriteError, has_undecodable_bytes, printable
 from tftune.recipe import LOCAL_DISTRIBUTE
 
 
@@ -76,14 +76,19 @@ class TftuneGroup(click.Group):
                 fix = f"pass --encoding {e.suggestion}"
             else:
                 fix = f"convert it to UTF-8 first ({ctx.invoked_subcommand} reads UTF-8 only)"
-            click.echo(f"error: {e.fixed_by(fix)}", err=True)
+            _error(e.fixed_by(fix))
             ctx.exit(e.exit_code)
         except TftuneError as e:
-            click.echo(f"error: {e}", err=True)
+            _error(str(e))
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
-            click.echo("error: interrupted; nothing was written", err=True)
+            _error("interrupted; nothing was written")
             ctx.exit(130)
+        except BrokenPipeError:
+            # The reader went away (`tftune predict ... | head -1`): stop quietly, as a process
+            # killed by SIGPIPE would, and keep Python's exit-time flush from failing again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(EXIT_BROKEN_PIPE)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except Exception as e:  # noqa: BLE001 - the last line of defence for users
@@ -93,14 +98,23 @@ class TftuneGroup(click.Group):
 
             reason = write_failure(e)
             if reason is not None:  # e.g. an export outside a run directory; it cleans up after itself
-                click.echo(f"error: writing the output failed ({reason}); nothing was written", err=True)
+                _error(f"writing the output failed ({reason}); nothing was written")
                 ctx.exit(1)
             message = str(e).strip().splitlines()[0] if str(e).strip() else ""
             click.echo(
-                f"internal error: {type(e).__name__}: {message} (set TFTUNE_DEBUG=1 for details)",
+                f"internal error: {type(e).__name__}: {printable(message)} (set TFTUNE_DEBUG=1 for details)",
                 err=True,
             )
             ctx.exit(1)
+
+
+# What a shell reports for a process killed by SIGPIPE (128 + 13).
+EXIT_BROKEN_PIPE = 141
+
+
+def _error(message):
+    """The one `error:` line, whatever file names or labels the message quotes."""
+    click.echo(f"error: {printable(message)}", err=True)
 
 
 def _overrides(pairs, settings):
@@ -439,7 +453,8 @@ def _check_plot_path(plot, force):
 @click.argument("model", metavar="RUN_OR_EXPORT")
 @click.argument("texts", nargs=-1, metavar="TEXT...")
 @click.option("--encoding", default="utf-8", show_default=True, metavar="NAME", callback=_check_encoding,
-              help="Text encoding of standard input (a Python codec name: latin-1, cp1252, utf-16...).")
+              help="Text encoding of standard input, and of TEXT arguments that are not valid UTF-8 "
+                   "(a Python codec name: latin-1, cp1252, utf-16...).")
 def predict(model, texts, encoding):
     """Classify texts with an exported model: one `label<TAB>probability` line per text.
 
@@ -448,13 +463,26 @@ def predict(model, texts, encoding):
     if not texts or texts == ("-",):
         from tftune.data import read_stream_lines
 
+        if sys.stdin is None:  # started with standard input closed (`<&-`)
+            raise DataError("standard input is closed; give the texts as arguments, or pipe them in one per line")
         texts = read_stream_lines(sys.stdin.buffer, "standard input", encoding)
+    else:
+        texts = [_argument_text(text, number, encoding) for number, text in enumerate(texts, start=1)]
     _import_tensorflow_quietly()
     from tftune.export import Predictor
 
     labels, probabilities = Predictor(model).predict(list(texts))
     for label, row in zip(labels, probabilities):
         click.echo(f"{label}\t{row.max():.4f}")
+
+
+def _argument_text(text, number, encoding):
+    """A TEXT argument whose bytes are not valid UTF-8, decoded in --encoding (or a one-line error)."""
+    if not has_undecodable_bytes(text):
+        return text
+    from tftune.data import decode_text
+
+    return decode_text(os.fsencode(text), f"TEXT argument {number}", encoding)
 
 
 @main.group()

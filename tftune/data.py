@@ -56,7 +56,7 @@ def check_encoding(encoding):
         ) from None
 
 
-def _decode(data, name, encoding):
+def decode_text(data, name, encoding):
     """`data` (bytes) as text; a DataError names `name` and says what the bytes look like instead."""
     try:
         text = data.decode(encoding)
@@ -194,7 +194,11 @@ def _read_lines(path, encoding):
 def read_stream_lines(stream, name="standard input", encoding="utf-8"):
     """Lines of a binary stream (e.g. `sys.stdin.buffer`), without their line breaks; [] if it is empty."""
     check_encoding(encoding)
-    lines = _split_lines(_decode(stream.read(), name, encoding))
+    try:
+        data = stream.read()
+    except OSError as e:  # e.g. a closed descriptor, or a directory as standard input
+        raise DataError(f"{name}: cannot read ({e.strerror or e})") from None
+    lines = _split_lines(decode_text(data, name, encoding))
     return lines[:-1] if lines[-1] == "" else lines
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from tftune import embeddings, models
 from tftune.distribute import STRATEGIES
-from tftune.errors import RecipeError
+from tftune.errors import RecipeError, has_undecodable_bytes, printable
 
 
 def _shipped_dir(name: str) -> Path:
@@ -387,6 +387,10 @@ def _checked(field: Field, value: Any, dotted: str, origin: str, base_dir: Path)
         value = field.check(value)
     except ValueError as exc:
         raise RecipeError(f"{origin}: {dotted} must be {exc}, got {_show(value)}") from None
+    for text in value if field.kind == "path_list" else [value]:
+        if isinstance(text, str) and has_undecodable_bytes(text):
+            raise RecipeError(f"{origin}: {dotted} '{printable(text)}' is not valid UTF-8, and a run records it "
+                              "as UTF-8 text; rename it")
     if field.kind == "path_list":
         return tuple(_resolve_path(item, base_dir) for item in value)
     if field.kind in _PATH_KINDS:
