@@ -238,6 +238,15 @@ CASES = {
         ["recipe.toml", "is a named pipe (FIFO)"],
         prepare=named_pipe("recipe.toml"),
     ),
+    # --- names: an empty --out (an unset shell variable) never means the default folder ---
+    **{f"{command} --out empty": Case([command, *args, "--out", ""], ["--out is empty"])
+       for command, args in [("pretrain", ["--corpus", CORPUS]),
+                             ("finetune", ["--from", PRETRAINED / "gru-glove-general", "--train", "train.csv"]),
+                             ("export", ["clf"])]},
+    "recipe name with ..": Case(
+        ["pretrain", "--corpus", CORPUS, "--set", "name=../../elsewhere"],
+        ["name must be a non-empty one-line name without / \\ or ..", "../../elsewhere"],
+    ),
     "--corpus latin-1": Case(
         ["pretrain", "--corpus", "reviews.csv", "--out", "out"],
         ["reviews.csv", f"not valid utf-8 at byte {LATIN1_BYTE} (line 4,", "pass --encoding latin-1"],

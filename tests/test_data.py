@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from tftune.data import (
+    check_input_file,
     classification_dataset,
     lm_dataset,
     lm_windows,
@@ -156,6 +158,18 @@ def test_directory(tmp_path):
     one_line_error(lambda: read_labeled(path), path, "directory")
 
 
+def test_named_pipe_is_refused_without_being_opened(tmp_path):
+    path = tmp_path / "reviews.csv"
+    os.mkfifo(path)  # no writer: opening it would wait forever
+    one_line_error(lambda: read_labeled(path), path, "is a named pipe (FIFO), expected a regular file")
+    one_line_error(lambda: read_corpus([path]), path, "is a named pipe (FIFO), expected a regular file")
+
+
+def test_endless_device_is_refused_without_being_read():
+    path = Path("/dev/zero")
+    one_line_error(lambda: check_input_file(path), path, "is a character device, expected a regular file")
+
+
 @pytest.mark.parametrize("content", ["", " \n\t\r\n  \n"], ids=["empty", "whitespace"])
 @pytest.mark.parametrize("name", ["corpus.txt", "reviews.csv", "reviews.jsonl"])
 def test_empty_file(tmp_path, name, content):
@@ -235,6 +249,16 @@ def test_empty_label_names_the_line(tmp_path, reviews, suffix):
     path = write_table(tmp_path / f"reviews{suffix}", rows)
     line = 5 if suffix == ".csv" else 4  # the CSV header is line 1
     one_line_error(lambda: read_labeled(path), path, f"line {line}", "empty label")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+@pytest.mark.parametrize("label", ["positive\nnegative", "pos\titive", "neg\x1b[31m"])
+def test_label_with_a_line_break_or_control_character_names_the_line(tmp_path, reviews, suffix, label):
+    rows = list(reviews)
+    rows[3] = (rows[3][0], label)
+    path = write_table(tmp_path / f"reviews{suffix}", rows)
+    line = 5 + label.count("\n") if suffix == ".csv" else 4  # a CSV row is named by the line it ends on
+    one_line_error(lambda: read_labeled(path), path, f"line {line}", repr(label), "control character")
 
 
 def test_header_without_rows(tmp_path):

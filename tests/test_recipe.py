@@ -158,6 +158,12 @@ def test_with_overrides_returns_a_new_recipe():
     ("finetune.text_column=", ["finetune.text_column", "non-empty string"]),
     ("encoder.units", ["section.key=value"]),
     ("units=3", ["section.key=value"]),
+    # The name is the default run folder's, runs/NAME-pretrain: it must stay inside runs/.
+    ("name=../../elsewhere", ["name", "without / \\ or ..", '"../../elsewhere"']),
+    ("name=a/b", ["name", "without / \\ or .."]),
+    ("name=..", ["name", "without / \\ or .."]),
+    ('name="two\\nlines"', ["name", "one-line name"]),
+    ("pretrain.corpus=caf\udce9.txt", ["pretrain.corpus", "caf\\xe9.txt", "not valid UTF-8"]),
 ])
 def test_bad_override_names_the_key_and_valid_options(override, fragments):
     with pytest.raises(RecipeError) as info:

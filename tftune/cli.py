@@ -122,6 +122,13 @@ def _overrides(pairs, settings):
     return [(key, value) for key, value in pairs if value is not None and value != []] + list(settings)
 
 
+def _given_out(ctx, param, value):
+    """Refuses an empty --out (an unset shell variable), which would otherwise mean the default folder."""
+    if value is not None and not value.strip():
+        raise DataError("--out is empty; give a directory (an unset shell variable?), or leave --out out for the default")
+    return value
+
+
 recipe_option = click.option(
     "--recipe", metavar="NAME|FILE", help="A shipped recipe name (see `tftune recipes list`) or a TOML file."
 )
@@ -263,7 +270,7 @@ def _checkpoint_recipe(out):
 @click.option("--from", "from_run", metavar="PRETRAIN_RUN", help="Continue language-model training of this pretrain run (a directory, or a shipped model's name: `tftune pretrained list`) on --corpus, e.g. the task's own text.")
 @click.option("--embeddings", metavar="PATH", help="Pretrained vectors file (overrides embeddings.path).")
 @click.option("--embeddings-format", type=click.Choice(FORMATS), help="Format of --embeddings.")
-@click.option("--out", metavar="DIR", help="Run directory to create [default: runs/RECIPE-pretrain].")
+@click.option("--out", metavar="DIR", callback=_given_out, help="Run directory to create [default: runs/RECIPE-pretrain].")
 @recipe_encoding_option
 @distribute_option
 @set_option
@@ -329,7 +336,7 @@ def pretrain(recipe, corpus, valid, from_run, embeddings, embeddings_format, out
 @click.option("--test", metavar="PATH", help="Labeled test data, evaluated once at the end.")
 @click.option("--text-column", metavar="NAME", help="Text column or key [default: text].")
 @click.option("--label-column", metavar="NAME", help="Label column or key [default: label].")
-@click.option("--out", metavar="DIR", help="Run directory to create [default: runs/RECIPE-finetune].")
+@click.option("--out", metavar="DIR", callback=_given_out, help="Run directory to create [default: runs/RECIPE-finetune].")
 @recipe_encoding_option
 @distribute_option
 @set_option
@@ -379,7 +386,7 @@ def finetune(from_runs, recipe, train, valid, test, text_column, label_column, o
 
 @main.command()
 @click.argument("run_dir", metavar="RUN_DIR")
-@click.option("--out", metavar="DIR", help="Export directory [default: RUN_DIR/export].")
+@click.option("--out", metavar="DIR", callback=_given_out, help="Export directory [default: RUN_DIR/export].")
 @force_option
 def export(run_dir, out, force):
     """Export a finetune run as a SavedModel that serves raw strings."""
@@ -455,8 +462,11 @@ def _check_plot_path(plot, force):
 @click.option("--encoding", default="utf-8", show_default=True, metavar="NAME", callback=_check_encoding,
               help="Text encoding of standard input, and of TEXT arguments that are not valid UTF-8 "
                    "(a Python codec name: latin-1, cp1252, utf-16...).")
-def predict(model, texts, encoding):
-    """Classify texts with an exported model: one `label<TAB>probability` line per text.
+@click.option("--format", "output_format", type=click.Choice(["tsv", "jsonl"]), default="tsv", show_default=True,
+              help="tsv: `label<TAB>probability` lines; jsonl: one JSON object per text with its index, label "
+                   "and the probability of every class.")
+def predict(model, texts, encoding, output_format):
+    """Classify texts with an exported model: one line per text, in order.
 
     With no TEXT, or with `-`, texts are read from standard input, one per line.
     """
@@ -471,9 +481,14 @@ def predict(model, texts, encoding):
     _import_tensorflow_quietly()
     from tftune.export import Predictor
 
-    labels, probabilities = Predictor(model).predict(list(texts))
-    for label, row in zip(labels, probabilities):
-        click.echo(f"{label}\t{row.max():.4f}")
+    predictor = Predictor(model)
+    labels, probabilities = predictor.predict(list(texts))
+    for index, (label, row) in enumerate(zip(labels, probabilities)):
+        if output_format == "jsonl":
+            by_class = {name: round(float(p), 6) for name, p in zip(predictor.labels, row)}
+            click.echo(json.dumps({"index": index, "label": label, "probabilities": by_class}, ensure_ascii=False))
+        else:  # printable: a label of an older export may hold a line break
+            click.echo(f"{printable(label)}\t{row.max():.4f}")
 
 
 def _argument_text(text, number, encoding):

@@ -284,6 +284,9 @@ def read_labeled(path, text_column="text", label_column="label", encoding="utf-8
     for (number, _), label in zip(rows, labels):
         if not label.strip():
             raise DataError(f"{path}: line {number}: empty label")
+        if not label.strip().isprintable():  # one label, one line: in predict's output and the logs
+            raise DataError(f"{path}: line {number}: label {label.strip()!r} holds a line break or another "
+                            "control character; a label must be one line of printable text")
     return texts, [label.strip() for label in labels]
 
 

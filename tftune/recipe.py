@@ -79,7 +79,7 @@ class _Sentinel:
 REQUIRED = _Sentinel("required")
 FILE_NAME = _Sentinel("file name")  # the recipe's file name without ".toml"
 
-_STRING_KINDS = ("str", "text", "choice", "path", "optional_path", "path_list")
+_STRING_KINDS = ("str", "name", "text", "choice", "path", "optional_path", "path_list")
 _PATH_KINDS = ("path", "optional_path", "path_list")
 
 
@@ -118,6 +118,7 @@ class Field:
         if self.kind in ("int", "float"):
             return f"{self.kind} {self._range_label()}".strip()
         return {
+            "name": "str",
             "text": "str",
             "optional_path": 'path or ""',
             "path_list": "list of paths",
@@ -133,6 +134,7 @@ class Field:
             return "one of " + ", ".join(_toml_value(choice) for choice in self.choices)
         return {
             "str": "a non-empty string",
+            "name": "a non-empty one-line name without / \\ or ..",
             "text": "a string",
             "bool": "true or false",
             "path": "a non-empty path string",
@@ -154,8 +156,10 @@ class Field:
 
     def check(self, value: Any) -> Any:
         """Returns `value` in canonical form, or raises ValueError if invalid."""
-        if self.kind in ("str", "text", "choice", "path", "optional_path"):
+        if self.kind in ("str", "name", "text", "choice", "path", "optional_path"):
             ok = isinstance(value, str) and (value != "" or self.kind in ("text", "optional_path"))
+            if self.kind == "name":  # it names the default run folder, runs/NAME-pretrain
+                ok = ok and value.isprintable() and not any(part in value for part in ("/", "\\", ".."))
             if self.kind == "choice":
                 ok = ok and value in self.choices
         elif self.kind == "path_list":
@@ -192,7 +196,7 @@ def _choice(help: str, choices: tuple[str, ...], default: Any = REQUIRED) -> Fie
 
 
 TOP_LEVEL: dict[str, Field] = {
-    "name": Field("str", "Short name of the recipe.", FILE_NAME),
+    "name": Field("name", "Short name of the recipe, the default run folder's (no / or ..).", FILE_NAME),
     "description": Field("text", "One line saying what the recipe is for.", ""),
 }
 
@@ -325,7 +329,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
 
 # === Typed sections ===
 
-_PYTHON_TYPES = {"str": str, "text": str, "choice": str, "path": str, "optional_path": str,
+_PYTHON_TYPES = {"str": str, "name": str, "text": str, "choice": str, "path": str, "optional_path": str,
                  "path_list": tuple[str, ...], "int": int, "float": float, "bool": bool}
 
 
