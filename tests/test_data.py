@@ -16,6 +16,7 @@ from tftune.data import (
     lm_windows,
     read_corpus,
     read_labeled,
+    stratified_holdout,
     truncate,
 )
 from tftune.errors import DataError
@@ -436,3 +437,49 @@ def test_classification_dataset_knows_its_length(encoded_reviews):
     assert int(training.epochs(0, 3).cardinality()) == 3 * steps
     assert int(training.cardinality()) == training.steps_per_epoch == steps
     assert int(classification_dataset(*encoded_reviews, batch_size=16).cardinality()) == steps
+
+
+# === The automatic hold-out ===
+
+
+def test_stratified_holdout_keeps_every_class_on_both_sides():
+    # 40 classes of 2 to 6 examples: a plain 10% draw would leave most classes out of validation
+    # and could take a class's only training examples.
+    labels = [f"class-{c}" for c in range(40) for _ in range(2 + c % 5)]
+    held, kept = stratified_holdout(labels, 0.1, seed=3)
+    assert sorted(held + kept) == list(range(len(labels)))
+    assert {labels[i] for i in held} == {labels[i] for i in kept} == set(labels)
+    assert (held, kept) == stratified_holdout(labels, 0.1, seed=3)
+    assert held != stratified_holdout(labels, 0.1, seed=4)[0]
+
+
+def test_stratified_holdout_leaves_a_class_of_one_in_training():
+    labels = ["common"] * 20 + ["rare"]
+    held, kept = stratified_holdout(labels, 0.1, seed=0)
+    assert [labels[i] for i in held] == ["common", "common"]
+    assert labels.index("rare") in kept
+
+
+def labeled_settings(tmp_path, train_rows, valid_rows=None):
+    from tftune.recipe import load_recipe
+
+    train = write_table(tmp_path / "train.csv", train_rows)
+    valid = write_table(tmp_path / "valid.csv", valid_rows) if valid_rows else ""
+    return load_recipe("gru-glove", [f"finetune.train={train}", f"finetune.valid={valid}", "finetune.test="]).finetune
+
+
+def test_load_labeled_splits_holds_out_every_class(tmp_path, reviews):
+    from tftune.finetuning import load_labeled_splits
+
+    rows = [(f"{text} ({number})", f"topic-{number % 12}") for number, (text, _) in enumerate(reviews * 10)]
+    splits = load_labeled_splits(labeled_settings(tmp_path, rows))
+    assert set(splits.valid[1]) == set(splits.train[1]) == set(splits.labels)
+    assert len(splits.labels) == 12
+
+
+def test_a_valid_label_never_seen_in_training_blames_the_valid_file(tmp_path, reviews):
+    from tftune.finetuning import load_labeled_splits
+
+    settings = labeled_settings(tmp_path, reviews, [(reviews[0][0], "neutral")])
+    message = one_line_error(lambda: load_labeled_splits(settings), tmp_path / "valid.csv", "'neutral'")
+    assert "train.csv" not in message

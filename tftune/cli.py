@@ -97,8 +97,8 @@ class TftuneGroup(click.Group):
             from tftune.runs import write_failure
 
             reason = write_failure(e)
-            if reason is not None:  # e.g. an export outside a run directory; it cleans up after itself
-                _error(f"writing the output failed ({reason}); nothing was written")
+            if reason is not None:  # e.g. a read-only folder, or an export outside a run directory
+                _error(f"{_refused_folder(e)}writing the output failed ({reason}); nothing was written")
                 ctx.exit(1)
             message = str(e).strip().splitlines()[0] if str(e).strip() else ""
             click.echo(
@@ -106,6 +106,15 @@ class TftuneGroup(click.Group):
                 err=True,
             )
             ctx.exit(1)
+
+
+def _refused_folder(error):
+    """`FOLDER: ` for the folder that a refused write (an OSError in `error`'s chain) was in, else ""."""
+    while error is not None:
+        if isinstance(error, OSError) and error.filename:
+            return f"{Path(os.fsdecode(error.filename)).parent}: "
+        error = error.__cause__ or error.__context__
+    return ""
 
 
 # What a shell reports for a process killed by SIGPIPE (128 + 13).

@@ -290,6 +290,36 @@ def read_labeled(path, text_column="text", label_column="label", encoding="utf-8
     return texts, [label.strip() for label in labels]
 
 
+def stratified_holdout(labels, fraction, seed):
+    """Splits example indices into `(held, kept)`, holding out `fraction` of every class.
+
+    Each class with at least 2 examples keeps at least one in both parts (a class of one stays in
+    training), so validation never holds a label that training lacks, however many classes there
+    are. Which examples are held out depends on `seed` alone; both parts keep a seeded random order.
+
+    Args:
+        labels: the label of each example.
+        fraction: the share of each class to hold out, e.g. 0.1.
+        seed: the seed of the draw.
+
+    Example:
+
+    >>> labels = ["a"] * 8 + ["b"] * 4 + ["c"]
+    >>> held, kept = stratified_holdout(labels, 0.25, seed=0)
+    >>> sorted(labels[i] for i in held), len(kept)
+    (['a', 'a', 'b'], 10)
+    """
+    order = np.random.default_rng(seed).permutation(len(labels))
+    by_class = {}
+    for index in order:
+        by_class.setdefault(labels[index], []).append(index)
+    held = set()
+    for members in by_class.values():
+        if len(members) >= 2:
+            held.update(members[: min(max(1, round(len(members) * fraction)), len(members) - 1)])
+    return [int(i) for i in order if i in held], [int(i) for i in order if i not in held]
+
+
 def read_corpus(paths, text_column="text", encoding="utf-8"):
     """Documents of one or more corpus files: lines of `.txt`, or the text column of a labeled file."""
     documents = []

@@ -26,7 +26,7 @@ import tensorflow as tf
 from tftune import distribute
 from tftune.callbacks import KeepBestWeights, StageHistory, StopOnNonFiniteLoss, restore_plugins, tensorboard
 from tftune.checkpoints import Checkpointing, RunCheckpoint, fit_from
-from tftune.data import classification_dataset, read_labeled, truncate
+from tftune.data import classification_dataset, read_labeled, stratified_holdout, truncate
 from tftune.embeddings import load_vectors
 from tftune.errors import DataError, RunError
 from tftune.export import export_classifier
@@ -233,9 +233,10 @@ def load_labeled_splits(settings):
     if settings.valid:
         valid = read_labeled(settings.valid, **columns)
     else:
-        order = np.random.default_rng(settings.seed).permutation(len(train[0]))
-        n_valid = max(1, round(len(order) * settings.valid_fraction))
-        held, kept = order[:n_valid], order[n_valid:]
+        held, kept = stratified_holdout(train[1], settings.valid_fraction, settings.seed)
+        if not held:
+            raise DataError(f"{settings.train}: no class has 2 examples, so none can be held out for validation; "
+                            "give a --valid file")
         valid = tuple([rows[i] for i in held] for rows in train)
         train = tuple([rows[i] for i in kept] for rows in train)
     test = read_labeled(settings.test, **columns) if settings.test else None
