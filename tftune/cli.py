@@ -260,8 +260,10 @@ def main():
 
 def _checkpoint_recipe(out):
     """The recipe file saved with the checkpoint of `--out`, for `--resume` without `--recipe`."""
-    from tftune.checkpoints import RunCheckpoint
     from tftune.errors import RunError
+
+    _import_tensorflow_quietly()  # tftune.checkpoints imports Keras
+    from tftune.checkpoints import RunCheckpoint
 
     if out is None:
         raise RunError("--resume needs the --out of the interrupted run")
