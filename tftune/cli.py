@@ -184,6 +184,9 @@ recipe_encoding_option = click.option(
     callback=_check_encoding,
     help="Text encoding of the input files, e.g. latin-1 [default: the recipe's, utf-8].",
 )
+max_memory_option = click.option(
+    "--max-memory", metavar="SIZE", help="Refuse a recipe whose estimated peak training memory is above SIZE "
+    "(e.g. 8G, 512M) [default: the machine's memory].")
 resume_option = click.option(
     "--resume", is_flag=True, help="Continue an interrupted run of --out from its checkpoint (same recipe)."
 )
@@ -218,6 +221,18 @@ def _check_distribution(resolved, resume):
     if resume:
         raise RunError(distribute.MULTI_WORKER_RESUME)
     return False
+
+
+def _check_memory(resolved, kind, max_memory, base_run=None):
+    """Refuses a recipe whose estimated training memory is above --max-memory or the machine's, before any work."""
+    from tftune.embeddings import vector_size
+    from tftune.resources import check_fits, parse_size
+
+    limit = parse_size(max_memory) if max_memory is not None else None
+    vocab_size, dim = None, vector_size(resolved.embeddings.path, resolved.embeddings.format)
+    if base_run is not None:
+        vocab_size, dim = base_run.vocab_size(), base_run.info.get("embedding_dim")
+    check_fits(resolved, kind, limit, vocab_size, dim)
 
 
 def _start_strategy(resolved):
@@ -287,8 +302,9 @@ def _checkpoint_recipe(out):
 @set_option
 @force_option
 @resume_option
+@max_memory_option
 def pretrain(recipe, corpus, valid, from_run, embeddings, embeddings_format, out, encoding, distribute, settings, force,
-             resume):
+             resume, max_memory):
     """Pretrain the encoder as a next-token language model.
 
     With --from, training continues from an existing pretrain run (ULMFiT's target-domain
@@ -330,6 +346,7 @@ def pretrain(recipe, corpus, valid, from_run, embeddings, embeddings_format, out
         # Before the slow TensorFlow import; an --out over an input is refused even with --force.
         check_run_paths(resolved, "pretrain", out, [from_run] if from_run is not None else [], resume)
         check_writable_target(out, force)
+    _check_memory(resolved, "pretrain", max_memory, run if from_run is not None else None)
     strategy = _start_strategy(resolved)
     from tftune.pretraining import pretrain as run_pretrain
 
@@ -353,8 +370,9 @@ def pretrain(recipe, corpus, valid, from_run, embeddings, embeddings_format, out
 @set_option
 @force_option
 @resume_option
+@max_memory_option
 def finetune(from_runs, recipe, train, valid, test, text_column, label_column, out, encoding, distribute, settings,
-             force, resume):
+             force, resume, max_memory):
     """Fine-tune a pretrained encoder as a classifier, and export it.
 
     Without --recipe, the (first) pretrain run's own recipe is used (its [finetune] section).
@@ -388,6 +406,7 @@ def finetune(from_runs, recipe, train, valid, test, text_column, label_column, o
     if _check_distribution(resolved, resume):
         check_run_paths(resolved, "finetune", out, [run.path for run in from_runs], resume)
         check_writable_target(out, force)
+    _check_memory(resolved, "finetune", max_memory, from_runs[0])
     strategy = _start_strategy(resolved)
     from tftune.finetuning import finetune as run_finetune
 
@@ -440,7 +459,8 @@ def evaluate(model, data, text_column, label_column, plot, force, encoding):
     _import_tensorflow_quietly()
     from tftune.export import evaluate_export
 
-    metrics = evaluate_export(model, texts, labels, source=data)
+    with _reading_export(model):
+        metrics = evaluate_export(model, texts, labels, source=data)
     if plot is not None:
         from tftune.metrics import plot_metrics
 
@@ -492,14 +512,23 @@ def predict(model, texts, encoding, output_format):
     _import_tensorflow_quietly()
     from tftune.export import Predictor
 
-    predictor = Predictor(model)
-    labels, probabilities = predictor.predict(list(texts))
+    with _reading_export(model):
+        predictor = Predictor(model)
+        labels, probabilities = predictor.predict(list(texts))
     for index, (label, row) in enumerate(zip(labels, probabilities)):
         if output_format == "jsonl":
             by_class = {name: round(float(p), 6) for name, p in zip(predictor.labels, row)}
             click.echo(json.dumps({"index": index, "label": label, "probabilities": by_class}, ensure_ascii=False))
         else:  # printable: a label of an older export may hold a line break
             click.echo(f"{printable(label)}\t{row.max():.4f}")
+
+
+def _reading_export(model):
+    """Names the export in one line when its SavedModel cannot be read (a file truncated or damaged)."""
+    from tftune.export import find_export
+    from tftune.runs import reading_artifact
+
+    return reading_artifact(find_export(model))
 
 
 def _argument_text(text, number, encoding):

@@ -30,7 +30,7 @@ import tensorflow as tf
 from tftune.errors import DataError, RunError
 from tftune.metrics import classification_metrics
 from tftune.models import global_policy_restored
-from tftune.runs import FinetuneRun, replace_directory
+from tftune.runs import FinetuneRun, read_json, replace_directory
 from tftune.text import EOS, Tokenizer
 
 SIGNATURE = "serving_default"
@@ -134,7 +134,7 @@ class Predictor:
         labels_file = self.path / "assets.extra" / LABELS_FILE
         if not labels_file.is_file():
             raise RunError(f"{self.path}: export has no assets.extra/{LABELS_FILE}; was it written by tftune?")
-        return json.loads(labels_file.read_text(encoding="utf-8"))
+        return read_json(labels_file)
 
     def predict(self, texts):
         """Returns `(labels, probabilities)` for a list of strings."""

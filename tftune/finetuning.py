@@ -43,6 +43,7 @@ from tftune.runs import (
     check_run_paths,
     check_writable_target,
     holds_output_lock,
+    reading_artifact,
 )
 from tftune.schedules import (
     DiscriminativeAdam,
@@ -363,7 +364,8 @@ def build_member_classifier(recipe, pretrained, name, n_classes, opened=None):
     With `opened` (an `OpenedVocabulary`), the encoder's embedding also holds the added words.
     """
     rates, _ = classifier_dropouts(recipe, pretrained)
-    backbone = load_backbone(pretrained, **rates)
+    with reading_artifact(pretrained.encoder_weights):
+        backbone = load_backbone(pretrained, **rates)
     if opened is not None and opened.added:
         backbone = grow_encoder(backbone, opened.vectors, opened.added)
     return TextClassifier(backbone, **classifier_config(recipe, pretrained.recipe, n_classes, name))
@@ -622,6 +624,8 @@ def reexport(run_dir, out, force=False):
     check_export_paths(run_dir, out)
     check_writable_target(out, force, replaces="export")
     run = FinetuneRun.open(run_dir)
-    classifier = load_classifier(run)
+    run.model_config()  # a damaged classifier.json is named before the weights are read
+    with reading_artifact(run.classifier_weights):
+        classifier = load_classifier(run)
     return export_classifier(classifier, run.vocab, run.tokenizer, run.labels(), run.recipe.finetune.max_len, out)
 
