@@ -212,7 +212,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
                        embeddings.OOV_TREATMENTS, "random"),
     },
     "vocab": {
-        "max_size": Field("int", "Most words kept in the vocabulary, most frequent first.", 20000, low=10),
+        "max_size": Field("int", "Most words kept in the vocabulary, most frequent first.", 20000, low=10,
+                          high=5_000_000),
         "min_freq": Field("int", "Fewest occurrences in the pretraining corpus for a word to be kept.", 2, low=1),
         "open": Field("bool", "Open vocabulary: words of new text (finetune's training data, pretrain --from's corpus) "
                               "that have a vector but no row join the vocabulary with their frozen vectors.", True),
@@ -220,7 +221,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "encoder": {
         "cell": _choice("Recurrent cell of every layer.", models.CELLS),
         "layers": Field("int", "Number of stacked recurrent layers.", 2, low=1, high=8),
-        "units": Field("int", "Units (state size) of each recurrent layer.", 256, low=1),
+        "units": Field("int", "Units (state size) of each recurrent layer.", 256, low=1, high=16384),
         "dropout": Field("float", "Dropout rate between layers (0 = none).", 0.2, low=0, high=1, high_open=True),
         "weight_dropout": Field("float", "AWD-LSTM weight drop: DropConnect rate on every recurrent layer's "
                                 "hidden-to-hidden weights, one mask per batch (keeps the fast CPU kernels and "
@@ -242,8 +243,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
                                         "out the last valid_fraction of the corpus documents.", ""),
         "valid_fraction": Field("float", "Share of corpus lines held out to measure perplexity.", 0.05,
                                 low=0, high=0.5, low_open=True, high_open=True),
-        "seq_len": Field("int", "Tokens per training sequence (backpropagation through time).", 70, low=2),
-        "batch_size": Field("int", "Sequences per batch.", 64, low=1),
+        "seq_len": Field("int", "Tokens per training sequence (backpropagation through time).", 70, low=2,
+                         high=10000),
+        "batch_size": Field("int", "Sequences per batch.", 64, low=1, high=65536),
         "epochs": Field("int", "Passes over the corpus; 0 = no training (a vocabulary and an untrained encoder).", low=0),
         "learning_rate": Field("float", "Adam learning rate (gradients clipped to global norm 1).", 0.01, low=0, low_open=True),
         "output": _choice("Language-model output: full = softmax over the whole vocabulary; sampled = the same "
@@ -252,7 +254,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
                           "word vectors; tied_sampled = the tied head trained on the sampled softmax, whose "
                           "step cost stays flat as the vocabulary grows.", models.OUTPUTS, "sampled"),
         "num_sampled": Field("int", 'Words sampled per training step when output = "sampled" or "tied_sampled" '
-                             "(log-uniform over the frequency-sorted vocabulary).", 1024, low=1),
+                             "(log-uniform over the frequency-sorted vocabulary).", 1024, low=1, high=1_000_000),
         "ar": Field("float", "Activation regularization (AWD-LSTM's alpha): adds ar * the mean squared top-layer "
                     "output (after output_dropout) to the training loss, not to the reported loss; 0 = none.",
                     0.0, low=0),
@@ -276,13 +278,13 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "text_column": Field("str", "CSV column holding the text.", "text"),
         "label_column": Field("str", "CSV column holding the label.", "label"),
         "encoding": Field("str", "Text encoding of the train/valid/test files (a Python codec name).", "utf-8"),
-        "max_len": Field("int", "Tokens kept per document; longer documents are cut.", 400, low=1),
-        "batch_size": Field("int", "Documents per batch.", 32, low=1),
+        "max_len": Field("int", "Tokens kept per document; longer documents are cut.", 400, low=1, high=100_000),
+        "batch_size": Field("int", "Documents per batch.", 32, low=1, high=65536),
         "head": _choice("Classifier input: concat_pool = last state, max-pool and mean-pool of the top layer; "
                         "last = last state only.", models.HEADS, "concat_pool"),
         "pool_embeddings": Field("bool", "Pool the frozen word vectors beside the top layer (like ELMo's "
                                  "layer 0), so the head sees lexical features from the first step.", True),
-        "head_units": Field("int", "Units of the hidden dense layer of the classifier head.", 50, low=1),
+        "head_units": Field("int", "Units of the hidden dense layer of the classifier head.", 50, low=1, high=65536),
         "head_dropout": Field("float", "Dropout rate in the classifier head.", 0.3, low=0, high=1, high_open=True),
         "dropout_scale": Field("float", "Multiplies each of the pretrain run's encoder dropout rates (dropout, "
                                "weight_dropout, embedding_dropout, input_dropout, hidden_dropout, output_dropout) "
