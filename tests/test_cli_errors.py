@@ -402,7 +402,7 @@ CASES = {
     ),
     "mistyped value in a recipe file": Case(
         ["pretrain", "--recipe", "my.toml", "--out", "out"],
-        ["my.toml", "encoder.units must be an int >= 1", '"many"'],
+        ["my.toml", "encoder.units must be an int in 1..16384", '"many"'],
         {"my.toml": '[encoder]\nunits = "many"\n'},
     ),
     "malformed --set": Case(

@@ -5,6 +5,7 @@ unexpected failures print one line and exit with status 1 (set `TFTUNE_DEBUG=1` 
 traceback).
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -523,12 +524,24 @@ def predict(model, texts, encoding, output_format):
             click.echo(f"{printable(label)}\t{row.max():.4f}")
 
 
+@contextlib.contextmanager
 def _reading_export(model):
-    """Names the export in one line when its SavedModel cannot be read (a file truncated or damaged)."""
+    """Names the export in one line when its SavedModel cannot be read (a file truncated or damaged).
+
+    TensorFlow logs a traceback when it cannot read `fingerprint.pb`, and then loads the model
+    anyway; that file only identifies the model, so its log stays off the terminal.
+    """
     from tftune.export import find_export
     from tftune.runs import reading_artifact
 
-    return reading_artifact(find_export(model))
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)
+    try:
+        with reading_artifact(find_export(model)):
+            yield
+    finally:
+        absl.setLevel(level)
 
 
 def _argument_text(text, number, encoding):
