@@ -243,6 +243,8 @@ CASES = {
        for command, args in [("pretrain", ["--corpus", CORPUS]),
                              ("finetune", ["--from", PRETRAINED / "gru-glove-general", "--train", "train.csv"]),
                              ("export", ["clf"])]},
+    "usage error": Case(["predict"], ["Missing argument 'RUN_OR_EXPORT'", "predict --help"]),
+    "unknown option": Case(["pretrain", "--corpra", "x.txt"], ["No such option '--corpra'", "pretrain --help"]),
     "recipe name with ..": Case(
         ["pretrain", "--corpus", CORPUS, "--set", "name=../../elsewhere"],
         ["name must be a non-empty one-line name without / \\ or ..", "../../elsewhere"],

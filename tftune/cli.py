@@ -90,6 +90,10 @@ class TftuneGroup(click.Group):
             # killed by SIGPIPE would, and keep Python's exit-time flush from failing again.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             ctx.exit(EXIT_BROKEN_PIPE)
+        except click.UsageError as e:  # click's own form takes four lines
+            command = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            _error(f"{e.format_message()} (see {command} --help)")
+            ctx.exit(e.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except Exception as e:  # noqa: BLE001 - the last line of defence for users
