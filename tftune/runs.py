@@ -89,8 +89,17 @@ def reading_artifact(path):
         if isinstance(e, FileNotFoundError):
             raise RunError(f"{path}: missing ({e.strerror}); the run or export is incomplete") from None
         reason = " ".join(str(e).split())
+        path = _file_named_in(reason, Path(path))
         reason = reason if len(reason) <= _MAX_REASON else reason[: _MAX_REASON - 3] + "..."
         raise RunError(f"{path}: cannot be read; is it truncated or damaged? ({type(e).__name__}: {reason})") from None
+
+
+def _file_named_in(message, folder):
+    """The file inside `folder` (e.g. a SavedModel's saved_model.pb) that `message` names, else `folder`."""
+    if not folder.is_dir():
+        return folder
+    named = [file for file in folder.rglob("*") if file.is_file() and str(file) in message]
+    return max(named, key=lambda file: len(str(file)), default=folder)
 
 
 def read_json(path):
