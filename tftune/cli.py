@@ -282,11 +282,11 @@ def _checkpoint_recipe(out):
     """The recipe file saved with the checkpoint of `--out`, for `--resume` without `--recipe`."""
     from tftune.errors import RunError
 
+    if out is None:
+        raise RunError("--resume needs the --out of the interrupted run")
     _import_tensorflow_quietly()  # tftune.checkpoints imports Keras
     from tftune.checkpoints import RunCheckpoint
 
-    if out is None:
-        raise RunError("--resume needs the --out of the interrupted run")
     checkpoint = RunCheckpoint(out)
     if not checkpoint.exists():
         raise RunError(f"{out}: no checkpoint to resume ({checkpoint.path} does not exist); run without --resume")
