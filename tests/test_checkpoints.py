@@ -215,3 +215,20 @@ def test_a_checkpoint_written_before_a_key_existed_resumes_while_the_key_keeps_i
     assert same_training_recipe(older, current.to_toml())
     assert not same_training_recipe(older, current.with_overrides(["finetune.stage_lr_decay=2"]).to_toml())
     assert not same_training_recipe(older, current.with_overrides(["finetune.epochs=3"]).to_toml())
+
+
+def test_resume_without_recipe_prints_only_tftune_lines(tiny_runs, tmp_path):
+    """`--resume` reads the recipe from the checkpoint, which needs Keras: through the CLI's quiet
+    TensorFlow import, so TensorFlow's C++ start-up notices never reach the terminal."""
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        finetune(tiny_runs["recipe"], tiny_runs["pretrain"], out, callbacks=[CrashAfterEpoch(1)])
+    env = {name: value for name, value in os.environ.items() if name not in ("TF_CPP_MIN_LOG_LEVEL", "TFTUNE_DEBUG")}
+    resumed = subprocess.run(
+        [sys.executable, "-m", "tftune.cli", "finetune", "--from", str(tiny_runs["pretrain"]), "--out", str(out),
+         "--resume"],
+        env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "after epoch 1, step 0" in resumed.stderr  # it did resume
+    assert [line for line in resumed.stderr.splitlines() if not line.startswith("tftune: ")] == []

@@ -119,3 +119,42 @@ def test_predict_reads_standard_input(tiny_runs):
         [*TFTUNE, "predict", str(tiny_runs["finetune"])], input="great fun\nawful\n", capture_output=True, text=True
     )
     assert result.returncode == 0 and len(result.stdout.splitlines()) == 2
+
+
+# --- Streams and encodings ---
+
+
+def test_predict_into_a_closed_pipe_stops_quietly(tiny_runs):
+    """`tftune predict RUN < texts | head -1`: once the reader is gone, no traceback and no error line."""
+    texts = "".join(f"review number {number} was fine\n" for number in range(20000)).encode()
+    process = subprocess.Popen([*TFTUNE, "predict", str(tiny_runs["finetune"])], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdin.write(texts)
+    process.stdin.close()
+    first = process.stdout.readline()
+    process.stdout.close()  # like `head -1`: more than a pipe's buffer is still to come
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141, stderr  # what a shell reports for SIGPIPE
+    assert first.decode().count("\t") == 1
+    assert stderr == ""
+
+
+def test_predict_with_standard_input_closed_says_so(tiny_runs):
+    result = subprocess.run(["sh", "-c", 'exec 0<&-; exec "$@"', "sh", *TFTUNE, "predict", str(tiny_runs["finetune"])],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr == "error: standard input is closed; give the texts as arguments, or pipe them in one per line\n"
+
+
+def test_predict_argument_that_is_not_utf8_is_read_in_encoding(tiny_runs):
+    latin1 = "un café très réussi".encode("latin-1")
+    refused = subprocess.run([*TFTUNE, "predict", str(tiny_runs["finetune"]), "fine", latin1], capture_output=True)
+    assert refused.returncode == 2
+    assert refused.stderr.decode() == (
+        "error: TEXT argument 2: not valid utf-8 at byte 6 (line 1, column 7); if it is latin-1 text, "
+        "pass --encoding latin-1\n"
+    )
+    accepted = subprocess.run([*TFTUNE, "predict", str(tiny_runs["finetune"]), "--encoding", "latin-1", "fine", latin1],
+                              capture_output=True)
+    assert accepted.returncode == 0, accepted.stderr
+    assert accepted.stdout.decode() == tftune("predict", tiny_runs["finetune"], "fine", "un café très réussi")

@@ -114,6 +114,15 @@ def unreadable(name):
     return prepare
 
 
+def named_pipe(name):
+    """`prepare`: a FIFO `name` with no writer, which a reader would wait on forever."""
+
+    def prepare(cwd, run):
+        os.mkfifo(cwd / name)
+
+    return prepare
+
+
 def symlink(name, target):
     """`prepare`: a symbolic link `name` to `target` (relative to the link) in the working directory."""
 
@@ -193,6 +202,52 @@ CASES = {
         ["pretrain", "--corpus", "corpus.txt", "--out", "out"],
         ["corpus.txt", "a binary file, not utf-8 text"],
         {"corpus.txt": WORD2VEC.open("rb").read(65536)},
+    ),
+    # --- special files: refused at once, never opened (a FIFO blocks, /dev/zero never ends) ---
+    "--corpus named pipe": Case(
+        ["pretrain", "--corpus", "corpus.txt", "--out", "out"],
+        ["corpus.txt", "is a named pipe (FIFO), expected a regular file"],
+        prepare=named_pipe("corpus.txt"),
+    ),
+    "--corpus character device": Case(
+        ["pretrain", "--corpus", "/dev/zero", "--out", "out"],
+        ["/dev/zero", "is a character device, expected a regular file"],
+    ),
+    "--corpus directory": Case(
+        ["pretrain", "--corpus", "texts", "--out", "out"],
+        ["texts", "is a directory, expected a regular file"],
+        {"texts/corpus.txt": corpus_lines(20)},
+    ),
+    "finetune --train named pipe": Case(
+        ["finetune", "--from", PRETRAINED / "gru-glove-general", "--train", "train.csv", "--out", "out"],
+        ["train.csv", "is a named pipe (FIFO)"],
+        prepare=named_pipe("train.csv"),
+    ),
+    "evaluate --data named pipe": Case(
+        ["evaluate", "not-a-run", "--data", "reviews.csv"],
+        ["reviews.csv", "is a named pipe (FIFO)"],
+        NOT_A_RUN,
+        prepare=named_pipe("reviews.csv"),
+    ),
+    "--embeddings character device": Case(
+        ["pretrain", "--embeddings", "/dev/zero", "--out", "out"],
+        ["/dev/zero", "is a character device"],
+    ),
+    "--recipe named pipe": Case(
+        ["pretrain", "--recipe", "recipe.toml", "--out", "out"],
+        ["recipe.toml", "is a named pipe (FIFO)"],
+        prepare=named_pipe("recipe.toml"),
+    ),
+    # --- names: an empty --out (an unset shell variable) never means the default folder ---
+    **{f"{command} --out empty": Case([command, *args, "--out", ""], ["--out is empty"])
+       for command, args in [("pretrain", ["--corpus", CORPUS]),
+                             ("finetune", ["--from", PRETRAINED / "gru-glove-general", "--train", "train.csv"]),
+                             ("export", ["clf"])]},
+    "usage error": Case(["predict"], ["Missing argument 'RUN_OR_EXPORT'", "predict --help"]),
+    "unknown option": Case(["pretrain", "--corpra", "x.txt"], ["No such option '--corpra'", "pretrain --help"]),
+    "recipe name with ..": Case(
+        ["pretrain", "--corpus", CORPUS, "--set", "name=../../elsewhere"],
+        ["name must be a non-empty one-line name without / \\ or ..", "../../elsewhere"],
     ),
     "--corpus latin-1": Case(
         ["pretrain", "--corpus", "reviews.csv", "--out", "out"],
@@ -349,7 +404,7 @@ CASES = {
     ),
     "mistyped value in a recipe file": Case(
         ["pretrain", "--recipe", "my.toml", "--out", "out"],
-        ["my.toml", "encoder.units must be an int >= 1", '"many"'],
+        ["my.toml", "encoder.units must be an int in 1..16384", '"many"'],
         {"my.toml": '[encoder]\nunits = "many"\n'},
     ),
     "malformed --set": Case(

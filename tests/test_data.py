@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -9,11 +10,13 @@ import numpy as np
 import pytest
 
 from tftune.data import (
+    check_input_file,
     classification_dataset,
     lm_dataset,
     lm_windows,
     read_corpus,
     read_labeled,
+    stratified_holdout,
     truncate,
 )
 from tftune.errors import DataError
@@ -156,6 +159,18 @@ def test_directory(tmp_path):
     one_line_error(lambda: read_labeled(path), path, "directory")
 
 
+def test_named_pipe_is_refused_without_being_opened(tmp_path):
+    path = tmp_path / "reviews.csv"
+    os.mkfifo(path)  # no writer: opening it would wait forever
+    one_line_error(lambda: read_labeled(path), path, "is a named pipe (FIFO), expected a regular file")
+    one_line_error(lambda: read_corpus([path]), path, "is a named pipe (FIFO), expected a regular file")
+
+
+def test_endless_device_is_refused_without_being_read():
+    path = Path("/dev/zero")
+    one_line_error(lambda: check_input_file(path), path, "is a character device, expected a regular file")
+
+
 @pytest.mark.parametrize("content", ["", " \n\t\r\n  \n"], ids=["empty", "whitespace"])
 @pytest.mark.parametrize("name", ["corpus.txt", "reviews.csv", "reviews.jsonl"])
 def test_empty_file(tmp_path, name, content):
@@ -235,6 +250,16 @@ def test_empty_label_names_the_line(tmp_path, reviews, suffix):
     path = write_table(tmp_path / f"reviews{suffix}", rows)
     line = 5 if suffix == ".csv" else 4  # the CSV header is line 1
     one_line_error(lambda: read_labeled(path), path, f"line {line}", "empty label")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+@pytest.mark.parametrize("label", ["positive\nnegative", "pos\titive", "neg\x1b[31m"])
+def test_label_with_a_line_break_or_control_character_names_the_line(tmp_path, reviews, suffix, label):
+    rows = list(reviews)
+    rows[3] = (rows[3][0], label)
+    path = write_table(tmp_path / f"reviews{suffix}", rows)
+    line = 5 + label.count("\n") if suffix == ".csv" else 4  # a CSV row is named by the line it ends on
+    one_line_error(lambda: read_labeled(path), path, f"line {line}", repr(label), "control character")
 
 
 def test_header_without_rows(tmp_path):
@@ -412,3 +437,49 @@ def test_classification_dataset_knows_its_length(encoded_reviews):
     assert int(training.epochs(0, 3).cardinality()) == 3 * steps
     assert int(training.cardinality()) == training.steps_per_epoch == steps
     assert int(classification_dataset(*encoded_reviews, batch_size=16).cardinality()) == steps
+
+
+# === The automatic hold-out ===
+
+
+def test_stratified_holdout_keeps_every_class_on_both_sides():
+    # 40 classes of 2 to 6 examples: a plain 10% draw would leave most classes out of validation
+    # and could take a class's only training examples.
+    labels = [f"class-{c}" for c in range(40) for _ in range(2 + c % 5)]
+    held, kept = stratified_holdout(labels, 0.1, seed=3)
+    assert sorted(held + kept) == list(range(len(labels)))
+    assert {labels[i] for i in held} == {labels[i] for i in kept} == set(labels)
+    assert (held, kept) == stratified_holdout(labels, 0.1, seed=3)
+    assert held != stratified_holdout(labels, 0.1, seed=4)[0]
+
+
+def test_stratified_holdout_leaves_a_class_of_one_in_training():
+    labels = ["common"] * 20 + ["rare"]
+    held, kept = stratified_holdout(labels, 0.1, seed=0)
+    assert [labels[i] for i in held] == ["common", "common"]
+    assert labels.index("rare") in kept
+
+
+def labeled_settings(tmp_path, train_rows, valid_rows=None):
+    from tftune.recipe import load_recipe
+
+    train = write_table(tmp_path / "train.csv", train_rows)
+    valid = write_table(tmp_path / "valid.csv", valid_rows) if valid_rows else ""
+    return load_recipe("gru-glove", [f"finetune.train={train}", f"finetune.valid={valid}", "finetune.test="]).finetune
+
+
+def test_load_labeled_splits_holds_out_every_class(tmp_path, reviews):
+    from tftune.finetuning import load_labeled_splits
+
+    rows = [(f"{text} ({number})", f"topic-{number % 12}") for number, (text, _) in enumerate(reviews * 10)]
+    splits = load_labeled_splits(labeled_settings(tmp_path, rows))
+    assert set(splits.valid[1]) == set(splits.train[1]) == set(splits.labels)
+    assert len(splits.labels) == 12
+
+
+def test_a_valid_label_never_seen_in_training_blames_the_valid_file(tmp_path, reviews):
+    from tftune.finetuning import load_labeled_splits
+
+    settings = labeled_settings(tmp_path, reviews, [(reviews[0][0], "neutral")])
+    message = one_line_error(lambda: load_labeled_splits(settings), tmp_path / "valid.csv", "'neutral'")
+    assert "train.csv" not in message

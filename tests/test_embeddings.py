@@ -237,7 +237,17 @@ def test_missing_file(tmp_path):
 
 
 def test_directory(tmp_path):
-    _assert_error(tmp_path, "glove", "not a file")
+    _assert_error(tmp_path, "glove", "it is a directory, not a regular file")
+
+
+def test_named_pipe_is_refused_without_waiting_for_a_writer(tmp_path):
+    fifo = tmp_path / "vectors.txt"
+    os.mkfifo(fifo)
+    _assert_error(fifo, "glove", "it is a named pipe (FIFO), not a regular file")
+
+
+def test_endless_device_is_refused_without_reading_it():
+    _assert_error(Path("/dev/zero"), "glove", "it is a character device, not a regular file")
 
 
 @pytest.mark.parametrize("name", ["empty.txt", "empty.txt.gz"])

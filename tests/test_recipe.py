@@ -147,7 +147,7 @@ def test_with_overrides_returns_a_new_recipe():
 @pytest.mark.parametrize("override, fragments", [
     ("encoder.unit=3", ["encoder.unit", "cell, layers, units, dropout", "did you mean units"]),
     ("encoders.units=3", ["[encoders]", "embeddings, vocab, encoder, pretrain, finetune, precision"]),
-    ("encoder.units=abc", ["encoder.units", "an int >= 1", '"abc"']),
+    ("encoder.units=abc", ["encoder.units", "an int in 1..16384", '"abc"']),
     ("encoder.units=2.5", ["encoder.units", "an int", "2.5"]),
     ("encoder.layers=9", ["encoder.layers", "1..8", "9"]),
     ("encoder.dropout=1.0", ["encoder.dropout", "[0, 1)", "1.0"]),
@@ -158,6 +158,12 @@ def test_with_overrides_returns_a_new_recipe():
     ("finetune.text_column=", ["finetune.text_column", "non-empty string"]),
     ("encoder.units", ["section.key=value"]),
     ("units=3", ["section.key=value"]),
+    # The name is the default run folder's, runs/NAME-pretrain: it must stay inside runs/.
+    ("name=../../elsewhere", ["name", "without / \\ or ..", '"../../elsewhere"']),
+    ("name=a/b", ["name", "without / \\ or .."]),
+    ("name=..", ["name", "without / \\ or .."]),
+    ('name="two\\nlines"', ["name", "one-line name"]),
+    ("pretrain.corpus=caf\udce9.txt", ["pretrain.corpus", "caf\\xe9.txt", "not valid UTF-8"]),
 ])
 def test_bad_override_names_the_key_and_valid_options(override, fragments):
     with pytest.raises(RecipeError) as info:
@@ -178,7 +184,7 @@ def test_bad_toml_names_file_and_line(tmp_path):
     ("", "[decoder]\nunits = 3\n", ["[decoder]", "valid sections: embeddings"]),
     ("seed = 3\n", "", ["'seed'", "valid sections", "name, description"]),
     ("", "[vocab]\nmax = 3\n", ["vocab.max", "max_size, min_freq"]),
-    ("", "[vocab]\nmax_size = \"big\"\n", ["vocab.max_size", "int >= 10", '"big"']),
+    ("", "[vocab]\nmax_size = \"big\"\n", ["vocab.max_size", "int in 10..5000000", '"big"']),
     ("", "[precision]\npolicy = \"half\"\n", ["precision.policy", '"auto"', '"half"']),
     ("precision = 3\n", "", ["precision", "section"]),
 ])

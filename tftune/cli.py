@@ -5,6 +5,7 @@ unexpected failures print one line and exit with status 1 (set `TFTUNE_DEBUG=1` 
 traceback).
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ import click
 
 from tftune.distribute import STRATEGIES
 from tftune.embeddings import FORMATS
-from tftune.errors import DataError, EncodingError, TftuneError, WriteError
+from tftune.errors import DataError, EncodingError, TftuneError, WriteError, has_undecodable_bytes, printable
 from tftune.quiet_import import import_tensorflow_quietly
 from tftune.recipe import LOCAL_DISTRIBUTE
 
@@ -59,14 +60,23 @@ class TftuneGroup(click.Group):
                 fix = f"pass --encoding {e.suggestion}"
             else:
                 fix = f"convert it to UTF-8 first ({ctx.invoked_subcommand} reads UTF-8 only)"
-            click.echo(f"error: {e.fixed_by(fix)}", err=True)
+            _error(e.fixed_by(fix))
             ctx.exit(e.exit_code)
         except TftuneError as e:
-            click.echo(f"error: {e}", err=True)
+            _error(str(e))
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
-            click.echo("error: interrupted; nothing was written", err=True)
+            _error("interrupted; nothing was written")
             ctx.exit(130)
+        except BrokenPipeError:
+            # The reader went away (`tftune predict ... | head -1`): stop quietly, as a process
+            # killed by SIGPIPE would, and keep Python's exit-time flush from failing again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(EXIT_BROKEN_PIPE)
+        except click.UsageError as e:  # click's own form takes four lines
+            command = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            _error(f"{e.format_message()} (see {command} --help)")
+            ctx.exit(e.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except Exception as e:  # noqa: BLE001 - the last line of defence for users
@@ -75,20 +85,45 @@ class TftuneGroup(click.Group):
             from tftune.runs import write_failure
 
             reason = write_failure(e)
-            if reason is not None:  # e.g. an export outside a run directory; it cleans up after itself
-                click.echo(f"error: writing the output failed ({reason}); nothing was written", err=True)
+            if reason is not None:  # e.g. a read-only folder, or an export outside a run directory
+                _error(f"{_refused_folder(e)}writing the output failed ({reason}); nothing was written")
                 ctx.exit(1)
             message = str(e).strip().splitlines()[0] if str(e).strip() else ""
             click.echo(
-                f"internal error: {type(e).__name__}: {message} (set TFTUNE_DEBUG=1 for details)",
+                f"internal error: {type(e).__name__}: {printable(message)} (set TFTUNE_DEBUG=1 for details)",
                 err=True,
             )
             ctx.exit(1)
 
 
+def _refused_folder(error):
+    """`FOLDER: ` for the folder that a refused write (an OSError in `error`'s chain) was in, else ""."""
+    while error is not None:
+        if isinstance(error, OSError) and error.filename:
+            return f"{Path(os.fsdecode(error.filename)).parent}: "
+        error = error.__cause__ or error.__context__
+    return ""
+
+
+# What a shell reports for a process killed by SIGPIPE (128 + 13).
+EXIT_BROKEN_PIPE = 141
+
+
+def _error(message):
+    """The one `error:` line, whatever file names or labels the message quotes."""
+    click.echo(f"error: {printable(message)}", err=True)
+
+
 def _overrides(pairs, settings):
     """`(section.key, value)` pairs for the flags that were given, then the --set strings."""
     return [(key, value) for key, value in pairs if value is not None and value != []] + list(settings)
+
+
+def _given_out(ctx, param, value):
+    """Refuses an empty --out (an unset shell variable), which would otherwise mean the default folder."""
+    if value is not None and not value.strip():
+        raise DataError("--out is empty; give a directory (an unset shell variable?), or leave --out out for the default")
+    return value
 
 
 recipe_option = click.option(
@@ -137,6 +172,9 @@ recipe_encoding_option = click.option(
     callback=_check_encoding,
     help="Text encoding of the input files, e.g. latin-1 [default: the recipe's, utf-8].",
 )
+max_memory_option = click.option(
+    "--max-memory", metavar="SIZE", help="Refuse a recipe whose estimated peak training memory is above SIZE "
+    "(e.g. 8G, 512M) [default: the machine's memory].")
 resume_option = click.option(
     "--resume", is_flag=True, help="Continue an interrupted run of --out from its checkpoint (same recipe)."
 )
@@ -171,6 +209,18 @@ def _check_distribution(resolved, resume):
     if resume:
         raise RunError(distribute.MULTI_WORKER_RESUME)
     return False
+
+
+def _check_memory(resolved, kind, max_memory, base_run=None):
+    """Refuses a recipe whose estimated training memory is above --max-memory or the machine's, before any work."""
+    from tftune.embeddings import vector_size
+    from tftune.resources import check_fits, parse_size
+
+    limit = parse_size(max_memory) if max_memory is not None else None
+    vocab_size, dim = None, vector_size(resolved.embeddings.path, resolved.embeddings.format)
+    if base_run is not None:
+        vocab_size, dim = base_run.vocab_size(), base_run.info.get("embedding_dim")
+    check_fits(resolved, kind, limit, vocab_size, dim)
 
 
 def _start_strategy(resolved):
@@ -217,7 +267,8 @@ def _checkpoint_recipe(out):
 
     if out is None:
         raise RunError("--resume needs the --out of the interrupted run")
-    from tftune.checkpoints import RunCheckpoint  # imports Keras
+    import_tensorflow_quietly()  # tftune.checkpoints imports Keras
+    from tftune.checkpoints import RunCheckpoint
 
     checkpoint = RunCheckpoint(out)
     if not checkpoint.exists():
@@ -233,14 +284,15 @@ def _checkpoint_recipe(out):
 @click.option("--from", "from_run", metavar="PRETRAIN_RUN", help="Continue language-model training of this pretrain run (a directory, or a shipped model's name: `tftune pretrained list`) on --corpus, e.g. the task's own text.")
 @click.option("--embeddings", metavar="PATH", help="Pretrained vectors file (overrides embeddings.path).")
 @click.option("--embeddings-format", type=click.Choice(FORMATS), help="Format of --embeddings.")
-@click.option("--out", metavar="DIR", help="Run directory to create [default: runs/RECIPE-pretrain].")
+@click.option("--out", metavar="DIR", callback=_given_out, help="Run directory to create [default: runs/RECIPE-pretrain].")
 @recipe_encoding_option
 @distribute_option
 @set_option
 @force_option
 @resume_option
+@max_memory_option
 def pretrain(recipe, corpus, valid, from_run, embeddings, embeddings_format, out, encoding, distribute, settings, force,
-             resume):
+             resume, max_memory):
     """Pretrain the encoder as a next-token language model.
 
     With --from, training continues from an existing pretrain run (ULMFiT's target-domain
@@ -284,6 +336,7 @@ def pretrain(recipe, corpus, valid, from_run, embeddings, embeddings_format, out
         check_run_paths(resolved, "pretrain", out, [from_run] if from_run is not None else [], resume)
         check_writable_target(out, force)
         check_data_files([*resolved.pretrain.corpus, *filter(None, [resolved.pretrain.valid])])
+    _check_memory(resolved, "pretrain", max_memory, run if from_run is not None else None)
     strategy = _start_strategy(resolved)
     from tftune.pretraining import pretrain as run_pretrain
 
@@ -301,14 +354,15 @@ def pretrain(recipe, corpus, valid, from_run, embeddings, embeddings_format, out
 @click.option("--test", metavar="PATH", help="Labeled test data, evaluated once at the end.")
 @click.option("--text-column", metavar="NAME", help="Text column or key [default: text].")
 @click.option("--label-column", metavar="NAME", help="Label column or key [default: label].")
-@click.option("--out", metavar="DIR", help="Run directory to create [default: runs/RECIPE-finetune].")
+@click.option("--out", metavar="DIR", callback=_given_out, help="Run directory to create [default: runs/RECIPE-finetune].")
 @recipe_encoding_option
 @distribute_option
 @set_option
 @force_option
 @resume_option
+@max_memory_option
 def finetune(from_runs, recipe, train, valid, test, text_column, label_column, out, encoding, distribute, settings,
-             force, resume):
+             force, resume, max_memory):
     """Fine-tune a pretrained encoder as a classifier, and export it.
 
     Without --recipe, the (first) pretrain run's own recipe is used (its [finetune] section).
@@ -345,6 +399,7 @@ def finetune(from_runs, recipe, train, valid, test, text_column, label_column, o
         check_writable_target(out, force)
         splits = (resolved.finetune.train, resolved.finetune.valid, resolved.finetune.test)
         check_data_files(filter(None, splits), LABELED_SUFFIXES)
+    _check_memory(resolved, "finetune", max_memory, from_runs[0])
     strategy = _start_strategy(resolved)
     from tftune.finetuning import finetune as run_finetune
 
@@ -354,7 +409,7 @@ def finetune(from_runs, recipe, train, valid, test, text_column, label_column, o
 
 @main.command()
 @click.argument("run_dir", metavar="RUN_DIR")
-@click.option("--out", metavar="DIR", help="Export directory [default: RUN_DIR/export].")
+@click.option("--out", metavar="DIR", callback=_given_out, help="Export directory [default: RUN_DIR/export].")
 @force_option
 def export(run_dir, out, force):
     """Export a finetune run as a SavedModel that serves raw strings."""
@@ -397,7 +452,8 @@ def evaluate(model, data, text_column, label_column, plot, force, encoding):
     import_tensorflow_quietly()
     from tftune.export import evaluate_export
 
-    metrics = evaluate_export(model, texts, labels, source=data)
+    with _reading_export(model):
+        metrics = evaluate_export(model, texts, labels, source=data)
     if plot is not None:
         from tftune.metrics import plot_metrics
 
@@ -470,22 +526,65 @@ def interpret(run_dir, data, out, top, plot, text_column, label_column, force, e
 @click.argument("model", metavar="RUN_OR_EXPORT")
 @click.argument("texts", nargs=-1, metavar="TEXT...")
 @click.option("--encoding", default="utf-8", show_default=True, metavar="NAME", callback=_check_encoding,
-              help="Text encoding of standard input (a Python codec name: latin-1, cp1252, utf-16...).")
-def predict(model, texts, encoding):
-    """Classify texts with an exported model: one `label<TAB>probability` line per text.
+              help="Text encoding of standard input, and of TEXT arguments that are not valid UTF-8 "
+                   "(a Python codec name: latin-1, cp1252, utf-16...).")
+@click.option("--format", "output_format", type=click.Choice(["tsv", "jsonl"]), default="tsv", show_default=True,
+              help="tsv: `label<TAB>probability` lines; jsonl: one JSON object per text with its index, label "
+                   "and the probability of every class.")
+def predict(model, texts, encoding, output_format):
+    """Classify texts with an exported model: one line per text, in order.
 
     With no TEXT, or with `-`, texts are read from standard input, one per line.
     """
     if not texts or texts == ("-",):
         from tftune.data import read_stream_lines
 
+        if sys.stdin is None:  # started with standard input closed (`<&-`)
+            raise DataError("standard input is closed; give the texts as arguments, or pipe them in one per line")
         texts = read_stream_lines(sys.stdin.buffer, "standard input", encoding)
+    else:
+        texts = [_argument_text(text, number, encoding) for number, text in enumerate(texts, start=1)]
     import_tensorflow_quietly()
     from tftune.export import Predictor
 
-    labels, probabilities = Predictor(model).predict(list(texts))
-    for label, row in zip(labels, probabilities):
-        click.echo(f"{label}\t{row.max():.4f}")
+    with _reading_export(model):
+        predictor = Predictor(model)
+        labels, probabilities = predictor.predict(list(texts))
+    for index, (label, row) in enumerate(zip(labels, probabilities)):
+        if output_format == "jsonl":
+            by_class = {name: round(float(p), 6) for name, p in zip(predictor.labels, row)}
+            click.echo(json.dumps({"index": index, "label": label, "probabilities": by_class}, ensure_ascii=False))
+        else:  # printable: a label of an older export may hold a line break
+            click.echo(f"{printable(label)}\t{row.max():.4f}")
+
+
+@contextlib.contextmanager
+def _reading_export(model):
+    """Names the export in one line when its SavedModel cannot be read (a file truncated or damaged).
+
+    TensorFlow logs a traceback when it cannot read `fingerprint.pb`, and then loads the model
+    anyway; that file only identifies the model, so its log stays off the terminal.
+    """
+    from tftune.export import find_export
+    from tftune.runs import reading_artifact
+
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)
+    try:
+        with reading_artifact(find_export(model)):
+            yield
+    finally:
+        absl.setLevel(level)
+
+
+def _argument_text(text, number, encoding):
+    """A TEXT argument whose bytes are not valid UTF-8, decoded in --encoding (or a one-line error)."""
+    if not has_undecodable_bytes(text):
+        return text
+    from tftune.data import decode_text
+
+    return decode_text(os.fsencode(text), f"TEXT argument {number}", encoding)
 
 
 @main.group()

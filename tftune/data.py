@@ -24,7 +24,9 @@ import codecs
 import csv
 import io
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 from tftune.errors import DataError, EncodingError
@@ -52,7 +54,7 @@ def check_encoding(encoding):
         ) from None
 
 
-def _decode(data, name, encoding):
+def decode_text(data, name, encoding):
     """`data` (bytes) as text; a DataError names `name` and says what the bytes look like instead."""
     try:
         text = data.decode(encoding)
@@ -126,15 +128,50 @@ def _line_and_column(data, position):
     return f"line {line}, column {position - line_start + 1}"
 
 
-def _check_is_file(path):
+# What a path is when it is not a regular file (`stat` mode tests), for messages.
+_SPECIAL_FILES = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def special_file_kind(path):
+    """What `path` is if it exists but is not a regular file ("a directory", "a named pipe (FIFO)"...),
+    else None. A FIFO's reader would wait for a writer forever, and a device such as /dev/zero never
+    ends, so inputs are checked with this before they are opened.
+
+    Example:
+
+    >>> special_file_kind("/dev/null")
+    'a character device'
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # missing or unreadable: opening it says why
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for is_kind, kind in _SPECIAL_FILES if is_kind(mode)), "a special file")
+
+
+def check_input_file(path, missing_ok=False):
+    """Raises DataError unless `path` is a regular file (links followed), or with `missing_ok`, is missing."""
+    path = Path(path)
     if not path.exists():
+        if missing_ok:
+            return path
         raise DataError(f"{path}: no such file")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, expected a file")
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise DataError(f"{path}: is {kind}, expected a regular file")
+    return path
 
 
 def check_data_files(paths, suffixes=TEXT_SUFFIXES):
-    """Fails as the readers would on a file of the wrong type, a missing file or a directory.
+    """Fails as the readers would on a file of the wrong type, a missing file or a special file.
 
     Cheap (nothing is read), so that a command finds these mistakes before it imports TensorFlow.
 
@@ -149,12 +186,11 @@ def check_data_files(paths, suffixes=TEXT_SUFFIXES):
     """
     for path in paths:
         _check_suffix(path, suffixes)
-        _check_is_file(Path(path))
+        check_input_file(path)
 
 
 def _read_lines(path, encoding):
-    path = Path(path)
-    _check_is_file(path)
+    path = check_input_file(path)
     try:
         check_encoding(encoding)
     except DataError as e:
@@ -175,7 +211,11 @@ def _read_lines(path, encoding):
 def read_stream_lines(stream, name="standard input", encoding="utf-8"):
     """Lines of a binary stream (e.g. `sys.stdin.buffer`), without their line breaks; [] if it is empty."""
     check_encoding(encoding)
-    lines = _split_lines(_decode(stream.read(), name, encoding))
+    try:
+        data = stream.read()
+    except OSError as e:  # e.g. a closed descriptor, or a directory as standard input
+        raise DataError(f"{name}: cannot read ({e.strerror or e})") from None
+    lines = _split_lines(decode_text(data, name, encoding))
     return lines[:-1] if lines[-1] == "" else lines
 
 
@@ -261,7 +301,40 @@ def read_labeled(path, text_column="text", label_column="label", encoding="utf-8
     for (number, _), label in zip(rows, labels):
         if not label.strip():
             raise DataError(f"{path}: line {number}: empty label")
+        if not label.strip().isprintable():  # one label, one line: in predict's output and the logs
+            raise DataError(f"{path}: line {number}: label {label.strip()!r} holds a line break or another "
+                            "control character; a label must be one line of printable text")
     return texts, [label.strip() for label in labels]
+
+
+def stratified_holdout(labels, fraction, seed):
+    """Splits example indices into `(held, kept)`, holding out `fraction` of every class.
+
+    Each class with at least 2 examples keeps at least one in both parts (a class of one stays in
+    training), so validation never holds a label that training lacks, however many classes there
+    are. Which examples are held out depends on `seed` alone; both parts keep a seeded random order.
+
+    Args:
+        labels: the label of each example.
+        fraction: the share of each class to hold out, e.g. 0.1.
+        seed: the seed of the draw.
+
+    Example:
+
+    >>> labels = ["a"] * 8 + ["b"] * 4 + ["c"]
+    >>> held, kept = stratified_holdout(labels, 0.25, seed=0)
+    >>> sorted(labels[i] for i in held), len(kept)
+    (['a', 'a', 'b'], 10)
+    """
+    order = np.random.default_rng(seed).permutation(len(labels))
+    by_class = {}
+    for index in order:
+        by_class.setdefault(labels[index], []).append(index)
+    held = set()
+    for members in by_class.values():
+        if len(members) >= 2:
+            held.update(members[: min(max(1, round(len(members) * fraction)), len(members) - 1)])
+    return [int(i) for i in order if i in held], [int(i) for i in order if i not in held]
 
 
 def read_corpus(paths, text_column="text", encoding="utf-8"):

@@ -49,6 +49,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tftune.data import special_file_kind
 from tftune.errors import EmbeddingsError
 from tftune.text import PAD, SPECIAL_TOKENS, Vocabulary
 
@@ -147,8 +148,9 @@ def load_vectors(path: str | os.PathLike, fmt: str) -> KeyedVectors:
     path = Path(path)
     if not path.exists():
         raise fail("file does not exist")
-    if not path.is_file():
-        raise fail("not a file (a directory?)")
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise fail(f"it is {kind}, not a regular file")
     head = _read_head(path, fail)
     if not head.strip():
         raise fail("file is empty")

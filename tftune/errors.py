@@ -1,5 +1,38 @@
 """Errors that the command line reports as one line, without a traceback."""
 
+# Python holds each byte of a file name or argument that is not valid UTF-8 as a lone surrogate
+# U+DC80..U+DCFF (PEP 383's surrogateescape).
+_ESCAPED_BYTES = range(0xDC80, 0xDD00)
+
+
+def printable(text):
+    r"""`text` as one printable line: line breaks and other control characters, and the bytes of a
+    file name or argument that were not valid UTF-8, are shown as escapes.
+
+    Example:
+
+    >>> printable("runs/a\nb") == "runs/a\\nb"
+    True
+    >>> printable(b"caf\xe9.txt".decode("utf-8", "surrogateescape"))
+    'caf\\xe9.txt'
+    """
+    if text.isprintable():
+        return text
+    return "".join(_printable_char(char) for char in text)
+
+
+def _printable_char(char):
+    if char.isprintable():
+        return char
+    if ord(char) in _ESCAPED_BYTES:
+        return f"\\x{ord(char) - 0xDC00:02x}"
+    return repr(char)[1:-1]  # a line feed as \n, ESC as \x1b
+
+
+def has_undecodable_bytes(text):
+    """Whether `text` (a file name or argument) holds bytes that were not valid UTF-8."""
+    return any(ord(char) in _ESCAPED_BYTES for char in text)
+
 
 class TftuneError(Exception):
     """Base class of errors caused by the user's input (exit status 2)."""

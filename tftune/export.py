@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from tftune.errors import RunError
 from tftune.metrics import check_known_labels, classification_metrics
-from tftune.runs import FinetuneRun, replace_directory
+from tftune.runs import FinetuneRun, read_json, replace_directory
 
 SIGNATURE = "serving_default"
 LABELS_FILE = "labels.json"
@@ -141,7 +141,7 @@ class Predictor:
         labels_file = self.path / "assets.extra" / LABELS_FILE
         if not labels_file.is_file():
             raise RunError(f"{self.path}: export has no assets.extra/{LABELS_FILE}; was it written by tftune?")
-        return json.loads(labels_file.read_text(encoding="utf-8"))
+        return read_json(labels_file)
 
     def predict(self, texts):
         """Returns `(labels, probabilities)` for a list of strings."""

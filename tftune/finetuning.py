@@ -33,7 +33,7 @@ from tftune.callbacks import (
     tensorboard,
 )
 from tftune.checkpoints import Checkpointing, RunCheckpoint, fit_from
-from tftune.data import classification_dataset, read_labeled, truncate
+from tftune.data import classification_dataset, read_labeled, stratified_holdout, truncate
 from tftune.embeddings import load_vectors
 from tftune.errors import DataError, RunError
 from tftune.export import export_classifier
@@ -50,6 +50,7 @@ from tftune.runs import (
     check_run_paths,
     check_writable_target,
     holds_output_lock,
+    reading_artifact,
 )
 from tftune.schedules import (
     DiscriminativeAdam,
@@ -240,9 +241,10 @@ def load_labeled_splits(settings):
     if settings.valid:
         valid = read_labeled(settings.valid, **columns)
     else:
-        order = np.random.default_rng(settings.seed).permutation(len(train[0]))
-        n_valid = max(1, round(len(order) * settings.valid_fraction))
-        held, kept = order[:n_valid], order[n_valid:]
+        held, kept = stratified_holdout(train[1], settings.valid_fraction, settings.seed)
+        if not held:
+            raise DataError(f"{settings.train}: no class has 2 examples, so none can be held out for validation; "
+                            "give a --valid file")
         valid = tuple([rows[i] for i in held] for rows in train)
         train = tuple([rows[i] for i in kept] for rows in train)
     test = read_labeled(settings.test, **columns) if settings.test else None
@@ -377,7 +379,8 @@ def build_member_classifier(recipe, pretrained, name, n_classes, opened=None):
     With `opened` (an `OpenedVocabulary`), the encoder's embedding also holds the added words.
     """
     rates, _ = classifier_dropouts(recipe, pretrained)
-    backbone = load_backbone(pretrained, **rates)
+    with reading_artifact(pretrained.encoder_weights):
+        backbone = load_backbone(pretrained, **rates)
     if opened is not None and opened.added:
         backbone = grow_encoder(backbone, opened.vectors, opened.added)
     preprocessor = TextPreprocessor(opened.vocab if opened is not None else pretrained.vocab,
@@ -665,5 +668,8 @@ def reexport(run_dir, out, force=False):
     check_export_paths(run_dir, out)
     check_writable_target(out, force, replaces="export")
     run = FinetuneRun.open(run_dir)
-    return export_classifier(load_classifier(run), run.labels(), out)
+    run.model_config()  # a damaged classifier.json is named before the weights are read
+    with reading_artifact(run.classifier_weights):
+        classifier = load_classifier(run)
+    return export_classifier(classifier, run.labels(), out)
 

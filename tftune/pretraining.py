@@ -33,7 +33,7 @@ from tftune.models.presets import backbone_config, encoder_dropouts, language_mo
 from tftune.open_vocab import OpenWords, copy_recurrent_weights, grow_encoder, grow_output_weights, measure_growth, unk_shares
 from tftune.presets import resolve_run
 from tftune.recipe import Recipe
-from tftune.runs import PretrainRun, check_run_paths, holds_output_lock
+from tftune.runs import PretrainRun, check_run_paths, holds_output_lock, reading_artifact
 from tftune.text import Tokenizer
 from tftune.training import (
     RESUME_HINT,
@@ -226,7 +226,8 @@ def build_language_model(recipe, corpus, base, strategy):
                 **backbone_config(recipe.encoder, len(corpus.vocab), corpus.embedding_dim), embeddings=corpus.matrix
             )
         else:
-            base_backbone = load_backbone(base, **encoder_dropouts(recipe.encoder)[0])
+            with reading_artifact(base.encoder_weights):
+                base_backbone = load_backbone(base, **encoder_dropouts(recipe.encoder)[0])
             backbone = grow_encoder(base_backbone, corpus.vectors, corpus.added) if corpus.added else base_backbone
         unigram_counts = np.bincount(corpus.train_ids, minlength=len(corpus.vocab))
         model = LanguageModel(backbone, unigram_counts=unigram_counts, **language_model_config(recipe))
@@ -258,7 +259,8 @@ def restore_language_model(language_model, pretrained, base_encoder, shares=None
     if shares is not None:
         source = LanguageModel(base_encoder, language_model.output_kind, language_model.num_sampled)
     try:
-        source.load_weights(path)
+        with reading_artifact(path):
+            source.load_weights(path)
     except (ValueError, KeyError) as e:
         raise RunError(
             f"{path}: does not fit pretrain.output = {language_model.output_kind!r} "

@@ -19,7 +19,7 @@ from typing import Any
 
 from tftune import embeddings, models
 from tftune.distribute import STRATEGIES
-from tftune.errors import RecipeError
+from tftune.errors import RecipeError, has_undecodable_bytes, printable
 
 
 def _shipped_dir(name: str) -> Path:
@@ -79,7 +79,7 @@ class _Sentinel:
 REQUIRED = _Sentinel("required")
 FILE_NAME = _Sentinel("file name")  # the recipe's file name without ".toml"
 
-_STRING_KINDS = ("str", "text", "choice", "path", "optional_path", "path_list")
+_STRING_KINDS = ("str", "name", "text", "choice", "path", "optional_path", "path_list")
 _PATH_KINDS = ("path", "optional_path", "path_list")
 
 
@@ -118,6 +118,7 @@ class Field:
         if self.kind in ("int", "float"):
             return f"{self.kind} {self._range_label()}".strip()
         return {
+            "name": "str",
             "text": "str",
             "optional_path": 'path or ""',
             "path_list": "list of paths",
@@ -133,6 +134,7 @@ class Field:
             return "one of " + ", ".join(_toml_value(choice) for choice in self.choices)
         return {
             "str": "a non-empty string",
+            "name": "a non-empty one-line name without / \\ or ..",
             "text": "a string",
             "bool": "true or false",
             "path": "a non-empty path string",
@@ -154,8 +156,10 @@ class Field:
 
     def check(self, value: Any) -> Any:
         """Returns `value` in canonical form, or raises ValueError if invalid."""
-        if self.kind in ("str", "text", "choice", "path", "optional_path"):
+        if self.kind in ("str", "name", "text", "choice", "path", "optional_path"):
             ok = isinstance(value, str) and (value != "" or self.kind in ("text", "optional_path"))
+            if self.kind == "name":  # it names the default run folder, runs/NAME-pretrain
+                ok = ok and value.isprintable() and not any(part in value for part in ("/", "\\", ".."))
             if self.kind == "choice":
                 ok = ok and value in self.choices
         elif self.kind == "path_list":
@@ -192,7 +196,7 @@ def _choice(help: str, choices: tuple[str, ...], default: Any = REQUIRED) -> Fie
 
 
 TOP_LEVEL: dict[str, Field] = {
-    "name": Field("str", "Short name of the recipe.", FILE_NAME),
+    "name": Field("name", "Short name of the recipe, the default run folder's (no / or ..).", FILE_NAME),
     "description": Field("text", "One line saying what the recipe is for.", ""),
 }
 
@@ -208,7 +212,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
                        embeddings.OOV_TREATMENTS, "random"),
     },
     "vocab": {
-        "max_size": Field("int", "Most words kept in the vocabulary, most frequent first.", 20000, low=10),
+        "max_size": Field("int", "Most words kept in the vocabulary, most frequent first.", 20000, low=10,
+                          high=5_000_000),
         "min_freq": Field("int", "Fewest occurrences in the pretraining corpus for a word to be kept.", 2, low=1),
         "open": Field("bool", "Open vocabulary: words of new text (finetune's training data, pretrain --from's corpus) "
                               "that have a vector but no row join the vocabulary with their frozen vectors.", True),
@@ -216,7 +221,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "encoder": {
         "cell": _choice("Recurrent cell of every layer.", models.CELLS),
         "layers": Field("int", "Number of stacked recurrent layers.", 2, low=1, high=8),
-        "units": Field("int", "Units (state size) of each recurrent layer.", 256, low=1),
+        "units": Field("int", "Units (state size) of each recurrent layer.", 256, low=1, high=16384),
         "dropout": Field("float", "Dropout rate between layers (0 = none).", 0.2, low=0, high=1, high_open=True),
         "weight_dropout": Field("float", "AWD-LSTM weight drop: DropConnect rate on every recurrent layer's "
                                 "hidden-to-hidden weights, one mask per batch (keeps the fast CPU kernels and "
@@ -238,8 +243,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
                                         "out the last valid_fraction of the corpus documents.", ""),
         "valid_fraction": Field("float", "Share of corpus lines held out to measure perplexity.", 0.05,
                                 low=0, high=0.5, low_open=True, high_open=True),
-        "seq_len": Field("int", "Tokens per training sequence (backpropagation through time).", 70, low=2),
-        "batch_size": Field("int", "Sequences per batch.", 64, low=1),
+        "seq_len": Field("int", "Tokens per training sequence (backpropagation through time).", 70, low=2,
+                         high=10000),
+        "batch_size": Field("int", "Sequences per batch.", 64, low=1, high=65536),
         "epochs": Field("int", "Passes over the corpus; 0 = no training (a vocabulary and an untrained encoder).", low=0),
         "learning_rate": Field("float", "Adam learning rate (gradients clipped to global norm 1).", 0.01, low=0, low_open=True),
         "output": _choice("Language-model output: full = softmax over the whole vocabulary; sampled = the same "
@@ -248,7 +254,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
                           "word vectors; tied_sampled = the tied head trained on the sampled softmax, whose "
                           "step cost stays flat as the vocabulary grows.", models.OUTPUTS, "sampled"),
         "num_sampled": Field("int", 'Words sampled per training step when output = "sampled" or "tied_sampled" '
-                             "(log-uniform over the frequency-sorted vocabulary).", 1024, low=1),
+                             "(log-uniform over the frequency-sorted vocabulary).", 1024, low=1, high=1_000_000),
         "ar": Field("float", "Activation regularization (AWD-LSTM's alpha): adds ar * the mean squared top-layer "
                     "output (after output_dropout) to the training loss, not to the reported loss; 0 = none.",
                     0.0, low=0),
@@ -272,13 +278,13 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "text_column": Field("str", "CSV column holding the text.", "text"),
         "label_column": Field("str", "CSV column holding the label.", "label"),
         "encoding": Field("str", "Text encoding of the train/valid/test files (a Python codec name).", "utf-8"),
-        "max_len": Field("int", "Tokens kept per document; longer documents are cut.", 400, low=1),
-        "batch_size": Field("int", "Documents per batch.", 32, low=1),
+        "max_len": Field("int", "Tokens kept per document; longer documents are cut.", 400, low=1, high=100_000),
+        "batch_size": Field("int", "Documents per batch.", 32, low=1, high=65536),
         "head": _choice("Classifier input: concat_pool = last state, max-pool and mean-pool of the top layer; "
                         "last = last state only.", models.HEADS, "concat_pool"),
         "pool_embeddings": Field("bool", "Pool the frozen word vectors beside the top layer (like ELMo's "
                                  "layer 0), so the head sees lexical features from the first step.", True),
-        "head_units": Field("int", "Units of the hidden dense layer of the classifier head.", 50, low=1),
+        "head_units": Field("int", "Units of the hidden dense layer of the classifier head.", 50, low=1, high=65536),
         "head_dropout": Field("float", "Dropout rate in the classifier head.", 0.3, low=0, high=1, high_open=True),
         "dropout_scale": Field("float", "Multiplies each of the pretrain run's encoder dropout rates (dropout, "
                                "weight_dropout, embedding_dropout, input_dropout, hidden_dropout, output_dropout) "
@@ -325,7 +331,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
 
 # === Typed sections ===
 
-_PYTHON_TYPES = {"str": str, "text": str, "choice": str, "path": str, "optional_path": str,
+_PYTHON_TYPES = {"str": str, "name": str, "text": str, "choice": str, "path": str, "optional_path": str,
                  "path_list": tuple[str, ...], "int": int, "float": float, "bool": bool}
 
 
@@ -387,6 +393,10 @@ def _checked(field: Field, value: Any, dotted: str, origin: str, base_dir: Path)
         value = field.check(value)
     except ValueError as exc:
         raise RecipeError(f"{origin}: {dotted} must be {exc}, got {_show(value)}") from None
+    for text in value if field.kind == "path_list" else [value]:
+        if isinstance(text, str) and has_undecodable_bytes(text):
+            raise RecipeError(f"{origin}: {dotted} '{printable(text)}' is not valid UTF-8, and a run records it "
+                              "as UTF-8 text; rename it")
     if field.kind == "path_list":
         return tuple(_resolve_path(item, base_dir) for item in value)
     if field.kind in _PATH_KINDS:
@@ -569,7 +579,10 @@ def find_recipe(name_or_path: str | os.PathLike | None = None) -> Path:
     if "/" in text or os.sep in text or text.endswith(".toml"):
         path = Path(text).expanduser()
         if not path.is_file():
-            raise RecipeError(f"recipe file {text} does not exist")
+            from tftune.data import special_file_kind
+
+            kind = special_file_kind(path)
+            raise RecipeError(f"recipe file {text} " + (f"is {kind}, not a regular file" if kind else "does not exist"))
         return path
     path = RECIPES_DIR / f"{text}.toml"
     if not path.is_file():

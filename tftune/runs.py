@@ -33,6 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
+from tftune.data import check_input_file
 from tftune.errors import RunError, TftuneError, WriteError
 from tftune.recipe import shipped_dirs
 
@@ -58,6 +59,55 @@ def write_failure(error):
                 return os.strerror(code)
         error = error.__cause__ or error.__context__
     return None
+
+
+# What reading a truncated or overwritten file raises, in the standard library and beneath
+# h5py, TensorFlow and protobuf (their errors are recognized by module, not imported here).
+_DAMAGE_ERRORS = (OSError, ValueError, KeyError, IndexError, EOFError, RuntimeError)
+_DAMAGE_MODULES = ("h5py", "tensorflow", "google.protobuf")
+_MAX_REASON = 160
+
+
+@contextlib.contextmanager
+def reading_artifact(path):
+    """Turns a failure to read a file tftune wrote (a run's weights, an export) into one `RunError`
+    that names `path`: it was truncated or overwritten after it was written.
+
+    Example:
+
+    >>> with reading_artifact(run.classifier_weights):  # doctest: +SKIP
+    ...     classifier = load_classifier(run)
+    tftune.errors.RunError: runs/clf/classifier.weights.h5: cannot be read; is it truncated or damaged? (...)
+    """
+    try:
+        yield
+    except TftuneError:
+        raise
+    except Exception as e:
+        if not (isinstance(e, _DAMAGE_ERRORS) or type(e).__module__.startswith(_DAMAGE_MODULES)):
+            raise
+        if isinstance(e, FileNotFoundError):
+            raise RunError(f"{path}: missing ({e.strerror}); the run or export is incomplete") from None
+        reason = " ".join(str(e).split())
+        path = _file_named_in(reason, Path(path))
+        reason = reason if len(reason) <= _MAX_REASON else reason[: _MAX_REASON - 3] + "..."
+        raise RunError(f"{path}: cannot be read; is it truncated or damaged? ({type(e).__name__}: {reason})") from None
+
+
+def _file_named_in(message, folder):
+    """The file inside `folder` (e.g. a SavedModel's saved_model.pb) that `message` names, else `folder`."""
+    if not folder.is_dir():
+        return folder
+    named = [file for file in folder.rglob("*") if file.is_file() and str(file) in message]
+    return max(named, key=lambda file: len(str(file)), default=folder)
+
+
+def read_json(path):
+    """The JSON a run or export holds at `path`; a `RunError` naming the file if it is damaged."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise RunError(f"{path}: unreadable, is it truncated or damaged? ({' '.join(str(e).split())})") from None
 
 
 class Input(NamedTuple):
@@ -188,6 +238,9 @@ def check_run_paths(recipe, kind, out, from_runs=(), resume=False):
         splits = ("train", "valid", "test")
         inputs += [(f"--{split} file", getattr(recipe.finetune, split)) for split in splits if getattr(recipe.finetune, split)]
     inputs.append(("vectors file (embeddings.path)", recipe.embeddings.path))
+    for _, path in inputs[len(from_runs):]:  # a FIFO or a device would hang the run once it reads it
+        if path:
+            check_input_file(path, missing_ok=True)
     checkpoint = dict(outputs).get("checkpoint folder")
     if recipe.source is not None and not (
         resume and checkpoint is not None and recipe.source.resolve().is_relative_to(checkpoint.resolve())
@@ -360,10 +413,9 @@ class Run:
         run = cls(path)
         if not run.info_file.is_file():
             raise RunError(f"{path}: not a tftune run directory (no {RUN_INFO})")
-        try:
-            run.info = json.loads(run.info_file.read_text(encoding="utf-8"))
-        except (ValueError, OSError) as e:
-            raise RunError(f"{run.info_file}: unreadable ({e})") from None
+        run.info = read_json(run.info_file)
+        if not isinstance(run.info, dict):
+            raise RunError(f"{run.info_file}: unreadable, is it truncated or damaged? (not a JSON object)")
         if run.info.get("kind") != cls.kind:
             raise RunError(f"{path}: is a {run.info.get('kind', 'unknown')} run, expected a {cls.kind} run")
         version = run.info.get("format", 1)
@@ -413,8 +465,16 @@ class Run:
     def embedding_dim(self) -> int:
         return self.info["embedding_dim"]
 
+    def vocab_size(self) -> int | None:
+        """Rows of the vocabulary, counted without loading it (None if the file cannot be read)."""
+        try:
+            with open(self.vocab_file, "rb") as vocab:
+                return sum(1 for _ in vocab)
+        except OSError:
+            return None
+
     def metrics(self) -> dict:
-        return json.loads(self.metrics_file.read_text(encoding="utf-8"))
+        return read_json(self.metrics_file)
 
     # --- Writing ---
 
@@ -478,7 +538,7 @@ class FinetuneRun(Run):
     required = Run.required + ("labels_file", "classifier_weights")
 
     def labels(self) -> list:
-        return json.loads(self.labels_file.read_text(encoding="utf-8"))
+        return read_json(self.labels_file)
 
     def write_labels(self, labels):
         write_json(self.labels_file, list(labels))
@@ -487,7 +547,7 @@ class FinetuneRun(Run):
         """The classifier's serialized Keras config, or None for a run written before it was kept."""
         if not self.classifier_config.is_file():
             return None
-        return json.loads(self.classifier_config.read_text(encoding="utf-8"))
+        return read_json(self.classifier_config)
 
     def write_model_config(self, config):
         write_json(self.classifier_config, config)
