@@ -8,6 +8,7 @@ traceback).
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -206,8 +207,6 @@ def _start_strategy(resolved):
         return distribute.recipe_strategy(resolved)
     # Joining blocks inside TensorFlow, where Python never sees Ctrl-C or SIGTERM: let them end
     # the process outright until every worker is there (nothing is written before).
-    import signal
-
     previous = {number: signal.signal(number, signal.SIG_DFL) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         return distribute.recipe_strategy(resolved)
@@ -226,6 +225,9 @@ def main():
     to RUN/export), then `tftune predict RUN "some text"`.
     """
     configure_logging()
+    # SIGTERM (a `kill`, a timeout, a scheduler) stops tftune as Ctrl-C does, in every phase: training
+    # writes its checkpoint, writing removes what it staged, and the message says what was kept.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def _checkpoint_recipe(out):
@@ -297,7 +299,7 @@ def pretrain(recipe, corpus, valid, from_run, embeddings, embeddings_format, out
     if _check_distribution(resolved, resume):
         # Before the slow TensorFlow import; an --out over an input is refused even with --force.
         check_run_paths(resolved, "pretrain", out, [from_run] if from_run is not None else [], resume)
-        check_writable_target(out, force)
+        check_writable_target(out, force, resume=resume)
     strategy = _start_strategy(resolved)
     from tftune.pretraining import pretrain as run_pretrain
 
@@ -355,7 +357,7 @@ def finetune(from_runs, recipe, train, valid, test, text_column, label_column, o
     out = Path(out or f"runs/{resolved.name}-finetune")
     if _check_distribution(resolved, resume):
         check_run_paths(resolved, "finetune", out, [run.path for run in from_runs], resume)
-        check_writable_target(out, force)
+        check_writable_target(out, force, resume=resume)
     strategy = _start_strategy(resolved)
     from tftune.finetuning import finetune as run_finetune
 

@@ -18,9 +18,6 @@ Example:
 """
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import keras
@@ -30,7 +27,7 @@ import tensorflow as tf
 from tftune.errors import DataError, RunError
 from tftune.metrics import classification_metrics
 from tftune.models import global_policy_restored
-from tftune.runs import FinetuneRun, replace_directory
+from tftune.runs import FinetuneRun, fault_point, staged_directory
 from tftune.text import EOS, Tokenizer
 
 SIGNATURE = "serving_default"
@@ -90,17 +87,12 @@ def export_classifier(classifier, vocab, tokenizer: Tokenizer, labels, max_len, 
     archive.track(table)
     archive.add_endpoint(SIGNATURE, serve)
     out = Path(out)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_directory(out, fault="export-publish") as staging:
         archive.write_out(str(staging), verbose=False)
+        fault_point("export")
         # TensorFlow's convention for files that serving does not read: assets.extra/.
         (staging / "assets.extra").mkdir()
         (staging / "assets.extra" / LABELS_FILE).write_text(json.dumps(list(labels)) + "\n", encoding="utf-8")
-        os.chmod(staging, 0o755)
-        replace_directory(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 

@@ -42,6 +42,7 @@ from tftune.runs import (
     check_export_paths,
     check_run_paths,
     check_writable_target,
+    exclusive_output,
     holds_output_lock,
 )
 from tftune.schedules import (
@@ -120,8 +121,7 @@ def _finetune(recipe, from_runs, out, force, callbacks, resume, strategy):
     model, metrics, history = evaluate_members(recipe, members, trained, task)
     metrics.update(precision_policy=policy, distribute=distribution_summary(strategy),
                    wall_seconds=round(time.time() - started, 1))
-    write_finetune_run(out, force, recipe, members, task, model, history, metrics, checkpoint.logs)
-    checkpoint.remove()
+    write_finetune_run(out, force, recipe, members, task, model, history, metrics, checkpoint)
     log_written("finetune", out, strategy)
     return metrics
 
@@ -451,7 +451,7 @@ def finetune_member(recipe, pretrained, name, task, progress, callbacks=(), stra
     if best.stopped:
         log(f"no better validation accuracy for {settings.patience} epoch(s): stopping")
     if settings.restore_best:
-        best.restore()
+        best.restore(classifier)
         log(f"{name}: kept the weights of epoch {best.best_epoch} (validation accuracy {best.best_accuracy:.4f})")
     return TrainedMember(classifier, history.epochs, best)
 
@@ -510,8 +510,7 @@ def fit_unfreezing_stages(classifier, optimizer, stages, train_data, stage_rate,
         log(f"{classifier.name} stage {number + 1}/{len(stages)}: training the head"
             + (f" and {', '.join(sorted(trainable))}" if trainable else " only") + f" for {stage.epochs} epoch(s)")
         with strategy.scope():
-            classifier.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                               metrics=["accuracy"])
+            compile_classifier(classifier, optimizer)
             if restore is not None:
                 restore(classifier)
         inside_stage = position.epochs_done > stage_begin or position.steps_done > 0
@@ -528,6 +527,15 @@ def fit_unfreezing_stages(classifier, optimizer, stages, train_data, stage_rate,
         position.epochs_done, position.steps_done = stage_end, 0
         if classifier.stop_training:
             break
+    if restore is not None:  # every stage had ended before the checkpoint: only its weights are left to take
+        with strategy.scope():
+            compile_classifier(classifier, optimizer)
+            restore(classifier)
+
+
+def compile_classifier(classifier, optimizer):
+    classifier.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                       metrics=["accuracy"])
 
 
 # === Stage 3: evaluate ===
@@ -588,10 +596,11 @@ def evaluate_members(recipe, members, trained, task):
 # === Stage 4: write ===
 
 
-def write_finetune_run(out, force, recipe, members, task, model, history, metrics, live_logs):
-    """Writes the finetune run whole: the classifier's config and weights, its export, history and logs."""
+def write_finetune_run(out, force, recipe, members, task, model, history, metrics, checkpoint):
+    """Writes the finetune run whole: the classifier's config and weights, its export, history and logs;
+    then removes its checkpoint."""
     classifiers = ensemble_members(model)
-    with FinetuneRun.create(out, force) as run:
+    with FinetuneRun.create(out, force, checkpoint) as run:
         run.write_info(
             task.opened.vocab, task.tokenizer, members[0].embedding_dim,
             pretrain_run=str(members[0].path),
@@ -603,7 +612,7 @@ def write_finetune_run(out, force, recipe, members, task, model, history, metric
         run.write_model_config(keras.saving.serialize_keras_object(model))
         model.save_weights(run.classifier_weights)
         run.write_history(history)
-        run.adopt_logs(live_logs)
+        run.adopt_logs(checkpoint.logs)
         export_classifier(model, task.opened.vocab, task.tokenizer, task.labels, recipe.finetune.max_len,
                           run.export)
         run.write_metrics(metrics)
@@ -622,5 +631,6 @@ def reexport(run_dir, out, force=False):
     check_writable_target(out, force, replaces="export")
     run = FinetuneRun.open(run_dir)
     classifier = load_classifier(run)
-    return export_classifier(classifier, run.vocab, run.tokenizer, run.labels(), run.recipe.finetune.max_len, out)
+    with exclusive_output(out, force, replaces="export"):  # also cleans up what a stopped export left
+        return export_classifier(classifier, run.vocab, run.tokenizer, run.labels(), run.recipe.finetune.max_len, out)
 

@@ -99,8 +99,7 @@ def _pretrain(recipe, out, force, callbacks, from_run, resume, strategy):
     fitted = fit_language_model(language_model, recipe, corpus, checkpoint, resumed, callbacks, strategy, from_run)
     metrics = evaluate_language_model(language_model, recipe, corpus, fitted, strategy)
     metrics.update(precision_policy=policy, wall_seconds=round(time.time() - started, 1))
-    write_pretrain_run(out, force, recipe, corpus, language_model, fitted.history, metrics, from_run, checkpoint.logs)
-    checkpoint.remove()
+    write_pretrain_run(out, force, recipe, corpus, language_model, fitted.history, metrics, from_run, checkpoint)
     log_written("pretrain", out, strategy)
     return metrics
 
@@ -347,14 +346,15 @@ def evaluate_language_model(model, recipe, corpus, fitted, strategy):
 # === Stage 5: write ===
 
 
-def write_pretrain_run(out, force, recipe, corpus, model, history, metrics, from_run, live_logs):
-    """Writes the pretrain run whole (staged, then moved into place), its live logs included."""
-    with PretrainRun.create(out, force) as run:
+def write_pretrain_run(out, force, recipe, corpus, model, history, metrics, from_run, checkpoint):
+    """Writes the pretrain run whole (staged, then moved into place), its live logs included; then
+    removes its checkpoint."""
+    with PretrainRun.create(out, force, checkpoint) as run:
         run.write_info(corpus.vocab, corpus.tokenizer, corpus.embedding_dim,
                        **({"from_run": str(Path(from_run))} if from_run is not None else {}))
         run.write_recipe(recipe)
         model.encoder.save_weights(run.encoder_weights)
         model.save_weights(run.language_model_weights)
         run.write_history(history)
-        run.adopt_logs(live_logs)
+        run.adopt_logs(checkpoint.logs)
         run.write_metrics(metrics)

@@ -23,18 +23,21 @@ Example:
 
 import contextlib
 import errno
-import fcntl
 import functools
 import inspect
 import json
+import logging
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-from tftune.errors import RunError, TftuneError, WriteError
+from tftune.errors import Interrupted, RunError, TftuneError, WriteError
 from tftune.recipe import shipped_dirs
+
+logger = logging.getLogger(__name__)
 
 RUN_INFO = "run.json"
 # Failed writes that are the machine's, not the input's: the message says which, and nothing is left behind.
@@ -209,7 +212,7 @@ def check_export_paths(run_dir, out):
 _REPLACEABLE = {"run": (RUN_INFO, "tftune run"), "export": ("saved_model.pb", "SavedModel export")}
 
 
-def check_writable_target(out, force, replaces="run"):
+def check_writable_target(out, force, replaces="run", resume=False):
     """Fails early (before any training) when `out` exists and would be overwritten.
 
     Even with `force`, only an earlier output of the same kind is replaced: a run directory for a
@@ -220,8 +223,12 @@ def check_writable_target(out, force, replaces="run"):
         out: the directory to write.
         force: replace an existing non-empty `out` of the same kind.
         replaces: `"run"` or `"export"`: what `out` must be to be replaced.
+        resume: the run resumes from its checkpoint; `out` may then be the run published from that
+            checkpoint by a process that stopped before removing it (the resume only cleans up).
     """
     out = Path(out)
+    if resume and checkpoint_published(out):
+        return
     if out.exists() and not out.is_dir():
         raise RunError(f"{out}: exists and is not a directory")
     if not (out.is_dir() and any(out.iterdir())):
@@ -236,48 +243,198 @@ def check_writable_target(out, force, replaces="run"):
 
 
 @contextlib.contextmanager
-def exclusive_output(out, force):
+def exclusive_output(out, force, resume=False, replaces="run"):
     """Holds a lock beside `out` for the whole run, so two processes never write the same run.
 
-    The lock file (`.NAME.lock` in the parent directory) is an advisory `flock`: the operating
-    system releases it when the process dies, so a crashed run never leaves a stale lock.
+    The lock file (`.NAME.lock` in the parent directory) is taken with `filelock`: an operating-system
+    lock (`flock` on Unix, `LockFileEx` on Windows) that is released when the process dies, so a
+    crashed run never blocks the next one. Once it holds the lock, this process is the only one
+    writing `out`, so whatever else lies beside `out` was left by a process that died: it is
+    cleaned up first (`clean_stale_outputs`), and said so in one line.
+
+    Args:
+        out, force, replaces: as in `check_writable_target`.
+        resume: the run resumes from its checkpoint.
+
+    Yields:
+        Whether `out` is a run that was published before its process died, with `resume`: there is
+        nothing left to train.
     """
+    import filelock  # not at import time: `import tftune` and the commands that take no lock need no lock library
+
     out = Path(out)
-    check_writable_target(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     lock_path = hidden_sibling(out, "lock")
-    with open(lock_path, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunError(f"{out}: another tftune process is writing this run (lock {lock_path})") from None
-        try:
-            yield out
-        finally:
-            lock_path.unlink(missing_ok=True)
+    left_behind = lock_path.exists()
+    lock = filelock.FileLock(lock_path, timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise RunError(f"{out}: another tftune process is writing this run (lock {lock_path})") from None
+    try:
+        published = clean_stale_outputs(out, stale_lock=left_behind)
+        if not (resume and published):
+            check_writable_target(out, force, replaces)
+        yield resume and published
+    finally:
+        lock_path.unlink(missing_ok=True)  # while still held: a waiting process then fails rather than locks it
+        lock.release()
 
 
 def holds_output_lock(train_function):
-    """Runs `train_function` under `exclusive_output` for its `out` and `force` arguments."""
+    """Runs `train_function` under `exclusive_output` for its `out`, `force` and `resume` arguments.
+
+    A `resume` of a run that was published before its process died returns the run's metrics
+    without training again. A SIGINT or SIGTERM outside training (the training's own checkpoint
+    handles those) says what it left: nothing, or the run's last checkpoint.
+    """
     signature = inspect.signature(train_function)
 
     @functools.wraps(train_function)
     def locked(*args, **kwargs):
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
-        with exclusive_output(bound.arguments["out"], bound.arguments["force"]):
-            return train_function(*args, **kwargs)
+        out = bound.arguments["out"]
+        with exclusive_output(out, bound.arguments["force"], bound.arguments.get("resume", False)) as published:
+            if published:
+                logger.info(f"{out}: the run had been published before its process stopped; nothing left to do")
+                return json.loads((Path(out) / "metrics.json").read_text(encoding="utf-8"))
+            try:
+                return train_function(*args, **kwargs)
+            except KeyboardInterrupt:
+                if clean_stale_outputs(out):  # stopped between publishing the run and removing its checkpoint
+                    raise Interrupted(f"{out}: interrupted once the run was written; the run is complete") from None
+                if (hidden_sibling(out, "checkpoint") / "state.json").is_file():
+                    raise Interrupted(f"{out}: interrupted before the run was written; its last checkpoint is kept, "
+                                      "resume with the same command and --resume") from None
+                raise
 
     return locked
 
 
-def replace_directory(staging, out):
-    """Moves a finished `staging` directory to `out`, replacing what was there."""
+# === Debris of a process that died ===
+
+
+def _leftovers(out):
+    """`(name, path)` of what a run (or export) writing `out` leaves beside it while it works:
+    staging folders of the run and of its checkpoint, and backups of a replaced folder."""
+    out = Path(out)
+    prefixes = (f".{out.name}.tmp-", f".{out.name}.checkpoint.tmp-", f".{out.name}.old-",
+                f".{out.name}.checkpoint.old-")
+    if not out.parent.is_dir():
+        return []
+    return sorted(path for path in out.parent.iterdir() if path.name.startswith(prefixes))
+
+
+def clean_stale_outputs(out, stale_lock=False):
+    """Removes what a process that died while writing `out` left behind; call it holding the lock.
+
+    - Staging folders (`.NAME.tmp-*`, `.NAME.checkpoint.tmp-*`): never published, removed.
+    - A backup (`.NAME.old-*`) of a folder being replaced: put back when the folder is missing (the
+      process died between the two renames), else removed.
+    - The checkpoint of a run that was published (its `run.json` names the checkpoint's `run_id`):
+      the process died before removing it; removed with its live logs.
+
+    Logs one line saying what it did. Returns whether `out` is such a published run.
+    """
+    out = Path(out)
+    done = ["its lock"] if stale_lock else []
+    for path in _leftovers(out):
+        stem, _, suffix = path.name.rpartition(".")  # e.g. (".NAME", "tmp-x1y2") or (".NAME.checkpoint", "old-42")
+        target = out if stem == f".{out.name}" else path.with_name(stem)
+        if suffix.startswith("old-") and not target.exists():
+            path.rename(target)
+            done.append(f"put back {target.name} from {path.name}")
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        done.append(f"removed {path.name}")
+    checkpoint = hidden_sibling(out, "checkpoint")
+    if checkpoint.is_dir() and not (checkpoint / "state.json").is_file():  # removed part-way
+        shutil.rmtree(checkpoint, ignore_errors=True)
+        done.append(f"removed the incomplete {checkpoint.name}")
+    published = checkpoint_published(out)
+    if published:
+        shutil.rmtree(hidden_sibling(out, "checkpoint"), ignore_errors=True)
+        shutil.rmtree(live_logs(out), ignore_errors=True)
+        done.append("removed the checkpoint of the published run")
+    if done:
+        logger.info(f"{out}: cleaned up after a process that stopped while writing it: {'; '.join(done)}")
+    return published
+
+
+def checkpoint_published(out):
+    """Whether the checkpoint beside `out` belongs to the run published at `out` (same `run_id`)."""
+    try:
+        state = json.loads((hidden_sibling(out, "checkpoint") / "state.json").read_text(encoding="utf-8"))
+        info = json.loads((Path(out) / RUN_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and isinstance(info, dict) and state.get("run_id") is not None and (
+        state.get("run_id") == info.get("checkpoint_run_id"))
+
+
+# === Fault injection, for the tests ===
+
+# `TFTUNE_FAULT=POINT:ACTION[:N]` stops the process the Nth time (default 1st) it reaches POINT,
+# one of FAULT_POINTS, by ACTION: `kill` (SIGKILL), `term` (SIGTERM), `int` (SIGINT) or `enospc`
+# (an OSError "No space left on device" raised from the write). Read only where files are written.
+FAULT_POINTS = ("checkpoint", "run-file", "publish", "published", "export", "export-publish")
+_fault_counts = {}
+
+
+def fault_point(name):
+    """Stops the process here when `TFTUNE_FAULT` names this point (tests/test_faults.py); else nothing."""
+    spec = os.environ.get("TFTUNE_FAULT")
+    if not spec:
+        return
+    point, action, *nth = spec.split(":")
+    if point != name:
+        return
+    _fault_counts[name] = _fault_counts.get(name, 0) + 1
+    if _fault_counts[name] != int(nth[0] if nth else 1):
+        return
+    if action == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    # A handled signal (SIGTERM, SIGINT) raises here, at the next bytecode, as a real one would.
+    os.kill(os.getpid(), {"kill": signal.SIGKILL, "term": signal.SIGTERM, "int": signal.SIGINT}[action])
+
+
+@contextlib.contextmanager
+def staged_directory(out, fault=None):
+    """A new hidden folder `.NAME.tmp-*` beside `out` to write into, moved to `out` whole when the
+    block succeeds and removed when it fails (an error, SIGINT, SIGTERM).
+
+    Args:
+        out: the folder to publish; an earlier one is replaced (`replace_directory`).
+        fault: the `fault_point` just before publishing.
+    """
+    out = Path(out)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield staging
+        os.chmod(staging, 0o755)
+        replace_directory(staging, out, fault=fault)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def replace_directory(staging, out, fault=None):
+    """Moves a finished `staging` directory to `out`, replacing what was there.
+
+    A process that dies between the two renames leaves `.NAME.old-PID`, which the next command on
+    `out` puts back (`clean_stale_outputs`). `fault` names the `fault_point` just before publishing.
+    """
     out = Path(out)
     backup = None
     if out.exists():
         backup = out.with_name(f".{out.name}.old-{os.getpid()}")
         out.rename(backup)
+    if fault is not None:
+        fault_point(fault)
     Path(staging).rename(out)
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
@@ -333,6 +490,9 @@ class Run:
     def __init__(self, path, info=None):
         self.path = Path(path)
         self.info = info
+        # The `run_id` of the checkpoint this run was trained with, recorded in `run.json`: a checkpoint
+        # left beside a published run (its process died before removing it) is known by it.
+        self.checkpoint_run_id = None
 
     # --- Reading ---
 
@@ -418,10 +578,10 @@ class Run:
     # --- Writing ---
 
     @classmethod
-    def create(cls, out, force=False):
+    def create(cls, out, force=False, checkpoint=None):
         """A context manager: a new run of this kind, staged beside `out` and moved there whole when
-        the block succeeds (see `RunDirectory`)."""
-        return RunDirectory(out, force, cls)
+        the block succeeds (see `RunDirectory`); then its `checkpoint` is removed."""
+        return RunDirectory(out, force, cls, checkpoint)
 
     def write_info(self, vocab, tokenizer, embedding_dim, **fields):
         """Writes `run.json` (the kind, the format, the tftune version, what the weights were trained
@@ -432,6 +592,8 @@ class Run:
         self.info = {"kind": self.kind, "format": FORMAT_VERSION, "tftune_version": __version__, **fields,
                      "vocab_fingerprint": vocab.fingerprint(), "embedding_dim": int(embedding_dim),
                      "tokenizer": tokenizer.get_config()}
+        if self.checkpoint_run_id is not None:
+            self.info["checkpoint_run_id"] = self.checkpoint_run_id
         write_json(self.info_file, self.info)
         vocab.save(self.vocab_file)
 
@@ -496,19 +658,23 @@ class RunDirectory:
     """A context manager that stages a run directory and publishes it on success.
 
     Entering yields a `run_class` whose path is the staging folder; on success it is moved to
-    `out` (replacing an earlier run only with `force`), on failure removed.
+    `out` (replacing an earlier run only with `force`) and the run's checkpoint is removed; on
+    failure the staging folder is removed. A process killed in between leaves a published run and
+    a checkpoint whose `run_id` its `run.json` records: the next command on `out` removes it.
 
     Args:
         out: the final directory.
         force: replace an existing non-empty `out`.
         run_class: the kind of run written (`PretrainRun`, `FinetuneRun`).
+        checkpoint: the run's `tftune.checkpoints.RunCheckpoint`, removed once the run is published.
     """
 
-    def __init__(self, out, force=False, run_class=Run):
+    def __init__(self, out, force=False, run_class=Run, checkpoint=None):
         self.out = Path(out)
         self.force = force
         self.run = None
         self.run_class = run_class
+        self.checkpoint = checkpoint
 
     def __enter__(self):
         check_writable_target(self.out, self.force)
@@ -518,6 +684,8 @@ class RunDirectory:
         except OSError as e:
             raise WriteError(f"{self.out}: cannot create the run directory ({e.strerror}); nothing was written") from e
         self.run = self.run_class(staging)
+        if self.checkpoint is not None:
+            self.run.checkpoint_run_id = self.checkpoint.run_id
         return self.run
 
     def __exit__(self, exc_type, exc, traceback):
@@ -529,13 +697,17 @@ class RunDirectory:
                 raise WriteError(f"{self.out}: writing the run failed ({reason}); nothing was written") from exc
             return False
         os.chmod(staging, 0o755)
-        replace_directory(staging, self.out)
+        replace_directory(staging, self.out, fault="publish")
         self.run.path = self.out
+        fault_point("published")
+        if self.checkpoint is not None:
+            self.checkpoint.remove()
         return False
 
 
 def write_json(path, data):
     Path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    fault_point("run-file")
 
 
 def check_vector_size(recipe, from_run):

@@ -1,0 +1,157 @@
+"""Fault injection: a run stopped at any moment of `pretrain`, `finetune` or `export` leaves
+nothing a later command could mistake for a result, and the same command (with `--resume` once
+there is a checkpoint) finishes it with the result of an uninterrupted run.
+
+Each case starts the CLI with `TFTUNE_FAULT=POINT:ACTION[:N]` (see `tftune.runs.fault_point`):
+the process stops the Nth time it reaches POINT, by SIGKILL, SIGTERM, SIGINT, or an `ENOSPC`
+raised from the write. The recipe has no dropout, so a resumed run ends with the very weights of
+the uninterrupted one.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import REPO, tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+NO_DROPOUT = [f"encoder.{key}=0" for key in ("dropout", "weight_dropout", "embedding_dropout", "input_dropout",
+                                               "hidden_dropout", "output_dropout")] + ["finetune.head_dropout=0"]
+# What depends on the machine's load, not on the training.
+UNSTABLE_METRICS = ("wall_seconds", "train_tokens_per_second", "train_tokens_per_cpu_second")
+EXIT = {"kill": -9, "term": 130, "int": 130, "enospc": 1}
+
+
+def overrides(data):
+    return tiny_overrides(data) + NO_DROPOUT + ["pretrain.epochs=2", "finetune.epochs=2", "finetune.unfreeze=all"]
+
+
+def tftune(args, fault=None):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("TFTUNE_FAULT", None)
+    if fault is not None:
+        env["TFTUNE_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "tftune.cli", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def settings(data):
+    return [arg for override in overrides(data) for arg in ("--set", override)]
+
+
+def pretrain_args(data, out):
+    return ["pretrain", "--recipe", "gru-glove", "--out", out, *settings(data)]
+
+
+def finetune_args(data, from_run, out):
+    return ["finetune", "--from", from_run, "--recipe", "gru-glove", "--out", out, *settings(data)]
+
+
+def weights(path):
+    """Every array of a `.weights.h5` file, by its path in the file."""
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, item: arrays.update({name: item[()]}) if isinstance(item, h5py.Dataset) else None)
+    return arrays
+
+
+def stable_metrics(run):
+    metrics = json.loads((run / "metrics.json").read_text())
+    return {key: value for key, value in metrics.items() if key not in UNSTABLE_METRICS}
+
+
+def assert_same_run(run, reference, weights_file):
+    assert stable_metrics(run) == stable_metrics(reference)
+    ours, theirs = weights(run / weights_file), weights(reference / weights_file)
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def debris(folder):
+    """Hidden files beside the runs (staging folders, locks, checkpoints, backups, live logs)."""
+    return sorted(path.name for path in folder.iterdir() if path.name.startswith("."))
+
+
+@pytest.fixture(scope="module")
+def reference(small_data, tmp_path_factory):
+    """An uninterrupted pretrain run and finetune run from it, through the CLI."""
+    root = tmp_path_factory.mktemp("reference")
+    for args in (pretrain_args(small_data, root / "pretrain"), finetune_args(small_data, root / "pretrain", root / "finetune")):
+        result = tftune(args)
+        assert result.returncode == 0, result.stderr[-2000:]
+    return root
+
+
+def error_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith(("error:", "internal error:"))]
+
+
+def assert_stopped(result, action):
+    """The stopped command's status, and one line on stderr saying why unless it was killed."""
+    assert result.returncode == EXIT[action], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "Segmentation" not in result.stderr
+    if action != "kill":
+        (line,) = error_lines(result.stderr)
+        assert line.startswith("error:")
+        if action == "enospc":
+            assert "No space left on device" in line and "nothing was written" in line
+
+
+# (POINT, ACTION): during training (while a checkpoint is written), in the middle of writing the
+# run's files, between staging and publishing, and once published but before the checkpoint goes.
+PRETRAIN_FAULTS = [("checkpoint:kill:2", "kill"), ("run-file:term:2", "term"), ("publish:kill", "kill"),
+                   ("published:int", "int")]
+FINETUNE_FAULTS = [("checkpoint:term:1", "term"), ("export:enospc", "enospc"), ("run-file:kill:3", "kill"),
+                   ("published:kill", "kill")]
+
+
+def resume_after(args, out, fault, action):
+    stopped = tftune(args, fault)
+    assert_stopped(stopped, action)
+    checkpoint = out.with_name(f".{out.name}.checkpoint")
+    resumed = tftune([*args, "--resume"] if checkpoint.is_dir() else args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert not error_lines(resumed.stderr)
+    return resumed
+
+
+@pytest.mark.parametrize("fault, action", PRETRAIN_FAULTS, ids=[fault for fault, _ in PRETRAIN_FAULTS])
+def test_a_stopped_pretrain_run_resumes_to_the_uninterrupted_result(small_data, reference, tmp_path, fault, action):
+    out = tmp_path / "pretrain"
+    resume_after(pretrain_args(small_data, out), out, fault, action)
+    assert_same_run(out, reference / "pretrain", "encoder.weights.h5")
+    assert debris(tmp_path) == []
+
+
+@pytest.mark.parametrize("fault, action", FINETUNE_FAULTS, ids=[fault for fault, _ in FINETUNE_FAULTS])
+def test_a_stopped_finetune_run_resumes_to_the_uninterrupted_result(small_data, reference, tmp_path, fault, action):
+    out = tmp_path / "finetune"
+    resumed = resume_after(finetune_args(small_data, reference / "pretrain", out), out, fault, action)
+    assert_same_run(out, reference / "finetune", "classifier.weights.h5")
+    assert debris(tmp_path) == [] and debris(out) == []
+    if action == "kill":  # the dead process's staging folder, lock or checkpoint: said in one line
+        (line,) = [line for line in resumed.stderr.splitlines() if "cleaned up" in line]
+        assert str(out) in line
+
+
+@pytest.mark.parametrize("fault, action", [("export:term", "term"), ("export-publish:kill", "kill"),
+                                           ("export:enospc", "enospc")])
+def test_a_stopped_export_leaves_nothing_and_a_rerun_writes_it(reference, tmp_path, fault, action):
+    out = tmp_path / "export"
+    stopped = tftune(["export", reference / "finetune", "--out", out], fault)
+    assert_stopped(stopped, action)
+    assert not out.exists()
+    rerun = tftune(["export", reference / "finetune", "--out", out])
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert debris(tmp_path) == []
+    assert (out / "saved_model.pb").read_bytes() and json.loads((out / "assets.extra" / "labels.json").read_text())
+    predicted = tftune(["predict", out, "a gripping , moving film", "dull and far too long"])
+    reference_predicted = tftune(["predict", reference / "finetune", "a gripping , moving film", "dull and far too long"])
+    assert predicted.stdout == reference_predicted.stdout and predicted.stdout.count("\n") == 2
