@@ -380,7 +380,8 @@ def checkpoint_published(out):
 
 # `TFTUNE_FAULT=POINT:ACTION[:N]` stops the process the Nth time (default 1st) it reaches POINT,
 # one of FAULT_POINTS, by ACTION: `kill` (SIGKILL), `term` (SIGTERM), `int` (SIGINT) or `enospc`
-# (an OSError "No space left on device" raised from the write). Read only where files are written.
+# (an OSError "No space left on device" raised from the write). Read only where files are written;
+# it fires once, then leaves the environment, so that a test may go on in the same process.
 FAULT_POINTS = ("checkpoint", "run-file", "publish", "published", "export", "export-publish")
 _fault_counts = {}
 
@@ -388,14 +389,13 @@ _fault_counts = {}
 def fault_point(name):
     """Stops the process here when `TFTUNE_FAULT` names this point (tests/test_faults.py); else nothing."""
     spec = os.environ.get("TFTUNE_FAULT")
-    if not spec:
+    if not spec or spec.split(":")[0] != name:
         return
-    point, action, *nth = spec.split(":")
-    if point != name:
+    _, action, *nth = spec.split(":")
+    _fault_counts[spec] = _fault_counts.get(spec, 0) + 1
+    if _fault_counts[spec] != int(nth[0] if nth else 1):
         return
-    _fault_counts[name] = _fault_counts.get(name, 0) + 1
-    if _fault_counts[name] != int(nth[0] if nth else 1):
-        return
+    del _fault_counts[spec], os.environ["TFTUNE_FAULT"]
     if action == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     # A handled signal (SIGTERM, SIGINT) raises here, at the next bytecode, as a real one would.
