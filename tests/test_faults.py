@@ -179,3 +179,60 @@ def test_a_stopped_export_leaves_nothing_and_a_rerun_writes_it(reference, tmp_pa
     predicted = tftune(["predict", out, "a gripping , moving film", "dull and far too long"])
     reference_predicted = tftune(["predict", reference / "finetune", "a gripping , moving film", "dull and far too long"])
     assert predicted.stdout == reference_predicted.stdout and predicted.stdout.count("\n") == 2
+
+
+def test_sigterm_before_training_writes_nothing(small_data, tmp_path):
+    """SIGTERM while the run reads its data (the lock is held, nothing trains yet) ends as Ctrl-C does."""
+    out = tmp_path / "pretrain"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-m", "tftune.cli", *map(str, pretrain_args(small_data, out))], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = tmp_path / ".pretrain.lock"
+    while not lock.exists():
+        assert process.poll() is None, process.communicate()[1][-2000:]
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr[-2000:]
+    assert error_lines(stderr) == ["error: interrupted; nothing was written"]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A folder on a tmpfs of `size` bytes (root only), unmounted afterwards."""
+    mounted = []
+
+    def mount(size):
+        folder = tmp_path / "disk"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_nothing(small_data, full_disk):
+    """A real full disk (not a simulated error): h5py fails inside the checkpoint's weights file."""
+    disk = full_disk("256k")  # less than the first checkpoint
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "tftune.cli", *map(str, pretrain_args(small_data, disk / "run"))],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr[-2000:]
+    (line,) = error_lines(done.stderr)
+    assert ".run.checkpoint: writing the checkpoint failed (No space left on device)" in line
+    assert "Traceback" not in done.stderr
+    assert list(disk.iterdir()) == []
+
+
+def test_a_full_disk_during_an_export_is_one_line_and_leaves_nothing(reference, full_disk):
+    disk = full_disk("64k")
+    result = tftune(["export", reference / "finetune", "--out", disk / "export"])
+    assert result.returncode == 1, result.stderr[-2000:]
+    (line,) = error_lines(result.stderr)
+    assert "No space left on device" in line and "nothing was written" in line
+    assert list(disk.iterdir()) == []

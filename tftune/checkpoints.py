@@ -31,9 +31,9 @@ import numpy as np
 
 from tftune import distribute
 from tftune.callbacks import plugin_arrays, plugin_states
-from tftune.errors import Interrupted, RecipeError, RunError
+from tftune.errors import Interrupted, RecipeError, RunError, WriteError
 from tftune.recipe import Recipe
-from tftune.runs import fault_point, hidden_sibling, live_logs, replace_directory
+from tftune.runs import close_failed_h5_files, fault_point, hidden_sibling, live_logs, replace_directory, write_failure
 
 STATE = "state.json"
 WEIGHTS = "model.weights.h5"
@@ -86,9 +86,14 @@ class RunCheckpoint:
             (staging / STATE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
             (staging / RECIPE).write_text(state["recipe"], encoding="utf-8")
             replace_directory(staging, self.path)
-        except BaseException:
+        except BaseException as error:
+            close_failed_h5_files(staging)
             shutil.rmtree(staging, ignore_errors=True)
-            raise
+            reason = write_failure(error) if isinstance(error, Exception) else None
+            if reason is None:
+                raise
+            kept = "the last checkpoint is kept" if self.exists() else "no checkpoint was written"
+            raise WriteError(f"{self.path}: writing the checkpoint failed ({reason}); {kept}") from error
 
     def load_state(self):
         """The saved progress; a clear error when there is no checkpoint to resume."""

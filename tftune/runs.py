@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from pathlib import Path
 from typing import NamedTuple
@@ -61,6 +62,26 @@ def write_failure(error):
                 return os.strerror(code)
         error = error.__cause__ or error.__context__
     return None
+
+
+def close_failed_h5_files(folder):
+    """Closes the HDF5 files under `folder` that a failed write (a full disk) left open.
+
+    h5py keeps such a file open with its unwritten buffers; they are flushed again when the object
+    is freed and when Python exits, which prints tracebacks and then crashes the process. Each file
+    is emptied first (it is being discarded), so that closing it needs no space.
+    """
+    if "h5py" not in sys.modules:
+        return
+    import h5py
+
+    folder = Path(folder).resolve()
+    for file_id in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
+        with contextlib.suppress(Exception):
+            if Path(os.fsdecode(file_id.name)).resolve().is_relative_to(folder):
+                with contextlib.suppress(OSError):
+                    os.ftruncate(file_id.get_vfd_handle(), 0)
+                h5py.File(file_id).close()
 
 
 class Input(NamedTuple):
@@ -301,10 +322,16 @@ def holds_output_lock(train_function):
                 return json.loads((Path(out) / "metrics.json").read_text(encoding="utf-8"))
             try:
                 return train_function(*args, **kwargs)
-            except KeyboardInterrupt:
-                if clean_stale_outputs(out):  # stopped between publishing the run and removing its checkpoint
+            except BaseException as error:
+                checkpointed = (hidden_sibling(out, "checkpoint") / "state.json").is_file()
+                if not checkpointed:
+                    shutil.rmtree(live_logs(out), ignore_errors=True)  # curves are kept with a checkpoint only
+                if not isinstance(error, KeyboardInterrupt):
+                    raise
+                if checkpoint_published(out):  # stopped between publishing the run and removing its checkpoint
+                    clean_stale_outputs(out)
                     raise Interrupted(f"{out}: interrupted once the run was written; the run is complete") from None
-                if (hidden_sibling(out, "checkpoint") / "state.json").is_file():
+                if checkpointed:
                     raise Interrupted(f"{out}: interrupted before the run was written; its last checkpoint is kept, "
                                       "resume with the same command and --resume") from None
                 raise
@@ -418,6 +445,7 @@ def staged_directory(out, fault=None):
         os.chmod(staging, 0o755)
         replace_directory(staging, out, fault=fault)
     except BaseException:
+        close_failed_h5_files(staging)
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
@@ -691,6 +719,7 @@ class RunDirectory:
     def __exit__(self, exc_type, exc, traceback):
         staging = self.run.path
         if exc_type is not None:
+            close_failed_h5_files(staging)
             shutil.rmtree(staging, ignore_errors=True)
             reason = None if isinstance(exc, TftuneError) else write_failure(exc)
             if reason is not None:
