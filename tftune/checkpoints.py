@@ -33,9 +33,17 @@ from tftune import distribute
 from tftune.callbacks import plugin_arrays, plugin_states
 from tftune.errors import Interrupted, RecipeError, RunError, WriteError
 from tftune.recipe import Recipe
-from tftune.runs import close_failed_h5_files, fault_point, hidden_sibling, live_logs, replace_directory, write_failure
+from tftune.runs import (
+    CHECKPOINT_STATE,
+    close_failed_h5_files,
+    fault_point,
+    hidden_sibling,
+    live_logs,
+    replace_directory,
+    write_failure,
+)
 
-STATE = "state.json"
+STATE = CHECKPOINT_STATE
 WEIGHTS = "model.weights.h5"
 OPTIMIZER = "optimizer.npz"
 # The recipe again, as a file: `--resume` without `--recipe` loads it.

@@ -41,6 +41,8 @@ from tftune.recipe import shipped_dirs
 logger = logging.getLogger(__name__)
 
 RUN_INFO = "run.json"
+# The file of a run's checkpoint (`tftune.checkpoints`) that makes it complete, and names its run.
+CHECKPOINT_STATE = "state.json"
 # Failed writes that are the machine's, not the input's: the message says which, and nothing is left behind.
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)
 
@@ -319,11 +321,11 @@ def holds_output_lock(train_function):
         with exclusive_output(out, bound.arguments["force"], bound.arguments.get("resume", False)) as published:
             if published:
                 logger.info(f"{out}: the run had been published before its process stopped; nothing left to do")
-                return json.loads((Path(out) / "metrics.json").read_text(encoding="utf-8"))
+                return Run(out).metrics()
             try:
                 return train_function(*args, **kwargs)
             except BaseException as error:
-                checkpointed = (hidden_sibling(out, "checkpoint") / "state.json").is_file()
+                checkpointed = (hidden_sibling(out, "checkpoint") / CHECKPOINT_STATE).is_file()
                 if not checkpointed:
                     shutil.rmtree(live_logs(out), ignore_errors=True)  # curves are kept with a checkpoint only
                 if not isinstance(error, KeyboardInterrupt):
@@ -379,7 +381,7 @@ def clean_stale_outputs(out, stale_lock=False):
             path.unlink(missing_ok=True)
         done.append(f"removed {path.name}")
     checkpoint = hidden_sibling(out, "checkpoint")
-    if checkpoint.is_dir() and not (checkpoint / "state.json").is_file():  # removed part-way
+    if checkpoint.is_dir() and not (checkpoint / CHECKPOINT_STATE).is_file():  # removed part-way
         shutil.rmtree(checkpoint, ignore_errors=True)
         done.append(f"removed the incomplete {checkpoint.name}")
     published = checkpoint_published(out)
@@ -395,7 +397,7 @@ def clean_stale_outputs(out, stale_lock=False):
 def checkpoint_published(out):
     """Whether the checkpoint beside `out` belongs to the run published at `out` (same `run_id`)."""
     try:
-        state = json.loads((hidden_sibling(out, "checkpoint") / "state.json").read_text(encoding="utf-8"))
+        state = json.loads((hidden_sibling(out, "checkpoint") / CHECKPOINT_STATE).read_text(encoding="utf-8"))
         info = json.loads((Path(out) / RUN_INFO).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
