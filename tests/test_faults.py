@@ -2,7 +2,7 @@
 nothing a later command could mistake for a result, and the same command (with `--resume` once
 there is a checkpoint) finishes it with the result of an uninterrupted run.
 
-Each case runs the command with `TFTUNE_FAULT=POINT:ACTION[:N]` (see `tftune.runs.fault_point`):
+Each case runs the command with `TFTUNE_FAULT=POINT:ACTION[:N]` (see `tftune.staging.fault_point`):
 it stops the Nth time it reaches POINT, by SIGKILL, SIGTERM, SIGINT, or an `ENOSPC` raised from
 the write. SIGKILL needs a process of its own; the other stops run the command line in this
 process (its handlers are the CLI's), which keeps the file fast. The recipe has no dropout, so a

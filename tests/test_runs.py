@@ -29,10 +29,10 @@ from tftune.runs import (
     check_run_paths,
     check_writable_target,
     checkpoint_published,
-    exclusive_output,
     run_outputs,
     write_json,
 )
+from tftune.run_lock import exclusive_output
 
 INPUT = "(an input of this command"
 
@@ -350,7 +350,7 @@ NO_FCNTL = """
 import sys
 sys.modules["fcntl"] = None  # as on a platform without it: importing it raises ImportError
 import tftune
-import tftune.runs  # the run lock's module: its lock library is imported only to take a lock
+import tftune.run_lock  # the run lock's module: its lock library is imported only to take a lock
 from tftune.cli import main
 main(sys.argv[1:])
 """

@@ -33,15 +33,8 @@ from tftune import distribute
 from tftune.callbacks import plugin_arrays, plugin_states
 from tftune.errors import Interrupted, RecipeError, RunError, WriteError
 from tftune.recipe import Recipe
-from tftune.runs import (
-    CHECKPOINT_STATE,
-    close_failed_h5_files,
-    fault_point,
-    hidden_sibling,
-    live_logs,
-    replace_directory,
-    write_failure,
-)
+from tftune.runs import CHECKPOINT_STATE, hidden_sibling, live_logs
+from tftune.staging import close_failed_h5_files, fault_point, replace_directory, write_failure
 
 STATE = CHECKPOINT_STATE
 WEIGHTS = "model.weights.h5"

@@ -90,7 +90,7 @@ class TftuneGroup(click.Group):
         except Exception as e:  # noqa: BLE001 - the last line of defence for users
             if os.environ.get("TFTUNE_DEBUG"):
                 raise
-            from tftune.runs import write_failure
+            from tftune.staging import write_failure
 
             reason = write_failure(e)
             if reason is not None:  # e.g. an export outside a run directory; it cleans up after itself
@@ -371,7 +371,8 @@ def finetune(from_runs, recipe, train, valid, test, text_column, label_column, o
 @force_option
 def export(run_dir, out, force):
     """Export a finetune run as a SavedModel that serves raw strings."""
-    from tftune.runs import FinetuneRun, check_export_paths, write_failure
+    from tftune.runs import FinetuneRun, check_export_paths
+    from tftune.staging import write_failure
 
     out = Path(out or FinetuneRun(run_dir).export)
     check_export_paths(run_dir, out)

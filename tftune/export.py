@@ -27,7 +27,8 @@ import tensorflow as tf
 from tftune.errors import DataError, RunError
 from tftune.metrics import classification_metrics
 from tftune.models import global_policy_restored
-from tftune.runs import FinetuneRun, fault_point, staged_directory
+from tftune.runs import FinetuneRun
+from tftune.staging import fault_point, staged_directory
 from tftune.text import EOS, Tokenizer
 
 SIGNATURE = "serving_default"

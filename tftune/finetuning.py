@@ -42,9 +42,8 @@ from tftune.runs import (
     check_export_paths,
     check_run_paths,
     check_writable_target,
-    exclusive_output,
-    holds_output_lock,
 )
+from tftune.run_lock import exclusive_output, holds_output_lock
 from tftune.schedules import (
     DiscriminativeAdam,
     OneCycle,
@@ -534,6 +533,7 @@ def fit_unfreezing_stages(classifier, optimizer, stages, train_data, stage_rate,
 
 
 def compile_classifier(classifier, optimizer):
+    """Compiles a classifier for its next stage (Keras reads the trainable flags when it compiles)."""
     classifier.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                        metrics=["accuracy"])
 

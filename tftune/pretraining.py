@@ -33,7 +33,8 @@ from tftune.models.presets import backbone_config, encoder_dropouts, language_mo
 from tftune.open_vocab import OpenWords, copy_recurrent_weights, grow_encoder, grow_output_weights, measure_growth, unk_shares
 from tftune.presets import resolve_run
 from tftune.recipe import Recipe
-from tftune.runs import PretrainRun, check_run_paths, holds_output_lock
+from tftune.run_lock import holds_output_lock
+from tftune.runs import PretrainRun, check_run_paths
 from tftune.text import Tokenizer
 from tftune.training import (
     RESUME_HINT,

@@ -9,6 +9,7 @@ it to `--out` only when everything succeeded, so a crash or a bad input never le
 half-written run that a later command could mistake for a complete one. An existing non-empty
 `--out` is only replaced with `force=True`, and only once the new run is complete. No output
 may be, hold or lie inside what the command reads (`check_output_paths`), `force` or not.
+(`tftune.staging` publishes the folders; `tftune.run_lock` locks `--out` while it is written.)
 
 Example:
 
@@ -21,71 +22,21 @@ Example:
 123.4
 """
 
-import contextlib
-import errno
 import functools
-import inspect
 import json
-import logging
 import os
 import shutil
-import signal
-import sys
 import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-from tftune.errors import Interrupted, RunError, TftuneError, WriteError
+from tftune.errors import RunError, TftuneError, WriteError
 from tftune.recipe import shipped_dirs
-
-logger = logging.getLogger(__name__)
+from tftune.staging import close_failed_h5_files, fault_point, replace_directory, write_failure
 
 RUN_INFO = "run.json"
 # The file of a run's checkpoint (`tftune.checkpoints`) that makes it complete, and names its run.
 CHECKPOINT_STATE = "state.json"
-# Failed writes that are the machine's, not the input's: the message says which, and nothing is left behind.
-_WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)
-
-
-def write_failure(error):
-    """The reason (e.g. "No space left on device") when `error` is a write the system refused, else None.
-
-    Looks at the exception and its causes: h5py and TensorFlow wrap the operating system's error,
-    sometimes only in their message.
-    """
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in _WRITE_ERRNOS:
-            return os.strerror(error.errno)
-        text = str(error)
-        for code in _WRITE_ERRNOS:
-            if os.strerror(code) in text:
-                return os.strerror(code)
-        error = error.__cause__ or error.__context__
-    return None
-
-
-def close_failed_h5_files(folder):
-    """Closes the HDF5 files under `folder` that a failed write (a full disk) left open.
-
-    h5py keeps such a file open with its unwritten buffers; they are flushed again when the object
-    is freed and when Python exits, which prints tracebacks and then crashes the process. Each file
-    is emptied first (it is being discarded), so that closing it needs no space.
-    """
-    if "h5py" not in sys.modules:
-        return
-    import h5py
-
-    folder = Path(folder).resolve()
-    for file_id in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
-        with contextlib.suppress(Exception):
-            if Path(os.fsdecode(file_id.name)).resolve().is_relative_to(folder):
-                with contextlib.suppress(OSError):
-                    os.ftruncate(file_id.get_vfd_handle(), 0)
-                h5py.File(file_id).close()
-
-
 class Input(NamedTuple):
     """A file or folder that a command reads, for `check_output_paths`.
 
@@ -231,6 +182,18 @@ def check_export_paths(run_dir, out):
     check_output_paths([("--out", out)], [Input("exported run", run_dir, unread=("export",))])
 
 
+def checkpoint_published(out):
+    """Whether the checkpoint beside `out` belongs to the run published at `out` (same `run_id`)."""
+    try:
+        state = json.loads((hidden_sibling(out, "checkpoint") / CHECKPOINT_STATE).read_text(encoding="utf-8"))
+        info = json.loads((Path(out) / RUN_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and isinstance(info, dict) and state.get("run_id") is not None and (
+        state.get("run_id") == info.get("checkpoint_run_id"))
+
+
+
 # What `--force` may replace: only a folder that tftune wrote, known by the file it always holds.
 _REPLACEABLE = {"run": (RUN_INFO, "tftune run"), "export": ("saved_model.pb", "SavedModel export")}
 
@@ -263,211 +226,6 @@ def check_writable_target(out, force, replaces="run", resume=False):
         raise RunError(f"{out}: is not a {kind} (no {marker}), and --force only replaces one; choose another --out")
     if replaces == "export" and (out / RUN_INFO).is_file():
         raise RunError(f"{out}: is a tftune run, and --force only replaces an export; choose another --out")
-
-
-@contextlib.contextmanager
-def exclusive_output(out, force, resume=False, replaces="run"):
-    """Holds a lock beside `out` for the whole run, so two processes never write the same run.
-
-    The lock file (`.NAME.lock` in the parent directory) is taken with `filelock`: an operating-system
-    lock (`flock` on Unix, `LockFileEx` on Windows) that is released when the process dies, so a
-    crashed run never blocks the next one. Once it holds the lock, this process is the only one
-    writing `out`, so whatever else lies beside `out` was left by a process that died: it is
-    cleaned up first (`clean_stale_outputs`), and said so in one line.
-
-    Args:
-        out, force, replaces: as in `check_writable_target`.
-        resume: the run resumes from its checkpoint.
-
-    Yields:
-        Whether `out` is a run that was published before its process died, with `resume`: there is
-        nothing left to train.
-    """
-    import filelock  # not at import time: `import tftune` and the commands that take no lock need no lock library
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = hidden_sibling(out, "lock")
-    left_behind = lock_path.exists()
-    lock = filelock.FileLock(lock_path, timeout=0)
-    try:
-        lock.acquire()
-    except filelock.Timeout:
-        raise RunError(f"{out}: another tftune process is writing this run (lock {lock_path})") from None
-    try:
-        published = clean_stale_outputs(out, stale_lock=left_behind)
-        if not (resume and published):
-            check_writable_target(out, force, replaces)
-        yield resume and published
-    finally:
-        lock_path.unlink(missing_ok=True)  # while still held: a waiting process then fails rather than locks it
-        lock.release()
-
-
-def holds_output_lock(train_function):
-    """Runs `train_function` under `exclusive_output` for its `out`, `force` and `resume` arguments.
-
-    A `resume` of a run that was published before its process died returns the run's metrics
-    without training again. A SIGINT or SIGTERM outside training (the training's own checkpoint
-    handles those) says what it left: nothing, or the run's last checkpoint.
-    """
-    signature = inspect.signature(train_function)
-
-    @functools.wraps(train_function)
-    def locked(*args, **kwargs):
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        out = bound.arguments["out"]
-        with exclusive_output(out, bound.arguments["force"], bound.arguments.get("resume", False)) as published:
-            if published:
-                logger.info(f"{out}: the run had been published before its process stopped; nothing left to do")
-                return Run(out).metrics()
-            try:
-                return train_function(*args, **kwargs)
-            except BaseException as error:
-                checkpointed = (hidden_sibling(out, "checkpoint") / CHECKPOINT_STATE).is_file()
-                if not checkpointed:
-                    shutil.rmtree(live_logs(out), ignore_errors=True)  # curves are kept with a checkpoint only
-                if not isinstance(error, KeyboardInterrupt):
-                    raise
-                if checkpoint_published(out):  # stopped between publishing the run and removing its checkpoint
-                    clean_stale_outputs(out)
-                    raise Interrupted(f"{out}: interrupted once the run was written; the run is complete") from None
-                if checkpointed:
-                    raise Interrupted(f"{out}: interrupted before the run was written; its last checkpoint is kept, "
-                                      "resume with the same command and --resume") from None
-                raise
-
-    return locked
-
-
-# === Debris of a process that died ===
-
-
-def _leftovers(out):
-    """`(name, path)` of what a run (or export) writing `out` leaves beside it while it works:
-    staging folders of the run and of its checkpoint, and backups of a replaced folder."""
-    out = Path(out)
-    prefixes = (f".{out.name}.tmp-", f".{out.name}.checkpoint.tmp-", f".{out.name}.old-",
-                f".{out.name}.checkpoint.old-")
-    if not out.parent.is_dir():
-        return []
-    return sorted(path for path in out.parent.iterdir() if path.name.startswith(prefixes))
-
-
-def clean_stale_outputs(out, stale_lock=False):
-    """Removes what a process that died while writing `out` left behind; call it holding the lock.
-
-    - Staging folders (`.NAME.tmp-*`, `.NAME.checkpoint.tmp-*`): never published, removed.
-    - A backup (`.NAME.old-*`) of a folder being replaced: put back when the folder is missing (the
-      process died between the two renames), else removed.
-    - The checkpoint of a run that was published (its `run.json` names the checkpoint's `run_id`):
-      the process died before removing it; removed with its live logs.
-
-    Logs one line saying what it did. Returns whether `out` is such a published run.
-    """
-    out = Path(out)
-    done = ["its lock"] if stale_lock else []
-    for path in _leftovers(out):
-        stem, _, suffix = path.name.rpartition(".")  # e.g. (".NAME", "tmp-x1y2") or (".NAME.checkpoint", "old-42")
-        target = out if stem == f".{out.name}" else path.with_name(stem)
-        if suffix.startswith("old-") and not target.exists():
-            path.rename(target)
-            done.append(f"put back {target.name} from {path.name}")
-            continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        done.append(f"removed {path.name}")
-    checkpoint = hidden_sibling(out, "checkpoint")
-    if checkpoint.is_dir() and not (checkpoint / CHECKPOINT_STATE).is_file():  # removed part-way
-        shutil.rmtree(checkpoint, ignore_errors=True)
-        done.append(f"removed the incomplete {checkpoint.name}")
-    published = checkpoint_published(out)
-    if published:
-        shutil.rmtree(hidden_sibling(out, "checkpoint"), ignore_errors=True)
-        shutil.rmtree(live_logs(out), ignore_errors=True)
-        done.append("removed the checkpoint of the published run")
-    if done:
-        logger.info(f"{out}: cleaned up after a process that stopped while writing it: {'; '.join(done)}")
-    return published
-
-
-def checkpoint_published(out):
-    """Whether the checkpoint beside `out` belongs to the run published at `out` (same `run_id`)."""
-    try:
-        state = json.loads((hidden_sibling(out, "checkpoint") / CHECKPOINT_STATE).read_text(encoding="utf-8"))
-        info = json.loads((Path(out) / RUN_INFO).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(state, dict) and isinstance(info, dict) and state.get("run_id") is not None and (
-        state.get("run_id") == info.get("checkpoint_run_id"))
-
-
-# === Fault injection, for the tests ===
-
-# `TFTUNE_FAULT=POINT:ACTION[:N]` stops the process the Nth time (default 1st) it reaches POINT,
-# one of FAULT_POINTS, by ACTION: `kill` (SIGKILL), `term` (SIGTERM), `int` (SIGINT) or `enospc`
-# (an OSError "No space left on device" raised from the write). Read only where files are written;
-# it fires once, then leaves the environment, so that a test may go on in the same process.
-FAULT_POINTS = ("checkpoint", "run-file", "publish", "published", "export", "export-publish")
-_fault_counts = {}
-
-
-def fault_point(name):
-    """Stops the process here when `TFTUNE_FAULT` names this point (tests/test_faults.py); else nothing."""
-    spec = os.environ.get("TFTUNE_FAULT")
-    if not spec or spec.split(":")[0] != name:
-        return
-    _, action, *nth = spec.split(":")
-    _fault_counts[spec] = _fault_counts.get(spec, 0) + 1
-    if _fault_counts[spec] != int(nth[0] if nth else 1):
-        return
-    del _fault_counts[spec], os.environ["TFTUNE_FAULT"]
-    if action == "enospc":
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    # A handled signal (SIGTERM, SIGINT) raises here, at the next bytecode, as a real one would.
-    os.kill(os.getpid(), {"kill": signal.SIGKILL, "term": signal.SIGTERM, "int": signal.SIGINT}[action])
-
-
-@contextlib.contextmanager
-def staged_directory(out, fault=None):
-    """A new hidden folder `.NAME.tmp-*` beside `out` to write into, moved to `out` whole when the
-    block succeeds and removed when it fails (an error, SIGINT, SIGTERM).
-
-    Args:
-        out: the folder to publish; an earlier one is replaced (`replace_directory`).
-        fault: the `fault_point` just before publishing.
-    """
-    out = Path(out)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield staging
-        os.chmod(staging, 0o755)
-        replace_directory(staging, out, fault=fault)
-    except BaseException:
-        close_failed_h5_files(staging)
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def replace_directory(staging, out, fault=None):
-    """Moves a finished `staging` directory to `out`, replacing what was there.
-
-    A process that dies between the two renames leaves `.NAME.old-PID`, which the next command on
-    `out` puts back (`clean_stale_outputs`). `fault` names the `fault_point` just before publishing.
-    """
-    out = Path(out)
-    backup = None
-    if out.exists():
-        backup = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(backup)
-    if fault is not None:
-        fault_point(fault)
-    Path(staging).rename(out)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
 
 
 # === The run-directory format ===
