@@ -199,13 +199,14 @@ def test_sigterm_before_training_writes_nothing(small_data, tmp_path):
 
 @pytest.fixture
 def full_disk(tmp_path):
-    """A folder on a tmpfs of `size` bytes (root only), unmounted afterwards."""
+    """`mount(size, options)`: a folder on a tmpfs of `size` bytes (root only), unmounted afterwards."""
     mounted = []
 
-    def mount(size):
+    def mount(size, options=""):
         folder = tmp_path / "disk"
         folder.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}{options}", "tmpfs", str(folder)],
+                              capture_output=True)
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
         mounted.append(folder)
@@ -236,3 +237,11 @@ def test_a_full_disk_during_an_export_is_one_line_and_leaves_nothing(reference, 
     (line,) = error_lines(result.stderr)
     assert "No space left on device" in line and "nothing was written" in line
     assert list(disk.iterdir()) == []
+
+
+def test_a_read_only_folder_is_named_in_one_line(small_data, full_disk):
+    disk = full_disk("64k", ",ro")
+    result = tftune(pretrain_args(small_data, disk / "run"))
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert error_lines(result.stderr) == [
+        f"error: {disk / 'run'}: cannot write in the folder {disk} (Read-only file system); nothing was written"]

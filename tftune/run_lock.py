@@ -19,7 +19,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from tftune.errors import Interrupted, RunError
+from tftune.errors import Interrupted, RunError, WriteError
 from tftune.runs import CHECKPOINT_STATE, Run, check_writable_target, checkpoint_published, hidden_sibling, live_logs
 
 logger = logging.getLogger(__name__)
@@ -46,14 +46,17 @@ def exclusive_output(out, force, resume=False, replaces="run"):
     import filelock  # not at import time: `import tftune` and the commands that take no lock need no lock library
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     lock_path = hidden_sibling(out, "lock")
     left_behind = lock_path.exists()
     lock = filelock.FileLock(lock_path, timeout=0)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except filelock.Timeout:
         raise RunError(f"{out}: another tftune process is writing this run (lock {lock_path})") from None
+    except OSError as e:  # a read-only or full disk, a folder without write permission
+        raise WriteError(f"{out}: cannot write in the folder {out.parent} ({e.strerror or e}); nothing was written"
+                         ) from None
     try:
         published = clean_stale_outputs(out, stale_lock=left_behind)
         if not (resume and published):
@@ -105,8 +108,8 @@ def holds_output_lock(train_function):
 
 
 def _leftovers(out):
-    """`(name, path)` of what a run (or export) writing `out` leaves beside it while it works:
-    staging folders of the run and of its checkpoint, and backups of a replaced folder."""
+    """The paths of what a run (or export) writing `out` leaves beside it while it works: staging
+    folders of the run and of its checkpoint, and backups of a replaced folder."""
     out = Path(out)
     prefixes = (f".{out.name}.tmp-", f".{out.name}.checkpoint.tmp-", f".{out.name}.old-",
                 f".{out.name}.checkpoint.old-")
