@@ -57,6 +57,11 @@ def exclusive_output(out, force, resume=False, replaces="run"):
     except OSError as e:  # a read-only or full disk, a folder without write permission
         raise WriteError(f"{out}: cannot write in the folder {out.parent} ({e.strerror or e}); nothing was written"
                          ) from None
+    except BaseException:  # SIGINT or SIGTERM while the lock is taken: the lock file goes if it is ours
+        if lock.is_locked or not left_behind:
+            lock_path.unlink(missing_ok=True)
+        lock.release()
+        raise
     try:
         published = clean_stale_outputs(out, stale_lock=left_behind)
         if not (resume and published):
