@@ -6,12 +6,15 @@ test_cli_errors.py ("outputs over inputs"). The second part is `PretrainRun` / `
 """
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import snapshot
+from conftest import REPO, snapshot
 from tftune.errors import RunError
 from tftune.recipe import load_recipe, shipped_dirs
 from tftune.runs import (
@@ -24,8 +27,12 @@ from tftune.runs import (
     check_export_paths,
     check_output_paths,
     check_run_paths,
+    check_writable_target,
+    checkpoint_published,
     run_outputs,
+    write_json,
 )
+from tftune.run_lock import exclusive_output
 
 INPUT = "(an input of this command"
 
@@ -278,3 +285,80 @@ def test_only_tftune_runs_names_the_files_of_a_run():
     named = [(module.name, name) for module in sorted(package.glob("*.py")) if module.name != "runs.py"
              for name in names if f'"{name}"' in module.read_text(encoding="utf-8")]
     assert set(named) <= OTHER_FORMATS, named
+
+
+# === The lock, and what a process that died left behind ===
+
+
+def test_a_second_writer_of_the_same_run_is_refused_while_the_first_holds_the_lock(tmp_path):
+    with exclusive_output(tmp_path / "run", force=False):
+        assert (tmp_path / ".run.lock").is_file()
+        with pytest.raises(RunError, match="another tftune process is writing this run"):
+            with exclusive_output(tmp_path / "run", force=False):
+                pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_debris_of_a_dead_process_is_cleaned_up_and_said_in_one_line(tmp_path, caplog):
+    (tmp_path / ".run.lock").write_text("")  # the lock file of a process that died (its lock went with it)
+    for staging in (".run.tmp-abc123", ".run.checkpoint.tmp-def456"):
+        (tmp_path / staging).mkdir()
+        (tmp_path / staging / "model.weights.h5").write_bytes(b"half")
+    (tmp_path / ".run.old-4242").mkdir()  # died between moving the old run aside and publishing the new one
+    (tmp_path / ".run.old-4242" / "run.json").write_text(json.dumps({"kind": "pretrain"}))
+    (tmp_path / ".other.tmp-xyz").mkdir()  # another output's: not this command's business
+    with caplog.at_level("INFO", logger="tftune"):
+        with exclusive_output(tmp_path / "run", force=True):
+            pass
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".other.tmp-xyz", "run"]
+    assert (tmp_path / "run" / "run.json").is_file()
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert line.startswith(f"{tmp_path / 'run'}: cleaned up after a process that stopped while writing it")
+    assert all(name in line for name in ("lock", ".run.tmp-abc123", ".run.checkpoint.tmp-def456", ".run.old-4242"))
+
+
+def test_the_checkpoint_of_a_published_run_is_removed_and_resume_has_nothing_left_to_do(tmp_path):
+    checkpoint = tmp_path / ".run.checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "state.json").write_text(json.dumps({"kind": "pretrain", "run_id": "abc"}))
+    with PretrainRun.create(tmp_path / "run") as run:
+        run.checkpoint_run_id = "abc"
+        run.write_metrics({"valid": {"perplexity": 9.5}})
+        write_json(run.info_file, {"kind": "pretrain", "checkpoint_run_id": "abc"})
+    assert checkpoint_published(tmp_path / "run")
+    with pytest.raises(RunError, match="exists and is not empty"):  # without --resume, the run is in the way
+        check_writable_target(tmp_path / "run", force=False)
+    check_writable_target(tmp_path / "run", force=False, resume=True)
+    with exclusive_output(tmp_path / "run", force=False, resume=True) as published:
+        assert published
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_checkpoint_of_another_run_beside_a_published_one_is_kept(tmp_path):
+    """`--force` over an earlier run, interrupted: its checkpoint is the new run's, to resume."""
+    checkpoint = tmp_path / ".run.checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "state.json").write_text(json.dumps({"kind": "pretrain", "run_id": "new"}))
+    (tmp_path / "run").mkdir()
+    write_json(tmp_path / "run" / "run.json", {"kind": "pretrain", "checkpoint_run_id": "old"})
+    with exclusive_output(tmp_path / "run", force=True) as published:
+        assert not published
+    assert (checkpoint / "state.json").is_file()
+
+
+NO_FCNTL = """
+import sys
+sys.modules["fcntl"] = None  # as on a platform without it: importing it raises ImportError
+import tftune
+import tftune.run_lock  # the run lock's module: its lock library is imported only to take a lock
+from tftune.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_tftune_imports_and_runs_lock_free_commands_without_fcntl():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", NO_FCNTL, "recipes", "list"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "gru-glove" in done.stdout

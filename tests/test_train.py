@@ -153,7 +153,7 @@ def test_existing_output_is_kept_without_force(tiny_runs, small_data, tmp_path):
 
 
 def test_a_run_being_written_cannot_be_written_by_a_second_process(small_data, tmp_path):
-    from tftune.runs import exclusive_output
+    from tftune.run_lock import exclusive_output
 
     out = tmp_path / "run"
     recipe = load_recipe("gru-glove", tiny_overrides(small_data))

@@ -216,8 +216,10 @@ class KeepBestWeights(Plugin):
         if self.patience and self._epochs_without_gain >= self.patience:
             self.model.stop_training = self.stopped = True
 
-    def restore(self):
-        self.model.set_weights(self.best_weights)
+    def restore(self, model=None):
+        """Puts the best epoch's weights into `model` (default: the model it watched): a run resumed
+        after its last epoch fits nothing, so this callback never saw a model."""
+        (self.model if model is None else model).set_weights(self.best_weights)
 
     def get_state(self):
         accuracy = self.best_accuracy if math.isfinite(self.best_accuracy) else None

@@ -23,6 +23,7 @@ import signal
 import tempfile
 import threading
 import tomllib
+import uuid
 from pathlib import Path
 
 import keras
@@ -30,21 +31,16 @@ import numpy as np
 
 from tftune import distribute
 from tftune.callbacks import plugin_arrays, plugin_states
-from tftune.errors import RecipeError, RunError, TftuneError
+from tftune.errors import Interrupted, RecipeError, RunError, WriteError
 from tftune.recipe import Recipe
-from tftune.runs import hidden_sibling, live_logs, replace_directory
+from tftune.runs import CHECKPOINT_STATE, hidden_sibling, live_logs
+from tftune.staging import close_failed_h5_files, fault_point, replace_directory, write_failure
 
-STATE = "state.json"
+STATE = CHECKPOINT_STATE
 WEIGHTS = "model.weights.h5"
 OPTIMIZER = "optimizer.npz"
 # The recipe again, as a file: `--resume` without `--recipe` loads it.
 RECIPE = "recipe.toml"
-
-
-class Interrupted(TftuneError):
-    """Training stopped on SIGINT/SIGTERM after writing a checkpoint (exit status 130)."""
-
-    exit_code = 130
 
 
 class RunCheckpoint:
@@ -58,6 +54,8 @@ class RunCheckpoint:
         out = Path(out)
         self.out = out
         self.path = hidden_sibling(out, "checkpoint")
+        # Names the run across its checkpoints and resumes; its published `run.json` records it.
+        self.run_id = None
 
     @property
     def logs(self):
@@ -76,9 +74,12 @@ class RunCheckpoint:
         """Writes `model`'s weights, its optimizer's variables, `state` (JSON) and named lists of
         arrays (e.g. the best epoch's weights), atomically."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.run_id = self.run_id or uuid.uuid4().hex
+        state = {**state, "run_id": self.run_id}
         staging = Path(tempfile.mkdtemp(prefix=f"{self.path.name}.tmp-", dir=self.path.parent))
         try:
             model.save_weights(staging / WEIGHTS)
+            fault_point("checkpoint")
             variables = [keras.ops.convert_to_numpy(variable) for variable in model.optimizer.variables]
             np.savez(staging / OPTIMIZER, *variables)
             for name, values in (arrays or {}).items():
@@ -86,18 +87,25 @@ class RunCheckpoint:
             (staging / STATE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
             (staging / RECIPE).write_text(state["recipe"], encoding="utf-8")
             replace_directory(staging, self.path)
-        except BaseException:
+        except BaseException as error:
+            close_failed_h5_files(staging)
             shutil.rmtree(staging, ignore_errors=True)
-            raise
+            reason = write_failure(error) if isinstance(error, Exception) else None
+            if reason is None:
+                raise
+            kept = "the last checkpoint is kept" if self.exists() else "no checkpoint was written"
+            raise WriteError(f"{self.path}: writing the checkpoint failed ({reason}); {kept}") from error
 
     def load_state(self):
         """The saved progress; a clear error when there is no checkpoint to resume."""
         if not self.exists():
             raise RunError(f"{self.out}: no checkpoint to resume ({self.path} does not exist); run without --resume")
         try:
-            return json.loads((self.path / STATE).read_text(encoding="utf-8"))
+            state = json.loads((self.path / STATE).read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise RunError(f"{self.path / STATE}: unreadable checkpoint ({e}); run again with --force") from None
+        self.run_id = state.get("run_id") if isinstance(state, dict) else None
+        return state
 
     def restore(self, model):
         """Loads the weights into `model` and the variables into its (compiled) optimizer.
@@ -123,6 +131,8 @@ class RunCheckpoint:
             return [saved[f"arr_{index}"] for index in range(len(saved.files))]
 
     def remove(self):
+        """Removes the checkpoint, its state first: a removal cut short leaves no resumable half."""
+        (self.path / STATE).unlink(missing_ok=True)
         shutil.rmtree(self.path, ignore_errors=True)
 
 

@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -82,7 +83,7 @@ class TftuneGroup(click.Group):
         except Exception as e:  # noqa: BLE001 - the last line of defence for users
             if os.environ.get("TFTUNE_DEBUG"):
                 raise
-            from tftune.runs import write_failure
+            from tftune.staging import write_failure
 
             reason = write_failure(e)
             if reason is not None:  # e.g. a read-only folder, or an export outside a run directory
@@ -239,8 +240,6 @@ def _start_strategy(resolved):
         return distribute.recipe_strategy(resolved)
     # Joining blocks inside TensorFlow, where Python never sees Ctrl-C or SIGTERM: let them end
     # the process outright until every worker is there (nothing is written before).
-    import signal
-
     previous = {number: signal.signal(number, signal.SIG_DFL) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         return distribute.recipe_strategy(resolved)
@@ -259,6 +258,9 @@ def main():
     to RUN/export), then `tftune predict RUN "some text"`.
     """
     configure_logging()
+    # SIGTERM (a `kill`, a timeout, a scheduler) stops tftune as Ctrl-C does, in every phase: training
+    # writes its checkpoint, writing removes what it staged, and the message says what was kept.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def _checkpoint_recipe(out):
@@ -334,7 +336,7 @@ def pretrain(recipe, corpus, valid, from_run, embeddings, embeddings_format, out
     if _check_distribution(resolved, resume):
         # Before the slow TensorFlow import; an --out over an input is refused even with --force.
         check_run_paths(resolved, "pretrain", out, [from_run] if from_run is not None else [], resume)
-        check_writable_target(out, force)
+        check_writable_target(out, force, resume=resume)
         check_data_files([*resolved.pretrain.corpus, *filter(None, [resolved.pretrain.valid])])
     _check_memory(resolved, "pretrain", max_memory, run if from_run is not None else None)
     strategy = _start_strategy(resolved)
@@ -396,7 +398,7 @@ def finetune(from_runs, recipe, train, valid, test, text_column, label_column, o
     out = Path(out or f"runs/{resolved.name}-finetune")
     if _check_distribution(resolved, resume):
         check_run_paths(resolved, "finetune", out, [run.path for run in from_runs], resume)
-        check_writable_target(out, force)
+        check_writable_target(out, force, resume=resume)
         splits = (resolved.finetune.train, resolved.finetune.valid, resolved.finetune.test)
         check_data_files(filter(None, splits), LABELED_SUFFIXES)
     _check_memory(resolved, "finetune", max_memory, from_runs[0])
@@ -413,7 +415,8 @@ def finetune(from_runs, recipe, train, valid, test, text_column, label_column, o
 @force_option
 def export(run_dir, out, force):
     """Export a finetune run as a SavedModel that serves raw strings."""
-    from tftune.runs import FinetuneRun, check_export_paths, write_failure
+    from tftune.runs import FinetuneRun, check_export_paths
+    from tftune.staging import write_failure
 
     out = Path(out or FinetuneRun(run_dir).export)
     check_export_paths(run_dir, out)

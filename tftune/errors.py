@@ -86,3 +86,9 @@ class TrainingError(TftuneError):
     """Training diverged (non-finite loss); nothing was written."""
 
     exit_code = 1
+
+
+class Interrupted(TftuneError):
+    """Stopped by SIGINT or SIGTERM; the message says what was kept and how to resume (exit status 130)."""
+
+    exit_code = 130

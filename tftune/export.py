@@ -21,9 +21,6 @@ Example:
 
 import contextlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import keras
@@ -32,7 +29,8 @@ import tensorflow as tf
 
 from tftune.errors import RunError
 from tftune.metrics import check_known_labels, classification_metrics
-from tftune.runs import FinetuneRun, read_json, replace_directory
+from tftune.runs import FinetuneRun, read_json
+from tftune.staging import fault_point, staged_directory
 
 SIGNATURE = "serving_default"
 LABELS_FILE = "labels.json"
@@ -92,22 +90,17 @@ def export_classifier(classifier, labels, out):
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_directory(out, fault="export-publish") as staging:
         with portable_trace(classifier):
             archive = keras.export.ExportArchive()
             archive.track(classifier)
             archive.track(preprocessor.lookup_table)
             archive.add_endpoint(SIGNATURE, serve)
             archive.write_out(str(staging), verbose=False)
+        fault_point("export")
         # TensorFlow's convention for files that serving does not read: assets.extra/.
         (staging / "assets.extra").mkdir()
         (staging / "assets.extra" / LABELS_FILE).write_text(json.dumps(list(labels)) + "\n", encoding="utf-8")
-        os.chmod(staging, 0o755)
-        replace_directory(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 

@@ -49,9 +49,9 @@ from tftune.runs import (
     check_export_paths,
     check_run_paths,
     check_writable_target,
-    holds_output_lock,
     reading_artifact,
 )
+from tftune.run_lock import exclusive_output, holds_output_lock
 from tftune.schedules import (
     DiscriminativeAdam,
     OneCycle,
@@ -128,8 +128,7 @@ def _finetune(recipe, from_runs, out, force, callbacks, resume, strategy):
     model, metrics, history = evaluate_members(recipe, members, trained, task)
     metrics.update(precision_policy=policy, distribute=distribution_summary(strategy),
                    wall_seconds=round(time.time() - started, 1))
-    write_finetune_run(out, force, recipe, members, task, model, history, metrics, checkpoint.logs)
-    checkpoint.remove()
+    write_finetune_run(out, force, recipe, members, task, model, history, metrics, checkpoint)
     log_written("finetune", out, strategy)
     return metrics
 
@@ -498,7 +497,7 @@ def finetune_member(recipe, pretrained, name, task, progress, callbacks=(), stra
     if best.stopped:
         log(f"no better validation accuracy for {settings.patience} epoch(s): stopping")
     if settings.restore_best:
-        best.restore()
+        best.restore(classifier)
         log(f"{name}: kept the weights of epoch {best.best_epoch} (validation accuracy {best.best_accuracy:.4f})")
     return TrainedMember(classifier, history.epochs, best)
 
@@ -558,8 +557,7 @@ def fit_unfreezing_stages(classifier, optimizer, stages, train_data, stage_rate,
         log(f"{classifier.name} stage {number + 1}/{len(stages)}, {epochs} of {sum(s.epochs for s in stages)}: "
             "training the head" + (f" and {', '.join(sorted(trainable))}" if trainable else " only"))
         with strategy.scope():
-            classifier.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                               metrics=["accuracy"])
+            compile_classifier(classifier, optimizer)
             if restore is not None:
                 restore(classifier)
         inside_stage = position.epochs_done > stage_begin or position.steps_done > 0
@@ -576,6 +574,16 @@ def fit_unfreezing_stages(classifier, optimizer, stages, train_data, stage_rate,
         position.epochs_done, position.steps_done = stage_end, 0
         if classifier.stop_training:
             break
+    if restore is not None:  # every stage had ended before the checkpoint: only its weights are left to take
+        with strategy.scope():
+            compile_classifier(classifier, optimizer)
+            restore(classifier)
+
+
+def compile_classifier(classifier, optimizer):
+    """Compiles a classifier for its next stage (Keras reads the trainable flags when it compiles)."""
+    classifier.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                       metrics=["accuracy"])
 
 
 # === Stage 3: evaluate ===
@@ -636,10 +644,11 @@ def evaluate_members(recipe, members, trained, task):
 # === Stage 4: write ===
 
 
-def write_finetune_run(out, force, recipe, members, task, model, history, metrics, live_logs):
-    """Writes the finetune run whole: the classifier's config and weights, its export, history and logs."""
+def write_finetune_run(out, force, recipe, members, task, model, history, metrics, checkpoint):
+    """Writes the finetune run whole: the classifier's config and weights, its export, history and logs;
+    then removes its checkpoint."""
     classifiers = ensemble_members(model)
-    with FinetuneRun.create(out, force) as run:
+    with FinetuneRun.create(out, force, checkpoint) as run:
         run.write_info(
             task.opened.vocab, task.tokenizer, members[0].embedding_dim,
             pretrain_run=str(members[0].path),
@@ -651,7 +660,7 @@ def write_finetune_run(out, force, recipe, members, task, model, history, metric
         run.write_model_config(keras.saving.serialize_keras_object(model))
         model.save_weights(run.classifier_weights)
         run.write_history(history)
-        run.adopt_logs(live_logs)
+        run.adopt_logs(checkpoint.logs)
         export_classifier(model, task.labels, run.export)
         run.write_metrics(metrics)
 
@@ -671,5 +680,6 @@ def reexport(run_dir, out, force=False):
     run.model_config()  # a damaged classifier.json is named before the weights are read
     with reading_artifact(run.classifier_weights):
         classifier = load_classifier(run)
-    return export_classifier(classifier, run.labels(), out)
+    with exclusive_output(out, force, replaces="export"):  # also cleans up what a stopped export left
+        return export_classifier(classifier, run.labels(), out)
 

@@ -33,7 +33,8 @@ from tftune.models.presets import backbone_config, encoder_dropouts, language_mo
 from tftune.open_vocab import OpenWords, copy_recurrent_weights, grow_encoder, grow_output_weights, measure_growth, unk_shares
 from tftune.presets import resolve_run
 from tftune.recipe import Recipe
-from tftune.runs import PretrainRun, check_run_paths, holds_output_lock, reading_artifact
+from tftune.run_lock import holds_output_lock
+from tftune.runs import PretrainRun, check_run_paths, reading_artifact
 from tftune.text import Tokenizer
 from tftune.training import (
     RESUME_HINT,
@@ -99,8 +100,7 @@ def _pretrain(recipe, out, force, callbacks, from_run, resume, strategy):
     fitted = fit_language_model(language_model, recipe, corpus, checkpoint, resumed, callbacks, strategy, from_run)
     metrics = evaluate_language_model(language_model, recipe, corpus, fitted, strategy)
     metrics.update(precision_policy=policy, wall_seconds=round(time.time() - started, 1))
-    write_pretrain_run(out, force, recipe, corpus, language_model, fitted.history, metrics, from_run, checkpoint.logs)
-    checkpoint.remove()
+    write_pretrain_run(out, force, recipe, corpus, language_model, fitted.history, metrics, from_run, checkpoint)
     log_written("pretrain", out, strategy)
     return metrics
 
@@ -349,14 +349,15 @@ def evaluate_language_model(model, recipe, corpus, fitted, strategy):
 # === Stage 5: write ===
 
 
-def write_pretrain_run(out, force, recipe, corpus, model, history, metrics, from_run, live_logs):
-    """Writes the pretrain run whole (staged, then moved into place), its live logs included."""
-    with PretrainRun.create(out, force) as run:
+def write_pretrain_run(out, force, recipe, corpus, model, history, metrics, from_run, checkpoint):
+    """Writes the pretrain run whole (staged, then moved into place), its live logs included; then
+    removes its checkpoint."""
+    with PretrainRun.create(out, force, checkpoint) as run:
         run.write_info(corpus.vocab, corpus.tokenizer, corpus.embedding_dim,
                        **({"from_run": str(Path(from_run))} if from_run is not None else {}))
         run.write_recipe(recipe)
         model.encoder.save_weights(run.encoder_weights)
         model.save_weights(run.language_model_weights)
         run.write_history(history)
-        run.adopt_logs(live_logs)
+        run.adopt_logs(checkpoint.logs)
         run.write_metrics(metrics)

@@ -9,6 +9,7 @@ it to `--out` only when everything succeeded, so a crash or a bad input never le
 half-written run that a later command could mistake for a complete one. An existing non-empty
 `--out` is only replaced with `force=True`, and only once the new run is complete. No output
 may be, hold or lie inside what the command reads (`check_output_paths`), `force` or not.
+(`tftune.staging` publishes the folders; `tftune.run_lock` locks `--out` while it is written.)
 
 Example:
 
@@ -22,10 +23,7 @@ Example:
 """
 
 import contextlib
-import errno
-import fcntl
 import functools
-import inspect
 import json
 import os
 import shutil
@@ -36,31 +34,9 @@ from typing import NamedTuple
 from tftune.data import check_input_file
 from tftune.errors import RunError, TftuneError, WriteError
 from tftune.recipe import shipped_dirs
+from tftune.staging import close_failed_h5_files, fault_point, replace_directory, write_failure
 
 RUN_INFO = "run.json"
-# Failed writes that are the machine's, not the input's: the message says which, and nothing is left behind.
-_WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)
-
-
-def write_failure(error):
-    """The reason (e.g. "No space left on device") when `error` is a write the system refused, else None.
-
-    Looks at the exception and its causes: h5py and TensorFlow wrap the operating system's error,
-    sometimes only in their message.
-    """
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in _WRITE_ERRNOS:
-            return os.strerror(error.errno)
-        text = str(error)
-        for code in _WRITE_ERRNOS:
-            if os.strerror(code) in text:
-                return os.strerror(code)
-        error = error.__cause__ or error.__context__
-    return None
-
-
 # What reading a truncated or overwritten file raises, in the standard library and beneath
 # h5py, TensorFlow and protobuf (their errors are recognized by module, not imported here).
 _DAMAGE_ERRORS = (OSError, ValueError, KeyError, IndexError, EOFError, RuntimeError)
@@ -110,6 +86,8 @@ def read_json(path):
         raise RunError(f"{path}: unreadable, is it truncated or damaged? ({' '.join(str(e).split())})") from None
 
 
+# The file of a run's checkpoint (`tftune.checkpoints`) that makes it complete, and names its run.
+CHECKPOINT_STATE = "state.json"
 class Input(NamedTuple):
     """A file or folder that a command reads, for `check_output_paths`.
 
@@ -258,12 +236,24 @@ def check_export_paths(run_dir, out):
     check_output_paths([("--out", out)], [Input("exported run", run_dir, unread=("export",))])
 
 
+def checkpoint_published(out):
+    """Whether the checkpoint beside `out` belongs to the run published at `out` (same `run_id`)."""
+    try:
+        state = json.loads((hidden_sibling(out, "checkpoint") / CHECKPOINT_STATE).read_text(encoding="utf-8"))
+        info = json.loads((Path(out) / RUN_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and isinstance(info, dict) and state.get("run_id") is not None and (
+        state.get("run_id") == info.get("checkpoint_run_id"))
+
+
+
 # What `--force` may replace: only a folder that tftune wrote, known by the file it always holds.
 _REPLACEABLE = {"run": (RUN_INFO, "tftune run"), "export": ("saved_model.pb", "SavedModel export"),
                 "report": ("report.json", "tftune interpret report")}
 
 
-def check_writable_target(out, force, replaces="run"):
+def check_writable_target(out, force, replaces="run", resume=False):
     """Fails early (before any training) when `out` exists and would be overwritten.
 
     Even with `force`, only an earlier output of the same kind is replaced: a run directory for a
@@ -274,8 +264,12 @@ def check_writable_target(out, force, replaces="run"):
         out: the directory to write.
         force: replace an existing non-empty `out` of the same kind.
         replaces: `"run"`, `"export"` or `"report"`: what `out` must be to be replaced.
+        resume: the run resumes from its checkpoint; `out` may then be the run published from that
+            checkpoint by a process that stopped before removing it (the resume only cleans up).
     """
     out = Path(out)
+    if resume and checkpoint_published(out):
+        return
     if out.exists() and not out.is_dir():
         raise RunError(f"{out}: exists and is not a directory")
     if not (out.is_dir() and any(out.iterdir())):
@@ -287,54 +281,6 @@ def check_writable_target(out, force, replaces="run"):
         raise RunError(f"{out}: is not a {kind} (no {marker}), and --force only replaces one; choose another --out")
     if replaces == "export" and (out / RUN_INFO).is_file():
         raise RunError(f"{out}: is a tftune run, and --force only replaces an export; choose another --out")
-
-
-@contextlib.contextmanager
-def exclusive_output(out, force):
-    """Holds a lock beside `out` for the whole run, so two processes never write the same run.
-
-    The lock file (`.NAME.lock` in the parent directory) is an advisory `flock`: the operating
-    system releases it when the process dies, so a crashed run never leaves a stale lock.
-    """
-    out = Path(out)
-    check_writable_target(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = hidden_sibling(out, "lock")
-    with open(lock_path, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunError(f"{out}: another tftune process is writing this run (lock {lock_path})") from None
-        try:
-            yield out
-        finally:
-            lock_path.unlink(missing_ok=True)
-
-
-def holds_output_lock(train_function):
-    """Runs `train_function` under `exclusive_output` for its `out` and `force` arguments."""
-    signature = inspect.signature(train_function)
-
-    @functools.wraps(train_function)
-    def locked(*args, **kwargs):
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        with exclusive_output(bound.arguments["out"], bound.arguments["force"]):
-            return train_function(*args, **kwargs)
-
-    return locked
-
-
-def replace_directory(staging, out):
-    """Moves a finished `staging` directory to `out`, replacing what was there."""
-    out = Path(out)
-    backup = None
-    if out.exists():
-        backup = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(backup)
-    Path(staging).rename(out)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
 
 
 # === The run-directory format ===
@@ -387,6 +333,9 @@ class Run:
     def __init__(self, path, info=None):
         self.path = Path(path)
         self.info = info
+        # The `run_id` of the checkpoint this run was trained with, recorded in `run.json`: a checkpoint
+        # left beside a published run (its process died before removing it) is known by it.
+        self.checkpoint_run_id = None
 
     # --- Reading ---
 
@@ -479,10 +428,10 @@ class Run:
     # --- Writing ---
 
     @classmethod
-    def create(cls, out, force=False):
+    def create(cls, out, force=False, checkpoint=None):
         """A context manager: a new run of this kind, staged beside `out` and moved there whole when
-        the block succeeds (see `RunDirectory`)."""
-        return RunDirectory(out, force, cls)
+        the block succeeds (see `RunDirectory`); then its `checkpoint` is removed."""
+        return RunDirectory(out, force, cls, checkpoint)
 
     def write_info(self, vocab, tokenizer, embedding_dim, **fields):
         """Writes `run.json` (the kind, the format, the tftune version, what the weights were trained
@@ -493,6 +442,8 @@ class Run:
         self.info = {"kind": self.kind, "format": FORMAT_VERSION, "tftune_version": __version__, **fields,
                      "vocab_fingerprint": vocab.fingerprint(), "embedding_dim": int(embedding_dim),
                      "tokenizer": tokenizer.get_config()}
+        if self.checkpoint_run_id is not None:
+            self.info["checkpoint_run_id"] = self.checkpoint_run_id
         write_json(self.info_file, self.info)
         vocab.save(self.vocab_file)
 
@@ -557,21 +508,25 @@ class RunDirectory:
     """A context manager that stages a run directory and publishes it on success.
 
     Entering yields a `run_class` whose path is the staging folder; on success it is moved to
-    `out` (replacing an earlier run only with `force`), on failure removed.
+    `out` (replacing an earlier run only with `force`) and the run's checkpoint is removed; on
+    failure the staging folder is removed. A process killed in between leaves a published run and
+    a checkpoint whose `run_id` its `run.json` records: the next command on `out` removes it.
 
     Args:
         out: the final directory.
         force: replace an existing non-empty `out`.
         run_class: the kind of run written (`PretrainRun`, `FinetuneRun`).
+        checkpoint: the run's `tftune.checkpoints.RunCheckpoint`, removed once the run is published.
         replaces: what `out` is, for `check_writable_target` and messages: `"run"` or `"report"`
             (a folder of `tftune interpret`).
     """
 
-    def __init__(self, out, force=False, run_class=Run, replaces="run"):
+    def __init__(self, out, force=False, run_class=Run, checkpoint=None, replaces="run"):
         self.out = Path(out)
         self.force = force
         self.run = None
         self.run_class = run_class
+        self.checkpoint = checkpoint
         self.replaces = replaces
 
     def __enter__(self):
@@ -584,11 +539,14 @@ class RunDirectory:
                 f"{self.out}: cannot create the {self.replaces} directory ({e.strerror}); nothing was written"
             ) from e
         self.run = self.run_class(staging)
+        if self.checkpoint is not None:
+            self.run.checkpoint_run_id = self.checkpoint.run_id
         return self.run
 
     def __exit__(self, exc_type, exc, traceback):
         staging = self.run.path
         if exc_type is not None:
+            close_failed_h5_files(staging)
             shutil.rmtree(staging, ignore_errors=True)
             reason = None if isinstance(exc, TftuneError) else write_failure(exc)
             if reason is not None:
@@ -597,13 +555,17 @@ class RunDirectory:
                 ) from exc
             return False
         os.chmod(staging, 0o755)
-        replace_directory(staging, self.out)
+        replace_directory(staging, self.out, fault="publish")
         self.run.path = self.out
+        fault_point("published")
+        if self.checkpoint is not None:
+            self.checkpoint.remove()
         return False
 
 
 def write_json(path, data):
     Path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    fault_point("run-file")
 
 
 def check_vector_size(recipe, from_run):
