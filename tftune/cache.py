@@ -42,7 +42,7 @@ import numpy as np
 import regex
 
 from tftune import data, open_vocab, text
-from tftune.data import check_input_file, read_corpus
+from tftune.data import check_data_files, read_corpus
 from tftune.errors import DataError
 from tftune.open_vocab import grow_vocabulary
 from tftune.text import EOS_ID, Vocabulary
@@ -89,7 +89,9 @@ def _code_fingerprint():
 
 
 def _file_sha256(path):
-    check_input_file(path)  # opening a FIFO would wait for a writer; /dev/zero would never end
+    # As `read_corpus` checks it (type, then a regular file): opening a FIFO would wait for a writer,
+    # and /dev/zero would never end.
+    check_data_files([path])
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
