@@ -326,6 +326,8 @@ def stratified_holdout(labels, fraction, seed):
     >>> sorted(labels[i] for i in held), len(kept)
     (['a', 'a', 'b'], 10)
     """
+    import numpy as np  # imported when used: the command line's early checks stay light
+
     order = np.random.default_rng(seed).permutation(len(labels))
     by_class = {}
     for index in order:
