@@ -92,8 +92,9 @@ def export_classifier(classifier, labels, out):
     out.parent.mkdir(parents=True, exist_ok=True)
     with staged_directory(out, fault="export-publish") as staging:
         with portable_trace(classifier):
+            # The variables the endpoint reads are tracked with it; tracking the model itself would
+            # also save its optimizer and compiled state, which serving does not need.
             archive = keras.export.ExportArchive()
-            archive.track(classifier)
             archive.track(preprocessor.lookup_table)
             archive.add_endpoint(SIGNATURE, serve)
             archive.write_out(str(staging), verbose=False)

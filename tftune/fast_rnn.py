@@ -49,6 +49,8 @@ Example:
 TensorShape([2, 5, 8])
 """
 
+import inspect
+
 import keras
 import tensorflow as tf
 from keras import layers, ops
@@ -145,16 +147,21 @@ def _recurrent_kernel_grad(previous_outputs, recurrent_grads):
     )
 
 
-_GRAPH_FUNCTIONS = {}  # (pass function, compiled) -> its tf.function, made on first use
+# (pass function, compiled, what its traces cannot share) -> its tf.function, made on first use.
+# One per kernel shape and dtype, with or without a mask: a function shared by layers of several
+# sizes would relax the kernel's shape too (the passes read the number of units from it), and
+# traces of other dtypes or mask kinds would count as retracing.
+_GRAPH_FUNCTIONS = {}
 
 
-def _graph_function(pass_function, compiled):
-    if (pass_function, compiled) not in _GRAPH_FUNCTIONS:
+def _graph_function(pass_function, compiled, trace_kind):
+    key = (pass_function, compiled, trace_kind)
+    if key not in _GRAPH_FUNCTIONS:
         # autograph off: the passes branch on Python values (a mask or None) while tracing.
-        _GRAPH_FUNCTIONS[pass_function, compiled] = tf.function(
+        _GRAPH_FUNCTIONS[key] = tf.function(
             pass_function, jit_compile=compiled, reduce_retracing=not compiled, autograph=False
         )
-    return _GRAPH_FUNCTIONS[pass_function, compiled]
+    return _GRAPH_FUNCTIONS[key]
 
 
 def _maybe_compiled(pass_function, compiled):
@@ -171,10 +178,13 @@ def _maybe_compiled(pass_function, compiled):
     eager TensorFlow refuses.
     """
 
+    parameters = list(inspect.signature(pass_function).parameters)
+
     def run(*args):
         function = pass_function
         if compiled or tf.executing_eagerly():
-            function = _graph_function(pass_function, compiled)
+            kernel, mask = args[parameters.index("recurrent_kernel")], args[parameters.index("mask")]
+            function = _graph_function(pass_function, compiled, (tuple(kernel.shape), kernel.dtype, mask is None))
         return function(*(tf.stop_gradient(arg) if tf.is_tensor(arg) else arg for arg in args))
 
     return run
