@@ -70,6 +70,11 @@ def deserialized(config, key):
     return {**config, key: [rebuild(item) for item in value] if isinstance(value, list) else rebuild(value)}
 
 
+def serialized(layer):
+    """`keras.saving.serialize_keras_object(layer)`, or None for a task's absent part (`get_config` of a task)."""
+    return None if layer is None else keras.saving.serialize_keras_object(layer)
+
+
 def recurrent_layer_names(n_layers):
     """Names of the recurrent layers, bottom first."""
     return [f"rnn_{i}" for i in range(1, n_layers + 1)]

@@ -15,7 +15,7 @@ import keras
 from keras import ops
 
 from tftune.models import DIRECTIONS, HEADS
-from tftune.models.backbone import deserialized
+from tftune.models.backbone import deserialized, serialized
 from tftune.models.task import ClassifierTask
 from tftune.regularization import LockedDropout
 
@@ -221,7 +221,7 @@ class TextClassifier(ClassifierTask, keras.Model):
             "pool_embeddings": self.pool_embeddings,
             "direction": self.direction,
             "output_dropout": self.output_dropout,
-            "preprocessor": _serialized(self.preprocessor),
+            "preprocessor": serialized(self.preprocessor),
         }
 
     @classmethod
@@ -299,16 +299,12 @@ class ClassifierEnsemble(ClassifierTask, keras.Model):
             "name": self.name,
             "trainable": self.trainable,
             "members": [keras.saving.serialize_keras_object(member) for member in self.members],
-            "preprocessor": _serialized(self.preprocessor),
+            "preprocessor": serialized(self.preprocessor),
         }
 
     @classmethod
     def from_config(cls, config):
         return cls(**deserialized(deserialized(config, "members"), "preprocessor"))
-
-
-def _serialized(layer):
-    return None if layer is None else keras.saving.serialize_keras_object(layer)
 
 
 def ensemble_members(model):

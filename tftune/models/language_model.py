@@ -19,7 +19,7 @@ from keras import layers, ops
 
 from tftune.distribute import scale_loss_for_replicas
 from tftune.models import OUTPUTS
-from tftune.models.backbone import deserialized
+from tftune.models.backbone import deserialized, serialized
 from tftune.models.task import Task
 from tftune.regularization import LockedDropout, activation_regularization
 
@@ -183,7 +183,7 @@ class LanguageModel(Task, keras.Model):
             "output_dropout": self.output_dropout.rate,
             "ar": self.ar,
             "tar": self.tar,
-            "preprocessor": None if self.preprocessor is None else keras.saving.serialize_keras_object(self.preprocessor),
+            "preprocessor": serialized(self.preprocessor),
         }
 
     @classmethod

@@ -27,6 +27,11 @@ from tftune.models.preprocessor import holds_text
 DEFAULT_BATCH_SIZE = 32  # Keras' own default for arrays
 
 
+def _as_list(values):
+    """A list of a list, a NumPy array or a pandas Series."""
+    return values.tolist() if hasattr(values, "tolist") else list(values)
+
+
 class Task:
     """The mixin of a Keras model over token ids with a `preprocessor` that lets it take text.
 
@@ -55,10 +60,9 @@ class Task:
         """The `(ids, ...)` batches of texts `x` (in memory or a dataset of string batches)."""
         if isinstance(x, tf.data.Dataset):
             return x.map(self._preprocess_sample, num_parallel_calls=tf.data.AUTOTUNE)
-        texts = x.tolist() if hasattr(x, "tolist") else list(x)
+        texts = _as_list(x)
         parts = [tf.constant(texts, dtype=tf.string)]
-        parts += [np.asarray(part.tolist() if hasattr(part, "tolist") else part)
-                  for part in (y, sample_weight) if part is not None]
+        parts += [np.asarray(_as_list(part)) for part in (y, sample_weight) if part is not None]
         dataset = tf.data.Dataset.from_tensor_slices(tuple(parts))
         if shuffle:
             dataset = dataset.shuffle(len(texts), reshuffle_each_iteration=True)
@@ -87,7 +91,7 @@ class Task:
     def predict(self, x, **kwargs):
         if holds_text(x):
             if self.pads_predictions_to_one_length and not isinstance(x, tf.data.Dataset):
-                x = self._require_preprocessor()(tf.constant(x.tolist() if hasattr(x, "tolist") else list(x)))
+                x = self._require_preprocessor()(tf.constant(_as_list(x)))
             else:
                 x = self._text_dataset(x, batch_size=kwargs.pop("batch_size", None))
         return super().predict(x, **kwargs)
