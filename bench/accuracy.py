@@ -16,10 +16,12 @@ overrides, then `--set`. GENERAL is the general-domain LM, `--general` (default:
 preset `lstm-glove-general`); the rows that need it are skipped, with the reason, when it is
 missing. Rows:
 
-- **keras** (the plain baseline, run here): `TextVectorization` → frozen 50-d GloVe `Embedding`
-  (the shipped `pretrained/glove.6B.50d.top20k.txt`, aligned to the vectorizer's vocabulary with
-  `tftune.embeddings.align`) → `LSTM(256)` → `Dense(softmax)`, Adam, early stopping on the
-  validation accuracy with the best weights restored.
+- **keras** (the plain baseline, run here): `TextVectorization` → frozen `Embedding` of shipped
+  vectors (aligned to the vectorizer's vocabulary with `tftune.embeddings.align`) → a recurrent
+  layer of 256 units → `Dense(softmax)`, Adam, early stopping on the validation accuracy with the
+  best weights restored (`bench.accuracy_keras`). Its cell and vectors are those of the baseline
+  recipe (below), or `--keras-cell` and `--keras-vectors`: GloVe 50d, the top 20k words, for a
+  GloVe recipe; word2vec 300d, top 5k, for a word2vec one. Default: LSTM on GloVe.
 - **reference** (published, not run): Kim (2014) CNN-static on frozen 300-d word2vec.
 - **tftune** (the headline): what a user runs,
   `tftune pretrain --from GENERAL --corpus TASK/train.csv --out lm`, then
@@ -28,9 +30,11 @@ missing. Rows:
 - **small_lm** (also the `no_general_lm` ablation: no shipped model, a small LM of one's own):
   `tftune pretrain --recipe RECIPE` (`--recipe`, default `lstm-glove`, on its own corpus, seed 0;
   one run shared by every task and seed), then the two steps of `tftune` from it.
-- **scratch** (no language model): `tftune pretrain --recipe GENERAL/recipe.toml` on the task's
-  training text with `pretrain.epochs=0` (no `--from`): a vocabulary of the task's text and a
-  random encoder of GENERAL's size; then fine-tuning with that run's recipe.
+- **scratch** (no language model): `tftune pretrain --recipe BASELINE` on the task's training
+  text with `pretrain.epochs=0` (no `--from`): a vocabulary of the task's text and a random encoder
+  of BASELINE's size; then fine-tuning with that run's recipe. BASELINE, the recipe the no-LM rows
+  (scratch, keras) follow, is GENERAL's (`--baselines-from general`, the default) or RECIPE
+  (`--baselines-from recipe`: the recipes that have no general LM).
 - ablations, each changing one thing against `tftune`:
   **no_awd**, the AWD-LSTM regularization off (`AWD_OFF`: weight, embedding, input, hidden and
   output dropout, `pretrain.ar`, `pretrain.tar`) in the target-domain step (a run of its own) and
@@ -51,6 +55,9 @@ directory), the run it continued from, the LM's perplexity or the classifier's e
 seconds. A row's seconds are those of its steps, the small LM's pretraining included; the
 general LM ships, its training is not counted.
 
+`--resume-dir DIR` saves each finished (task, row, seed) result in DIR at once and skips those
+already there (`bench.accuracy_store`): rerunning the same command resumes a stopped run.
+
 `--smoke` trains a tiny general LM in the temporary directory (`SMOKE_LM_OVERRIDES`: the shipped
 recipe at 1 × 16 units, one epoch of 20,000 tokens of the shipped corpus, one fine-tuning epoch of
 every layer), which is its small LM too and whose recipe the other runs inherit (so `all_layers`
@@ -61,18 +68,23 @@ Example:
 
 ```sh
 python -m bench.accuracy --tasks trec6 --rows keras,tftune,scratch --seeds 0,1,2
+python -m bench.accuracy --recipe gru-word2vec --baselines-from recipe --rows small_lm,scratch,keras \
+    --seeds 0,1,2 --resume-dir runs/accuracy-gru-word2vec
 python -m bench.accuracy --smoke
 ```
 """
 
+import dataclasses
 import json
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench import common
+from bench import accuracy_keras, common
+from bench.accuracy_store import ConfigMismatch, ResultStore
 
 NAME = "accuracy"
 TASKS = ("trec6", "sst2")
@@ -90,14 +102,14 @@ LM_STEPS = {
     "small_lm": ("small", True, []),
     "no_awd": ("general", True, AWD_OFF),
     "closed_vocab": ("general", True, CLOSED_VOCAB),
-    "scratch": ("general", False, ["pretrain.epochs=0"]),
+    "scratch": ("baseline", False, ["pretrain.epochs=0"]),
 }
 # Rows fine-tuned by tftune: (the LM run, or shared run, they start from, finetune overrides of their own, description).
 TFTUNE_ROWS = {
     "tftune": ("tftune", [], "general LM, target-domain LM step, fine-tuning: the user's two commands"),
     "small_lm": ("small_lm", [], "a small LM of the shipped recipe instead of the general one (the no_general_lm "
                                  "ablation)"),
-    "scratch": ("scratch", [], "no LM: the task's vocabulary, a random encoder of the general LM's size"),
+    "scratch": ("scratch", [], "no LM: the task's vocabulary, a random encoder as in {baseline}"),
     "no_awd": ("no_awd", AWD_OFF, "as tftune, AWD-LSTM dropouts and AR/TAR off in both steps"),
     "closed_vocab": ("closed_vocab", CLOSED_VOCAB, "as tftune, closed vocabulary in both steps"),
     "all_layers": ("tftune", ["finetune.unfreeze=all"], "as tftune, every layer trained from the first epoch"),
@@ -112,11 +124,8 @@ REFERENCE = {
     "description": "Kim (2014) CNN-static, frozen word2vec 300d (published, not run)",
     "accuracy": {"trec6": 0.928, "sst2": 0.868},
 }
-# Test accuracy of the same plain Keras baseline measured elsewhere, for comparison.
-KERAS_REFERENCE_ACCURACY = {"trec6": 0.882, "sst2": 0.732}
-KERAS_UNITS = 256
 
-FULL = {"train": None, "valid": None, "test": None, "keras_units": KERAS_UNITS, "keras_epochs": 30,
+FULL = {"train": None, "valid": None, "test": None, "keras_units": accuracy_keras.UNITS, "keras_epochs": 30,
         "keras_patience": 3, "keras_batch_size": 32, "ablation_tasks": TASKS, "low_data_fractions": LOW_DATA_FRACTIONS}
 # --smoke runs every code path once: the ablations and one low-data point on TREC-6 only.
 SMOKE = {"train": 240, "valid": 60, "test": 100, "keras_units": 16, "keras_epochs": 1, "keras_patience": 1,
@@ -148,6 +157,17 @@ def add_arguments(parser):
     seeds.add_argument("--seed", type=int, default=None, help="one seed: the same as --seeds N")
     parser.add_argument("--keep-runs", type=Path, default=None,
                         help="write the tftune runs and task files here instead of a temporary directory")
+    parser.add_argument("--resume-dir", type=Path, default=None, metavar="DIR",
+                        help="save each finished (task, row, seed) result in DIR at once, and skip those already "
+                             "there: rerun the same command to resume (bench/accuracy_store.py)")
+    parser.add_argument("--baselines-from", choices=("general", "recipe"), default="general",
+                        help="whose recipe the no-LM rows follow: scratch's encoder and the keras row's cell and "
+                             "vectors; general = --general's, recipe = --recipe's [default: general]")
+    parser.add_argument("--keras-cell", choices=tuple(accuracy_keras.CELLS), default=None,
+                        help="the keras row's cell [default: that of the --baselines-from recipe]")
+    parser.add_argument("--keras-vectors", choices=tuple(accuracy_keras.VECTORS), default=None,
+                        help="the keras row's frozen vectors, shipped GloVe 50d (top 20k) or word2vec 300d (top 5k) "
+                             "[default: those of the --baselines-from recipe]")
 
 
 # === Tasks ===
@@ -324,22 +344,30 @@ def smoke_corpus(path, tokens):
     return path
 
 
-def small_lm(args, runner, root):
+def small_lm(args, runner, root, store=None):
     """`small_lm`'s own LM, `tftune pretrain --recipe RECIPE` with seed 0, shared by tasks and seeds: `(run, record)`.
 
-    With --smoke, a tiny one (`SMOKE_LM_OVERRIDES`) on a slice of the shipped corpus.
+    With --smoke, a tiny one (`SMOKE_LM_OVERRIDES`) on a slice of the shipped corpus. With a
+    `store` (--resume-dir), the run is kept there and a finished one is used again.
     """
+    run = (root if store is None else store.folder) / "small-lm"
+    record = None if store is None else store.record("small-lm")
+    if record is not None and not isinstance(open_pretrain_run(run), str):
+        common.log(f"{NAME}: the small LM: already trained, {run}")
+        return run, record
     overrides = ["pretrain.seed=0"]
     if args.smoke:
         corpus = smoke_corpus(root / "smoke-corpus.txt", SMOKE_LM_TOKENS)
         overrides = [f"pretrain.corpus={json.dumps([str(corpus)])}", *SMOKE_LM_OVERRIDES, *overrides]
     common.log(f"{NAME}: the small LM: recipe {args.recipe}")
-    run = root / "small-lm"
-    return run, runner.pretrain(run, overrides, recipe=args.recipe)
+    record = runner.pretrain(run, overrides, recipe=args.recipe)
+    if store is not None:
+        store.save_record("small-lm", record)
+    return run, record
 
 
-def find_general(name):
-    """The general LM's run directory (a preset's name or a pretrain run), or a string saying why there is none."""
+def open_pretrain_run(name):
+    """A whole pretrain run's directory (a preset's name or a run directory), or a string saying why there is none."""
     from tftune.errors import RunError
     from tftune.presets import resolve_run
     from tftune.runs import PretrainRun
@@ -347,40 +375,67 @@ def find_general(name):
     try:
         run = PretrainRun.open(resolve_run(name)).path
     except RunError as e:
-        return f"no general LM: {e}"
+        return str(e)
     return Path(run).resolve()
 
 
 def _base(lm):
-    """The shared run ("general" or "small") that an LM run of `LM_STEPS`, or a shared run itself, comes from."""
+    """The shared run ("general", "small" or "baseline") that an LM run of `LM_STEPS`, or a shared run, comes from."""
     return LM_STEPS[lm][0] if lm in LM_STEPS else lm
 
 
 def needed_base(row):
-    """The shared run a row needs ("general" or "small"), or None."""
+    """The shared run a row needs ("general", "small" or "baseline"), or None."""
     if row == "low_data":
         return "general"
+    if row == "keras":
+        return "baseline"
     return _base(TFTUNE_ROWS[row][0]) if row in TFTUNE_ROWS else None
 
 
-def shared_runs(args, runner, rows, root):
-    """The runs every task shares: {"general": (run, []) or why it is missing, "small": (run, [its record])}.
+def baseline_name(args):
+    """Whose recipe the no-LM rows follow (--baselines-from), as the results name it."""
+    if args.smoke:
+        return f"{args.recipe} (--smoke)"
+    return args.general if args.baselines_from == "general" else args.recipe
 
-    Only those the rows need. With --smoke, the small LM stands in for the general LM.
+
+def shared_runs(args, runner, rows, root, store=None):
+    """The runs every task shares: {"general": (run, []) or why it is missing, "small": (run, [its record]),
+    "baseline": the general LM's entry or (the shipped recipe, [])}.
+
+    Only those the rows need. With --smoke, the small LM stands in for the general LM and for
+    the recipe. The baseline is the recipe the no-LM rows follow (`--baselines-from`).
     """
     needed = {needed_base(row) for row in rows}
+    if "baseline" in needed and args.baselines_from == "general":
+        needed.add("general")
     shared = {}
-    if "small" in needed or (args.smoke and "general" in needed):
-        run, record = small_lm(args, runner, root)
+    if "small" in needed or (args.smoke and needed & {"general", "baseline"}):
+        run, record = small_lm(args, runner, root, store)
         shared["small"] = (run, [record])
     if "general" in needed:
-        general = shared["small"][0] if args.smoke else find_general(args.general)
+        general = shared["small"][0] if args.smoke else open_pretrain_run(args.general)
         if isinstance(general, str):
-            common.log(f"{NAME}: {general}")
-            shared["general"] = general
+            common.log(f"{NAME}: no general LM: {general}")
+            shared["general"] = f"no general LM: {general}"
         else:
             runner.general, shared["general"] = general, (general, [])
+    if "baseline" in needed:
+        recipe = shared["small"] if args.smoke else (args.recipe, [])
+        shared["baseline"] = shared["general"] if args.baselines_from == "general" else recipe
     return shared
+
+
+def keras_spec(args, shared, runner):
+    """The keras row's `accuracy_keras.choose`: --keras-cell and --keras-vectors, else the baseline recipe's."""
+    recipe = None
+    if args.keras_cell is None or args.keras_vectors is None:
+        base = shared["baseline"]
+        if isinstance(base, str):
+            return f"{base}: give --keras-cell and --keras-vectors"
+        recipe, _ = runner.load(base[0], [], reset=not isinstance(base[0], str))
+    return accuracy_keras.choose(args.keras_cell, args.keras_vectors, recipe, baseline_name(args))
 
 
 def lm_report(run, runner):
@@ -432,84 +487,20 @@ class TaskRuns:
                 "steps": steps}
 
 
-# === The plain Keras baseline ===
-
-
-def keras_baseline(task, sizes, seed, vectors):
-    """TextVectorization → frozen GloVe → LSTM → softmax, early stopping on validation accuracy."""
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    from tftune.embeddings import align
-    from tftune.metrics import classification_metrics
-    from tftune.text import Vocabulary
-
-    keras.backend.clear_session()
-    started = time.perf_counter()
-    keras.utils.set_random_seed(seed)
-    keras.mixed_precision.set_global_policy("float32")
-    labels = sorted(set(task["train"][1]))
-    label_index = {label: i for i, label in enumerate(labels)}
-    vectorizer = keras.layers.TextVectorization(max_tokens=20000)
-    vectorizer.adapt(task["train"][0])
-    words = vectorizer.get_vocabulary()  # "" (padding), "[UNK]", then the words
-    # tftune's Vocabulary puts <pad>, <unk>, <eos> first; drop the <eos> row to match the vectorizer.
-    matrix, coverage = align(Vocabulary(words[2:]), vectors, seed=seed)
-    matrix = np.delete(matrix, 2, axis=0)
-    assert len(matrix) == len(words)
-
-    def dataset(split, shuffle=False):
-        texts, split_labels = task[split]
-        data = tf.data.Dataset.from_tensor_slices((texts, [label_index[label] for label in split_labels]))
-        if shuffle:
-            data = data.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True)
-        # Each batch is padded to its longest text; the Embedding masks the padding.
-        return data.batch(sizes["keras_batch_size"]).map(lambda x, y: (vectorizer(x), y)).prefetch(tf.data.AUTOTUNE)
-
-    model = keras.Sequential([
-        keras.Input(shape=(None,), dtype="int64"),
-        keras.layers.Embedding(len(words), matrix.shape[1], embeddings_initializer=keras.initializers.Constant(matrix),
-                               trainable=False, mask_zero=True),
-        keras.layers.LSTM(sizes["keras_units"]),
-        keras.layers.Dense(len(labels), activation="softmax"),
-    ])
-    model.compile(optimizer=keras.optimizers.Adam(), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=sizes["keras_patience"],
-                                         restore_best_weights=True)
-    valid = dataset("valid")
-    history = model.fit(dataset("train", shuffle=True), validation_data=valid, epochs=sizes["keras_epochs"],
-                        callbacks=[stop], verbose=2)
-    test = dataset("test")
-    predicted = np.argmax(model.predict(test, verbose=0), axis=-1)
-    test_metrics = classification_metrics([label_index[label] for label in task["test"][1]], predicted, labels)
-    return {
-        "test_accuracy": test_metrics["accuracy"],
-        "test_macro_f1": test_metrics["macro_f1"],
-        "valid_accuracy": max(history.history["val_accuracy"]),
-        "epochs": len(history.history["loss"]),
-        "best_epoch": int(np.argmax(history.history["val_accuracy"])) + 1,
-        "seconds": round(time.perf_counter() - started, 1),
-        "seed": seed,
-        "vocab_size": len(words),
-        "vector_type_coverage": round(coverage.type_share, 4),
-        "settings": {"vectors": common.display_path(common.SHIPPED_GLOVE), "max_tokens": 20000,
-                     "units": sizes["keras_units"], "batch_size": sizes["keras_batch_size"], "optimizer": "adam 0.001",
-                     "max_epochs": sizes["keras_epochs"], "early_stopping": f"val_accuracy, patience "
-                     f"{sizes['keras_patience']}, best weights restored"},
-        "reference_accuracy": KERAS_REFERENCE_ACCURACY[task["name"]],
-    }
-
-
-
 # === The benchmark ===
+
+
+def input_error(message):
+    """Exits with one line on stderr and status 2, as for any bad input."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
 
 
 def _parse_list(text, allowed, what):
     names = [name for name in text.split(",") if name]
     unknown = sorted(set(names) - set(allowed))
     if unknown or not names:
-        raise SystemExit(f"error: unknown {what} {', '.join(unknown) or '(none)'}; expected {', '.join(allowed)}")
+        input_error(f"unknown {what} {', '.join(unknown) or '(none)'}; expected {', '.join(allowed)}")
     return names
 
 
@@ -517,7 +508,7 @@ def _parse_seeds(args):
     given = args.seeds if args.seed is None else str(args.seed)
     texts = [text for text in given.split(",") if text]
     if not texts or not all(text.isdigit() for text in texts) or len(set(map(int, texts))) < len(texts):
-        raise SystemExit(f"error: seeds are distinct non-negative integers, e.g. --seeds 0,1,2; got {given!r}")
+        input_error(f"seeds are distinct non-negative integers, e.g. --seeds 0,1,2; got {given!r}")
     return [int(text) for text in texts]
 
 
@@ -525,8 +516,25 @@ def low_data_label(fraction, arm):
     return f"low_data_{round(fraction * 100)}pct_{arm}"
 
 
-def skip_reason(row, shared, runner):
+@dataclasses.dataclass
+class Setup:
+    """What the rows of every task share."""
+
+    sizes: dict  # FULL or SMOKE
+    runner: Runner
+    shared: dict  # the shared runs (`shared_runs`)
+    root: Path  # the runs and task files
+    baseline: str  # whose recipe the no-LM rows follow (`baseline_name`)
+    keras: dict | str | None = None  # the keras row's `keras_spec`, or why it cannot run; None without it
+    vectors: object = None  # the keras row's loaded vectors
+    store: ResultStore | None = None  # the finished results (--resume-dir)
+
+
+def skip_reason(row, setup):
     """Why a row cannot run (no general LM), or would be the tftune row again (an ablation that changes nothing)."""
+    shared, runner = setup.shared, setup.runner
+    if row == "keras":
+        return setup.keras if isinstance(setup.keras, str) else None
     base = needed_base(row)
     if base is not None and isinstance(shared[base], str):
         return "no general LM (see above)"
@@ -539,9 +547,9 @@ def skip_reason(row, shared, runner):
     return None
 
 
-def planned_rows(name, rows, reasons, sizes):
+def planned_rows(name, rows, reasons, setup):
     """{label: row} of a task before any run: its description, and an empty list of seeds or why it is skipped."""
-    planned = {}
+    planned, sizes = {}, setup.sizes
     for row in rows:
         if row == "reference":
             accuracy = REFERENCE["accuracy"][name]
@@ -550,36 +558,50 @@ def planned_rows(name, rows, reasons, sizes):
                                      "seconds": None}, "std": None}
             continue
         if row == "keras":
-            labels = {row: f"plain Keras: TextVectorization, frozen GloVe 50d, LSTM({sizes['keras_units']}), softmax"}
+            labels = {row: accuracy_keras.description(setup.keras, sizes["keras_units"])}
         elif row == "low_data":
             labels = {low_data_label(fraction, arm): f"{fraction:.0%} of the labels, from the {arm} row's LM run"
                       for fraction in sizes["low_data_fractions"] for arm in LOW_DATA_ARMS}
         else:
-            labels = {row: TFTUNE_ROWS[row][2]}
+            labels = {row: TFTUNE_ROWS[row][2].format(baseline=setup.baseline)}
         for label, description in labels.items():
             planned[label] = {"description": description,
                               **({"skipped": reasons[row]} if reasons[row] else {"seeds": []})}
     return planned
 
 
-def seed_figures(row, runs, sizes, vectors):
+def seed_figures(row, runs, setup):
     """{label: figures} of one row at the seed of `runs` (the low-data row gives one per share and arm)."""
     if row == "keras":
         common.log(f"{NAME}: {runs.task['name']}, seed {runs.seed}: plain Keras baseline")
-        return {"keras": keras_baseline(runs.task, sizes, runs.seed, vectors)}
+        return {"keras": accuracy_keras.train_and_test(runs.task, setup.sizes, runs.seed, setup.vectors, setup.keras)}
     if row != "low_data":
         lm, own, _ = TFTUNE_ROWS[row]
         return {row: runs.finetune(row, lm, own)}
     from bench.serving import _write_rows
 
     figures = {}
-    for fraction in sizes["low_data_fractions"]:
+    for fraction in setup.sizes["low_data_fractions"]:
         subset = stratified_subset(runs.task["train"], fraction, runs.seed)
         train = _write_rows(zip(*subset), runs.folder / f"train-{round(fraction * 100)}pct.csv")
         for arm in LOW_DATA_ARMS:
             label = low_data_label(fraction, arm)
             lm, own, _ = TFTUNE_ROWS[arm]
             figures[label] = {**runs.finetune(label, lm, own, train), "train_examples": len(subset[0])}
+    return figures
+
+
+def stored_seed_figures(row, runs, setup):
+    """`seed_figures`, read back when --resume-dir holds them already, else measured and saved at once."""
+    store, name, seed = setup.store, runs.task["name"], runs.seed
+    if store is None:
+        return seed_figures(row, runs, setup)
+    figures = store.load(name, row, seed)
+    if figures is not None:
+        common.log(f"{NAME}: {name}, seed {seed}: {row} already done, {store.path(name, row, seed)}")
+        return figures
+    figures = seed_figures(row, runs, setup)
+    store.save(name, row, seed, figures)
     return figures
 
 
@@ -592,30 +614,43 @@ def spread(figures):
     return {"mean": mean, "std": std}
 
 
-def measure_task(name, by_seed, rows, runner, shared, sizes, vectors, root):
+def measure_task(name, by_seed, rows, setup):
     """A task's rows over the seeds (`by_seed`: {seed: the task loaded with it}), or why it is skipped."""
     first = next(iter(by_seed.values()))
     if isinstance(first, str):
         common.log(f"{NAME}: skipping {name}: {first}")
         return {"skipped": first}
-    if name not in sizes["ablation_tasks"]:
+    if name not in setup.sizes["ablation_tasks"]:
         rows = [row for row in rows if row in ("keras", "reference", "tftune")]
     if name != LOW_DATA_TASK:
         rows = [row for row in rows if row != "low_data"]
-    reasons = {row: skip_reason(row, shared, runner) for row in rows}
+    reasons = {row: skip_reason(row, setup) for row in rows}
     result = {"source": first["source"], "classes": sorted(set(first["train"][1])),
               "examples": {split: len(first[split][0]) for split in ("train", "valid", "test")},
-              "rows": planned_rows(name, rows, reasons, sizes)}
+              "rows": planned_rows(name, rows, reasons, setup)}
     runnable = [row for row in rows if row != "reference" and not reasons[row]]
     for seed, task in by_seed.items():
-        runs = TaskRuns(runner, shared, {**task, "name": name}, root / name / f"seed-{seed}", seed)
+        runs = TaskRuns(setup.runner, setup.shared, {**task, "name": name}, setup.root / name / f"seed-{seed}", seed)
         for row in runnable:
-            for label, figures in seed_figures(row, runs, sizes, vectors).items():
+            for label, figures in stored_seed_figures(row, runs, setup).items():
                 result["rows"][label]["seeds"].append(figures)
     for row in result["rows"].values():
         if row.get("seeds"):
             row.update(spread(row["seeds"]))
     return result
+
+
+def open_store(args):
+    """The --resume-dir store, its settings checked against the folder's; None without --resume-dir."""
+    if args.resume_dir is None:
+        return None
+    settings = {"smoke": args.smoke, "general": args.general, "recipe": args.recipe, "overrides": args.overrides,
+                "baselines_from": args.baselines_from, "keras_cell": args.keras_cell,
+                "keras_vectors": args.keras_vectors}
+    try:
+        return ResultStore(args.resume_dir, settings)
+    except ConfigMismatch as e:
+        input_error(str(e))
 
 
 def measure(args):
@@ -625,19 +660,22 @@ def measure(args):
     tasks = _parse_list(args.tasks, TASKS, "task(s)")
     rows = _parse_list(args.rows, ROWS, "row(s)")
     seeds = _parse_seeds(args)
+    store = open_store(args)
     loaded = {name: {seed: load_task(name, seed, sizes) for seed in seeds} for name in tasks}
     if args.keep_runs is not None:
         args.keep_runs.mkdir(parents=True, exist_ok=True)
     root = Path(args.keep_runs or tempfile.mkdtemp(prefix="tftune-bench-accuracy-")).resolve()
     runner = Runner(root, args.overrides)
+    setup = Setup(sizes, runner, {}, root, baseline_name(args), store=store)
     try:
-        shared = {}
         if not all(isinstance(by_seed[seeds[0]], str) for by_seed in loaded.values()):
-            shared = shared_runs(args, runner, rows, root)
-        vectors = load_vectors(common.SHIPPED_GLOVE, "glove") if "keras" in rows else None
-        results = {name: measure_task(name, by_seed, rows, runner, shared, sizes, vectors, root)
-                   for name, by_seed in loaded.items()}
-        general = shared.get("general")
+            setup.shared = shared_runs(args, runner, rows, root, store)
+        if "keras" in rows and "baseline" in setup.shared:
+            setup.keras = keras_spec(args, setup.shared, runner)
+            if not isinstance(setup.keras, str):
+                setup.vectors = load_vectors(*accuracy_keras.VECTORS[setup.keras["vectors"]][:2])
+        results = {name: measure_task(name, by_seed, rows, setup) for name, by_seed in loaded.items()}
+        general = setup.shared.get("general")
         if general is not None:
             general = {"skipped": general} if isinstance(general, str) else lm_report(general[0], runner)
     finally:
@@ -651,10 +689,13 @@ def measure(args):
             "seeds": seeds,
             "tasks": tasks,
             "rows": rows,
+            "baselines_from": setup.baseline,
+            "keras": setup.keras,
+            "resume_dir": None if store is None else common.display_path(store.folder),
             "smoke_lm_overrides": SMOKE_LM_OVERRIDES if args.smoke else [],
         },
         "general": general,
-        "small_lm": shared["small"][1][0] if "small" in shared else None,
+        "small_lm": setup.shared["small"][1][0] if "small" in setup.shared else None,
         "tasks": results,
     }
 
