@@ -149,6 +149,9 @@ def test_accuracy(smoke_outputs):
             assert row["mean"]["test_accuracy"] == pytest.approx(sum(accuracies) / len(accuracies), abs=1e-4)
             assert set(row["std"]) == {"test_accuracy", "valid_accuracy", "test_macro_f1"}
     rows = result["tasks"]["trec6"]["rows"]
+    # By default the Keras baseline is an LSTM on GloVe, the cell and vectors of the general LM.
+    assert "frozen GloVe 50d, LSTM(16)" in rows["keras"]["description"]
+    assert rows["keras"]["seeds"][0]["settings"]["cell"] == "lstm" and "reference_accuracy" in rows["keras"]["seeds"][0]
 
     def steps(label):
         return rows[label]["seeds"][0]["steps"]
