@@ -70,29 +70,23 @@ def _torch(threads):
     return torch
 
 
-def stack_step(cell, shape, masked, threads):
+def stack_step(cell, shape, threads):
     """A forward + backward step of a PyTorch stack on `shape`, as a no-argument callable.
 
-    With `masked`, the last sequence is half padding as on the other sides, and the batch goes
-    in as a `PackedSequence`, the way PyTorch skips padding.
+    The batch goes in as a plain tensor, padding included: a `PackedSequence` (PyTorch's way of
+    skipping padding) leaves oneDNN's RNN primitive and ran 2.8 times slower on the bench's
+    shapes, far more than the padded steps cost (under 1% of them in `bench.rnn_stack`'s batch).
     """
     torch = _torch(threads)
     torch.manual_seed(0)
     module = getattr(torch.nn, MODULES[cell])(shape["input_dim"], shape["units"], num_layers=shape["layers"],
                                               batch_first=True)
-    batch, steps = shape["batch"], shape["time"]
-    inputs = torch.randn(batch, steps, shape["input_dim"], requires_grad=True)
-    lengths = torch.full((batch,), steps)
-    lengths[-1] = steps // 2
+    inputs = torch.randn(shape["batch"], shape["time"], shape["input_dim"], requires_grad=True)
 
     def step():
         module.zero_grad(set_to_none=True)
         inputs.grad = None
-        if masked:
-            packed = torch.nn.utils.rnn.pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False)
-            outputs, _ = torch.nn.utils.rnn.pad_packed_sequence(module(packed)[0], batch_first=True)
-        else:
-            outputs, _ = module(inputs)
+        outputs, _ = module(inputs)
         loss = outputs.square().mean()
         loss.backward()
         return float(loss)

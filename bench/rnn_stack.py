@@ -16,7 +16,7 @@ peak is reported beside it.
 
 PyTorch's `nn.LSTM` / `nn.GRU` / `nn.RNN` run beside them on the same shapes, in the same
 run and on as many threads as TensorFlow (see `bench.pytorch`), when PyTorch is installed (the
-`bench` extra); with a mask, PyTorch gets the batch as a `PackedSequence`. Without PyTorch its
+`bench` extra); it runs the padded batch as a plain tensor, its fast path. Without PyTorch its
 column says "not installed". The CPU's vector flags (AVX2, AVX-512, ...) are in the result's
 `machine.cpu_flags`, and TensorFlow's 2048² matmul peak is printed in the summary.
 
@@ -122,11 +122,11 @@ def _training_step(stack, shape, masked):
     return lambda: step(inputs)[0].numpy()
 
 
-def _pytorch_step(cell, shape, masked):
+def _pytorch_step(cell, shape):
     """PyTorch's stack on `shape` (see `bench.pytorch`), or None when PyTorch is not installed."""
     if pytorch.version() is None:
         return None
-    return pytorch.stack_step(cell, shape, masked, pytorch.tensorflow_threads())
+    return pytorch.stack_step(cell, shape, pytorch.tensorflow_threads())
 
 
 def _ceiling_operands(gates, shape):
@@ -242,7 +242,7 @@ def measure(args):
                 "wall": [],
                 "cpu": [],
             }
-        peers = {"pytorch": lambda gates, shape: _pytorch_step(cell, shape, args.mask), **CEILINGS}
+        peers = {"pytorch": lambda gates, shape: _pytorch_step(cell, shape), **CEILINGS}
         for peer, build in peers.items():
             run = build(GATES[cell], shape)
             if run is None:

@@ -204,7 +204,8 @@ def summary(result):
                     f"{int(size):,} {row[side]['tokens_per_second']:,.0f}" for size, row in rows))
     if "length" in result and "rows" in result["length"]:
         parts.append("bucketed examples/s by max_len: " + ", ".join(
-            f"{size} {row['bucketed']['examples_per_second']:,.0f} ({row['ratios']['examples_per_second']:.2f}x padded)"
+            f"{size} {row['bucketed']['examples_per_second']:,.0f} ({row['ratios']['examples_per_second']:.2f}x padded, "
+            f"{row['ratios']['vs_exact_examples_per_second']:.2f}x exact)"
             for size, row in result["length"]["rows"].items()))
     return f"{NAME} (cost by size): " + "; ".join(parts)
 
@@ -255,17 +256,23 @@ def markdown(result):
             "### Classifier training by max_len (`python -m bench.scaling --parts length`)",
             "",
             f"IMDb subset, {result['length']['config']['max_examples']:,} training reviews; the `lstm-glove` "
-            "classifier; bucketed (tftune) against padded to max_len (plain `padded_batch`).",
+            "classifier; bucketed (tftune: rounded up to the bucket lengths, compiled recurrence) against the same "
+            "batches at their exact lengths (uncompiled) and against padded to max_len (plain `padded_batch`); the "
+            "second of two timed epochs (the first compiles).",
             "",
-            "| max_len | mean tokens | bucketed examples/s | padded examples/s | ratio | bucketed real tokens "
+            "| max_len | mean tokens | bucketed examples/s | exact examples/s | padded examples/s | bucketed / exact "
+            "| same, per CPU second | first epoch, exact / bucketed time | bucketed / padded | bucketed real tokens "
             "| bucketed s / 1k real tokens | padded s / 1k real tokens |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for size, row in result["length"]["rows"].items():
-            bucketed, padded = row["bucketed"], row["padded"]
+            bucketed, padded, ratios = row["bucketed"], row["padded"], row["ratios"]
             lines.append(
                 f"| {size} | {row['mean_tokens']:g} | {bucketed['examples_per_second']:,.0f} | "
-                f"{padded['examples_per_second']:,.0f} | {row['ratios']['examples_per_second']:.2f}× | "
+                f"{row['exact']['examples_per_second']:,.0f} | {padded['examples_per_second']:,.0f} | "
+                f"{_times(ratios['vs_exact_examples_per_second'])} | "
+                f"{_times(ratios['vs_exact_real_tokens_per_cpu_second'])} | {_times(ratios['vs_exact_first_epoch'])} | "
+                f"{ratios['examples_per_second']:.2f}× | "
                 f"{bucketed['real_token_share']:.1%} | {bucketed['seconds_per_1k_real_tokens']:.4f} | "
                 f"{padded['seconds_per_1k_real_tokens']:.4f} |"
             )
