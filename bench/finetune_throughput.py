@@ -6,18 +6,13 @@ aligned to a vocabulary built from the task's training text) trains on two input
 of the same truncated ids:
 
 - **bucketed**: `tftune.data.classification_dataset` (batches of similar lengths, each padded
-  up to one of a few fixed bucket lengths, so training runs the XLA-compiled recurrence) — what
-  `tftune finetune` uses;
-- **exact**: the same batches, each padded only to its own longest document (`bucket_lengths=None`):
-  less padding, but nearly every batch has a new length, so the recurrence runs uncompiled;
+  to its longest document) — what `tftune finetune` uses;
 - **padded** (the plain baseline): `tf.data` `padded_batch` of every document to `max_len`.
 
-For each, one short warm-up fit traces the model, then two epochs are timed one by one: the
-first includes the XLA compilations of each new bucket length, the second (examples/s, real
-tokens/s) is the steady state of the epochs after it. The share of real (non-pad) tokens is
-counted over one epoch of batches. Tasks: SST-2 and TREC-6 from `../shared/data` (skipped with
-a message when absent) and the shipped authors task, each on its training split. The ratios
-are bucketed / padded and bucketed / exact examples/s.
+For each, one short warm-up fit traces the model, then one timed epoch gives examples/s; the
+share of real (non-pad) tokens is counted over one epoch of batches. Tasks: SST-2 and TREC-6
+from `../shared/data` (skipped with a message when absent) and the shipped authors task, each
+on its training split. The ratio is bucketed / padded examples/s.
 
 Example:
 
@@ -106,20 +101,13 @@ def count_tokens(dataset):
 
 
 def time_training(build, dataset, n_examples, warmup_steps):
-    """Examples/s of the second of two timed epochs of `fit`, after a warm-up fit that traces the model.
-
-    The first epoch's time is reported too: it includes compiling each new bucket length.
-    """
+    """Examples/s of one epoch of `fit`, after a warm-up fit that traces the model."""
     model = build()
     model.fit(dataset.take(warmup_steps), epochs=1, verbose=0)
-    seconds, cpu_seconds = [], []
-    for _ in range(2):
-        started, cpu_started = time.perf_counter(), time.process_time()
-        model.fit(dataset, epochs=1, verbose=0)
-        seconds.append(time.perf_counter() - started)
-        cpu_seconds.append(time.process_time() - cpu_started)
-    return {"first_epoch_seconds": round(seconds[0], 2), "epoch_seconds": round(seconds[1], 2),
-            "epoch_cpu_seconds": round(cpu_seconds[1], 2), "examples_per_second": n_examples / seconds[1]}
+    started = time.perf_counter()
+    model.fit(dataset, epochs=1, verbose=0)
+    seconds = time.perf_counter() - started
+    return {"epoch_seconds": round(seconds, 2), "examples_per_second": n_examples / seconds}
 
 
 def measure_task(name, recipe, vectors, sizes, max_examples):
@@ -166,8 +154,6 @@ def measure_loaded_task(name, task, recipe, vectors, sizes):
 
     pipelines = {
         "bucketed": classification_dataset(ids, targets, batch_size, shuffle=True, seed=head.seed).epochs(0, 1),
-        "exact": classification_dataset(ids, targets, batch_size, shuffle=True, seed=head.seed,
-                                        bucket_lengths=None).epochs(0, 1),
         "padded": padded_dataset(ids, targets, batch_size, max_len, seed=head.seed),
     }
     result = {
@@ -180,24 +166,16 @@ def measure_loaded_task(name, task, recipe, vectors, sizes):
     for pipeline, dataset in pipelines.items():
         common.log(f"{NAME}: {name} / {pipeline}: {len(texts):,} examples")
         real, slots, batches = count_tokens(dataset)
-        timing = time_training(build, dataset, len(texts), sizes["warmup_steps"])
         result[pipeline] = {
-            **timing,
-            "real_tokens_per_second": round(real / timing["epoch_seconds"]),
-            "real_tokens_per_cpu_second": round(real / timing["epoch_cpu_seconds"]),
+            **time_training(build, dataset, len(texts), sizes["warmup_steps"]),
             "real_token_share": round(real / slots, 4),
             "mean_batch_length": round(slots / len(texts), 1),
             "batches": batches,
         }
-    bucketed = result["bucketed"]
     result["ratios"] = {
-        "examples_per_second": common.ratio(bucketed["examples_per_second"], result["padded"]["examples_per_second"]),
-        "real_token_share": common.ratio(bucketed["real_token_share"], result["padded"]["real_token_share"]),
-        "vs_exact_examples_per_second": common.ratio(bucketed["examples_per_second"],
-                                                     result["exact"]["examples_per_second"]),
-        "vs_exact_real_tokens_per_cpu_second": common.ratio(bucketed["real_tokens_per_cpu_second"],
-                                                            result["exact"]["real_tokens_per_cpu_second"]),
-        "vs_exact_first_epoch": common.ratio(result["exact"]["first_epoch_seconds"], bucketed["first_epoch_seconds"]),
+        "examples_per_second": common.ratio(result["bucketed"]["examples_per_second"],
+                                            result["padded"]["examples_per_second"]),
+        "real_token_share": common.ratio(result["bucketed"]["real_token_share"], result["padded"]["real_token_share"]),
     }
     return result
 
@@ -241,8 +219,7 @@ def summary(result):
             continue
         parts.append(
             f"{name} {task['ratios']['examples_per_second']:.2f}x examples/s "
-            f"({task['bucketed']['examples_per_second']:,.0f} vs {task['padded']['examples_per_second']:,.0f}; "
-            f"{task['ratios']['vs_exact_examples_per_second']:.2f}x the exact lengths), "
+            f"({task['bucketed']['examples_per_second']:,.0f} vs {task['padded']['examples_per_second']:,.0f}), "
             f"real tokens {task['bucketed']['real_token_share']:.0%} vs {task['padded']['real_token_share']:.0%}"
         )
     return f"{NAME} (bucketed vs padded to max_len {result['config']['max_len']}): " + "; ".join(parts)
@@ -256,22 +233,20 @@ def markdown(result):
         f"Recipe `{config['recipe']}` classifier ({config['layers']} × {config['units']} {config['cell']} units, "
         f"{config['head']} head, pooled word vectors {'on' if config['pool_embeddings'] else 'off'}), batch "
         f"{config['batch_size']}, documents cut to {config['max_len']} tokens; one timed epoch after "
-        f"{config['warmup_steps']} warm-up steps and a first epoch that compiles each new length. Bucketed: "
-        "rounded up to the bucket lengths (compiled recurrence); exact: the same batches at their own lengths.",
+        f"{config['warmup_steps']} warm-up steps.",
         "",
-        "| task | examples | mean tokens | bucketed examples/s | exact examples/s | padded examples/s | "
-        "bucketed / exact | bucketed / padded | bucketed real tokens | padded real tokens |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| task | examples | mean tokens | bucketed examples/s | padded examples/s | ratio | "
+        "bucketed real tokens | padded real tokens |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, task in result["tasks"].items():
         if "skipped" in task:
-            lines.append(f"| {name} | skipped: {task['skipped']} | | | | | | | | |")
+            lines.append(f"| {name} | skipped: {task['skipped']} | | | | | | |")
             continue
         bucketed, padded = task["bucketed"], task["padded"]
         lines.append(
             f"| {name} | {task['examples']:,} | {task['mean_tokens']:g} | {bucketed['examples_per_second']:,.0f} | "
-            f"{task['exact']['examples_per_second']:,.0f} | {padded['examples_per_second']:,.0f} | "
-            f"{task['ratios']['vs_exact_examples_per_second']:.2f}× | {task['ratios']['examples_per_second']:.2f}× | "
+            f"{padded['examples_per_second']:,.0f} | {task['ratios']['examples_per_second']:.2f}× | "
             f"{bucketed['real_token_share']:.1%} | {padded['real_token_share']:.1%} |"
         )
     return "\n".join(lines)

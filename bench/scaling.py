@@ -170,7 +170,7 @@ def measure_length(args, max_lens):
         sizes = {**base, "max_len": max_len}
         task = (texts[:max_examples], labels[:max_examples], common.display_path(IMDB))
         row = finetune_throughput.measure_loaded_task("imdb", task, recipe, vectors, sizes)
-        for pipeline in ("bucketed", "exact", "padded"):
+        for pipeline in ("bucketed", "padded"):
             real_tokens = row[pipeline]["real_token_share"] * row[pipeline]["mean_batch_length"] * row["examples"]
             row[pipeline]["seconds_per_1k_real_tokens"] = round(1000 * row[pipeline]["epoch_seconds"] / real_tokens, 4)
         rows[str(max_len)] = row
@@ -204,8 +204,7 @@ def summary(result):
                     f"{int(size):,} {row[side]['tokens_per_second']:,.0f}" for size, row in rows))
     if "length" in result and "rows" in result["length"]:
         parts.append("bucketed examples/s by max_len: " + ", ".join(
-            f"{size} {row['bucketed']['examples_per_second']:,.0f} ({row['ratios']['examples_per_second']:.2f}x padded, "
-            f"{row['ratios']['vs_exact_examples_per_second']:.2f}x exact)"
+            f"{size} {row['bucketed']['examples_per_second']:,.0f} ({row['ratios']['examples_per_second']:.2f}x padded)"
             for size, row in result["length"]["rows"].items()))
     return f"{NAME} (cost by size): " + "; ".join(parts)
 
@@ -256,23 +255,17 @@ def markdown(result):
             "### Classifier training by max_len (`python -m bench.scaling --parts length`)",
             "",
             f"IMDb subset, {result['length']['config']['max_examples']:,} training reviews; the `lstm-glove` "
-            "classifier; bucketed (tftune: rounded up to the bucket lengths, compiled recurrence) against the same "
-            "batches at their exact lengths (uncompiled) and against padded to max_len (plain `padded_batch`); the "
-            "second of two timed epochs (the first compiles).",
+            "classifier; bucketed (tftune) against padded to max_len (plain `padded_batch`).",
             "",
-            "| max_len | mean tokens | bucketed examples/s | exact examples/s | padded examples/s | bucketed / exact "
-            "| same, per CPU second | first epoch, exact / bucketed time | bucketed / padded | bucketed real tokens "
+            "| max_len | mean tokens | bucketed examples/s | padded examples/s | ratio | bucketed real tokens "
             "| bucketed s / 1k real tokens | padded s / 1k real tokens |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for size, row in result["length"]["rows"].items():
-            bucketed, padded, ratios = row["bucketed"], row["padded"], row["ratios"]
+            bucketed, padded = row["bucketed"], row["padded"]
             lines.append(
                 f"| {size} | {row['mean_tokens']:g} | {bucketed['examples_per_second']:,.0f} | "
-                f"{row['exact']['examples_per_second']:,.0f} | {padded['examples_per_second']:,.0f} | "
-                f"{_times(ratios['vs_exact_examples_per_second'])} | "
-                f"{_times(ratios['vs_exact_real_tokens_per_cpu_second'])} | {_times(ratios['vs_exact_first_epoch'])} | "
-                f"{ratios['examples_per_second']:.2f}× | "
+                f"{padded['examples_per_second']:,.0f} | {row['ratios']['examples_per_second']:.2f}× | "
                 f"{bucketed['real_token_share']:.1%} | {bucketed['seconds_per_1k_real_tokens']:.4f} | "
                 f"{padded['seconds_per_1k_real_tokens']:.4f} |"
             )

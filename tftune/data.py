@@ -476,22 +476,15 @@ def truncate(id_lists, max_len):
 # Documents sorted by length within pools of this many batches: batches then hold nearly equal
 # lengths (little padding) while the pools keep the order random from epoch to epoch.
 BATCHES_PER_POOL = 50
-# The lengths batches are padded up to, each about 1.25 times the one before (12% more padding
-# on average): few enough for training to compile the recurrence once per length (see
-# tftune.fast_rnn), and they include the usual max_len values (50, 100, 200, 400, 800, powers of
-# two), where truncated documents pile up, so those batches need no extra padding.
-BUCKET_LENGTHS = (8, 10, 12, 16, 20, 25, 32, 40, 50, 64, 80, 100, 128, 160, 200, 256, 320, 400, 512, 640, 800,
-                  1024, 1280, 1600, 2048)
 
 
-def classification_dataset(id_lists, labels, batch_size, shuffle=False, seed=0, bucket_lengths=BUCKET_LENGTHS):
+def classification_dataset(id_lists, labels, batch_size, shuffle=False, seed=0):
     """Right-padded `(ids, label)` batches of documents of similar length, to keep padding small.
 
     Documents are taken in pools of `BATCHES_PER_POOL` batches (in a new random order every
     epoch when `shuffle`, else in their order), sorted by length inside each pool and cut into
     batches, and with `shuffle` the batches are shuffled too, so every batch is padded only to
-    the first of `bucket_lengths` that holds its longest document (or to that document's length
-    when it is longer than all of them). An epoch is `ceil(len(id_lists) / batch_size)` batches.
+    its own longest document. An epoch is `ceil(len(id_lists) / batch_size)` batches.
 
     Args:
         id_lists: one int array per document (already truncated).
@@ -499,8 +492,6 @@ def classification_dataset(id_lists, labels, batch_size, shuffle=False, seed=0, 
         batch_size: examples per batch.
         shuffle: draw examples (and so batches) in another order every epoch (training).
         seed: the shuffle's seed.
-        bucket_lengths: increasing lengths to round a batch's length up to; empty or None pads
-            each batch to its own longest document.
 
     Returns:
         Without `shuffle`, a `tf.data.Dataset` of one epoch (its length known to Keras); with
@@ -509,8 +500,8 @@ def classification_dataset(id_lists, labels, batch_size, shuffle=False, seed=0, 
     Example:
 
     >>> dataset = classification_dataset([np.array([5, 6]), np.array([7])], [0, 1], batch_size=2)
-    >>> [ids.numpy().tolist() for ids, _ in dataset]  # shortest first, padded to 8  # doctest: +SKIP
-    [[[7, 0, 0, 0, 0, 0, 0, 0], [5, 6, 0, 0, 0, 0, 0, 0]]]
+    >>> [ids.numpy().tolist() for ids, _ in dataset]  # shortest first  # doctest: +SKIP
+    [[[7, 0], [5, 6]]]
     >>> documents = [np.array([5, 6]), np.array([7]), np.array([8, 9, 4])]
     >>> train = classification_dataset(documents, [0, 1, 2], batch_size=1, shuffle=True, seed=2)
     >>> [int(labels[0]) for _, labels in train.epochs(0, 2)]  # two epochs, two orders  # doctest: +SKIP
@@ -531,13 +522,9 @@ def classification_dataset(id_lists, labels, batch_size, shuffle=False, seed=0, 
     pool_keys = pools * (int(lengths.max(initial=0)) + 1)
     lengths = tf.constant(lengths)
 
-    buckets = tf.constant(bucket_lengths or [0], tf.int64)
-
     def padded_batch(documents):
         batch_lengths = tf.gather(lengths, documents)
-        longest = tf.reduce_max(batch_lengths)
-        bucket = tf.gather(buckets, tf.minimum(tf.searchsorted(buckets, longest[None])[0], len(buckets) - 1))
-        positions = tf.range(tf.maximum(bucket, longest), dtype=tf.int64)
+        positions = tf.range(tf.reduce_max(batch_lengths), dtype=tf.int64)
         real = positions[None, :] < batch_lengths[:, None]
         ids = tf.gather(flat_ids, tf.where(real, tf.gather(starts, documents)[:, None] + positions[None, :], 0))
         return tf.where(real, ids, 0), tf.gather(labels, documents)

@@ -21,12 +21,9 @@ When the number of time steps is known while the graph is traced (language-model
 with XLA (`tf.function(jit_compile=True)`): it fuses the gate math of a step into a few kernels
 and drops TensorFlow's per-op cost inside the loop. There the gates' sigmoid is computed as
 `(1 + tanh(x / 2)) / 2`, since XLA's CPU sigmoid costs several times its tanh (an LSTM step's
-gate math: 0.29 against 0.06 ms here). Inputs whose length varies from batch to batch run the
-same recurrence uncompiled, since XLA would compile it again for every new length, with one
-exception: in training, a batch whose length is one of `tftune.data.BUCKET_LENGTHS` (the few
-lengths `classification_dataset` pads its batches to) takes the compiled recurrence, chosen
-when the step runs, so fine-tuning compiles once per bucket length and not per batch. Inference
-(evaluation, the exported model) stays uncompiled at any length. `LanguageModel` compiles its
+gate math: 0.29 against 0.06 ms here). Inputs whose length varies from batch to batch
+(length-bucketed classification batches, the exported model) run the same recurrence
+uncompiled, since XLA would compile it again for every new length. `LanguageModel` compiles its
 whole forward and backward pass the same way (see its `train_step`).
 
 The classes report Keras' class names (`FastLSTM.__name__ == "LSTM"`): Keras names the
@@ -58,7 +55,6 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-from tftune.data import BUCKET_LENGTHS
 from tftune.keras_private import WeightDroppedInnerLoop
 
 TANH, SIGMOID = keras.activations.tanh, keras.activations.sigmoid
@@ -171,10 +167,6 @@ def _graph_function(pass_function, compiled, trace_kind):
 def _maybe_compiled(pass_function, compiled):
     """`pass_function`, or its XLA-compiled twin when `compiled` (see the module docstring).
 
-    `compiled` is a Python bool, or a boolean scalar tensor that picks one of the two when the
-    graph runs (`tf.cond`): XLA then compiles the pass for each new input shape it actually meets.
-    A pass that takes a `sigmoid` gets the one that suits the way it runs (`_sigmoid_of`).
-
     In a graph being traced, the uncompiled pass becomes part of it. Called eagerly (e.g. a
     model called on batches of several lengths), it runs as one graph function whose traces
     generalize over the number of steps, so each new length is neither traced nor compiled again
@@ -188,36 +180,14 @@ def _maybe_compiled(pass_function, compiled):
 
     parameters = list(inspect.signature(pass_function).parameters)
 
-    def run_as(compile_pass, args):
-        function = pass_function
-        if compile_pass or tf.executing_eagerly():
-            kernel, mask = args[parameters.index("recurrent_kernel")], args[parameters.index("mask")]
-            function = _graph_function(pass_function, compile_pass, (tuple(kernel.shape), kernel.dtype, mask is None))
-        options = {"sigmoid": _sigmoid_of(compile_pass)} if "sigmoid" in parameters else {}
-        return function(*(tf.stop_gradient(arg) if tf.is_tensor(arg) else arg for arg in args), **options)
-
     def run(*args):
-        if not tf.is_tensor(compiled):
-            return run_as(compiled, args)
-        return tf.cond(compiled, lambda: run_as(True, args), lambda: run_as(False, args))
+        function = pass_function
+        if compiled or tf.executing_eagerly():
+            kernel, mask = args[parameters.index("recurrent_kernel")], args[parameters.index("mask")]
+            function = _graph_function(pass_function, compiled, (tuple(kernel.shape), kernel.dtype, mask is None))
+        return function(*(tf.stop_gradient(arg) if tf.is_tensor(arg) else arg for arg in args))
 
     return run
-
-
-def _compile_recurrence(sequences, training):
-    """Whether the recurrence over `sequences` runs compiled: a bool, or a tensor decided per batch.
-
-    A graph traced for a fixed number of steps: always (one XLA compilation). An eager call's steps
-    are known too, but the next call's may differ: never. A training graph of any length: when
-    the batch's length is one of the bucket lengths, so compilations stay few.
-    """
-    if tf.executing_eagerly():
-        return False
-    if sequences.shape[1] is not None:
-        return True
-    if tf.is_tensor(training) or not training:
-        return False
-    return tf.reduce_any(tf.equal(tf.shape(sequences)[1], BUCKET_LENGTHS))
 
 
 def _tanh_sigmoid(x):
@@ -281,7 +251,9 @@ def _lstm_recurrence(inputs, recurrent_kernel, h0, c0, mask, compiled=False):
 
     @tf.custom_gradient
     def run(inputs, recurrent_kernel, h0, c0):
-        outputs, carries, gates, h, c = _maybe_compiled(_lstm_forward, compiled)(inputs, recurrent_kernel, h0, c0, mask)
+        outputs, carries, gates, h, c = _maybe_compiled(_lstm_forward, compiled)(
+            inputs, recurrent_kernel, h0, c0, mask, _sigmoid_of(compiled)
+        )
 
         def backward(d_outputs, d_h, d_c):
             return _maybe_compiled(_lstm_backward, compiled)(
@@ -345,7 +317,9 @@ def _gru_recurrence(inputs, recurrent_kernel, recurrent_bias, h0, mask, compiled
 
     @tf.custom_gradient
     def run(inputs, recurrent_kernel, recurrent_bias, h0):
-        outputs, saved, h = _maybe_compiled(_gru_forward, compiled)(inputs, recurrent_kernel, recurrent_bias, h0, mask)
+        outputs, saved, h = _maybe_compiled(_gru_forward, compiled)(
+            inputs, recurrent_kernel, recurrent_bias, h0, mask, _sigmoid_of(compiled)
+        )
 
         def backward(d_outputs, d_h):
             return _maybe_compiled(_gru_backward, compiled)(
@@ -471,7 +445,9 @@ class _FastRecurrentCall(WeightDroppedInnerLoop):
         step_mask = None if mask is None else tf.transpose(tf.cast(mask, "bool"))[:, :, None]
 
         recurrent_kernel = ops.cast(self.recurrent_kernel_for_call(training), dtype)
-        compiled = _compile_recurrence(sequences, training)
+        # A graph traced for a fixed number of steps: one XLA compilation. An eager call's steps
+        # are known too, but the next call's may differ.
+        compiled = sequences.shape[1] is not None and not tf.executing_eagerly()
         outputs, states = self._recurrence(projected, recurrent_kernel, states, step_mask, compiled)
         if step_mask is not None and initial_state is not None:
             # Keras outputs zeros, not the initial state, before a sequence's first real step.
