@@ -36,6 +36,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench import pytorch
 from tftune.cli import configure_logging
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,15 +115,47 @@ def _versions():
             versions[module] = __import__(module).__version__
         except ImportError:
             versions[module] = None
+    # The optional peer of bench.rnn_stack and bench.lm_throughput: its version without importing it.
+    versions["torch"] = pytorch.version()
     return versions
 
 
+# The CPU's vector extensions that decide which GEMM kernels TensorFlow, numpy and PyTorch can use.
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def cpu_flags():
+    """The `VECTOR_FLAGS` this CPU has, in that order."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            present = set(line.split(":", 1)[1].split())
+            return [flag for flag in VECTOR_FLAGS if flag in present]
+    return []
+
+
+def tensorflow_matmul_peak_gflops(size=2048, repeats=10):
+    """Float32 GFLOP/s of TensorFlow's `size` × `size` matmul, best of `repeats`: the ceiling recurrent stacks are held to."""
+    import tensorflow as tf
+
+    a = tf.random.normal((size, size))
+    b = tf.random.normal((size, size))
+    matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    matmul().numpy()
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul().numpy()
+        timings.append(time.perf_counter() - start)
+    return 2 * size**3 / min(timings) / 1e9
+
+
 def machine_info():
-    """Date (UTC), cores, CPU model and library versions, as recorded with every result."""
+    """Date (UTC), cores, CPU model and vector flags, and library versions, as recorded with every result."""
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "nproc": len(os.sched_getaffinity(0)),
         "cpu_model": _cpu_model(),
+        "cpu_flags": cpu_flags(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         **_versions(),
     }

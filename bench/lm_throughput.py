@@ -34,7 +34,7 @@ import math
 import tempfile
 from pathlib import Path
 
-from bench import common
+from bench import common, pytorch
 
 NAME = "lm_throughput"
 CELLS = ("lstm", "gru", "simple_rnn")
@@ -136,22 +136,16 @@ def _work_tftune(spec):
     }
 
 
-def _work_keras(spec):
-    import keras
+def _prepared_data(spec):
+    """The same documents, split, vocabulary, ids, vectors and windows as tftune's pretrain builds."""
     import numpy as np
 
+    from tftune.cache import split_documents
     from tftune.data import lm_windows, read_corpus
     from tftune.embeddings import align, load_vectors
     from tftune.text import Tokenizer, Vocabulary
-    from tftune.cache import split_documents
-
-    from bench.callbacks import WallClockBudget
-    from tftune.callbacks import Throughput
 
     s = spec["settings"]
-    keras.utils.set_random_seed(s["seed"])
-    keras.mixed_precision.set_global_policy("float32")
-    # The same documents, split, vocabulary, ids and vectors as tftune's pretrain builds.
     train_docs, valid_docs = split_documents(read_corpus(spec["corpus"]), spec["valid_fraction"])
     vectors = load_vectors(spec["vectors"], spec["vectors_format"])
     tokenizer = Tokenizer(lowercase=s["lowercase"])
@@ -161,6 +155,38 @@ def _work_keras(spec):
     valid_ids = np.concatenate(vocab.encode(valid_docs, tokenizer)).astype("int32")
     x, y = lm_windows(train_ids, s["seq_len"])
     valid_x, valid_y = lm_windows(valid_ids, s["seq_len"])
+    return {"vocab": vocab, "matrix": matrix, "x": x, "y": y, "valid_x": valid_x, "valid_y": valid_y,
+            "train_tokens": int(len(train_ids)), "valid_tokens": int(len(valid_ids))}
+
+
+def _data_facts(data):
+    """What every side reports about its data, to show they trained on the same."""
+    return {"vocab_size": len(data["vocab"]), "train_tokens": data["train_tokens"],
+            "valid_tokens": data["valid_tokens"], "vocab_fingerprint": data["vocab"].fingerprint()}
+
+
+def _work_pytorch(spec):
+    from bench import pytorch
+
+    pytorch.load(spec["pytorch_threads"])  # before tftune's data preparation imports TensorFlow
+    data = _prepared_data(spec)
+    result = pytorch.train_language_model(spec["cell"], data, spec["settings"], spec["budget_seconds"],
+                                          spec["pytorch_threads"])
+    return {**result, **_data_facts(data)}
+
+
+def _work_keras(spec):
+    import keras
+
+    from bench.callbacks import WallClockBudget
+    from tftune.callbacks import Throughput
+
+    s = spec["settings"]
+    keras.utils.set_random_seed(s["seed"])
+    keras.mixed_precision.set_global_policy("float32")
+    data = _prepared_data(spec)
+    vocab, matrix = data["vocab"], data["matrix"]
+    x, y, valid_x, valid_y = data["x"], data["y"], data["valid_x"], data["valid_y"]
 
     recurrent = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU, "simple_rnn": keras.layers.SimpleRNN}[spec["cell"]]
     model = keras.Sequential(
@@ -194,15 +220,12 @@ def _work_keras(spec):
         "steps": budget.steps,
         "epochs": round(budget.steps / math.ceil(len(x) / s["batch_size"]), 2),
         "train_seconds": round(budget.elapsed, 1),
-        "vocab_size": len(vocab),
-        "train_tokens": int(len(train_ids)),
-        "valid_tokens": int(len(valid_ids)),
-        "vocab_fingerprint": vocab.fingerprint(),
+        **_data_facts(data),
     }
 
 
 def work(spec):
-    return {"tftune": _work_tftune, "keras": _work_keras}[spec["impl"]](spec)
+    return {"tftune": _work_tftune, "keras": _work_keras, "pytorch": _work_pytorch}[spec["impl"]](spec)
 
 
 # === The benchmark ===
@@ -212,6 +235,7 @@ def measure(args):
     from tftune.recipe import load_recipe
 
     sizes = SMOKE if args.smoke else FULL
+    pytorch_threads = pytorch.tensorflow_threads() if pytorch.version() else None
     budget_seconds = args.budget_seconds or (SMOKE_BUDGET_SECONDS if args.smoke else 300.0)
     cells = (args.cells or ("lstm" if args.smoke else ",".join(CELLS))).split(",")
     unknown = sorted(set(cells) - set(CELLS))
@@ -261,7 +285,7 @@ def measure(args):
                 "settings": settings,
             }
             runs = {}
-            for impl in ("keras", "tftune"):
+            for impl in ("keras", "tftune", "pytorch") if pytorch_threads else ("keras", "tftune"):
                 common.log(f"{NAME}: {cell} / {impl}, {budget_seconds:g} s budget")
                 runs[impl] = common.run_worker(
                     f"bench.{NAME}",
@@ -273,19 +297,12 @@ def measure(args):
                         "recipe": recipe_name,
                         "recipe_overrides": overrides,
                         "run_dir": str(Path(tmp) / f"{cell}-pretrain"),
+                        "pytorch_threads": pytorch_threads,
                     },
                 )
-            tftune_run, keras_run = runs["tftune"], runs["keras"]
-            results[cell] = {
-                **runs,
-                "recipe": recipe_name,
-                "learning_rate": settings["learning_rate"],
-                "same_vocabulary": tftune_run.pop("vocab_fingerprint") == keras_run.pop("vocab_fingerprint"),
-                "ratios": {
-                    key: common.ratio(tftune_run[key], keras_run[key])
-                    for key in ("tokens_per_second", "tokens_per_cpu_second", "valid_perplexity", "peak_rss_mb")
-                },
-            }
+            results[cell] = _compared(runs, recipe_name, settings)
+    common.log("timing TensorFlow's matmul peak")
+    matmul_peak = common.tensorflow_matmul_peak_gflops()
     return {
         "config": {
             "corpus": corpus_label,
@@ -298,9 +315,32 @@ def measure(args):
             "tftune_dropout": recipe.encoder.dropout,
             "tftune_lm_output": recipe.pretrain.output,
             "tftune_num_sampled": recipe.pretrain.num_sampled,
+            "pytorch_threads": pytorch_threads,
         },
+        "tensorflow_matmul_peak_gflop_per_second": round(matmul_peak, 1),
         "cells": results,
     }
+
+
+RATIO_KEYS = ("tokens_per_second", "tokens_per_cpu_second", "valid_perplexity", "peak_rss_mb")
+
+
+def _compared(runs, recipe_name, settings):
+    """One cell's runs with their ratios: tftune / Keras, and tftune / PyTorch when it ran."""
+    fingerprints = {impl: run.pop("vocab_fingerprint") for impl, run in runs.items()}
+    tftune_run, keras_run = runs["tftune"], runs["keras"]
+    result = {
+        **runs,
+        "recipe": recipe_name,
+        "learning_rate": settings["learning_rate"],
+        "same_vocabulary": len(set(fingerprints.values())) == 1,
+        "ratios": {key: common.ratio(tftune_run[key], keras_run[key]) for key in RATIO_KEYS},
+    }
+    if "pytorch" in runs:
+        result["ratios_vs_pytorch"] = {key: common.ratio(tftune_run[key], runs["pytorch"][key]) for key in RATIO_KEYS}
+    else:
+        result["pytorch"] = pytorch.NOT_INSTALLED
+    return result
 
 
 def _number(value, digits=0):
@@ -315,10 +355,24 @@ def summary(result):
             f"{cell} {_number(ratios['tokens_per_second'], 2)}x tokens/s "
             f"({_number(tftune_run['tokens_per_second'])} vs {_number(keras_run['tokens_per_second'])}), "
             f"{_number(ratios['tokens_per_cpu_second'], 2)}x per CPU second, "
-            f"perplexity {_number(tftune_run['valid_perplexity'], 1)} vs {_number(keras_run['valid_perplexity'], 1)}"
+            f"perplexity {_number(tftune_run['valid_perplexity'], 1)} vs {_number(keras_run['valid_perplexity'], 1)}; "
+            f"PyTorch {_pytorch_cell(runs)}"
         )
-    config = result["config"]
-    return f"{NAME} (tftune vs Keras, {config['corpus']}, {config['budget_seconds']:g} s each): " + "; ".join(parts)
+    config, machine = result["config"], result["machine"]
+    return (
+        f"{NAME} (tftune vs Keras, {config['corpus']}, {config['budget_seconds']:g} s each; CPU flags "
+        f"{' '.join(machine.get('cpu_flags', [])) or 'unknown'}, TensorFlow 2048² matmul "
+        f"{result['tensorflow_matmul_peak_gflop_per_second']} GFLOP/s): " + "; ".join(parts)
+    )
+
+
+def _pytorch_cell(runs):
+    """PyTorch's side of a cell in one phrase: tokens/s and perplexity, or "not installed"."""
+    peer = runs["pytorch"]
+    if isinstance(peer, str):
+        return peer
+    return (f"{_number(peer['tokens_per_second'])} tokens/s, perplexity {_number(peer['valid_perplexity'], 1)} "
+            f"(tftune x{_number(runs['ratios_vs_pytorch']['tokens_per_second'], 2)} tokens/s)")
 
 
 def markdown(result):
@@ -335,22 +389,34 @@ def markdown(result):
         f"batch {config['batch_size']}, {config['layers']} × {config['units']} units; "
         f"{config['budget_seconds']:g} s of training each, Adam at the cell's recipe's learning rate "
         f"({', '.join(f'{cell} `{name}`' for cell, name in config['tftune_recipes'].items())}) on both sides; tftune: "
-        f"LM output: {output}, dropout {config['tftune_dropout']:g}. Keras: full softmax. "
-        "Perplexity: validation, full softmax, after the budget.",
+        f"LM output: {output}, dropout {config['tftune_dropout']:g}. Keras: full softmax. PyTorch: "
+        + (f"`nn.AdaptiveLogSoftmaxWithLoss` (cutoffs {', '.join(map(str, pytorch.ADAPTIVE_CUTOFFS))}), no "
+           f"dropout, {config['pytorch_threads']} threads (as many as TensorFlow's)" if config.get("pytorch_threads")
+           else pytorch.NOT_INSTALLED)
+        + ". Perplexity: validation, over the whole vocabulary (full softmax; PyTorch: its adaptive softmax's "
+        "distribution), after the budget. CPU flags: "
+        f"{', '.join(result['machine'].get('cpu_flags', [])) or 'not recorded'}; TensorFlow's 2048² matmul: "
+        f"{result.get('tensorflow_matmul_peak_gflop_per_second', '—')} GFLOP/s.",
         "",
-        "| cell | tftune tokens/s | Keras tokens/s | ratio | tftune tokens/CPU s | Keras tokens/CPU s | ratio | "
-        "tftune perplexity | Keras perplexity | tftune steps | Keras steps | tftune peak RSS (MiB) | "
-        "Keras peak RSS (MiB) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| cell | tftune tokens/s | Keras tokens/s | ratio | PyTorch tokens/s | tftune / PyTorch | tftune tokens/CPU s "
+        "| Keras tokens/CPU s | ratio | tftune perplexity | Keras perplexity | PyTorch perplexity | tftune steps | "
+        "Keras steps | tftune peak RSS (MiB) | Keras peak RSS (MiB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for cell, runs in result["cells"].items():
         t, k = runs["tftune"], runs["keras"]
+        peer = runs.get("pytorch", pytorch.NOT_INSTALLED)
+        installed = not isinstance(peer, str)
         lines.append(
             f"| {cell} | {_number(t['tokens_per_second'])} | {_number(k['tokens_per_second'])} | "
-            f"{_number(runs['ratios']['tokens_per_second'], 2)}× | {_number(t.get('tokens_per_cpu_second'))} | "
+            f"{_number(runs['ratios']['tokens_per_second'], 2)}× | "
+            f"{_number(peer['tokens_per_second']) if installed else peer} | "
+            f"{_number(runs['ratios_vs_pytorch']['tokens_per_second'], 2) + '×' if installed else '—'} | "
+            f"{_number(t.get('tokens_per_cpu_second'))} | "
             f"{_number(k.get('tokens_per_cpu_second'))} | {_number(runs['ratios'].get('tokens_per_cpu_second'), 2)}× | "
             f"{_number(t['valid_perplexity'], 1)} | "
-            f"{_number(k['valid_perplexity'], 1)} | {t['steps']:,} | {k['steps']:,} | "
+            f"{_number(k['valid_perplexity'], 1)} | {_number(peer['valid_perplexity'], 1) if installed else '—'} | "
+            f"{t['steps']:,} | {k['steps']:,} | "
             f"{_number(t['peak_rss_mb'])} | {_number(k['peak_rss_mb'])} |"
         )
     return "\n".join(lines)

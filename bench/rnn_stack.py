@@ -14,6 +14,12 @@ measured against the machine's practical float32 matmul peak: the better of Tens
 numpy's (BLAS) square matmul in this process, timed the same way; the share of TensorFlow's own
 peak is reported beside it.
 
+PyTorch's `nn.LSTM` / `nn.GRU` / `nn.RNN` run beside them on the same shapes, in the same
+run and on as many threads as TensorFlow (see `bench.pytorch`), when PyTorch is installed (the
+`bench` extra); it runs the padded batch as a plain tensor, its fast path. Without PyTorch its
+column says "not installed". The CPU's vector flags (AVX2, AVX-512, ...) are in the result's
+`machine.cpu_flags`, and TensorFlow's 2048² matmul peak is printed in the summary.
+
 Two ceilings run beside them: the same stack's matmuls alone, at the same shapes and with the
 same step-to-step dependency (each step's recurrent matmul waits for the previous one, forward
 and backward), but without any gate math, once compiled with XLA (TensorFlow's kernels, as the
@@ -33,7 +39,7 @@ python -m bench.rnn_stack --smoke           # tiny shapes, a few seconds
 import statistics
 import time
 
-from bench import common
+from bench import common, pytorch
 
 NAME = "rnn_stack"
 GATES = {"lstm": 4, "gru": 3, "simple_rnn": 1}
@@ -49,22 +55,6 @@ def flop_per_token(gates, input_dim, units, layers):
     """Matmul FLOP per token of forward + backward through the stack."""
     forward = sum(2 * gates * units * ((input_dim if i == 0 else units) + units) for i in range(layers))
     return 3 * forward
-
-
-def matmul_peak_gflops(size, repeats):
-    """Float32 GFLOP/s of a `size` × `size` matmul: the ceiling the recurrent stack is held to."""
-    import tensorflow as tf
-
-    a = tf.random.normal((size, size))
-    b = tf.random.normal((size, size))
-    matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
-    matmul().numpy()
-    timings = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        matmul().numpy()
-        timings.append(time.perf_counter() - start)
-    return 2 * size**3 / min(timings) / 1e9
 
 
 def numpy_matmul_peak_gflops(size, repeats):
@@ -130,6 +120,13 @@ def _training_step(stack, shape, masked):
         return loss, tape.gradient(loss, [inputs] + variables)
 
     return lambda: step(inputs)[0].numpy()
+
+
+def _pytorch_step(cell, shape):
+    """PyTorch's stack on `shape` (see `bench.pytorch`), or None when PyTorch is not installed."""
+    if pytorch.version() is None:
+        return None
+    return pytorch.stack_step(cell, shape, pytorch.tensorflow_threads())
 
 
 def _ceiling_operands(gates, shape):
@@ -229,6 +226,7 @@ def measure(args):
         schedule = {"warmup": 2, "rounds": 3, "steps": 3, "peak": {"size": 2048, "repeats": 10}}
 
     runs = {}
+    pytorch_threads = pytorch.tensorflow_threads() if pytorch.version() else None
     for cell in args.cells:
         common.log(f"building {cell}")
         keras_stack, fast_stack = (_stack(layer_class, shape) for layer_class in _layer_classes(cell))
@@ -244,11 +242,14 @@ def measure(args):
                 "wall": [],
                 "cpu": [],
             }
-        for ceiling, build in CEILINGS.items():
+        peers = {"pytorch": lambda gates, shape: _pytorch_step(cell, shape), **CEILINGS}
+        for peer, build in peers.items():
             run = build(GATES[cell], shape)
+            if run is None:
+                continue
             for _ in range(schedule["warmup"]):
                 run()
-            runs[cell, ceiling] = {"run": run, "fast_path": False, "wall": [], "cpu": []}
+            runs[cell, peer] = {"run": run, "fast_path": False, "wall": [], "cpu": []}
 
     common.log("timing")
     for _ in range(schedule["rounds"]):
@@ -260,7 +261,7 @@ def measure(args):
                 timings["cpu"].append(time.process_time() - cpu)
 
     common.log("timing the matmul peaks")
-    tensorflow_peak = matmul_peak_gflops(**schedule["peak"])
+    tensorflow_peak = common.tensorflow_matmul_peak_gflops(**schedule["peak"])
     numpy_peak = numpy_matmul_peak_gflops(**schedule["peak"])
     peak = max(tensorflow_peak, numpy_peak)  # the machine's practical peak: the best either library reaches
     tokens = shape["batch"] * shape["time"]
@@ -285,19 +286,36 @@ def measure(args):
             "fastest_step": common.ratio(keras_result["fastest_step_ms"], fast_result["fastest_step_ms"]),
             "cpu_per_step": common.ratio(keras_result["cpu_ms_per_step"], fast_result["cpu_ms_per_step"]),
         }
-    return {"config": {**shape, "mask": args.mask, **schedule}, "matmul_peak_gflop_per_second": round(peak, 1),
+        if "pytorch" in result:
+            result["ratios"]["fast_vs_pytorch_tokens_per_second"] = common.ratio(
+                fast_result["tokens_per_second"], result["pytorch"]["tokens_per_second"])
+        else:
+            result["pytorch"] = pytorch.NOT_INSTALLED
+    return {"config": {**shape, "mask": args.mask, **schedule, "pytorch_threads": pytorch_threads},
+            "matmul_peak_gflop_per_second": round(peak, 1),
             "tensorflow_matmul_peak_gflop_per_second": round(tensorflow_peak, 1),
             "numpy_matmul_peak_gflop_per_second": round(numpy_peak, 1), "cells": cells}
 
 
+def _pytorch_tokens(cell_result):
+    """PyTorch's tokens/s as the tables show it, or "not installed"."""
+    peer = cell_result.get("pytorch", pytorch.NOT_INSTALLED)
+    return peer if isinstance(peer, str) else f"{peer['tokens_per_second']:,}"
+
+
 def summary(result):
-    return "rnn_stack (Keras -> tftune.fast_rnn, forward + backward): " + "; ".join(
-        f"{cell} {r['keras']['tokens_per_second']:,} -> {r['fast']['tokens_per_second']:,} tokens/s "
-        f"(x{r['ratios']['tokens_per_second']:.2f}, x{r['ratios']['cpu_per_step']:.2f} CPU time, "
-        f"{r['fast']['gflop_per_second']} GFLOP/s = {r['fast']['share_of_matmul_peak']:.0%} of the practical "
-        f"matmul peak; its matmuls alone: XLA {r['matmuls_xla']['share_of_matmul_peak']:.0%}, "
-        f"BLAS {r['matmuls_blas']['share_of_matmul_peak']:.0%})"
-        for cell, r in result["cells"].items()
+    machine = result["machine"]
+    return (
+        f"rnn_stack (Keras -> tftune.fast_rnn, forward + backward; CPU flags "
+        f"{' '.join(machine.get('cpu_flags', [])) or 'unknown'}, TensorFlow {result['config']['peak']['size']}² "
+        f"matmul {result['tensorflow_matmul_peak_gflop_per_second']} GFLOP/s): " + "; ".join(
+            f"{cell} {r['keras']['tokens_per_second']:,} -> {r['fast']['tokens_per_second']:,} tokens/s "
+            f"(x{r['ratios']['tokens_per_second']:.2f}, x{r['ratios']['cpu_per_step']:.2f} CPU time, "
+            f"{r['fast']['gflop_per_second']} GFLOP/s = {r['fast']['share_of_matmul_peak']:.0%} of the practical "
+            f"matmul peak; its matmuls alone: XLA {r['matmuls_xla']['share_of_matmul_peak']:.0%}, "
+            f"BLAS {r['matmuls_blas']['share_of_matmul_peak']:.0%}; PyTorch {_pytorch_tokens(r)} tokens/s)"
+            for cell, r in result["cells"].items()
+        )
     )
 
 
@@ -312,17 +330,22 @@ def markdown(result):
         f"{config['peak']['size']}² matmul peaks measured in the same process: TensorFlow "
         f"{result.get('tensorflow_matmul_peak_gflop_per_second', result['matmul_peak_gflop_per_second'])} GFLOP/s, "
         f"numpy {result.get('numpy_matmul_peak_gflop_per_second', '—')} GFLOP/s; the practical peak is the "
-        f"better of the two, {result['matmul_peak_gflop_per_second']} GFLOP/s.",
+        f"better of the two, {result['matmul_peak_gflop_per_second']} GFLOP/s. CPU flags: "
+        f"{', '.join(result['machine'].get('cpu_flags', [])) or 'not recorded'}. PyTorch: "
+        + (f"{result['machine']['torch']}, `nn.LSTM/GRU/RNN` on {config['pytorch_threads']} threads, as many as "
+           "TensorFlow's." if config.get("pytorch_threads") else f"{pytorch.NOT_INSTALLED}."),
         "",
-        "| cell | Keras tokens/s | fast tokens/s | ratio | CPU-time ratio | fast GFLOP/s | share of practical "
-        "peak (Keras → fast) | share of TensorFlow's peak (fast) | its matmuls alone, share of practical peak "
-        "(XLA / BLAS) | FLOP/token |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| cell | Keras tokens/s | fast tokens/s | ratio | CPU-time ratio | PyTorch tokens/s | fast / PyTorch | "
+        "fast GFLOP/s | share of practical peak (Keras → fast) | share of TensorFlow's peak (fast) | its matmuls "
+        "alone, share of practical peak (XLA / BLAS) | FLOP/token |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for cell, r in result["cells"].items():
+        versus_pytorch = r["ratios"].get("fast_vs_pytorch_tokens_per_second")
         lines.append(
             f"| {cell} | {r['keras']['tokens_per_second']:,} | {r['fast']['tokens_per_second']:,} | "
-            f"{r['ratios']['tokens_per_second']:.2f}× | {r['ratios']['cpu_per_step']:.2f}× | "
+            f"{r['ratios']['tokens_per_second']:.2f}× | {r['ratios']['cpu_per_step']:.2f}× | {_pytorch_tokens(r)} | "
+            f"{'—' if versus_pytorch is None else f'{versus_pytorch:.2f}×'} | "
             f"{r['fast']['gflop_per_second']} | {r['keras']['share_of_matmul_peak']:.0%} → "
             f"{r['fast']['share_of_matmul_peak']:.0%} | "
             f"{r['fast'].get('share_of_tensorflow_matmul_peak', r['fast']['share_of_matmul_peak']):.0%} | "

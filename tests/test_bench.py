@@ -4,6 +4,7 @@ The four smoke runs start together and run side by side, to keep the whole file 
 minute; timings are never asserted.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -25,6 +26,7 @@ ACCURACY_SEED_KEYS = {"seed", "test_accuracy", "test_macro_f1", "valid_accuracy"
 ACCURACY_STEP_KEYS = {"step", "recipe", "overrides", "from_run", "out", "seconds"}
 
 pytestmark = pytest.mark.slow
+TORCH_INSTALLED = importlib.util.find_spec("torch") is not None
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +69,13 @@ def test_lm_throughput(smoke_outputs):
     assert cell["same_vocabulary"] is True
     assert set(cell["ratios"]) == {"tokens_per_second", "tokens_per_cpu_second", "valid_perplexity", "peak_rss_mb"}
     assert cell["keras"]["tokens_per_second"] > 0 and cell["tftune"]["tokens_per_second"] > 0
+    assert result["tensorflow_matmul_peak_gflop_per_second"] > 0 and "GFLOP/s" in smoke_outputs["lm_throughput"][1]
+    if TORCH_INSTALLED:  # PyTorch's LM trained on the same windows of the same vocabulary
+        assert {"tokens_per_second", "valid_perplexity", "steps"} <= set(cell["pytorch"])
+        assert cell["pytorch"]["tokens_per_second"] > 0 and cell["ratios_vs_pytorch"]["tokens_per_second"] > 0
+        assert result["config"]["pytorch_threads"] >= 1
+    else:
+        assert cell["pytorch"] == "not installed"
 
 
 def test_rnn_stack(smoke_outputs):
@@ -83,6 +92,44 @@ def test_rnn_stack(smoke_outputs):
         # The ceilings: the same matmuls alone, in XLA's and in BLAS' kernels.
         for ceiling in ("matmuls_xla", "matmuls_blas"):
             assert 0 < cell[ceiling]["share_of_matmul_peak"] and cell[ceiling]["fast_path"] is False
+        if TORCH_INSTALLED:
+            assert cell["pytorch"]["tokens_per_second"] > 0 and cell["ratios"]["fast_vs_pytorch_tokens_per_second"] > 0
+        else:
+            assert cell["pytorch"] == "not installed"
+    assert isinstance(result["machine"]["cpu_flags"], list)
+
+
+# Run as a user without PyTorch runs them: the import system finds no `torch`.
+WITHOUT_TORCH = """
+import runpy, sys
+
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+
+sys.meta_path.insert(0, NoTorch())
+sys.argv[0] = "{0}"
+runpy.run_module("{0}", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.skipif(not TORCH_INSTALLED, reason="the smoke runs above already run without PyTorch")
+def test_pytorch_columns_say_not_installed_without_it():
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    commands = {"rnn_stack": ["--cells", "lstm"], "lm_throughput": []}
+    processes = {
+        name: subprocess.Popen([sys.executable, "-c", WITHOUT_TORCH.format(f"bench.{name}"), "--smoke", *options],
+                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, options in commands.items()
+    }
+    for name, process in processes.items():
+        stdout, stderr = process.communicate(timeout=600)
+        result = result_of({name: (process.returncode, stdout, stderr)}, name)
+        assert result["machine"]["torch"] is None
+        for cell in result["cells"].values():
+            assert cell["pytorch"] == "not installed"
+        assert "not installed" in stdout.splitlines()[1]
 
 
 def test_finetune_throughput(smoke_outputs):
