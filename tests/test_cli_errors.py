@@ -34,6 +34,7 @@ PRETRAINED = REPO / "pretrained"
 GLOVE = PRETRAINED / "glove.6B.50d.top20k.txt"
 WORD2VEC = PRETRAINED / "word2vec-googlenews-300d-top5k.bin"
 CORPUS = PRETRAINED / "corpus" / "wikitext-2-valid.txt"
+TRAIN = PRETRAINED / "authors" / "train.csv"
 SHIPPED_RECIPES = ["gru-glove", "gru-word2vec", "lstm-glove", "lstm-word2vec", "rnn-glove"]
 TFTUNE = [sys.executable, "-m", "tftune.cli"]
 # A case that starts training by mistake fails on this instead of stalling the suite.
@@ -230,7 +231,7 @@ CASES = {
         prepare=named_pipe("reviews.csv"),
     ),
     "--embeddings character device": Case(
-        ["pretrain", "--embeddings", "/dev/zero", "--out", "out"],
+        ["pretrain", "--corpus", CORPUS, "--embeddings", "/dev/zero", "--out", "out"],
         ["/dev/zero", "is a character device"],
     ),
     "--recipe named pipe": Case(
@@ -347,10 +348,10 @@ CASES = {
     ),
     # --- vectors files ---
     "--embeddings missing": Case(
-        ["pretrain", "--embeddings", "missing.vec", "--out", "out"], ["missing.vec", "does not exist"]
+        ["pretrain", "--corpus", CORPUS, "--embeddings", "missing.vec", "--out", "out"], ["missing.vec", "does not exist"]
     ),
     "--embeddings word2vec binary read as glove": Case(
-        ["pretrain", "--embeddings", WORD2VEC, "--embeddings-format", "glove", "--out", "out"],
+        ["pretrain", "--corpus", CORPUS, "--embeddings", WORD2VEC, "--embeddings-format", "glove", "--out", "out"],
         [WORD2VEC.name, "'word2vec-binary'"],
     ),
     "embeddings inspect glove text read as word2vec-binary": Case(
@@ -364,7 +365,7 @@ CASES = {
         {"vectors.txt": "".join(GLOVE_ROWS)},
     ),
     "pretrain on vectors with a nan": Case(
-        ["pretrain", "--embeddings", "vectors.txt", "--embeddings-format", "glove", "--out", "out"],
+        ["pretrain", "--corpus", CORPUS, "--embeddings", "vectors.txt", "--embeddings-format", "glove", "--out", "out"],
         ["vectors.txt", "line 8 (word 'a') has a non-finite value (nan); the file is corrupt"],
         {"vectors.txt": "".join(GLOVE_ROWS[:7] + ["a nan " + GLOVE_ROWS[7].split(" ", 2)[2]] + GLOVE_ROWS[8:])},
     ),
@@ -411,9 +412,10 @@ CASES = {
         ["pretrain", "--set", "encoder.units", "--out", "out"], ["encoder.units", "section.key=value"]
     ),
     # --- runs and outputs ---
-    "--out not empty": Case(["pretrain", "--out", "out"], ["out: exists", "--force"], {"out/notes.txt": "keep me\n"}),
+    "--out not empty": Case(["pretrain", "--corpus", CORPUS, "--out", "out"], ["out: exists", "--force"],
+                            {"out/notes.txt": "keep me\n"}),
     "--force over a folder that is not a run": Case(
-        ["pretrain", "--out", "out", "--force"],
+        ["pretrain", "--corpus", CORPUS, "--out", "out", "--force"],
         ["out: is not a tftune run (no run.json), and --force only replaces one; choose another --out"],
         {"out/notes.txt": "keep me\n"},
     ),
@@ -422,7 +424,8 @@ CASES = {
         ["lm: is not a SavedModel export (no saved_model.pb), and --force only replaces one"],
         {**finetune_run("clf"), **pretrain_run("lm")},
     ),
-    "--out is a file": Case(["pretrain", "--out", "out"], ["out: exists and is not a directory"], {"out": "keep me\n"}),
+    "--out is a file": Case(["pretrain", "--corpus", CORPUS, "--out", "out"], ["out: exists and is not a directory"],
+                            {"out": "keep me\n"}),
     "finetune --from not a run": Case(
         ["finetune", "--from", "not-a-run", "--out", "out"], ["not-a-run", "run.json"], NOT_A_RUN
     ),
@@ -437,6 +440,14 @@ CASES = {
         {"clf/run.json": '{"kind": "finetune"}\n'},
     ),
     "finetune --from missing": Case(["finetune", "--from", "missing-run", "--out", "out"], ["missing-run", "no such"]),
+    # --- data are arguments ---
+    "pretrain without --corpus": Case(["pretrain", "--out", "out"], ["no corpus", "--corpus FILE"]),
+    "finetune without --train": Case(["finetune", "--from", PRETRAINED / "gru-glove-general", "--out", "out"],
+                                     ["no training data", "--train FILE"]),
+    "a data file set as a recipe setting": Case(
+        ["finetune", "--from", PRETRAINED / "gru-glove-general", "--set", "finetune.train=train.csv", "--out", "out"],
+        ["finetune.train is no longer a recipe setting", "pass --train instead"],
+    ),
     "predict not an export": Case(
         ["predict", "not-a-run", "a gripping , moving film ."], ["not-a-run", "export"], NOT_A_RUN
     ),
@@ -482,7 +493,7 @@ CASES = {
         {**pretrain_run("lm"), "data/train.csv": real_reviews_csv(20)},
     ),
     "finetune --out inside its --from run": Case(
-        ["finetune", "--from", "lm", "--out", "lm/clf"], ["--out lm/clf: lies inside the --from run lm " + INPUT],
+        ["finetune", "--train", TRAIN, "--from", "lm", "--out", "lm/clf"], ["--out lm/clf: lies inside the --from run lm " + INPUT],
         pretrain_run("lm"),
     ),
     "finetune --out is the second --from run": Case(
@@ -599,22 +610,22 @@ def one_class_csv():
 
 SLOW_CASES = {
     "finetune --from an incomplete run": Case(
-        ["finetune", "--from", "pretrain", "--out", "out"],
+        ["finetune", "--train", TRAIN, "--from", "pretrain", "--out", "out"],
         ["pretrain: incomplete pretrain run, missing encoder.weights.h5"],
         prepare=copy_of_the_run(lambda run: (run / "encoder.weights.h5").unlink()),
     ),
     "finetune --from a run whose vocab.txt changed": Case(
-        ["finetune", "--from", "pretrain", "--out", "out"],
+        ["finetune", "--train", TRAIN, "--from", "pretrain", "--out", "out"],
         ["vocab.txt", "vocabulary does not match the one the encoder was trained with"],
         prepare=copy_of_the_run(add_a_word),
     ),
     "finetune with other vocab settings than the pretrain run": Case(
-        ["finetune", "--from", "pretrain", "--set", "vocab.max_size=100", "--out", "out"],
+        ["finetune", "--train", TRAIN, "--from", "pretrain", "--set", "vocab.max_size=100", "--out", "out"],
         ["vocab.max_size is 100 in the recipe but 3000 in the pretrain run pretrain"],
         prepare=copy_of_the_run(),
     ),
     "pretrain --from with vectors of another dimension": Case(
-        ["pretrain", "--from", "pretrain", "--embeddings", WORD2VEC, "--embeddings-format", "word2vec-binary",
+        ["pretrain", "--corpus", CORPUS, "--from", "pretrain", "--embeddings", WORD2VEC, "--embeddings-format", "word2vec-binary",
          "--out", "out"],
         [f"{WORD2VEC.name} holds 300-d vectors", "pretrain run pretrain was trained on 50-d vectors"],
         prepare=copy_of_the_run(),
@@ -699,8 +710,8 @@ def test_bad_input_is_one_error_line_and_writes_nothing(failures, name):
 def pretrain_run(tmp_path_factory, small_data):
     """One tiny real pretrain run, trained through the command line (GRU, 16 units, 1 epoch)."""
     out = tmp_path_factory.mktemp("cli-errors-run") / "pretrain"
-    settings = [arg for setting in tiny_overrides(small_data) for arg in ("--set", setting)]
-    result = run_tftune(["pretrain", "--recipe", "gru-glove", *settings, "--out", out])
+    settings = [arg for setting in tiny_overrides() for arg in ("--set", setting)]
+    result = run_tftune(["pretrain", "--recipe", "gru-glove", "--corpus", small_data["corpus"], *settings, "--out", out])
     assert result.returncode == 0, result.stderr
     return out
 

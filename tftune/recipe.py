@@ -91,8 +91,7 @@ class _Sentinel:
 REQUIRED = _Sentinel("required")
 FILE_NAME = _Sentinel("file name")  # the recipe's file name without ".toml"
 
-_STRING_KINDS = ("str", "name", "text", "choice", "path", "optional_path", "path_list")
-_PATH_KINDS = ("path", "optional_path", "path_list")
+_STRING_KINDS = ("str", "name", "text", "choice", "path")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,9 +99,8 @@ class Field:
     """Declaration of one recipe key.
 
     Attributes:
-        kind: "str" (non-empty), "text" (any string), "int", "float", "bool",
-            "choice", "path", "optional_path" (a path or "" for none) or
-            "path_list" (a non-empty list of paths).
+        kind: "str" (non-empty), "name" (a one-line name), "text" (any string), "int",
+            "float", "bool", "choice" or "path".
         help: One line shown in the docs.
         default: Value used when the key is left out; `REQUIRED` if it must be given.
         choices: Allowed values of a "choice" key.
@@ -132,8 +130,6 @@ class Field:
         return {
             "name": "str",
             "text": "str",
-            "optional_path": 'path or ""',
-            "path_list": "list of paths",
         }.get(self.kind, self.kind)
 
     def expected(self) -> str:
@@ -150,8 +146,6 @@ class Field:
             "text": "a string",
             "bool": "true or false",
             "path": "a non-empty path string",
-            "optional_path": 'a path string, or "" for none',
-            "path_list": "a non-empty list of path strings",
         }[self.kind]
 
     def _range_label(self) -> str:
@@ -168,18 +162,12 @@ class Field:
 
     def check(self, value: Any) -> Any:
         """Returns `value` in canonical form, or raises ValueError if invalid."""
-        if self.kind in ("str", "name", "text", "choice", "path", "optional_path"):
-            ok = isinstance(value, str) and (value != "" or self.kind in ("text", "optional_path"))
+        if self.kind in _STRING_KINDS:
+            ok = isinstance(value, str) and (value != "" or self.kind == "text")
             if self.kind == "name":  # it names the default run folder, runs/NAME-pretrain
                 ok = ok and value.isprintable() and not any(part in value for part in ("/", "\\", ".."))
             if self.kind == "choice":
                 ok = ok and value in self.choices
-        elif self.kind == "path_list":
-            if isinstance(value, str):
-                value = [value]
-            ok = (isinstance(value, (list, tuple)) and len(value) > 0
-                  and all(isinstance(item, str) and item for item in value))
-            value = tuple(value) if ok else value
         elif self.kind == "bool":
             ok = isinstance(value, bool)
         elif self.kind == "int":
@@ -335,8 +323,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
 
 # === Typed sections ===
 
-_PYTHON_TYPES = {"str": str, "name": str, "text": str, "choice": str, "path": str, "optional_path": str,
-                 "path_list": tuple[str, ...], "int": int, "float": float, "bool": bool}
+_PYTHON_TYPES = {"str": str, "name": str, "text": str, "choice": str, "path": str, "int": int, "float": float,
+                 "bool": bool}
 
 
 def _section_class(section: str, fields: Mapping[str, Field]) -> type:
@@ -397,13 +385,10 @@ def _checked(field: Field, value: Any, dotted: str, origin: str, base_dir: Path)
         value = field.check(value)
     except ValueError as exc:
         raise RecipeError(f"{origin}: {dotted} must be {exc}, got {_show(value)}") from None
-    for text in value if field.kind == "path_list" else [value]:
-        if isinstance(text, str) and has_undecodable_bytes(text):
-            raise RecipeError(f"{origin}: {dotted} '{printable(text)}' is not valid UTF-8, and a run records it "
-                              "as UTF-8 text; rename it")
-    if field.kind == "path_list":
-        return tuple(_resolve_path(item, base_dir) for item in value)
-    if field.kind in _PATH_KINDS:
+    if isinstance(value, str) and has_undecodable_bytes(value):
+        raise RecipeError(f"{origin}: {dotted} '{printable(value)}' is not valid UTF-8, and a run records it "
+                          "as UTF-8 text; rename it")
+    if field.kind == "path":
         return _resolve_path(value, base_dir)
     return value
 
@@ -495,8 +480,7 @@ def _parse_override_value(raw: str, field: Field) -> Any:
         return raw
     value = parsed["value"]
     # A string key takes the text as typed: name=2024 means "2024", not 2024.
-    wanted = (str, list) if field.kind == "path_list" else str
-    if field.kind in _STRING_KINDS and not isinstance(value, wanted):
+    if field.kind in _STRING_KINDS and not isinstance(value, str):
         return raw
     return value
 
@@ -681,8 +665,7 @@ class Recipe:
     """A complete, validated recipe: sections of settings.
 
     Each section is a frozen dataclass generated from `SCHEMA` (`recipe.encoder` is an
-    `EncoderSection`, `recipe.encoder.units` an int); lists (`pretrain.corpus`) are tuples;
-    paths are absolute strings. `get("section.key")` reads a key named at run time.
+    `EncoderSection`, `recipe.encoder.units` an int); paths are absolute strings. `get("section.key")` reads a key named at run time.
 
     Args:
         data: Recipe tree like the TOML file's (missing keys take their
@@ -756,12 +739,8 @@ class Recipe:
         return Recipe(_apply_overrides(self._data, overrides, Path.cwd()), source=self._source)
 
     def to_dict(self) -> dict[str, Any]:
-        """Returns the recipe as plain nested dicts and lists (a fresh copy)."""
-        def plain(value):
-            if isinstance(value, dict):
-                return {key: plain(item) for key, item in value.items()}
-            return list(value) if isinstance(value, tuple) else value
-        return plain(self._data)
+        """Returns the recipe as plain nested dicts (a fresh copy)."""
+        return {name: dict(value) if isinstance(value, dict) else value for name, value in self._data.items()}
 
     def to_toml(self, write_path: Callable[[str], str] | None = None) -> str:
         """Returns the recipe as TOML text that `Recipe.from_toml_file` reads back equal.
@@ -773,11 +752,9 @@ class Recipe:
         """
 
         def written(section: str, key: str, value: Any) -> Any:
-            if write_path is None or SCHEMA[section][key].kind not in _PATH_KINDS:
+            if write_path is None or SCHEMA[section][key].kind != "path":
                 return value
-            if isinstance(value, (list, tuple)):
-                return [write_path(path) for path in value]
-            return value and write_path(value)
+            return write_path(value)
 
         lines = [f"{name} = {_toml_value(self._data[name])}" for name in TOP_LEVEL]
         for section in SCHEMA:
