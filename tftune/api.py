@@ -1,10 +1,9 @@
 """The Python API: `pretrain`, `finetune`, `load`, `predict` and `interpret` on texts in memory or in files.
 
 The functions behind `import tftune`, and the one layer the `tftune` command line calls. Every
-training request is resolved here, the same way for both: the recipe (`recipe=`, else the
-`--from` run's, else the default; with `resume`, the checkpoint's), `--from` names, the data
-and the checks made before TensorFlow is imported (`plan_pretrain`, `plan_finetune`), then run
-(`run_plan`):
+training request is resolved the same way for both (`tftune.plans`: the recipe, with `resume`
+the checkpoint's; `--from` names; the data; the checks made before TensorFlow is imported), then
+run (`run_plan`):
 
 - `pretrain(texts, out=...)` trains (or continues) a language model and returns it.
 - `finetune(from_run, (texts, labels), out=...)` fine-tunes a classifier with gradual
@@ -39,23 +38,16 @@ labels, probabilities = tftune.predict("runs/clf", ["a gripping, moving film"])
 """
 
 import contextlib
-import dataclasses
 import logging
 import os
 import random
-import signal
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tftune.errors import DataError, RunError
-from tftune.inputs import corpus_data, labeled_data, labeled_input, text_list
-from tftune.presets import resolve_run
+from tftune.inputs import labeled_input, text_list
+from tftune.plans import plan_finetune, plan_pretrain, run_plan
 from tftune.quiet_import import import_tensorflow_quietly
-from tftune.recipe import DEFAULT_RECIPE, LOCAL_DISTRIBUTE, Recipe, load_recipe
-from tftune.runs import FinetuneRun, PretrainRun
-
-logger = logging.getLogger(__name__)
+from tftune.runs import FinetuneRun
 
 
 class Trained(NamedTuple):
@@ -201,10 +193,99 @@ def predict(path, texts):
         `(labels, probabilities)`: the most probable class name per text, and a float32 array
         `[len(texts), classes]` in the order of the run's labels.
     """
+    return predictor(path).predict(text_list(texts, "texts"))
+
+
+def predictor(path):
+    """The exported SavedModel of a finetune run (or an export directory), loaded once for many calls.
+
+    A damaged export is one `RunError` naming the file, as on the command line.
+
+    Args:
+        path: a finetune run or its export.
+
+    Returns:
+        A `tftune.export.Predictor`: `predict(texts)` gives `(labels, probabilities)`, and `labels`
+        holds the class names, the columns of the probabilities.
+    """
     import_tensorflow_quietly()
     from tftune.export import Predictor
 
-    return Predictor(path).predict(text_list(texts, "texts"))
+    with _reading_export(path):
+        return Predictor(path)
+
+
+def evaluate(model, data, *, text_column="text", label_column="label", encoding="utf-8", plot=None, force=False):
+    """Metrics of an exported model (or a finetune run's export) on a labeled file, the twin of `tftune evaluate`.
+
+    Args:
+        model: a finetune run or its export.
+        data: the labeled file (.csv/.tsv/.jsonl).
+        text_column, label_column, encoding: how to read it.
+        plot: also draw the confusion matrix and per-class scores into this PNG (needs matplotlib).
+        force: replace an existing `plot` file.
+
+    Returns:
+        The metrics: accuracy, macro-F1, per-class scores, the confusion matrix, the examples.
+
+    Example:
+
+    ```python
+    tftune.api.evaluate("runs/clf", "task/test.csv")["accuracy"]
+    ```
+    """
+    from tftune.data import read_labeled
+    from tftune.errors import WriteError
+    from tftune.runs import check_output_paths
+
+    if plot is not None:
+        check_output_paths([("--plot", plot)], [("evaluated model", model), ("--data file", data)])
+        _check_plot_path(Path(plot), force)
+    texts, labels = read_labeled(data, text_column, label_column, encoding=encoding)
+    import_tensorflow_quietly()
+    from tftune.export import evaluate_export
+
+    with _reading_export(model):
+        metrics = evaluate_export(model, texts, labels, source=data)
+    if plot is not None:
+        from tftune.metrics import plot_metrics
+
+        try:
+            plot_metrics(metrics, list(metrics["per_class"]), plot, f"{Path(model).name} on {Path(data).name}")
+        except OSError as e:
+            raise WriteError(f"{plot}: writing the plot failed ({e.strerror or e}); nothing was written") from e
+        logging.getLogger(__name__).info(f"plot written to {plot}")
+    return metrics
+
+
+def export(run, out=None, *, force=False):
+    """Exports a finetune run's classifier again, as a SavedModel that serves raw strings.
+
+    Args:
+        run: the finetune run.
+        out: the export directory; default `RUN/export`.
+        force: replace an earlier export at `out`.
+
+    Returns:
+        The export directory.
+    """
+    from tftune.errors import WriteError
+    from tftune.runs import check_export_paths
+    from tftune.staging import write_failure
+
+    out = Path(out if out is not None else FinetuneRun(run).export)
+    check_export_paths(run, out)
+    import_tensorflow_quietly()
+    from tftune.finetuning import reexport
+
+    try:
+        reexport(run, out, force=force)
+    except Exception as e:
+        reason = write_failure(e)
+        if reason is None:
+            raise
+        raise WriteError(f"{out}: writing the export failed ({reason}); nothing was written") from e
+    return out
 
 
 def interpret(run, test, out=None, *, top=10, plot=None, force=False, text_column="text", label_column="label",
@@ -237,16 +318,66 @@ def interpret(run, test, out=None, *, top=10, plot=None, force=False, text_colum
     ```
     """
     from tftune.data import read_labeled
-    from tftune.interpretation import interpret_run
+    from tftune.errors import DataError
+    from tftune.interpretation import PLOT_MISSING, check_report_paths, interpret_run, matplotlib_available
+    from tftune.metrics import check_known_labels
 
+    # What can be told before reading the data and importing TensorFlow.
     data_file = test if isinstance(test, (str, os.PathLike)) else None
+    run_labels = FinetuneRun.open(run).labels()
+    if out is not None:
+        check_report_paths(run, out, force, data_file)
+    if plot and not matplotlib_available():
+        raise DataError(f"--plot {PLOT_MISSING}")
     if data_file is not None:
         texts, labels = read_labeled(test, text_column, label_column, encoding=encoding)
     else:
         example = labeled_input("test", test, text_column, label_column)
         texts, labels = list(example.texts), list(example.labels)
+    check_known_labels(labels, run_labels, data_file or "test")
     import_tensorflow_quietly()
     return interpret_run(run, texts, labels, out, top=top, plot=plot, force=force, data_file=data_file)
+
+
+# === Exports ===
+
+
+@contextlib.contextmanager
+def _reading_export(model):
+    """Names the export in one line when its SavedModel cannot be read (a file truncated or damaged).
+
+    TensorFlow logs a traceback when it cannot read `fingerprint.pb`, and then loads the model
+    anyway; that file only identifies the model, so its log stays quiet.
+    """
+    from tftune.export import find_export
+    from tftune.runs import reading_artifact
+
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)
+    try:
+        with reading_artifact(find_export(model)):
+            yield
+    finally:
+        absl.setLevel(level)
+
+
+def _check_plot_path(plot, force):
+    """Refuses a --plot that cannot be written, before any work is done."""
+    from tftune.errors import DataError
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise DataError("--plot needs matplotlib, which is not installed: pip install 'tftune[plot]'") from None
+    if plot.suffix.lower() != ".png":
+        raise DataError(f"{plot}: --plot writes a PNG; give a file name ending in .png")
+    if not plot.parent.is_dir():
+        raise DataError(f"{plot}: directory {plot.parent} does not exist")
+    if plot.is_dir():
+        raise DataError(f"{plot}: is a directory")
+    if plot.exists() and not force:
+        raise DataError(f"{plot}: exists; choose another --plot or pass --force to replace it")
 
 
 # === The caller's process ===
@@ -282,215 +413,3 @@ def callers_state_kept(verbose):
         random.setstate(python_state)
         np.random.set_state(numpy_state)
         tf.random.set_seed(global_seed)
-
-
-# === Training requests, resolved once for the command line and the API ===
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """A training request, resolved and checked: what `run_plan` trains.
-
-    Attributes:
-        kind: "pretrain" or "finetune".
-        recipe: the recipe to train with (see `resolve_recipe`).
-        out: the run directory to write.
-        data: the data, `tftune.inputs.CorpusData` or `tftune.inputs.LabeledData`.
-        from_runs: the pretrain runs it starts from, resolved.
-        force: replace an existing run at `out`.
-        resume: continue the interrupted run of `out`.
-    """
-
-    kind: str
-    recipe: Recipe
-    out: Path
-    data: Any
-    from_runs: tuple = ()
-    force: bool = False
-    resume: bool = False
-
-
-def plan_pretrain(texts=None, *, out=None, valid=None, from_run=None, recipe=None, settings=(), force=False,
-                  resume=False, text_column="text", encoding="utf-8", max_memory=None):
-    """Resolves a pretrain request and checks it, before any TensorFlow work (except to resume).
-
-    Args:
-        texts, out, valid, from_run, recipe, settings, force, resume, text_column, encoding: as for `pretrain`.
-        max_memory: refuse a recipe whose estimated peak training memory is above this size
-            (e.g. "8G"); None = the machine's memory.
-
-    Returns:
-        The `Plan`.
-    """
-    from_runs = [] if from_run is None else [resolve_run(from_run)]
-    base = PretrainRun.open(from_runs[0], require=() if recipe else ("recipe_file",)) if from_runs else None
-    resolved = resolve_recipe(recipe, settings, base, out, resume)
-    out = Path(out if out is not None else f"runs/{resolved.name}-pretrain")
-    if texts is None and resume:
-        data = corpus_data(*_recorded_files(out, ("corpus", "valid")), **_recorded_reading(out))
-    else:
-        data = corpus_data(texts, valid, text_column=text_column, encoding=encoding)
-    plan = Plan("pretrain", resolved, out, data, tuple(from_runs), force, resume)
-    _check_before_training(plan, max_memory, base)
-    return plan
-
-
-def plan_finetune(from_run, train=None, *, out=None, valid=None, test=None, recipe=None, settings=(),
-                  text_column="text", label_column="label", encoding="utf-8", force=False, resume=False,
-                  max_memory=None):
-    """Resolves a finetune request and checks it, as `plan_pretrain` does.
-
-    Args:
-        from_run, train, out, valid, test, recipe, settings, text_column, label_column, encoding, force, resume:
-            as for `finetune`.
-        max_memory: as for `plan_pretrain`.
-
-    Returns:
-        The `Plan`.
-    """
-    given = [from_run] if isinstance(from_run, (str, os.PathLike)) else list(from_run)
-    # A wrong --from fails here, before the slow TensorFlow import; training checks the rest of the run.
-    members = [PretrainRun.open(resolve_run(run), require=() if recipe else ("recipe_file",)) for run in given]
-    resolved = resolve_recipe(recipe, settings, members[0], out, resume)
-    out = Path(out if out is not None else f"runs/{resolved.name}-finetune")
-    if train is None and resume:
-        data = labeled_data(*_recorded_files(out, ("train", "valid", "test")), **_recorded_reading(out))
-    else:
-        data = labeled_data(train, valid, test, text_column=text_column, label_column=label_column,
-                            encoding=encoding)
-    plan = Plan("finetune", resolved, out, data, tuple(member.path for member in members), force, resume)
-    _check_before_training(plan, max_memory, members[0])
-    return plan
-
-
-def resolve_recipe(recipe, settings=(), base_run=None, out=None, resume=False):
-    """The recipe of a training request: the one rule the command line and the API share.
-
-    `recipe` when given (a shipped name, a file or a `Recipe`); else, with `resume`, the recipe
-    saved with the checkpoint of `out` (an interrupted run goes on as it started); else the
-    `--from` run's own recipe (`base_run`), its `[distribute]` section reset to this machine's
-    defaults; else the default recipe. `settings` go on top: a mapping, `"section.key=value"`
-    strings or `(key, value)` pairs.
-    """
-    if isinstance(settings, Mapping):
-        settings = list(settings.items())
-    elif isinstance(settings, str):
-        settings = [settings]
-    settings = list(settings)
-    if isinstance(recipe, Recipe):
-        return recipe.with_overrides(settings)
-    if recipe is not None:
-        return load_recipe(recipe, settings)
-    if resume:
-        return Recipe.from_toml_file(_checkpoint(out).recipe_file, settings)
-    if base_run is not None:
-        return Recipe.from_toml_file(base_run.recipe_file, [*LOCAL_DISTRIBUTE, *settings])
-    return load_recipe(DEFAULT_RECIPE, settings)
-
-
-def run_plan(plan, callbacks=(), strategy=None):
-    """Trains what `plan` says and writes its run; returns the run's metrics.
-
-    Args:
-        plan: the `Plan`.
-        callbacks: extra Keras callbacks for every `fit`.
-        strategy: the `tf.distribute` strategy; default: the recipe's (`start_strategy`).
-    """
-    strategy = start_strategy(plan.recipe) if strategy is None else strategy
-    if plan.kind == "pretrain":
-        from tftune.pretraining import pretrain as train_language_model
-
-        return train_language_model(plan.recipe, plan.out, plan.data, force=plan.force, callbacks=callbacks,
-                                    from_run=plan.from_runs[0] if plan.from_runs else None, resume=plan.resume,
-                                    strategy=strategy)
-    from tftune.finetuning import finetune as train_classifier
-
-    return train_classifier(plan.recipe, list(plan.from_runs), plan.out, plan.data, force=plan.force,
-                            callbacks=callbacks, resume=plan.resume, strategy=strategy)
-
-
-def start_strategy(recipe):
-    """Imports TensorFlow and creates the recipe's strategy before any other TensorFlow work
-    (a multi-worker strategy must come first in the process)."""
-    from tftune import distribute
-
-    config = distribute.read_tf_config() if recipe.distribute.strategy == "multi-worker" else None
-    if config is not None:
-        logger.info(f"multi-worker: worker {config.worker_index} of {config.num_workers} "
-                    f"({config.task_type} {config.task_index}) waits for every worker to join the cluster")
-    import_tensorflow_quietly()
-    if config is None:
-        return distribute.recipe_strategy(recipe)
-    # Joining blocks inside TensorFlow, where Python never sees Ctrl-C or SIGTERM: let them end
-    # the process outright until every worker is there (nothing is written before).
-    previous = {number: signal.signal(number, signal.SIG_DFL) for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return distribute.recipe_strategy(recipe)
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-
-
-def _checkpoint(out):
-    """The checkpoint of the interrupted run at `out`, for `resume`; a one-line error when there is none."""
-    if out is None:
-        raise RunError("--resume needs the --out of the interrupted run")
-    import_tensorflow_quietly()  # tftune.checkpoints imports Keras
-    from tftune.checkpoints import RunCheckpoint
-
-    checkpoint = RunCheckpoint(out)
-    if not checkpoint.exists():
-        raise RunError(f"{out}: no checkpoint to resume ({checkpoint.path} does not exist); run without --resume")
-    return checkpoint
-
-
-def _recorded_inputs(out):
-    inputs = _checkpoint(out).load_state().get("inputs")
-    if inputs is None:  # written before data were recorded (they were recipe settings then)
-        raise DataError(f"{out}: its checkpoint does not record the run's data; give the same data again to resume")
-    return inputs
-
-
-def _recorded_files(out, roles):
-    """The data files of the interrupted run at `out`, for `resume` without data: one argument per role."""
-    inputs = _recorded_inputs(out)
-    if any(isinstance(inputs.get(role), dict) for role in roles):
-        raise DataError(f"{out}: the interrupted run was trained on examples in memory; give them again to resume")
-    files = [[Path(item["path"]) for item in inputs[role]] if inputs.get(role) else None for role in roles]
-    # A pretrain corpus may be several files; a labeled split is one.
-    return [paths if role == "corpus" or paths is None else paths[0] for role, paths in zip(roles, files)]
-
-
-def _recorded_reading(out):
-    """How the interrupted run at `out` read its files (columns, encoding)."""
-    return _recorded_inputs(out).get("reading", {})
-
-
-def _check_before_training(plan, max_memory, base_run):
-    """What can be told before the slow TensorFlow import: paths, data files and memory.
-
-    Not under multi-worker training: there the chief checks `out` once every worker has joined
-    the cluster, so that its error also stops the others (a process that ends before joining
-    leaves them waiting), and the other workers never look.
-    """
-    from tftune import distribute
-    from tftune.data import LABELED_SUFFIXES, TEXT_SUFFIXES, check_data_files
-    from tftune.embeddings import vector_size
-    from tftune.resources import check_fits, parse_size
-    from tftune.runs import check_run_paths, check_writable_target
-
-    recipe = plan.recipe
-    if recipe.distribute.strategy == "multi-worker":
-        if plan.resume:
-            raise RunError(distribute.MULTI_WORKER_RESUME)
-    else:
-        # An --out over an input is refused even with --force.
-        check_run_paths(recipe, plan.out, plan.from_runs, plan.resume, plan.data.files())
-        check_writable_target(plan.out, plan.force, resume=plan.resume)
-        check_data_files([path for _, path in plan.data.files()],
-                         TEXT_SUFFIXES if plan.kind == "pretrain" else LABELED_SUFFIXES)
-    limit = parse_size(max_memory) if max_memory is not None else None
-    vocab_size, dim = None, vector_size(recipe.embeddings.path, recipe.embeddings.format)
-    if base_run is not None:
-        vocab_size, dim = base_run.vocab_size(), base_run.info.get("embedding_dim")
-    check_fits(recipe, plan.kind, limit, vocab_size, dim)

@@ -5,7 +5,6 @@ unexpected failures print one line and exit with status 1 (set `TFTUNE_DEBUG=1` 
 traceback).
 """
 
-import contextlib
 import json
 import logging
 import os
@@ -17,8 +16,7 @@ import click
 
 from tftune.distribute import STRATEGIES
 from tftune.embeddings import FORMATS
-from tftune.errors import DataError, EncodingError, TftuneError, WriteError, has_undecodable_bytes, printable
-from tftune.quiet_import import import_tensorflow_quietly
+from tftune.errors import DataError, EncodingError, TftuneError, has_undecodable_bytes, printable
 
 
 
@@ -280,22 +278,9 @@ def finetune(from_runs, recipe, train, valid, test, text_column, label_column, o
 @force_option
 def export(run_dir, out, force):
     """Export a finetune run as a SavedModel that serves raw strings."""
-    from tftune.runs import FinetuneRun, check_export_paths
-    from tftune.staging import write_failure
+    from tftune import api
 
-    out = Path(out or FinetuneRun(run_dir).export)
-    check_export_paths(run_dir, out)
-    import_tensorflow_quietly()
-    from tftune.finetuning import reexport
-
-    try:
-        reexport(run_dir, out, force=force)
-    except Exception as e:
-        reason = write_failure(e)
-        if reason is None:
-            raise
-        raise WriteError(f"{out}: writing the export failed ({reason}); nothing was written") from e
-    click.echo(out)
+    click.echo(api.export(run_dir, out, force=force))
 
 
 @main.command()
@@ -310,44 +295,12 @@ def export(run_dir, out, force):
 @encoding_option
 def evaluate(model, data, text_column, label_column, plot, force, encoding):
     """Evaluate an exported model on labeled data; prints a JSON object of metrics."""
-    from tftune.data import read_labeled
-    from tftune.runs import check_output_paths
+    from tftune import api
 
-    if plot is not None:
-        check_output_paths([("--plot", plot)], [("evaluated model", model), ("--data file", data)])
-        _check_plot_path(Path(plot), force)
-    texts, labels = read_labeled(data, text_column, label_column, encoding=encoding)
-    import_tensorflow_quietly()
-    from tftune.export import evaluate_export
-
-    with _reading_export(model):
-        metrics = evaluate_export(model, texts, labels, source=data)
-    if plot is not None:
-        from tftune.metrics import plot_metrics
-
-        try:
-            plot_metrics(metrics, list(metrics["per_class"]), plot, f"{Path(model).name} on {Path(data).name}")
-        except OSError as e:
-            raise WriteError(f"{plot}: writing the plot failed ({e.strerror or e}); nothing was written") from e
-        # stdout stays one JSON object (for jq and the like); the file written goes to the log.
-        logging.getLogger("tftune.cli").info(f"plot written to {plot}")
+    metrics = api.evaluate(model, data, text_column=text_column, label_column=label_column, encoding=encoding,
+                           plot=plot, force=force)
+    # stdout stays one JSON object (for jq and the like); a plot written goes to the log.
     click.echo(json.dumps(metrics, indent=2))
-
-
-def _check_plot_path(plot, force):
-    """Refuse a --plot that cannot be written before any work is done."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise DataError("--plot needs matplotlib, which is not installed: pip install 'tftune[plot]'") from None
-    if plot.suffix.lower() != ".png":
-        raise DataError(f"{plot}: --plot writes a PNG; give a file name ending in .png")
-    if not plot.parent.is_dir():
-        raise DataError(f"{plot}: directory {plot.parent} does not exist")
-    if plot.is_dir():
-        raise DataError(f"{plot}: is a directory")
-    if plot.exists() and not force:
-        raise DataError(f"{plot}: exists; choose another --plot or pass --force to replace it")
 
 
 @main.command()
@@ -369,23 +322,12 @@ def interpret(run_dir, data, out, top, plot, text_column, label_column, force, e
     labels, the most confused pairs, the highest-loss texts), DIR/top_losses.csv and
     DIR/curves.png (loss and accuracy per epoch, unfreezing stages marked), and prints their paths.
     """
-    from tftune.data import read_labeled
-    from tftune.interpretation import PLOT_MISSING, check_report_paths, matplotlib_available
-    from tftune.metrics import check_known_labels
-    from tftune.runs import FinetuneRun
+    from tftune import api
 
-    run = FinetuneRun.open(run_dir)
     named = Path(run_dir) if Path(run_dir).name not in ("", "..") else Path(run_dir).resolve()  # "." has no name
     out = Path(out or named.with_name(f"{named.name}-interpret"))
-    check_report_paths(run_dir, out, force, data)
-    if plot and not matplotlib_available():
-        raise DataError(f"--plot {PLOT_MISSING}")
-    texts, labels = read_labeled(data, text_column, label_column, encoding=encoding)
-    check_known_labels(labels, run.labels(), data)
-    import_tensorflow_quietly()
-    from tftune.interpretation import interpret_run
-
-    report = interpret_run(run_dir, texts, labels, out, top=top, plot=plot, force=force, data_file=data)
+    report = api.interpret(run_dir, data, out, top=top, plot=plot, force=force, text_column=text_column,
+                           label_column=label_column, encoding=encoding)
     for path in report["files"]:
         click.echo(path)
 
@@ -412,38 +354,16 @@ def predict(model, texts, encoding, output_format):
         texts = read_stream_lines(sys.stdin.buffer, "standard input", encoding)
     else:
         texts = [_argument_text(text, number, encoding) for number, text in enumerate(texts, start=1)]
-    import_tensorflow_quietly()
-    from tftune.export import Predictor
+    from tftune import api
 
-    with _reading_export(model):
-        predictor = Predictor(model)
-        labels, probabilities = predictor.predict(list(texts))
+    predictor = api.predictor(model)
+    labels, probabilities = predictor.predict(list(texts))
     for index, (label, row) in enumerate(zip(labels, probabilities)):
         if output_format == "jsonl":
             by_class = {name: round(float(p), 6) for name, p in zip(predictor.labels, row)}
             click.echo(json.dumps({"index": index, "label": label, "probabilities": by_class}, ensure_ascii=False))
         else:  # printable: a label of an older export may hold a line break
             click.echo(f"{printable(label)}\t{row.max():.4f}")
-
-
-@contextlib.contextmanager
-def _reading_export(model):
-    """Names the export in one line when its SavedModel cannot be read (a file truncated or damaged).
-
-    TensorFlow logs a traceback when it cannot read `fingerprint.pb`, and then loads the model
-    anyway; that file only identifies the model, so its log stays off the terminal.
-    """
-    from tftune.export import find_export
-    from tftune.runs import reading_artifact
-
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.CRITICAL)
-    try:
-        with reading_artifact(find_export(model)):
-            yield
-    finally:
-        absl.setLevel(level)
 
 
 def _argument_text(text, number, encoding):
