@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import REPO, tiny_corpus, tiny_overrides
+from conftest import REPO, data_flags, tiny_corpus, tiny_overrides
 from tftune.errors import RunError
 from tftune.recipe import load_recipe
 from tftune.finetuning import finetune
@@ -29,8 +29,8 @@ def long_overrides():
 
 
 def start_pretrain(data, out, *extra):
-    args = ["pretrain", "--recipe", "gru-glove", "--out", str(out), *extra]
-    args += [arg for override in long_overrides(data) for arg in ("--set", override)]
+    args = ["pretrain", "--recipe", "gru-glove", "--out", str(out), *data_flags(data, "pretrain"), *extra]
+    args += [arg for override in long_overrides() for arg in ("--set", override)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
         [sys.executable, "-m", "tftune.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

@@ -460,7 +460,7 @@ CASES = {
     # --- outputs over inputs: refused with --force too, before anything is read or written ---
     "pretrain --out holds its --corpus": Case(
         ["pretrain", "--corpus", "data/corpus.txt", "--out", "data", "--force"],
-        ["--out data: contains the --corpus file /", "/data/corpus.txt " + INPUT, "choose another --out"],
+        ["--out data: contains the --corpus file data/corpus.txt " + INPUT, "choose another --out"],
         {"data/corpus.txt": corpus_lines(20)},
     ),
     "pretrain --out is its --from run": Case(
@@ -475,7 +475,7 @@ CASES = {
     ),
     "pretrain --corpus in the checkpoint folder of --out": Case(
         ["pretrain", "--corpus", ".lm.checkpoint/corpus.txt", "--out", "lm", "--force"],
-        ["--out lm: its checkpoint folder .lm.checkpoint contains the --corpus file /", "/.lm.checkpoint/corpus.txt"],
+        ["--out lm: its checkpoint folder .lm.checkpoint contains the --corpus file .lm.checkpoint/corpus.txt"],
         checkpoint_holding("lm", "corpus.txt", corpus_lines(20)),
     ),
     "pretrain --out in the shipped data": Case(
@@ -489,7 +489,7 @@ CASES = {
     ),
     "finetune --out holds its --train": Case(
         ["finetune", "--from", "lm", "--train", "data/train.csv", "--out", "data", "--force"],
-        ["--out data: contains the --train file /", "/data/train.csv " + INPUT],
+        ["--out data: contains the --train file data/train.csv " + INPUT],
         {**pretrain_run("lm"), "data/train.csv": real_reviews_csv(20)},
     ),
     "finetune --out inside its --from run": Case(
@@ -514,7 +514,8 @@ CASES = {
     ),
     "finetune --train a symbolic link into --out": Case(
         ["finetune", "--from", "lm", "--train", "train.csv", "--out", "data", "--force"],
-        ["--out data: contains the --train file /", "/train.csv " + INPUT, "symbolic link, /", "/data/train.csv)"],
+        ["--out data: contains the --train file train.csv (an input of this command; through a symbolic link, "
+         "train.csv is /", "/data/train.csv)"],
         {**pretrain_run("lm"), "data/train.csv": real_reviews_csv(20)},
         prepare=symlink("train.csv", "data/train.csv"),
     ),
@@ -525,7 +526,7 @@ CASES = {
     ),
     "finetune --train in the checkpoint folder of --out": Case(
         ["finetune", "--from", "lm", "--train", ".clf.checkpoint/train.csv", "--out", "clf", "--force"],
-        ["--out clf: its checkpoint folder .clf.checkpoint contains the --train file /", "/.clf.checkpoint/train.csv"],
+        ["--out clf: its checkpoint folder .clf.checkpoint contains the --train file .clf.checkpoint/train.csv"],
         {**pretrain_run("lm"), **checkpoint_holding("clf", "train.csv", real_reviews_csv(20))},
     ),
     "export --out is the run": Case(

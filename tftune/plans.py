@@ -77,6 +77,7 @@ def plan_pretrain(texts=None, *, out=None, valid=None, from_run=None, recipe=Non
     from_runs = [] if from_run is None else [resolve_run(from_run)]
     base = PretrainRun.open(from_runs[0], require=() if recipe else ("recipe_file",)) if from_runs else None
     resolved = resolve_recipe(recipe, settings, base, out, resume)
+    _check_resumable_here(resolved, resume)
     out = Path(out if out is not None else f"runs/{resolved.name}-pretrain")
     if texts is None and resume:
         data = corpus_data(*_recorded_files(out, ("corpus", "valid")), **_recorded_reading(out))
@@ -104,6 +105,7 @@ def plan_finetune(from_run, train=None, *, out=None, valid=None, test=None, reci
     # A wrong --from fails here, before the slow TensorFlow import; training checks the rest of the run.
     members = [PretrainRun.open(resolve_run(run), require=() if recipe else ("recipe_file",)) for run in given]
     resolved = resolve_recipe(recipe, settings, members[0], out, resume)
+    _check_resumable_here(resolved, resume)
     out = Path(out if out is not None else f"runs/{resolved.name}-finetune")
     if train is None and resume:
         data = labeled_data(*_recorded_files(out, ("train", "valid", "test")), **_recorded_reading(out))
@@ -218,6 +220,14 @@ def _recorded_reading(out):
     return _recorded_inputs(out).get("reading", {})
 
 
+def _check_resumable_here(recipe, resume):
+    """Refuses `resume` under multi-worker training (only the chief keeps a checkpoint), before anything else."""
+    from tftune import distribute
+
+    if resume and recipe.distribute.strategy == "multi-worker":
+        raise RunError(distribute.MULTI_WORKER_RESUME)
+
+
 def _check_before_training(plan, max_memory, base_run):
     """What can be told before the slow TensorFlow import: paths, data files and memory.
 
@@ -225,17 +235,13 @@ def _check_before_training(plan, max_memory, base_run):
     the cluster, so that its error also stops the others (a process that ends before joining
     leaves them waiting), and the other workers never look.
     """
-    from tftune import distribute
     from tftune.data import LABELED_SUFFIXES, TEXT_SUFFIXES, check_data_files
     from tftune.embeddings import vector_size
     from tftune.resources import check_fits, parse_size
     from tftune.runs import check_run_paths, check_writable_target
 
     recipe = plan.recipe
-    if recipe.distribute.strategy == "multi-worker":
-        if plan.resume:
-            raise RunError(distribute.MULTI_WORKER_RESUME)
-    else:
+    if recipe.distribute.strategy != "multi-worker":
         # An --out over an input is refused even with --force.
         check_run_paths(recipe, plan.out, plan.from_runs, plan.resume, plan.data.files())
         check_writable_target(plan.out, plan.force, resume=plan.resume)
