@@ -130,21 +130,6 @@ def test_lists_in_memory_are_fingerprinted_by_content_without_pandas_or_tensorfl
     assert fingerprints["reading"] == {"text_column": "text", "label_column": "label", "encoding": "utf-8"}
 
 
-def test_a_dataframe_and_a_dataset_give_the_data_of_the_same_lists():
-    from tftune.inputs import labeled_data
-
-    texts, labels = ["a gripping film", "dull and long"], ["pos", "neg"]
-    expected = labeled_data((texts, labels)).fingerprints()
-    pandas = pytest.importorskip("pandas")
-    frame = pandas.DataFrame({"review": texts, "label": labels})
-    assert labeled_data(frame, text_column="review").fingerprints()["train"] == expected["train"]
-    import tensorflow as tf
-
-    dataset = tf.data.Dataset.from_tensor_slices((texts, labels))
-    assert labeled_data(dataset).fingerprints() == expected
-
-
-
 def interrupted_finetune(tiny_runs, out):
     """A finetune run started through the API and stopped after its first epoch, checkpoint written.
 
