@@ -106,21 +106,22 @@ def test_a_data_key_in_settings_names_the_argument_to_use(tmp_path):
                         settings={"finetune.train": "train.csv"})
 
 
-FINGERPRINT = """
+# A finetune request on lists, resolved and checked as `tftune.finetune` does before it trains.
+PLAN_ON_LISTS = """
 import json, sys
-from tftune.inputs import corpus_data, labeled_data
+from tftune import api
 texts, labels = ["a gripping film", "dull and long"], ["pos", "neg"]
-data = labeled_data((texts, labels), valid=sys.argv[1])
-print(json.dumps({"fingerprints": data.fingerprints(), "pandas": "pandas" in sys.modules,
+plan = api.plan_finetune("lstm-glove-general", (texts, labels), valid=sys.argv[1], out=sys.argv[2])
+print(json.dumps({"fingerprints": plan.data.fingerprints(), "pandas": "pandas" in sys.modules,
                   "tensorflow": "tensorflow" in sys.modules}))
 """
 
 
-def test_lists_in_memory_are_fingerprinted_by_content_without_pandas_or_tensorflow(tmp_path):
+def test_the_api_takes_lists_without_importing_pandas_or_tensorflow(tmp_path):
     valid = tmp_path / "valid.csv"
     valid.write_text("text,label\nfine,pos\n", encoding="utf-8")
-    result = subprocess.run([sys.executable, "-c", FINGERPRINT, str(valid)], capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run([sys.executable, "-c", PLAN_ON_LISTS, str(valid), str(tmp_path / "clf")],
+                            capture_output=True, text=True, check=True)
     report = json.loads(result.stdout)
     assert report["pandas"] is False and report["tensorflow"] is False
     fingerprints = report["fingerprints"]
