@@ -80,7 +80,8 @@ def plan_pretrain(texts=None, *, out=None, valid=None, from_run=None, recipe=Non
     _check_resumable_here(resolved, resume)
     out = Path(out if out is not None else f"runs/{resolved.name}-pretrain")
     if texts is None and resume:
-        data = corpus_data(*_recorded_files(out, ("corpus", "valid")), **_recorded_reading(out))
+        files, reading = _recorded_data(out, ("corpus", "valid"))
+        data = corpus_data(*files, **reading)
     else:
         data = corpus_data(texts, valid, text_column=text_column, encoding=encoding)
     plan = Plan("pretrain", resolved, out, data, tuple(from_runs), force, resume)
@@ -108,7 +109,8 @@ def plan_finetune(from_run, train=None, *, out=None, valid=None, test=None, reci
     _check_resumable_here(resolved, resume)
     out = Path(out if out is not None else f"runs/{resolved.name}-finetune")
     if train is None and resume:
-        data = labeled_data(*_recorded_files(out, ("train", "valid", "test")), **_recorded_reading(out))
+        files, reading = _recorded_data(out, ("train", "valid", "test"))
+        data = labeled_data(*files, **reading)
     else:
         data = labeled_data(train, valid, test, text_column=text_column, label_column=label_column,
                             encoding=encoding)
@@ -198,26 +200,18 @@ def _checkpoint(out):
     return checkpoint
 
 
-def _recorded_inputs(out):
+def _recorded_data(out, roles):
+    """What the interrupted run at `out` was trained on, for `resume` without data: its files (one
+    argument per role, None for a role it had not) and how it read them (columns, encoding)."""
     inputs = _checkpoint(out).load_state().get("inputs")
     if inputs is None:  # written before data were recorded (they were recipe settings then)
         raise DataError(f"{out}: its checkpoint does not record the run's data; give the same data again to resume")
-    return inputs
-
-
-def _recorded_files(out, roles):
-    """The data files of the interrupted run at `out`, for `resume` without data: one argument per role."""
-    inputs = _recorded_inputs(out)
     if any(isinstance(inputs.get(role), dict) for role in roles):
         raise DataError(f"{out}: the interrupted run was trained on examples in memory; give them again to resume")
     files = [[Path(item["path"]) for item in inputs[role]] if inputs.get(role) else None for role in roles]
     # A pretrain corpus may be several files; a labeled split is one.
-    return [paths if role == "corpus" or paths is None else paths[0] for role, paths in zip(roles, files)]
-
-
-def _recorded_reading(out):
-    """How the interrupted run at `out` read its files (columns, encoding)."""
-    return _recorded_inputs(out).get("reading", {})
+    files = [paths if role == "corpus" or paths is None else paths[0] for role, paths in zip(roles, files)]
+    return files, inputs.get("reading", {})
 
 
 def _check_resumable_here(recipe, resume):
