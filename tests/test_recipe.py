@@ -45,10 +45,8 @@ epochs = 3
 
 
 def _python_type_ok(kind, value):
-    if kind in ("str", "text", "choice", "path", "optional_path"):
+    if kind in ("str", "name", "text", "choice", "path"):
         return isinstance(value, str)
-    if kind == "path_list":
-        return isinstance(value, tuple) and all(isinstance(item, str) for item in value)
     if kind == "bool":
         return isinstance(value, bool)
     if kind == "int":
