@@ -22,7 +22,8 @@ install: $(VENV)/.installed
 # through the reloaded SavedModel. The last line printed is the export directory.
 demo: install
 	$(BIN)/tftune pretrain --from lstm-glove-general --corpus pretrained/authors/train.csv --out $(DEMO_PRETRAIN) --force
-	$(BIN)/tftune finetune --from $(DEMO_PRETRAIN) --out $(DEMO_FINETUNE) --force
+	$(BIN)/tftune finetune --from $(DEMO_PRETRAIN) --train pretrained/authors/train.csv \
+		--valid pretrained/authors/valid.csv --test pretrained/authors/test.csv --out $(DEMO_FINETUNE) --force
 	$(BIN)/tftune predict $(DEMO_FINETUNE)/export \
 		"It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife." \
 		"The harpooneers stood at the bows while the whale sounded far below the ship." \

@@ -284,23 +284,25 @@ class Runner:
             recipe, shown = load_recipe(PretrainRun(source).recipe_file, overrides), f"{kind} recipe {self.where(source)}"
         return recipe, {"recipe": shown, "overrides": self.shown(overrides)}
 
-    def pretrain(self, out, overrides, recipe=None, from_run=None):
-        """`tftune pretrain [--recipe RECIPE] [--from RUN] --set ... --out OUT`: the step's record.
+    def pretrain(self, out, overrides, corpus, recipe=None, from_run=None):
+        """`tftune pretrain [--recipe RECIPE] [--from RUN] --corpus ... --set ... --out OUT`: the step's record.
 
         Without `recipe`, the recipe is `from_run`'s (a run directory may also be the `recipe`).
         """
         import keras
 
+        from tftune.inputs import corpus_data
         from tftune.pretraining import pretrain
 
         loaded, record = self.load(from_run if recipe is None else recipe, overrides, reset=recipe is None)
         keras.backend.clear_session()
         started = time.perf_counter()
-        metrics = pretrain(loaded, out, force=True, from_run=from_run)
+        metrics = pretrain(loaded, out, corpus_data([Path(path) for path in corpus]), force=True, from_run=from_run)
         return {
             "step": "pretrain",
             "from_run": None if from_run is None else self.where(from_run),
             **record,
+            "data": {"corpus": [self.where(path) for path in corpus]},
             "out": self.where(out),
             "valid_perplexity": metrics["valid"]["perplexity"],
             "train_tokens": metrics["train_tokens"],
@@ -309,22 +311,26 @@ class Runner:
             "seconds": round(time.perf_counter() - started, 1),
         }
 
-    def finetune(self, out, from_run, overrides):
-        """`tftune finetune --from RUN --set ... --out OUT`, with the run's recipe: `(scores, record)`."""
+    def finetune(self, out, from_run, overrides, files):
+        """`tftune finetune --from RUN --train ... --valid ... --test ... --set ... --out OUT`, with the run's
+        recipe: `(scores, record)`."""
         import keras
 
         from tftune.finetuning import finetune
+        from tftune.inputs import labeled_data
 
         loaded, record = self.load(from_run, overrides, reset=True)
         keras.backend.clear_session()
         started = time.perf_counter()
-        metrics = finetune(loaded, from_run, out, force=True)
+        data = labeled_data(files["train"], files["valid"], files["test"])
+        metrics = finetune(loaded, from_run, out, data, force=True)
         scores = {"test_accuracy": metrics["test"]["accuracy"], "test_macro_f1": metrics["test"]["macro_f1"],
                   "valid_accuracy": metrics["valid"]["accuracy"]}
         return scores, {
             "step": "finetune",
             "from_run": self.where(from_run),
             **record,
+            "data": {split: self.where(files[split]) for split in ("train", "valid", "test")},
             "out": self.where(out),
             "epochs": metrics["epochs"],
             "weights_from_epoch": metrics.get("weights_from_epoch"),
@@ -355,12 +361,12 @@ def small_lm(args, runner, root, store=None):
     if record is not None and not isinstance(open_pretrain_run(run), str):
         common.log(f"{NAME}: the small LM: already trained, {run}")
         return run, record
-    overrides = ["pretrain.seed=0"]
+    overrides, corpus = ["pretrain.seed=0"], list(common.SHIPPED_PRETRAINING_CORPUS)
     if args.smoke:
-        corpus = smoke_corpus(root / "smoke-corpus.txt", SMOKE_LM_TOKENS)
-        overrides = [f"pretrain.corpus={json.dumps([str(corpus)])}", *SMOKE_LM_OVERRIDES, *overrides]
+        corpus = [smoke_corpus(root / "smoke-corpus.txt", SMOKE_LM_TOKENS)]
+        overrides = [*SMOKE_LM_OVERRIDES, *overrides]
     common.log(f"{NAME}: the small LM: recipe {args.recipe}")
-    record = runner.pretrain(run, overrides, recipe=args.recipe)
+    record = runner.pretrain(run, overrides, corpus, recipe=args.recipe)
     if store is not None:
         store.save_record("small-lm", record)
     return run, record
@@ -465,13 +471,12 @@ class TaskRuns:
             base, continues, own = LM_STEPS[name]
             run, steps = self.shared[base]
             common.log(f"{NAME}: {self.task['name']}, seed {self.seed}: LM run {name}")
-            corpus = f"pretrain.corpus={json.dumps([str(self.files['train'])])}"
-            overrides = [corpus, *own, f"pretrain.seed={self.seed}"]
+            corpus, overrides = [self.files["train"]], [*own, f"pretrain.seed={self.seed}"]
             out = self.folder / f"lm-{name}"
             if continues:
-                self.lms[name] = (out, [*steps, self.runner.pretrain(out, overrides, from_run=run)])
+                self.lms[name] = (out, [*steps, self.runner.pretrain(out, overrides, corpus, from_run=run)])
             else:
-                self.lms[name] = (out, [self.runner.pretrain(out, overrides, recipe=run)])
+                self.lms[name] = (out, [self.runner.pretrain(out, overrides, corpus, recipe=run)])
         return self.lms[name]
 
     def finetune(self, label, lm, own, train=None):
@@ -479,9 +484,8 @@ class TaskRuns:
         run, steps = self.lm(lm)
         common.log(f"{NAME}: {self.task['name']}, seed {self.seed}: {label}")
         files = {**self.files, "train": train or self.files["train"]}
-        data = [f"finetune.{split}={json.dumps(str(files[split]))}" for split in ("train", "valid", "test")]
         scores, record = self.runner.finetune(self.folder / f"finetune-{label}", run,
-                                              [*data, *own, f"finetune.seed={self.seed}"])
+                                              [*own, f"finetune.seed={self.seed}"], files)
         steps = [*steps, record]
         return {"seed": self.seed, **scores, "seconds": round(sum(step["seconds"] for step in steps), 1),
                 "steps": steps}

@@ -46,6 +46,9 @@ RESULTS_DIR = REPO / "bench" / "results"
 SHIPPED_GLOVE = PRETRAINED / "glove.6B.50d.top20k.txt"
 SHIPPED_CORPUS = PRETRAINED / "corpus" / "wikitext-2-valid.txt"
 AUTHORS = PRETRAINED / "authors"
+# What the shipped recipes pretrained on while data were recipe settings: the default corpus of a
+# benchmark's own language model.
+SHIPPED_PRETRAINING_CORPUS = (SHIPPED_CORPUS, AUTHORS / "train.csv")
 
 
 def display_path(path):

@@ -110,6 +110,7 @@ def choose_corpus(smoke, tmp):
 
 
 def _work_tftune(spec):
+    from tftune.inputs import corpus_data
     from tftune.recipe import load_recipe
     from tftune.runs import PretrainRun
     from tftune.pretraining import pretrain
@@ -118,7 +119,8 @@ def _work_tftune(spec):
 
     recipe = load_recipe(spec["recipe"], spec["recipe_overrides"])
     budget = WallClockBudget(spec["budget_seconds"])
-    metrics = pretrain(recipe, spec["run_dir"], callbacks=[budget])
+    corpus = corpus_data([Path(path) for path in spec["corpus"]])
+    metrics = pretrain(recipe, spec["run_dir"], corpus, callbacks=[budget])
     settings = recipe.pretrain
     windows = (metrics["train_tokens"] - 1) // settings.seq_len
     return {
@@ -247,7 +249,6 @@ def measure(args):
         fixed = [
             f"embeddings.path={json.dumps(str(common.SHIPPED_GLOVE))}",
             "embeddings.format=glove",
-            f"pretrain.corpus={json.dumps([str(path) for path in corpus])}",
             f"pretrain.valid_fraction={valid_fraction!r}",
             f"encoder.units={sizes['units']}",
             f"encoder.layers={sizes['layers']}",

@@ -23,7 +23,6 @@ python -m bench.serving --run runs/demo-finetune
 """
 
 import csv
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -62,9 +61,10 @@ def _labeled_rows(path):
 
 def make_run(tmp, sizes, smoke):
     """Pretrains and fine-tunes a briefly trained model of the recipe's architecture; returns the run."""
-    from tftune.recipe import load_recipe
     from tftune.finetuning import finetune
+    from tftune.inputs import corpus_data, labeled_data
     from tftune.pretraining import pretrain
+    from tftune.recipe import load_recipe
 
     lines = common.SHIPPED_CORPUS.read_text(encoding="utf-8").splitlines()[: sizes["corpus_lines"]]
     corpus = tmp / "corpus.txt"
@@ -75,11 +75,7 @@ def make_run(tmp, sizes, smoke):
     step = max(1, len(valid_rows) // sizes["valid_rows"])
     valid = _write_rows(valid_rows[::step], tmp / "valid.csv")
     overrides = [
-        f"pretrain.corpus={json.dumps(str(corpus))}",
         "pretrain.epochs=1",
-        f"finetune.train={json.dumps(str(train))}",
-        f"finetune.valid={json.dumps(str(valid))}",
-        'finetune.test=""',
         "finetune.epochs=1",
         "finetune.unfreeze=all",
         "precision.policy=float32",
@@ -87,8 +83,8 @@ def make_run(tmp, sizes, smoke):
     ]
     recipe = load_recipe(RECIPE, overrides)
     common.log(f"{NAME}: training a small finetune run to serve")
-    pretrain(recipe, tmp / "pretrain")
-    finetune(recipe, tmp / "pretrain", tmp / "finetune")
+    pretrain(recipe, tmp / "pretrain", corpus_data(corpus))
+    finetune(recipe, tmp / "pretrain", tmp / "finetune", labeled_data(train, valid))
     return tmp / "finetune"
 
 

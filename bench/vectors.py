@@ -115,14 +115,14 @@ def _worker(spec):
 
 
 def write_vocabulary(smoke, out):
-    """The vocabulary the default recipe builds from its pretraining corpus, saved to `out`."""
+    """The vocabulary the default recipe builds from the shipped pretraining corpus, saved to `out`."""
     from tftune.data import read_corpus
     from tftune.recipe import load_recipe
     from tftune.text import Tokenizer, Vocabulary
     from tftune.cache import split_documents
 
     recipe = load_recipe("lstm-glove")
-    documents = read_corpus(recipe.pretrain.corpus)
+    documents = read_corpus(common.SHIPPED_PRETRAINING_CORPUS)
     if smoke:
         documents = documents[:SMOKE_CORPUS_LINES]
     train_docs, _ = split_documents(documents, recipe.pretrain.valid_fraction)

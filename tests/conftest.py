@@ -77,25 +77,42 @@ def balanced_rows(source, target, n, max_words=80):
     return target
 
 
-def tiny_overrides(data, cell="gru", units=16, layers=2):
+def tiny_overrides(cell="gru", units=16, layers=2):
     """Recipe overrides that train a real but very small model in seconds."""
     return [
         f"encoder.cell={cell}",
         f"encoder.units={units}",
         f"encoder.layers={layers}",
         "vocab.max_size=3000",
-        f"pretrain.corpus={data['corpus']}",
         "pretrain.seq_len=20",
         "pretrain.batch_size=32",
         "pretrain.epochs=1",
-        f"finetune.train={data['train']}",
-        f"finetune.valid={data['valid']}",
-        f"finetune.test={data['test']}",
         "finetune.max_len=60",
         "finetune.batch_size=16",
         f"finetune.epochs={layers + 1}",
         "precision.policy=float32",
     ]
+
+
+def tiny_corpus(data):
+    """The `small_data` corpus, as pretraining takes its data."""
+    from tftune.inputs import corpus_data
+
+    return corpus_data(Path(data["corpus"]))
+
+
+def tiny_labeled(data, test=True):
+    """The `small_data` task (train, valid and, with `test`, test), as fine-tuning takes its data."""
+    from tftune.inputs import labeled_data
+
+    return labeled_data(data["train"], data["valid"], data["test"] if test else None)
+
+
+def data_flags(data, kind):
+    """The command line's data flags for the `small_data` files: `--corpus`, or `--train/--valid/--test`."""
+    if kind == "pretrain":
+        return ["--corpus", str(data["corpus"])]
+    return ["--train", str(data["train"]), "--valid", str(data["valid"]), "--test", str(data["test"])]
 
 
 @pytest.fixture(scope="session")
@@ -106,7 +123,8 @@ def tiny_runs(tmp_path_factory, small_data):
     from tftune.pretraining import pretrain
 
     root = tmp_path_factory.mktemp("runs")
-    recipe = load_recipe("gru-glove", tiny_overrides(small_data))
-    pretrain(recipe, root / "pretrain")
-    finetune(recipe, root / "pretrain", root / "finetune")
-    return {"recipe": recipe, "pretrain": root / "pretrain", "finetune": root / "finetune", "data": small_data}
+    recipe = load_recipe("gru-glove", tiny_overrides())
+    pretrain(recipe, root / "pretrain", tiny_corpus(small_data))
+    finetune(recipe, root / "pretrain", root / "finetune", tiny_labeled(small_data))
+    return {"recipe": recipe, "pretrain": root / "pretrain", "finetune": root / "finetune", "data": small_data,
+            "corpus": tiny_corpus(small_data), "labeled": tiny_labeled(small_data)}

@@ -1,7 +1,9 @@
 """The Python API (`import tftune`): texts in memory in, Keras models out."""
 
+import json
 import random
 import runpy
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -25,10 +27,12 @@ def test_the_quickstart_example_runs_as_written(tmp_path, monkeypatch):
     assert len(namespace["labels"]) == 2 and set(namespace["labels"]) <= set(namespace["train_labels"])
     loaded = keras.saving.load_model(tmp_path / "authors.keras")
     assert type(loaded).__name__ == "TextClassifier" and loaded.get_config() == namespace["model"].get_config()
-    # The examples given in memory are files beside the run, named by content, and the run names them.
-    data_files = sorted(path.name for path in (tmp_path / ".authors.data").iterdir())
-    assert [name.split("-")[0] for name in data_files] == ["train", "valid"]
-    assert all(name in (tmp_path / "authors" / "recipe.toml").read_text() for name in data_files)
+    # The examples given in memory stay in memory: nothing is written beside the run but the run
+    # (and the .keras file the example saves); run.json records what they were.
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["authors", "authors.keras"]
+    inputs = json.loads((tmp_path / "authors" / "run.json").read_text())["inputs"]
+    assert inputs["train"]["examples"] == len(namespace["train_texts"]) and len(inputs["train"]["sha256"]) == 64
+    assert inputs["valid"]["examples"] == len(namespace["valid"][0]) and inputs.get("test") is None
     assert keras.mixed_precision.global_policy().name == policy
 
 
@@ -88,3 +92,92 @@ def test_the_api_is_there_without_importing_tensorflow_first():
     assert all(callable(getattr(tftune, name)) for name in tftune.__all__)
     with pytest.raises(AttributeError):
         tftune.train_everything  # noqa: B018
+
+
+def test_finetune_without_training_data_is_one_clear_error(tmp_path):
+    with pytest.raises(DataError, match=r"^no training data: give the labeled examples to fine-tune on"):
+        tftune.finetune("lstm-glove-general", out=tmp_path / "clf")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_data_key_in_settings_names_the_argument_to_use(tmp_path):
+    with pytest.raises(RecipeError, match="finetune.train is no longer a recipe setting.*pass --train"):
+        tftune.finetune("lstm-glove-general", (["a", "b"], ["x", "y"]), out=tmp_path / "clf",
+                        settings={"finetune.train": "train.csv"})
+
+
+# A finetune request on lists, resolved and checked as `tftune.finetune` does before it trains.
+PLAN_ON_LISTS = """
+import json, sys
+from tftune import api
+texts, labels = ["a gripping film", "dull and long"], ["pos", "neg"]
+plan = api.plan_finetune("lstm-glove-general", (texts, labels), valid=sys.argv[1], out=sys.argv[2])
+print(json.dumps({"fingerprints": plan.data.fingerprints(), "pandas": "pandas" in sys.modules,
+                  "tensorflow": "tensorflow" in sys.modules}))
+"""
+
+
+def test_the_api_takes_lists_without_importing_pandas_or_tensorflow(tmp_path):
+    valid = tmp_path / "valid.csv"
+    valid.write_text("text,label\nfine,pos\n", encoding="utf-8")
+    result = subprocess.run([sys.executable, "-c", PLAN_ON_LISTS, str(valid), str(tmp_path / "clf")],
+                            capture_output=True, text=True, check=True)
+    report = json.loads(result.stdout)
+    assert report["pandas"] is False and report["tensorflow"] is False
+    fingerprints = report["fingerprints"]
+    assert fingerprints["train"]["examples"] == 2 and len(fingerprints["train"]["sha256"]) == 64
+    [file] = fingerprints["valid"]
+    assert file["path"] == str(valid) and file["size"] == valid.stat().st_size and len(file["sha256"]) == 64
+    assert fingerprints["reading"] == {"text_column": "text", "label_column": "label", "encoding": "utf-8"}
+
+
+def interrupted_finetune(tiny_runs, out):
+    """A finetune run started through the API and stopped after its first epoch, checkpoint written.
+
+    Its recipe differs from the pretrain run's (head_units), so a resume shows whose recipe it used.
+    """
+    import keras
+
+    class CrashAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise RuntimeError("simulated crash")
+
+    data = tiny_runs["data"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        tftune.finetune(tiny_runs["pretrain"], str(data["train"]), valid=str(data["valid"]), out=out, verbose=0,
+                        settings={"finetune.head_units": 7, "finetune.unfreeze": "all", "finetune.epochs": 2},
+                        callbacks=[CrashAfterFirstEpoch()])
+    assert (out.parent / f".{out.name}.checkpoint").is_dir() and not out.exists()
+
+
+@pytest.mark.slow
+def test_resume_behaves_the_same_through_the_command_line_and_the_api(tiny_runs, tmp_path):
+    """Both take the checkpoint's recipe and its recorded data files, and write the same run."""
+    import shutil
+
+    by_cli, by_api = tmp_path / "by-cli", tmp_path / "by-api"
+    interrupted_finetune(tiny_runs, by_cli)
+    shutil.copytree(tmp_path / ".by-cli.checkpoint", tmp_path / ".by-api.checkpoint")
+    command = [sys.executable, "-m", "tftune.cli", "finetune", "--from", str(tiny_runs["pretrain"]), "--out"]
+    # Other data than the checkpoint's are refused, in one line naming the input.
+    other = tmp_path / "other.csv"
+    other.write_text("text,label\nfine,positive\nawful,negative\n", encoding="utf-8")
+    refused = subprocess.run([*command, str(by_cli), "--resume", "--train", str(other)], capture_output=True,
+                             text=True)
+    assert refused.returncode == 2 and refused.stderr.splitlines()[-1] == (
+        f"error: --train file {other}: not the data the interrupted run was trained on; resume with the same "
+        "data, or start over with --force"), refused.stderr
+
+    resumed = subprocess.run([*command, str(by_cli), "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    metrics = tftune.finetune(tiny_runs["pretrain"], out=by_api, resume=True, verbose=0).metrics
+
+    files = [sorted(str(path.relative_to(run)) for path in run.rglob("*") if "logs" not in path.parts)
+             for run in (by_cli, by_api)]
+    assert files[0] == files[1]
+    recipes = [(run / "recipe.toml").read_text() for run in (by_cli, by_api)]
+    assert recipes[0] == recipes[1] and "head_units = 7" in recipes[0]  # the checkpoint's, not the pretrain run's
+    infos = [json.loads((run / "run.json").read_text()) for run in (by_cli, by_api)]
+    assert infos[0]["inputs"] == infos[1]["inputs"]
+    assert infos[0]["inputs"]["train"][0]["path"] == str(tiny_runs["data"]["train"])
+    assert json.loads((by_cli / "metrics.json").read_text())["valid"] == metrics["valid"]

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import REPO, tiny_overrides
+from conftest import REPO, data_flags, tiny_corpus, tiny_overrides
 from tftune.errors import RunError
 from tftune.recipe import load_recipe
 from tftune.finetuning import finetune
@@ -23,14 +23,14 @@ pytestmark = pytest.mark.slow
 EPOCHS = 12
 
 
-def long_overrides(data):
+def long_overrides():
     """A tiny model trained for enough epochs (a few seconds each) to be interrupted mid-run."""
-    return tiny_overrides(data) + [f"pretrain.epochs={EPOCHS}", "pretrain.checkpoint_every=5"]
+    return tiny_overrides() + [f"pretrain.epochs={EPOCHS}", "pretrain.checkpoint_every=5"]
 
 
 def start_pretrain(data, out, *extra):
-    args = ["pretrain", "--recipe", "gru-glove", "--out", str(out), *extra]
-    args += [arg for override in long_overrides(data) for arg in ("--set", override)]
+    args = ["pretrain", "--recipe", "gru-glove", "--out", str(out), *data_flags(data, "pretrain"), *extra]
+    args += [arg for override in long_overrides() for arg in ("--set", override)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
         [sys.executable, "-m", "tftune.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -49,7 +49,7 @@ def wait_for_checkpoint(process, checkpoint, timeout=180):
 @pytest.fixture(scope="module")
 def uninterrupted(small_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    return pretrain(load_recipe("gru-glove", long_overrides(small_data)), out)
+    return pretrain(load_recipe("gru-glove", long_overrides()), out, tiny_corpus(small_data))
 
 
 def test_sigkill_mid_epoch_then_resume_completes_the_run(small_data, tmp_path, uninterrupted):
@@ -90,21 +90,21 @@ def test_sigterm_writes_a_checkpoint_and_says_how_to_resume(small_data, tmp_path
 
 def test_a_leftover_checkpoint_is_kept_unless_resumed_or_forced(small_data, tmp_path):
     out, checkpoint = tmp_path / "run", tmp_path / ".run.checkpoint"
-    recipe = load_recipe("gru-glove", tiny_overrides(small_data))
+    recipe = load_recipe("gru-glove", tiny_overrides())
     checkpoint.mkdir()
     (checkpoint / "state.json").write_text(json.dumps({"kind": "pretrain", "recipe": "other"}))
     with pytest.raises(RunError, match="--resume"):
-        pretrain(recipe, out)
+        pretrain(recipe, out, tiny_corpus(small_data))
     with pytest.raises(RunError, match="another recipe"):
-        pretrain(recipe, out, resume=True)
+        pretrain(recipe, out, tiny_corpus(small_data), resume=True)
     assert (checkpoint / "state.json").is_file() and not out.exists()
-    pretrain(recipe, out, force=True)
+    pretrain(recipe, out, tiny_corpus(small_data), force=True)
     assert (out / "metrics.json").is_file() and not checkpoint.exists()
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(small_data, tmp_path):
     with pytest.raises(RunError, match="no checkpoint to resume"):
-        pretrain(load_recipe("gru-glove", tiny_overrides(small_data)), tmp_path / "run", resume=True)
+        pretrain(load_recipe("gru-glove", tiny_overrides()), tmp_path / "run", tiny_corpus(small_data), resume=True)
 
 
 class CrashAfterEpoch(keras.callbacks.Callback):
@@ -125,12 +125,12 @@ def test_finetune_resumes_in_the_right_unfreezing_stage(tiny_runs, tmp_path):
     recipe = tiny_runs["recipe"].with_overrides(["finetune.epochs=4"])  # stages: head 1, +rnn_2 1, all 2
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        finetune(recipe, tiny_runs["pretrain"], out, callbacks=[CrashAfterEpoch(2)])
+        finetune(recipe, tiny_runs["pretrain"], out, tiny_runs["labeled"], callbacks=[CrashAfterEpoch(2)])
     state = json.loads((tmp_path / ".run.checkpoint" / "state.json").read_text())
     assert (state["epochs_done"], state["steps_done"]) == (2, 0)
 
     log = WeightLog()
-    metrics = finetune(recipe, tiny_runs["pretrain"], out, callbacks=[log], resume=True)
+    metrics = finetune(recipe, tiny_runs["pretrain"], out, tiny_runs["labeled"], callbacks=[log], resume=True)
     (resumed_stage,) = log.snapshots  # one fit: the last stage, where every layer trains
     assert not same(resumed_stage["begin"]["rnn_1"], resumed_stage["end"]["rnn_1"])
     history = json.loads((out / "history.json").read_text())
@@ -168,7 +168,7 @@ def finetune_without_dropout(tiny_runs, tmp_path_factory):
         ["finetune.epochs=3", "finetune.dropout_scale=0", "finetune.head_dropout=0", "finetune.checkpoint_every=3"]
     )
     run = tmp_path_factory.mktemp("uninterrupted-finetune") / "run"
-    finetune(recipe, tiny_runs["pretrain"], run)
+    finetune(recipe, tiny_runs["pretrain"], run, tiny_runs["labeled"])
     return recipe, run
 
 
@@ -182,10 +182,10 @@ def test_a_resumed_finetune_ends_with_the_weights_of_an_uninterrupted_one(
     recipe, whole = finetune_without_dropout
     resumed = tmp_path / "resumed"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        finetune(recipe, tiny_runs["pretrain"], resumed, callbacks=[crash])
+        finetune(recipe, tiny_runs["pretrain"], resumed, tiny_runs["labeled"], callbacks=[crash])
     state = json.loads((tmp_path / ".resumed.checkpoint" / "state.json").read_text())
     assert (state["epochs_done"], state["steps_done"]) == ((2, 0) if isinstance(crash, CrashAfterEpoch) else (1, 3))
-    finetune(recipe, tiny_runs["pretrain"], resumed, resume=True)
+    finetune(recipe, tiny_runs["pretrain"], resumed, tiny_runs["labeled"], resume=True)
 
     expected, actual = saved_weights(whole), saved_weights(resumed)
     assert expected.keys() == actual.keys()
@@ -201,8 +201,8 @@ def test_a_resumed_finetune_ends_with_the_weights_of_an_uninterrupted_one(
 
 
 def test_same_seed_same_data_same_recipe_gives_the_same_metrics_on_cpu(small_data, tmp_path):
-    recipe = load_recipe("gru-glove", tiny_overrides(small_data))
-    first, second = (pretrain(recipe, tmp_path / name)["valid"]["perplexity"] for name in ("a", "b"))
+    recipe = load_recipe("gru-glove", tiny_overrides())
+    first, second = (pretrain(recipe, tmp_path / name, tiny_corpus(small_data))["valid"]["perplexity"] for name in ("a", "b"))
     assert first == second
 
 
@@ -222,7 +222,7 @@ def test_resume_without_recipe_prints_only_tftune_lines(tiny_runs, tmp_path):
     TensorFlow import, so TensorFlow's C++ start-up notices never reach the terminal."""
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        finetune(tiny_runs["recipe"], tiny_runs["pretrain"], out, callbacks=[CrashAfterEpoch(1)])
+        finetune(tiny_runs["recipe"], tiny_runs["pretrain"], out, tiny_runs["labeled"], callbacks=[CrashAfterEpoch(1)])
     env = {name: value for name, value in os.environ.items() if name not in ("TF_CPP_MIN_LOG_LEVEL", "TFTUNE_DEBUG")}
     resumed = subprocess.run(
         [sys.executable, "-m", "tftune.cli", "finetune", "--from", str(tiny_runs["pretrain"]), "--out", str(out),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GLOVE, WORD2VEC, tiny_overrides
+from conftest import GLOVE, WORD2VEC, data_flags, tiny_overrides
 
 pytestmark = pytest.mark.slow
 TFTUNE = [sys.executable, "-m", "tftune.cli"]
@@ -25,8 +25,8 @@ def tftune(*args):
     return run_tftune(*args).stdout
 
 
-def settings(data, cell):
-    return [arg for override in tiny_overrides(data, cell=cell, units=12) for arg in ("--set", override)]
+def settings(cell):
+    return [arg for override in tiny_overrides(cell=cell, units=12) for arg in ("--set", override)]
 
 
 @pytest.mark.parametrize(
@@ -41,13 +41,14 @@ def test_pretrain_finetune_export_predict(tmp_path, small_data, cell, vectors, f
     pretrain_dir, finetune_dir = tmp_path / "pretrain", tmp_path / "finetune"
     result = run_tftune(
         "pretrain", "--recipe", "gru-glove", "--embeddings", vectors, "--embeddings-format", fmt,
-        "--out", pretrain_dir, *settings(small_data, cell),
+        "--out", pretrain_dir, *data_flags(small_data, "pretrain"), *settings(cell),
     )
     assert result.stdout.strip().splitlines()[-1] == str(pretrain_dir)
     # The library's log records reach stderr once each, as `tftune: ...` lines.
     assert result.stderr.splitlines().count(f"tftune: pretrain run written to {pretrain_dir}") == 1, result.stderr
     # max_len above the texts' 81-110 tokens: batches of several lengths, as a real task has.
-    result = run_tftune("finetune", "--from", pretrain_dir, "--out", finetune_dir, "--set", "finetune.epochs=3",
+    result = run_tftune("finetune", "--from", pretrain_dir, "--out", finetune_dir, *data_flags(small_data, "finetune"),
+                        "--set", "finetune.epochs=3",
                         "--set", "finetune.max_len=120")
     assert result.stdout.strip().splitlines()[-1] == str(finetune_dir / "export")
     # A quiet log: the plan before training, each stage, the run's ETA; no TensorFlow warning.

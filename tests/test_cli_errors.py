@@ -34,6 +34,7 @@ PRETRAINED = REPO / "pretrained"
 GLOVE = PRETRAINED / "glove.6B.50d.top20k.txt"
 WORD2VEC = PRETRAINED / "word2vec-googlenews-300d-top5k.bin"
 CORPUS = PRETRAINED / "corpus" / "wikitext-2-valid.txt"
+TRAIN = PRETRAINED / "authors" / "train.csv"
 SHIPPED_RECIPES = ["gru-glove", "gru-word2vec", "lstm-glove", "lstm-word2vec", "rnn-glove"]
 TFTUNE = [sys.executable, "-m", "tftune.cli"]
 # A case that starts training by mistake fails on this instead of stalling the suite.
@@ -230,7 +231,7 @@ CASES = {
         prepare=named_pipe("reviews.csv"),
     ),
     "--embeddings character device": Case(
-        ["pretrain", "--embeddings", "/dev/zero", "--out", "out"],
+        ["pretrain", "--corpus", CORPUS, "--embeddings", "/dev/zero", "--out", "out"],
         ["/dev/zero", "is a character device"],
     ),
     "--recipe named pipe": Case(
@@ -347,10 +348,10 @@ CASES = {
     ),
     # --- vectors files ---
     "--embeddings missing": Case(
-        ["pretrain", "--embeddings", "missing.vec", "--out", "out"], ["missing.vec", "does not exist"]
+        ["pretrain", "--corpus", CORPUS, "--embeddings", "missing.vec", "--out", "out"], ["missing.vec", "does not exist"]
     ),
     "--embeddings word2vec binary read as glove": Case(
-        ["pretrain", "--embeddings", WORD2VEC, "--embeddings-format", "glove", "--out", "out"],
+        ["pretrain", "--corpus", CORPUS, "--embeddings", WORD2VEC, "--embeddings-format", "glove", "--out", "out"],
         [WORD2VEC.name, "'word2vec-binary'"],
     ),
     "embeddings inspect glove text read as word2vec-binary": Case(
@@ -364,7 +365,7 @@ CASES = {
         {"vectors.txt": "".join(GLOVE_ROWS)},
     ),
     "pretrain on vectors with a nan": Case(
-        ["pretrain", "--embeddings", "vectors.txt", "--embeddings-format", "glove", "--out", "out"],
+        ["pretrain", "--corpus", CORPUS, "--embeddings", "vectors.txt", "--embeddings-format", "glove", "--out", "out"],
         ["vectors.txt", "line 8 (word 'a') has a non-finite value (nan); the file is corrupt"],
         {"vectors.txt": "".join(GLOVE_ROWS[:7] + ["a nan " + GLOVE_ROWS[7].split(" ", 2)[2]] + GLOVE_ROWS[8:])},
     ),
@@ -411,9 +412,10 @@ CASES = {
         ["pretrain", "--set", "encoder.units", "--out", "out"], ["encoder.units", "section.key=value"]
     ),
     # --- runs and outputs ---
-    "--out not empty": Case(["pretrain", "--out", "out"], ["out: exists", "--force"], {"out/notes.txt": "keep me\n"}),
+    "--out not empty": Case(["pretrain", "--corpus", CORPUS, "--out", "out"], ["out: exists", "--force"],
+                            {"out/notes.txt": "keep me\n"}),
     "--force over a folder that is not a run": Case(
-        ["pretrain", "--out", "out", "--force"],
+        ["pretrain", "--corpus", CORPUS, "--out", "out", "--force"],
         ["out: is not a tftune run (no run.json), and --force only replaces one; choose another --out"],
         {"out/notes.txt": "keep me\n"},
     ),
@@ -422,7 +424,8 @@ CASES = {
         ["lm: is not a SavedModel export (no saved_model.pb), and --force only replaces one"],
         {**finetune_run("clf"), **pretrain_run("lm")},
     ),
-    "--out is a file": Case(["pretrain", "--out", "out"], ["out: exists and is not a directory"], {"out": "keep me\n"}),
+    "--out is a file": Case(["pretrain", "--corpus", CORPUS, "--out", "out"], ["out: exists and is not a directory"],
+                            {"out": "keep me\n"}),
     "finetune --from not a run": Case(
         ["finetune", "--from", "not-a-run", "--out", "out"], ["not-a-run", "run.json"], NOT_A_RUN
     ),
@@ -437,6 +440,14 @@ CASES = {
         {"clf/run.json": '{"kind": "finetune"}\n'},
     ),
     "finetune --from missing": Case(["finetune", "--from", "missing-run", "--out", "out"], ["missing-run", "no such"]),
+    # --- data are arguments ---
+    "pretrain without --corpus": Case(["pretrain", "--out", "out"], ["no corpus", "--corpus FILE"]),
+    "finetune without --train": Case(["finetune", "--from", PRETRAINED / "gru-glove-general", "--out", "out"],
+                                     ["no training data", "--train FILE"]),
+    "a data file set as a recipe setting": Case(
+        ["finetune", "--from", PRETRAINED / "gru-glove-general", "--set", "finetune.train=train.csv", "--out", "out"],
+        ["finetune.train is no longer a recipe setting", "pass --train instead"],
+    ),
     "predict not an export": Case(
         ["predict", "not-a-run", "a gripping , moving film ."], ["not-a-run", "export"], NOT_A_RUN
     ),
@@ -449,7 +460,7 @@ CASES = {
     # --- outputs over inputs: refused with --force too, before anything is read or written ---
     "pretrain --out holds its --corpus": Case(
         ["pretrain", "--corpus", "data/corpus.txt", "--out", "data", "--force"],
-        ["--out data: contains the --corpus file /", "/data/corpus.txt " + INPUT, "choose another --out"],
+        ["--out data: contains the --corpus file data/corpus.txt " + INPUT, "choose another --out"],
         {"data/corpus.txt": corpus_lines(20)},
     ),
     "pretrain --out is its --from run": Case(
@@ -464,7 +475,7 @@ CASES = {
     ),
     "pretrain --corpus in the checkpoint folder of --out": Case(
         ["pretrain", "--corpus", ".lm.checkpoint/corpus.txt", "--out", "lm", "--force"],
-        ["--out lm: its checkpoint folder .lm.checkpoint contains the --corpus file /", "/.lm.checkpoint/corpus.txt"],
+        ["--out lm: its checkpoint folder .lm.checkpoint contains the --corpus file .lm.checkpoint/corpus.txt"],
         checkpoint_holding("lm", "corpus.txt", corpus_lines(20)),
     ),
     "pretrain --out in the shipped data": Case(
@@ -478,11 +489,11 @@ CASES = {
     ),
     "finetune --out holds its --train": Case(
         ["finetune", "--from", "lm", "--train", "data/train.csv", "--out", "data", "--force"],
-        ["--out data: contains the --train file /", "/data/train.csv " + INPUT],
+        ["--out data: contains the --train file data/train.csv " + INPUT],
         {**pretrain_run("lm"), "data/train.csv": real_reviews_csv(20)},
     ),
     "finetune --out inside its --from run": Case(
-        ["finetune", "--from", "lm", "--out", "lm/clf"], ["--out lm/clf: lies inside the --from run lm " + INPUT],
+        ["finetune", "--train", TRAIN, "--from", "lm", "--out", "lm/clf"], ["--out lm/clf: lies inside the --from run lm " + INPUT],
         pretrain_run("lm"),
     ),
     "finetune --out is the second --from run": Case(
@@ -503,7 +514,8 @@ CASES = {
     ),
     "finetune --train a symbolic link into --out": Case(
         ["finetune", "--from", "lm", "--train", "train.csv", "--out", "data", "--force"],
-        ["--out data: contains the --train file /", "/train.csv " + INPUT, "symbolic link, /", "/data/train.csv)"],
+        ["--out data: contains the --train file train.csv (an input of this command; through a symbolic link, "
+         "train.csv is /", "/data/train.csv)"],
         {**pretrain_run("lm"), "data/train.csv": real_reviews_csv(20)},
         prepare=symlink("train.csv", "data/train.csv"),
     ),
@@ -514,7 +526,7 @@ CASES = {
     ),
     "finetune --train in the checkpoint folder of --out": Case(
         ["finetune", "--from", "lm", "--train", ".clf.checkpoint/train.csv", "--out", "clf", "--force"],
-        ["--out clf: its checkpoint folder .clf.checkpoint contains the --train file /", "/.clf.checkpoint/train.csv"],
+        ["--out clf: its checkpoint folder .clf.checkpoint contains the --train file .clf.checkpoint/train.csv"],
         {**pretrain_run("lm"), **checkpoint_holding("clf", "train.csv", real_reviews_csv(20))},
     ),
     "export --out is the run": Case(
@@ -599,22 +611,22 @@ def one_class_csv():
 
 SLOW_CASES = {
     "finetune --from an incomplete run": Case(
-        ["finetune", "--from", "pretrain", "--out", "out"],
+        ["finetune", "--train", TRAIN, "--from", "pretrain", "--out", "out"],
         ["pretrain: incomplete pretrain run, missing encoder.weights.h5"],
         prepare=copy_of_the_run(lambda run: (run / "encoder.weights.h5").unlink()),
     ),
     "finetune --from a run whose vocab.txt changed": Case(
-        ["finetune", "--from", "pretrain", "--out", "out"],
+        ["finetune", "--train", TRAIN, "--from", "pretrain", "--out", "out"],
         ["vocab.txt", "vocabulary does not match the one the encoder was trained with"],
         prepare=copy_of_the_run(add_a_word),
     ),
     "finetune with other vocab settings than the pretrain run": Case(
-        ["finetune", "--from", "pretrain", "--set", "vocab.max_size=100", "--out", "out"],
+        ["finetune", "--train", TRAIN, "--from", "pretrain", "--set", "vocab.max_size=100", "--out", "out"],
         ["vocab.max_size is 100 in the recipe but 3000 in the pretrain run pretrain"],
         prepare=copy_of_the_run(),
     ),
     "pretrain --from with vectors of another dimension": Case(
-        ["pretrain", "--from", "pretrain", "--embeddings", WORD2VEC, "--embeddings-format", "word2vec-binary",
+        ["pretrain", "--corpus", CORPUS, "--from", "pretrain", "--embeddings", WORD2VEC, "--embeddings-format", "word2vec-binary",
          "--out", "out"],
         [f"{WORD2VEC.name} holds 300-d vectors", "pretrain run pretrain was trained on 50-d vectors"],
         prepare=copy_of_the_run(),
@@ -699,8 +711,8 @@ def test_bad_input_is_one_error_line_and_writes_nothing(failures, name):
 def pretrain_run(tmp_path_factory, small_data):
     """One tiny real pretrain run, trained through the command line (GRU, 16 units, 1 epoch)."""
     out = tmp_path_factory.mktemp("cli-errors-run") / "pretrain"
-    settings = [arg for setting in tiny_overrides(small_data) for arg in ("--set", setting)]
-    result = run_tftune(["pretrain", "--recipe", "gru-glove", *settings, "--out", out])
+    settings = [arg for setting in tiny_overrides() for arg in ("--set", setting)]
+    result = run_tftune(["pretrain", "--recipe", "gru-glove", "--corpus", small_data["corpus"], *settings, "--out", out])
     assert result.returncode == 0, result.stderr
     return out
 

@@ -460,19 +460,21 @@ def test_stratified_holdout_leaves_a_class_of_one_in_training():
     assert labels.index("rare") in kept
 
 
-def labeled_settings(tmp_path, train_rows, valid_rows=None):
+def labeled_files(tmp_path, train_rows, valid_rows=None):
+    """The recipe's fine-tuning settings, and the labeled data written to files."""
+    from tftune.inputs import labeled_data
     from tftune.recipe import load_recipe
 
     train = write_table(tmp_path / "train.csv", train_rows)
-    valid = write_table(tmp_path / "valid.csv", valid_rows) if valid_rows else ""
-    return load_recipe("gru-glove", [f"finetune.train={train}", f"finetune.valid={valid}", "finetune.test="]).finetune
+    valid = write_table(tmp_path / "valid.csv", valid_rows) if valid_rows else None
+    return load_recipe("gru-glove").finetune, labeled_data(train, valid)
 
 
 def test_load_labeled_splits_holds_out_every_class(tmp_path, reviews):
     from tftune.finetuning import load_labeled_splits
 
     rows = [(f"{text} ({number})", f"topic-{number % 12}") for number, (text, _) in enumerate(reviews * 10)]
-    splits = load_labeled_splits(labeled_settings(tmp_path, rows))
+    splits = load_labeled_splits(*labeled_files(tmp_path, rows))
     assert set(splits.valid[1]) == set(splits.train[1]) == set(splits.labels)
     assert len(splits.labels) == 12
 
@@ -480,6 +482,6 @@ def test_load_labeled_splits_holds_out_every_class(tmp_path, reviews):
 def test_a_valid_label_never_seen_in_training_blames_the_valid_file(tmp_path, reviews):
     from tftune.finetuning import load_labeled_splits
 
-    settings = labeled_settings(tmp_path, reviews, [(reviews[0][0], "neutral")])
-    message = one_line_error(lambda: load_labeled_splits(settings), tmp_path / "valid.csv", "'neutral'")
+    settings, data = labeled_files(tmp_path, reviews, [(reviews[0][0], "neutral")])
+    message = one_line_error(lambda: load_labeled_splits(settings, data), tmp_path / "valid.csv", "'neutral'")
     assert "train.csv" not in message

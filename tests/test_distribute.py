@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_overrides
+from conftest import CORPUS, data_flags, tiny_overrides
 from tftune import distribute
 from tftune.distribute import ClusterConfig, chief_output, make_strategy, read_tf_config
 from tftune.errors import RecipeError, RunError
@@ -681,22 +681,24 @@ from tftune import distribute
 distribute.configure_logical_cpus(2)
 from tftune.recipe import load_recipe
 from tftune.finetuning import finetune
+from tftune.inputs import corpus_data, labeled_data
 from tftune.pretraining import pretrain
 
-root, overrides = Path(sys.argv[1]), json.loads(sys.argv[2])
+root, overrides, data = Path(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
+corpus, task = corpus_data(Path(data["corpus"])), labeled_data(data["train"], data["valid"], data["test"])
 result = {}
 for name, settings in (("single", []), ("mirrored", ["distribute.strategy=mirrored", "distribute.devices=/cpu:0,/cpu:1"])):
     started = time.time()
     recipe = load_recipe("gru-glove", overrides + settings)
-    lm = pretrain(recipe, root / name / "lm")
-    clf = finetune(recipe, root / "single" / "lm", root / name / "clf")
+    lm = pretrain(recipe, root / name / "lm", corpus)
+    clf = finetune(recipe, root / "single" / "lm", root / name / "clf", task)
     result[name] = {"lm": lm, "clf": clf, "seconds": round(time.time() - started, 1)}
 print("RESULT " + json.dumps(result), flush=True)
 """
 
 
-def no_dropout_overrides(data):
-    return tiny_overrides(data) + [
+def no_dropout_overrides():
+    return tiny_overrides() + [
         "encoder.dropout=0", "finetune.head_dropout=0", "finetune.unfreeze=all", "finetune.epochs=1",
     ]
 
@@ -707,7 +709,8 @@ def test_mirrored_pretrain_and_finetune_match_one_device(tmp_path, small_data):
     replica samples its own candidates, so close, not equal) with the clipped Adam, and the
     classifier (DiscriminativeAdam, STLR, best epoch) end where one device does with the same
     seed and global batch."""
-    result = run_script(tmp_path, "train_mirrored", TRAIN_MIRRORED, tmp_path, json.dumps(no_dropout_overrides(small_data)))
+    result = run_script(tmp_path, "train_mirrored", TRAIN_MIRRORED, tmp_path, json.dumps(no_dropout_overrides()),
+                        json.dumps({split: str(path) for split, path in small_data.items()}))
     single, mirrored = result["single"], result["mirrored"]
     print(f"one device {single['seconds']} s, mirrored over 2 logical CPUs {mirrored['seconds']} s")
     assert single["lm"]["distribute"] == {"strategy": "none", "replicas": 1, "workers": 1}
@@ -737,6 +740,7 @@ import keras
 import tensorflow as tf
 from tftune.recipe import load_recipe
 from tftune.finetuning import finetune
+from tftune.inputs import corpus_data, labeled_data
 from tftune.pretraining import pretrain
 
 
@@ -754,13 +758,14 @@ class OptimizerLog(keras.callbacks.Callback):
         self.losses.append(float(logs["loss"]))
 
 
-root, overrides = Path(sys.argv[1]), json.loads(sys.argv[2])
-pretrain(load_recipe("lstm-glove", overrides), root / "lm")
+root, overrides, data = Path(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
+pretrain(load_recipe("lstm-glove", overrides), root / "lm", corpus_data(Path(data["corpus"])))
 recipe = load_recipe("lstm-glove", overrides + [
     "precision.policy=mixed_float16", "distribute.strategy=mirrored", "distribute.devices=/cpu:0,/cpu:1",
 ])
 log = OptimizerLog()
-metrics = finetune(recipe, root / "lm", root / "clf", callbacks=[log])
+metrics = finetune(recipe, root / "lm", root / "clf", labeled_data(data["train"], data["valid"], data["test"]),
+                   callbacks=[log])
 served = tf.saved_model.load(str(root / "clf" / "export")).signatures["serving_default"]
 outputs = served(tf.constant(["a fine film", "dull and far too long"]))
 probabilities = outputs["probabilities"]
@@ -777,8 +782,9 @@ def test_mirrored_mixed_float16_finetune_scales_the_loss_and_exports_float32(tmp
     """Mixed precision composes with the strategy and with ULMFiT's fine-tuning: every stage's
     optimizer is a LossScaleOptimizer around DiscriminativeAdam, losses stay finite, variables
     stay float32, and the export serves float32 probabilities."""
-    overrides = tiny_overrides(small_data, cell="lstm")
-    result = run_script(tmp_path, "mixed_mirrored", MIXED_MIRRORED, tmp_path, json.dumps(overrides))
+    overrides = tiny_overrides(cell="lstm")
+    result = run_script(tmp_path, "mixed_mirrored", MIXED_MIRRORED, tmp_path, json.dumps(overrides),
+                        json.dumps({split: str(path) for split, path in small_data.items()}))
     assert result["distribute"] == {"strategy": "mirrored", "replicas": 2, "workers": 1}
     assert result["optimizers"] and all(pair == ["LossScaleOptimizer", "DiscriminativeAdam"] for pair in result["optimizers"])
     assert len(result["optimizers"]) == 3  # head, head + rnn_2, everything
@@ -797,7 +803,7 @@ def cli_env(tmp):
 
 
 def cli_args(data):
-    return [arg for override in tiny_overrides(data) for arg in ("--set", override)]
+    return [*data_flags(data, "pretrain"), *[arg for override in tiny_overrides() for arg in ("--set", override)]]
 
 
 @pytest.mark.slow
@@ -846,7 +852,7 @@ def test_two_worker_cli_pretrain_writes_one_run_that_finetune_uses(tmp_path, sma
     # Without --recipe, finetune takes the run's recipe but not its [distribute] section.
     finetune = subprocess.run(
         [sys.executable, "-m", "tftune.cli", "finetune", "--from", str(out), "--out", str(tmp_path / "clf"),
-         "--set", "finetune.epochs=1"],
+         *data_flags(small_data, "finetune"), "--set", "finetune.epochs=1"],
         cwd=tmp_path, env=cli_env(tmp_path / "tmp-finetune"), capture_output=True, text=True, timeout=180,
     )
     assert finetune.returncode == 0, finetune.stderr[-3000:]
@@ -872,7 +878,7 @@ def test_resume_is_rejected_under_multi_worker_before_anything_runs(tmp_path):
 
 def test_multi_worker_without_tf_config_is_a_one_line_error(tmp_path):
     result = run_cli(tmp_path, "pretrain", "--recipe", "gru-glove", "--distribute", "multi-worker",
-                     "--out", tmp_path / "lm")
+                     "--corpus", CORPUS, "--out", tmp_path / "lm")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "needs the TF_CONFIG environment variable" in lines[0]
@@ -880,7 +886,7 @@ def test_multi_worker_without_tf_config_is_a_one_line_error(tmp_path):
 
 def test_bad_devices_in_the_recipe_are_a_one_line_error(tmp_path):
     result = run_cli(tmp_path, "pretrain", "--recipe", "gru-glove", "--set", "distribute.devices=/cpu:0",
-                     "--out", tmp_path / "lm")
+                     "--corpus", CORPUS, "--out", tmp_path / "lm")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         'error: distribute.devices: only used with distribute.strategy = "mirrored"'

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import tiny_overrides
+from conftest import tiny_corpus, tiny_labeled, tiny_overrides
 
 from tftune.data import read_labeled
 from tftune.export import Predictor, find_export
@@ -148,17 +148,17 @@ def test_mixed_precision_trains_resumes_and_exports_a_float32_cpu_model(small_da
 
     # Two layers: gradual unfreezing in 3 stages (set by tiny_overrides), discriminative rates and STLR.
     from tftune.pretraining import pretrain
-    recipe = load_recipe("lstm-glove", [*tiny_overrides(small_data, cell="lstm"), f"precision.policy={policy}",
+    recipe = load_recipe("lstm-glove", [*tiny_overrides(cell="lstm"), f"precision.policy={policy}",
                                         "finetune.epochs=4"])
     pretrain_log = OptimizerLog()
-    lm_metrics = pretrain(recipe, tmp_path / "lm", callbacks=[pretrain_log])
+    lm_metrics = pretrain(recipe, tmp_path / "lm", tiny_corpus(small_data), callbacks=[pretrain_log])
     assert lm_metrics["precision_policy"] == policy and np.isfinite(lm_metrics["valid"]["perplexity"])
 
     crash, before_crash = CrashAfterEpoch(2), OptimizerLog()
     with pytest.raises(RuntimeError, match="simulated crash"):
-        finetune(recipe, tmp_path / "lm", tmp_path / "clf", callbacks=[before_crash, crash])
+        finetune(recipe, tmp_path / "lm", tmp_path / "clf", tiny_labeled(small_data), callbacks=[before_crash, crash])
     after_resume = OptimizerLog()
-    metrics = finetune(recipe, tmp_path / "lm", tmp_path / "clf", callbacks=[after_resume], resume=True)
+    metrics = finetune(recipe, tmp_path / "lm", tmp_path / "clf", tiny_labeled(small_data), callbacks=[after_resume], resume=True)
     assert metrics["precision_policy"] == policy and metrics["epochs"] == 4
 
     wrapped = "LossScaleOptimizer" if policy == "mixed_float16" else "DiscriminativeAdam"

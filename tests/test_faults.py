@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import REPO, tiny_overrides
+from conftest import REPO, data_flags, tiny_overrides
 from tftune.cli import main
 
 pytestmark = pytest.mark.slow
@@ -57,22 +57,23 @@ def tftune(args, fault=None):
     return Result(result.exit_code, result.stdout, result.stderr)
 
 
-def overrides(data):
+def overrides():
     # The full softmax: a sampled one draws other words after a resume.
-    return tiny_overrides(data) + NO_DROPOUT + ["pretrain.output=full", "pretrain.epochs=2", "finetune.epochs=2",
+    return tiny_overrides() + NO_DROPOUT + ["pretrain.output=full", "pretrain.epochs=2", "finetune.epochs=2",
                                                 "finetune.unfreeze=all"]
 
 
-def settings(data):
-    return [arg for override in overrides(data) for arg in ("--set", override)]
+def settings():
+    return [arg for override in overrides() for arg in ("--set", override)]
 
 
 def pretrain_args(data, out):
-    return ["pretrain", "--recipe", "gru-glove", "--out", out, *settings(data)]
+    return ["pretrain", "--recipe", "gru-glove", "--out", out, *data_flags(data, "pretrain"), *settings()]
 
 
 def finetune_args(data, from_run, out):
-    return ["finetune", "--from", from_run, "--recipe", "gru-glove", "--out", out, *settings(data)]
+    return ["finetune", "--from", from_run, "--recipe", "gru-glove", "--out", out, *data_flags(data, "finetune"),
+            *settings()]
 
 
 def weights(path):

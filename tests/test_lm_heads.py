@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import CORPUS, tiny_overrides
+from conftest import CORPUS, tiny_corpus, tiny_overrides
 from tftune.data import lm_dataset
 from tftune.models import LanguageModel, TextClassifier, build_encoder
 from tftune.recipe import load_recipe
@@ -209,8 +209,8 @@ def test_output_bias_starts_at_the_log_unigram_probabilities(vectors, corpus_ids
 
 
 def test_pretrain_records_the_output_kind(small_data, tmp_path):
-    recipe = load_recipe("gru-glove", [*tiny_overrides(small_data), "pretrain.output=tied"])
-    metrics = pretrain(recipe, tmp_path / "run")
+    recipe = load_recipe("gru-glove", [*tiny_overrides(), "pretrain.output=tied"])
+    metrics = pretrain(recipe, tmp_path / "run", tiny_corpus(small_data))
     assert metrics["output"] == "tied"
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["output"] == "tied"
     assert math.isfinite(metrics["valid"]["perplexity"])

@@ -67,7 +67,7 @@ def ensemble_run(tiny_runs, tmp_path_factory):
 
     recipe = tiny_runs["recipe"].with_overrides([("finetune.epochs", 1), ("finetune.unfreeze", "all")])
     out = tmp_path_factory.mktemp("ensemble") / "clf"
-    finetune(recipe, [tiny_runs["pretrain"], tiny_runs["pretrain"]], out)
+    finetune(recipe, [tiny_runs["pretrain"], tiny_runs["pretrain"]], out, tiny_runs["labeled"])
     return out
 
 

@@ -23,6 +23,7 @@ from tftune.open_vocab import (
 )
 from tftune.text import UNK_ID, Vocabulary
 from tftune.finetuning import finetune
+from tftune.inputs import corpus_data
 from tftune.pretraining import pretrain
 
 
@@ -141,7 +142,7 @@ def test_finetune_adds_the_task_words_that_have_a_vector_and_the_export_reads_th
 
 def test_a_closed_vocabulary_reads_new_words_as_unknown(tiny_runs, tmp_path):
     recipe = tiny_runs["recipe"].with_overrides(["vocab.open=false", "finetune.epochs=1", "finetune.unfreeze=all"])
-    metrics = finetune(recipe, tiny_runs["pretrain"], tmp_path / "closed")
+    metrics = finetune(recipe, tiny_runs["pretrain"], tmp_path / "closed", tiny_runs["labeled"])
     assert "open_vocabulary" not in metrics
     assert _vocab_words(tmp_path / "closed") == _vocab_words(tiny_runs["pretrain"])
 
@@ -149,11 +150,11 @@ def test_a_closed_vocabulary_reads_new_words_as_unknown(tiny_runs, tmp_path):
 def test_pretrain_from_grows_the_vocabulary_and_the_head(tiny_runs, tmp_path):
     corpus = tmp_path / "task.txt"
     corpus.write_text("the harbour pilot steered the schooner past the lighthouse .\n" * 40, encoding="utf-8")
-    recipe = tiny_runs["recipe"].with_overrides([f"pretrain.corpus={corpus}", "pretrain.epochs=1"])
-    metrics = pretrain(recipe, tmp_path / "lm-task", from_run=tiny_runs["pretrain"])
+    recipe = tiny_runs["recipe"].with_overrides(["pretrain.epochs=1"])
+    metrics = pretrain(recipe, tmp_path / "lm-task", corpus_data(corpus), from_run=tiny_runs["pretrain"])
     words = _vocab_words(tmp_path / "lm-task")
     new = words[len(_vocab_words(tiny_runs["pretrain"])) :]
     assert {"schooner", "lighthouse"} <= set(new) and metrics["open_vocabulary"]["added"] == len(new)
     assert metrics["vocab_size"] == len(words) and math.isfinite(metrics["valid"]["perplexity"])
-    classifier = finetune(recipe, tmp_path / "lm-task", tmp_path / "clf")
+    classifier = finetune(recipe, tmp_path / "lm-task", tmp_path / "clf", tiny_runs["labeled"])
     assert classifier["valid"]["accuracy"] >= 0.0

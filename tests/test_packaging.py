@@ -33,10 +33,8 @@ TINY = (
 
 
 def recipe_data_paths(recipe):
-    """Every data file a recipe names: vectors, corpus files and the labelled task files."""
-    paths = [recipe.get("embeddings.path"), *recipe.get("pretrain.corpus")]
-    paths += [recipe.get(f"finetune.{key}") for key in ("train", "valid", "test")]
-    return [path for path in paths if path]
+    """Every data file a recipe names: its vectors (data are arguments, not recipe settings)."""
+    return [recipe.get("embeddings.path")]
 
 
 def test_shipped_recipes_name_shipped_files_that_exist():
@@ -136,8 +134,7 @@ recipe = load_recipe()
 print(json.dumps({
     "module": tftune.__file__,
     "shipped": [str(folder) for folder in shipped_dirs()],
-    "paths": [recipe.get("embeddings.path"), *recipe.get("pretrain.corpus"),
-              *(recipe.get(f"finetune.{key}") for key in ("train", "valid", "test"))],
+    "paths": [recipe.get("embeddings.path")],
 }))
 """
 

@@ -59,7 +59,6 @@ def test_publish_stores_float16_weights_and_the_preset_fine_tunes(tiny_runs, tmp
     import h5py
     import numpy as np
 
-    from tftune.recipe import Recipe
     from tftune.finetuning import finetune
 
     preset = presets.publish(tiny_runs["pretrain"], tmp_path / "pretrained" / "tiny-general")
@@ -68,11 +67,10 @@ def test_publish_stores_float16_weights_and_the_preset_fine_tunes(tiny_runs, tmp
         weights.visititems(lambda name, item: dtypes.add(item.dtype) if isinstance(item, h5py.Dataset) else None)
     assert {dtype for dtype in dtypes if dtype.kind == "f"} == {np.dtype("float16")}
     assert not (preset / "logs").exists()
-    # The corpus lies outside the preset's folder: only its name is kept.
-    corpus = Recipe.from_toml_file(preset / "recipe.toml").pretrain.corpus
-    assert [presets.Path(path).parent for path in corpus] == [preset]
+    # The recipe names no data (data are arguments), only the vectors, relative to the preset.
+    assert "corpus" not in (preset / "recipe.toml").read_text()
     recipe = tiny_runs["recipe"].with_overrides(["finetune.epochs=1", "finetune.unfreeze=all"])
-    metrics = finetune(recipe, preset, tmp_path / "clf")
+    metrics = finetune(recipe, preset, tmp_path / "clf", tiny_runs["labeled"])
     assert 0.0 <= metrics["valid"]["accuracy"] <= 1.0
 
 
@@ -105,9 +103,7 @@ def test_each_shipped_preset_loads_by_name_and_has_a_model_card(name):
 
     pretrained = PretrainRun.open(presets.resolve_run(name))
     assert presets.Path(pretrained.recipe.embeddings.path).is_file()
-    # What runs continuing from it train with: the target-domain step's corpus ships, and
-    # fine-tuning unfreezes gradually.
-    assert all(presets.Path(path).is_file() for path in pretrained.recipe.pretrain.corpus)
+    # What runs continuing from it train with: fine-tuning unfreezes gradually.
     assert pretrained.recipe.finetune.unfreeze == "gradual"
     # The tasks load the same backbone by the preset's name.
     model = LanguageModel.from_preset(name)

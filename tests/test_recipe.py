@@ -7,6 +7,7 @@ import pytest
 
 from tftune.errors import RecipeError
 from tftune.recipe import (
+    DATA_KEYS,
     DEFAULT_RECIPE,
     RECIPES_DIR,
     SCHEMA,
@@ -36,20 +37,16 @@ format = "glove"
 cell = "gru"
 
 [pretrain]
-corpus = ["corpus.txt"]
 epochs = 1
 
 [finetune]
-train = "data/train.csv"
 epochs = 3
 """
 
 
 def _python_type_ok(kind, value):
-    if kind in ("str", "text", "choice", "path", "optional_path"):
+    if kind in ("str", "name", "text", "choice", "path"):
         return isinstance(value, str)
-    if kind == "path_list":
-        return isinstance(value, tuple) and all(isinstance(item, str) for item in value)
     if kind == "bool":
         return isinstance(value, bool)
     if kind == "int":
@@ -101,14 +98,9 @@ def test_shipped_recipe_is_complete_and_typed(name):
             assert _python_type_ok(field.kind, value), f"{section}.{key} = {value!r}"
             assert field.check(value) == value
     assert Path(recipe.get("embeddings.path")).parent == REPO / "pretrained"
-    assert recipe.get("pretrain.corpus") == (
-        str(REPO / "pretrained" / "corpus" / "wikitext-2-valid.txt"),
-        str(REPO / "pretrained" / "authors" / "train.csv"),
-    )
-    assert recipe.get("finetune.test") == str(REPO / "pretrained" / "authors" / "test.csv")
-    for key in ("embeddings.path", "finetune.train", "finetune.valid", "finetune.test", "pretrain.corpus"):
-        paths = recipe.get(key)
-        assert all(Path(p).is_file() for p in ([paths] if isinstance(paths, str) else paths)), key
+    assert Path(recipe.get("embeddings.path")).is_file()
+    # Data are arguments of a run, not recipe settings.
+    assert not any(f"{section}.{key}" in DATA_KEYS for section, fields in SCHEMA.items() for key in fields)
 
 
 def test_default_recipe_is_loaded_without_a_name():
@@ -121,8 +113,6 @@ def test_overrides_set_typed_values():
         "encoder.dropout=0",  # an int where a float is expected
         "embeddings.lowercase=false",
         "finetune.head=last",
-        'finetune.text_column="review"',
-        "finetune.label_column=sentiment",
         "finetune.learning_rate=1e-3",
         "name=my-run",
     ])
@@ -130,8 +120,6 @@ def test_overrides_set_typed_values():
     assert recipe.get("encoder.dropout") == 0.0 and isinstance(recipe.get("encoder.dropout"), float)
     assert recipe.get("embeddings.lowercase") is False
     assert recipe.get("finetune.head") == "last"
-    assert recipe.get("finetune.text_column") == "review"
-    assert recipe.get("finetune.label_column") == "sentiment"
     assert recipe.get("finetune.learning_rate") == 0.001
     assert recipe.name == "my-run"
 
@@ -154,8 +142,10 @@ def test_with_overrides_returns_a_new_recipe():
     ("encoder.cell=lstn", ["encoder.cell", '"simple_rnn", "lstm", "gru"', '"lstn"']),
     ("embeddings.lowercase=yes", ["embeddings.lowercase", "true or false", '"yes"']),
     ("precision.policy=fp16", ["precision.policy", '"mixed_float16"', '"fp16"']),
-    ("pretrain.corpus=[]", ["pretrain.corpus", "non-empty list"]),
-    ("finetune.text_column=", ["finetune.text_column", "non-empty string"]),
+    ("embeddings.path=", ["embeddings.path", "non-empty path"]),
+    # Data are arguments: the override names the flag to use.
+    ("pretrain.corpus=[]", ["pretrain.corpus", "no longer a recipe setting", "--corpus"]),
+    ("finetune.train=train.csv", ["finetune.train", "no longer a recipe setting", "--train"]),
     ("encoder.units", ["section.key=value"]),
     ("units=3", ["section.key=value"]),
     # The name is the default run folder's, runs/NAME-pretrain: it must stay inside runs/.
@@ -163,7 +153,7 @@ def test_with_overrides_returns_a_new_recipe():
     ("name=a/b", ["name", "without / \\ or .."]),
     ("name=..", ["name", "without / \\ or .."]),
     ('name="two\\nlines"', ["name", "one-line name"]),
-    ("pretrain.corpus=caf\udce9.txt", ["pretrain.corpus", "caf\\xe9.txt", "not valid UTF-8"]),
+    ("embeddings.path=caf\udce9.txt", ["embeddings.path", "caf\\xe9.txt", "not valid UTF-8"]),
 ])
 def test_bad_override_names_the_key_and_valid_options(override, fragments):
     with pytest.raises(RecipeError) as info:
@@ -203,8 +193,7 @@ def test_missing_required_keys_are_all_named(tmp_path):
     path = _write(tmp_path / "partial.toml", '[encoder]\ncell = "lstm"\n')
     with pytest.raises(RecipeError) as info:
         load_recipe(str(path))
-    for key in ("embeddings.path", "embeddings.format", "pretrain.corpus", "pretrain.epochs",
-                "finetune.train", "finetune.epochs"):
+    for key in ("embeddings.path", "embeddings.format", "pretrain.epochs", "finetune.epochs"):
         assert key in str(info.value)
 
 
@@ -226,18 +215,32 @@ def test_user_recipe_may_omit_keys_with_defaults(tmp_path):
 
 
 def test_relative_paths_resolve_against_file_then_cwd(tmp_path, monkeypatch):
-    path = _write(tmp_path / "recipes" / "mine.toml", MINIMAL_RECIPE.replace('"data/train.csv"', '"~/train.csv"'))
+    path = _write(tmp_path / "recipes" / "mine.toml", MINIMAL_RECIPE)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    recipe = load_recipe(str(path), ["finetune.valid=data/valid.csv", "pretrain.corpus=more.txt"])
+    recipe = load_recipe(str(path))
     assert recipe.get("embeddings.path") == str(tmp_path / "recipes" / "vectors" / "glove.txt")
-    assert recipe.get("finetune.train") == str(Path.home() / "train.csv")
-    assert recipe.get("finetune.valid") == str(elsewhere / "data" / "valid.csv")
-    assert recipe.get("pretrain.corpus") == (str(elsewhere / "more.txt"),)
-    assert recipe.get("finetune.test") == ""
-    two = recipe.with_overrides(['pretrain.corpus=["a.txt", "../b.txt"]'])
-    assert two.get("pretrain.corpus") == (str(elsewhere / "a.txt"), str(tmp_path / "b.txt"))
+    assert load_recipe(str(path), ["embeddings.path=~/glove.txt"]).get("embeddings.path") == str(
+        Path.home() / "glove.txt")
+    two = recipe.with_overrides(["embeddings.path=../b.txt"])
+    assert two.get("embeddings.path") == str(tmp_path / "b.txt")
+
+
+def test_an_older_recipe_s_data_keys_are_dropped_with_a_warning_naming_the_flag(tmp_path, caplog):
+    older = MINIMAL_RECIPE.replace("[pretrain]\n", '[pretrain]\ncorpus = ["corpus.txt"]\n').replace(
+        "[finetune]\n", '[finetune]\ntrain = "train.csv"\ntext_column = "review"\n')
+    with caplog.at_level("WARNING", logger="tftune.recipe"):
+        recipe = load_recipe(str(_write(tmp_path / "older.toml", older)))
+    assert recipe == load_recipe(str(_write(tmp_path / "newer.toml", MINIMAL_RECIPE)), ["name=older"])
+    [warning] = caplog.messages
+    for words in ("pretrain.corpus (use --corpus)", "finetune.train (use --train)",
+                  "finetune.text_column (use --text-column)"):
+        assert words in warning
+    # A run's own recipe is tftune's record: read quietly.
+    caplog.clear()
+    assert Recipe.from_toml_file(tmp_path / "older.toml") == recipe
+    assert caplog.messages == []
 
 
 def test_to_toml_round_trip(tmp_path):
@@ -246,7 +249,6 @@ def test_to_toml_round_trip(tmp_path):
         "pretrain.learning_rate=1e-05",
         "finetune.lr_decay=2.6000000000000001",
         'description="quotes \\" backslash \\\\ tab \\t newline \\n and ünïcödé"',
-        'pretrain.corpus=["a.txt", "b.txt"]',
     ])
     path = _write(tmp_path / "saved.toml", recipe.to_toml())
     again = Recipe.from_toml_file(path)
@@ -260,7 +262,7 @@ def test_to_toml_round_trip(tmp_path):
 def test_to_dict_is_plain_and_sections_are_read_only():
     recipe = load_recipe("rnn-glove")
     data = recipe.to_dict()
-    assert isinstance(data["pretrain"]["corpus"], list)
+    assert isinstance(data["encoder"], dict)
     data["encoder"]["units"] = 1
     assert recipe.get("encoder.units") == 128
     with pytest.raises(AttributeError):  # sections are frozen dataclasses

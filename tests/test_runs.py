@@ -165,40 +165,43 @@ def test_export_may_write_the_run_s_own_export_folder(tree):
 
 
 def recipe_with(*overrides):
-    return load_recipe("gru-glove", [f"pretrain.corpus={json.dumps(['data/corpus.txt'])}",
-                                     "finetune.train=data/train.csv", *overrides])
+    return load_recipe("gru-glove", list(overrides))
+
+
+CORPUS = [("--corpus file", "data/corpus.txt")]
+TASK = [("--train file", "data/train.csv")]
 
 
 def test_a_pretrain_run_reads_its_corpus_vectors_recipe_and_from_run(tree):
     recipe = recipe_with()
-    check_run_paths(recipe, "pretrain", "runs/new")
-    corpus = re.escape(str(tree / "data/corpus.txt"))
-    with pytest.raises(RunError, match=f"^--out data: contains the --corpus file {corpus} "):
-        check_run_paths(recipe, "pretrain", "data")
+    check_run_paths(recipe, "runs/new", data_files=CORPUS)
+    with pytest.raises(RunError, match="^--out data: contains the --corpus file data/corpus.txt "):
+        check_run_paths(recipe, "data", data_files=CORPUS)
     with pytest.raises(RunError, match="^--out runs/lm/more: lies inside the --from run runs/lm "):
-        check_run_paths(recipe, "pretrain", "runs/lm/more", ["runs/lm"])
+        check_run_paths(recipe, "runs/lm/more", ["runs/lm"], data_files=CORPUS)
     vectors = recipe_with("embeddings.path=vectors/glove.txt")
     with pytest.raises(RunError, match=r"^--out vectors: contains the vectors file \(embeddings.path\) "):
-        check_run_paths(vectors, "pretrain", "vectors")
+        check_run_paths(vectors, "vectors", data_files=CORPUS)
     (tree / "recipes").mkdir()
     (tree / "recipes/mine.toml").write_text(recipe.to_toml())
     with pytest.raises(RunError, match="^--out recipes: contains the recipe file recipes/mine.toml "):
-        check_run_paths(load_recipe("recipes/mine.toml"), "pretrain", "recipes")
+        check_run_paths(load_recipe("recipes/mine.toml"), "recipes", data_files=CORPUS)
 
 
 def test_a_finetune_run_reads_its_labeled_files_and_every_from_run(tree):
-    recipe = recipe_with(f"finetune.test={tree / 'elsewhere.csv'}")
-    check_run_paths(recipe, "finetune", "runs/clf-2", ["runs/lm", "runs/lm-back"])
+    recipe = recipe_with()
+    task = [*TASK, ("--test file", str(tree / "elsewhere.csv"))]
+    check_run_paths(recipe, "runs/clf-2", ["runs/lm", "runs/lm-back"], data_files=task)
     with pytest.raises(RunError, match="^--out data: contains the --train file "):
-        check_run_paths(recipe, "finetune", "data", ["runs/lm"])
+        check_run_paths(recipe, "data", ["runs/lm"], data_files=task)
     with pytest.raises(RunError, match=f"^--out {re.escape(str(tree))}: contains the --from run runs/lm "):
-        check_run_paths(recipe, "finetune", tree, ["runs/lm"])
+        check_run_paths(recipe, tree, ["runs/lm"], data_files=task)
     with pytest.raises(RunError, match="^--out elsewhere.csv: is the --test file "):
-        check_run_paths(recipe, "finetune", "elsewhere.csv", ["runs/lm"])
+        check_run_paths(recipe, "elsewhere.csv", ["runs/lm"], data_files=task)
     with pytest.raises(RunError, match="^--out runs/lm-back: is the --from run runs/lm-back "):
-        check_run_paths(recipe, "finetune", "runs/lm-back", ["runs/lm", "runs/lm-back"])
-    # The corpus is pretraining's, not fine-tuning's.
-    check_run_paths(recipe_with("finetune.train=runs/train.csv"), "finetune", "data", ["runs/lm"])
+        check_run_paths(recipe, "runs/lm-back", ["runs/lm", "runs/lm-back"], data_files=task)
+    # Only the files given count: here the task lies elsewhere.
+    check_run_paths(recipe, "data", ["runs/lm"], data_files=[("--train file", "runs/train.csv")])
 
 
 def test_resume_reads_the_checkpoint_s_own_recipe(tree):
@@ -206,26 +209,28 @@ def test_resume_reads_the_checkpoint_s_own_recipe(tree):
     checkpoint.mkdir()
     (checkpoint / "recipe.toml").write_text(recipe_with().to_toml())
     recipe = load_recipe("runs/.new.checkpoint/recipe.toml")
-    check_run_paths(recipe, "pretrain", "runs/new", resume=True)
+    check_run_paths(recipe, "runs/new", resume=True)
     # Without --resume, a new run over the checkpoint (--force) would delete it.
     with pytest.raises(RunError, match="^--out runs/new: its checkpoint folder runs/.new.checkpoint contains the "):
-        check_run_paths(recipe, "pretrain", "runs/new")
+        check_run_paths(recipe, "runs/new")
     with pytest.raises(RunError, match="^--out runs: contains the recipe file "):
-        check_run_paths(recipe, "pretrain", "runs", resume=True)  # another run's checkpoint
+        check_run_paths(recipe, "runs", resume=True)  # another run's checkpoint
 
 
 def test_the_python_api_checks_before_anything_is_written(tree):
     from tftune.finetuning import finetune, reexport  # imports TensorFlow
+    from tftune.inputs import corpus_data, labeled_data
     from tftune.pretraining import pretrain
 
     recipe = recipe_with("precision.policy=float32")
+    corpus, task = corpus_data(Path("data/corpus.txt")), labeled_data("data/train.csv")
     before = snapshot(tree)
     with pytest.raises(RunError, match="^--out runs/lm: is the --from run runs/lm "):
-        pretrain(recipe, "runs/lm", force=True, from_run="runs/lm")
+        pretrain(recipe, "runs/lm", corpus, force=True, from_run="runs/lm")
     with pytest.raises(RunError, match="^--out data: contains the --corpus file "):
-        pretrain(recipe, "data", force=True)
+        pretrain(recipe, "data", corpus, force=True)
     with pytest.raises(RunError, match="^--out runs/lm-back: is the --from run runs/lm-back "):
-        finetune(recipe, ["runs/lm", "runs/lm-back"], "runs/lm-back", force=True)
+        finetune(recipe, ["runs/lm", "runs/lm-back"], "runs/lm-back", task, force=True)
     with pytest.raises(RunError, match="^--out runs/clf: is the exported run runs/clf "):
         reexport("runs/clf", "runs/clf", force=True)
     assert snapshot(tree) == before

@@ -7,7 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import tiny_overrides
+from conftest import tiny_corpus, tiny_overrides
+from tftune.inputs import corpus_data
 from tftune.errors import RunError
 from tftune.finetuning import finetune
 from tftune.pretraining import pretrain
@@ -85,7 +86,7 @@ def same(a, b):
 
 def test_gradual_unfreezing_freezes_exactly_the_right_layers(tiny_runs, tmp_path):
     log = WeightLog()
-    finetune(tiny_runs["recipe"], tiny_runs["pretrain"], tmp_path / "run", callbacks=[log])
+    finetune(tiny_runs["recipe"], tiny_runs["pretrain"], tmp_path / "run", tiny_runs["labeled"], callbacks=[log])
     head_only, top, everything = log.snapshots
     # Stage 1: head only; both recurrent layers and the embedding bit-for-bit unchanged.
     assert same(head_only["begin"]["rnn_1"], head_only["end"]["rnn_1"])
@@ -114,7 +115,7 @@ def test_each_unfreezing_stage_peaks_lower_by_stage_lr_decay():
 
 def test_finetune_starts_from_pretrained_weights(tiny_runs, tmp_path):
     log = WeightLog()
-    finetune(tiny_runs["recipe"], tiny_runs["pretrain"], tmp_path / "run", callbacks=[log])
+    finetune(tiny_runs["recipe"], tiny_runs["pretrain"], tmp_path / "run", tiny_runs["labeled"], callbacks=[log])
     pretrained = PretrainRun.open(tiny_runs["pretrain"])
     assert pretrained.vocab.tokens[:3] == ["<pad>", "<unk>", "<eos>"]
     from tftune.models import TextBackbone
@@ -126,7 +127,7 @@ def test_finetune_starts_from_pretrained_weights(tiny_runs, tmp_path):
 def test_finetune_refuses_an_encoder_that_differs_from_the_pretrain_run(tiny_runs, tmp_path):
     recipe = tiny_runs["recipe"].with_overrides(["encoder.units=32"])
     with pytest.raises(RunError, match="encoder.units"):
-        finetune(recipe, tiny_runs["pretrain"], tmp_path / "run")
+        finetune(recipe, tiny_runs["pretrain"], tmp_path / "run", tiny_runs["labeled"])
     assert not (tmp_path / "run").exists()
 
 
@@ -139,16 +140,16 @@ def test_finetune_refuses_a_changed_vocabulary(tiny_runs, tmp_path):
     tokens[10], tokens[11] = tokens[11], tokens[10]
     (copy / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
     with pytest.raises(RunError, match="vocabulary"):
-        finetune(tiny_runs["recipe"], copy, tmp_path / "run")
+        finetune(tiny_runs["recipe"], copy, tmp_path / "run", tiny_runs["labeled"])
 
 
 def test_existing_output_is_kept_without_force(tiny_runs, small_data, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "keep.txt").write_text("results")
-    recipe = load_recipe("gru-glove", tiny_overrides(small_data))
+    recipe = load_recipe("gru-glove", tiny_overrides())
     with pytest.raises(RunError, match="--force"):
-        pretrain(recipe, out)
+        pretrain(recipe, out, tiny_runs["corpus"])
     assert (out / "keep.txt").read_text() == "results"
 
 
@@ -156,10 +157,10 @@ def test_a_run_being_written_cannot_be_written_by_a_second_process(small_data, t
     from tftune.run_lock import exclusive_output
 
     out = tmp_path / "run"
-    recipe = load_recipe("gru-glove", tiny_overrides(small_data))
+    recipe = load_recipe("gru-glove", tiny_overrides())
     with exclusive_output(out, force=False):
         with pytest.raises(RunError, match="another tftune process"):
-            pretrain(recipe, out)
+            pretrain(recipe, out, tiny_corpus(small_data))
     assert not out.exists()
     assert not (tmp_path / ".run.lock").exists()
 
@@ -169,7 +170,7 @@ def test_non_finite_loss_stops_with_an_error_and_writes_nothing(tiny_runs, tmp_p
 
     recipe = tiny_runs["recipe"].with_overrides(["finetune.learning_rate=1e30", "finetune.schedule=constant"])
     with pytest.raises(TrainingError, match="nothing was written"):
-        finetune(recipe, tiny_runs["pretrain"], tmp_path / "run")
+        finetune(recipe, tiny_runs["pretrain"], tmp_path / "run", tiny_runs["labeled"])
     assert not (tmp_path / "run").exists()
 
 
@@ -195,7 +196,7 @@ class OptimizerLog(keras.callbacks.Callback):
 
 def test_one_optimizer_keeps_its_state_across_unfreezing_stages(tiny_runs, tmp_path):
     log = OptimizerLog()
-    metrics = finetune(tiny_runs["recipe"], tiny_runs["pretrain"], tmp_path / "run", callbacks=[log])
+    metrics = finetune(tiny_runs["recipe"], tiny_runs["pretrain"], tmp_path / "run", tiny_runs["labeled"], callbacks=[log])
     steps = [stage["iterations"] for stage in log.stages]
     assert steps[0] == 0 and steps[1] > 0 and steps[2] == 2 * steps[1]  # the step counter carries on
     assert log.stages[0]["head_moment"] == 0 and log.stages[1]["head_moment"] > 0  # Adam's moments too
@@ -215,7 +216,7 @@ def test_finetune_with_class_weights_and_early_stopping(tiny_runs, tmp_path):
     recipe = tiny_runs["recipe"].with_overrides(
         ["finetune.class_weight=balanced", "finetune.patience=1", "finetune.unfreeze=all", "finetune.epochs=6"]
     )
-    metrics = finetune(recipe, tiny_runs["pretrain"], tmp_path / "run")
+    metrics = finetune(recipe, tiny_runs["pretrain"], tmp_path / "run", tiny_runs["labeled"])
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert metrics["epochs"] == len(history) <= 6
     assert metrics["stopped_early"] == (len(history) < 6)
@@ -225,12 +226,10 @@ def test_finetune_with_class_weights_and_early_stopping(tiny_runs, tmp_path):
 
 def test_pretrain_from_a_run_continues_its_encoder_on_new_text(tiny_runs, tmp_path):
     base = tiny_runs["pretrain"]
-    task_text = [str(tiny_runs["data"]["train"])]
+    task_text = corpus_data(tiny_runs["data"]["train"])
     # Zero epochs: the continued run holds exactly the base run's weights and (closed) vocabulary.
-    untouched = tiny_runs["recipe"].with_overrides(
-        [f"pretrain.corpus={json.dumps(task_text)}", "pretrain.epochs=0", "vocab.open=false"]
-    )
-    before = pretrain(untouched, tmp_path / "zero", from_run=base)
+    untouched = tiny_runs["recipe"].with_overrides(["pretrain.epochs=0", "vocab.open=false"])
+    before = pretrain(untouched, tmp_path / "zero", task_text, from_run=base)
     assert (tmp_path / "zero" / "vocab.txt").read_text() == (base / "vocab.txt").read_text()
     info = json.loads((tmp_path / "zero" / "run.json").read_text())
     assert info["from_run"] == str(base) and info["vocab_fingerprint"] == PretrainRun.open(base).vocab.fingerprint()
@@ -239,27 +238,27 @@ def test_pretrain_from_a_run_continues_its_encoder_on_new_text(tiny_runs, tmp_pa
     weights = [TextBackbone.from_preset(run).get_weights() for run in (base, tmp_path / "zero")]
     assert same(*weights)
     # Two epochs on the task's text lower the perplexity on held-out task text.
-    after = pretrain(untouched.with_overrides(["pretrain.epochs=2"]), tmp_path / "two", from_run=base)
+    after = pretrain(untouched.with_overrides(["pretrain.epochs=2"]), tmp_path / "two", task_text, from_run=base)
     assert after["valid"]["perplexity"] < before["valid"]["perplexity"]
     assert after["vocab_size"] == before["vocab_size"] == len(PretrainRun.open(base).vocab)
-    finetune(tiny_runs["recipe"], tmp_path / "two", tmp_path / "classifier")
+    finetune(tiny_runs["recipe"], tmp_path / "two", tmp_path / "classifier", tiny_runs["labeled"])
     assert (tmp_path / "classifier" / "export" / "saved_model.pb").is_file()
 
 
 def test_pretrain_from_a_run_refuses_another_encoder(tiny_runs, tmp_path):
     recipe = tiny_runs["recipe"].with_overrides(["encoder.units=32"])
     with pytest.raises(RunError, match="encoder.units"):
-        pretrain(recipe, tmp_path / "run", from_run=tiny_runs["pretrain"])
+        pretrain(recipe, tmp_path / "run", tiny_runs["corpus"], from_run=tiny_runs["pretrain"])
     assert not (tmp_path / "run").exists()
 
 
 def test_zero_epoch_pretrain_is_an_untrained_encoder_to_fine_tune_from_scratch(tiny_runs, tmp_path):
-    metrics = pretrain(tiny_runs["recipe"].with_overrides(["pretrain.epochs=0"]), tmp_path / "scratch")
+    metrics = pretrain(tiny_runs["recipe"].with_overrides(["pretrain.epochs=0"]), tmp_path / "scratch", tiny_runs["corpus"])
     assert json.loads((tmp_path / "scratch" / "history.json").read_text()) == []
     assert metrics["train_tokens_per_second"] is None
     trained = json.loads((tiny_runs["pretrain"] / "metrics.json").read_text())
     assert metrics["valid"]["perplexity"] > trained["valid"]["perplexity"]
-    finetune(tiny_runs["recipe"], tmp_path / "scratch", tmp_path / "classifier")
+    finetune(tiny_runs["recipe"], tmp_path / "scratch", tmp_path / "classifier", tiny_runs["labeled"])
 
 
 def test_forward_and_backward_runs_fine_tune_into_one_averaging_export(tiny_runs, tmp_path):
@@ -269,13 +268,13 @@ def test_forward_and_backward_runs_fine_tune_into_one_averaging_export(tiny_runs
     from tftune.finetuning import reexport
 
     backward = tmp_path / "backward"
-    lm = pretrain(tiny_runs["recipe"].with_overrides(["pretrain.direction=backward"]), backward)
+    lm = pretrain(tiny_runs["recipe"].with_overrides(["pretrain.direction=backward"]), backward, tiny_runs["corpus"])
     assert 1 < lm["valid"]["perplexity"] < lm["vocab_size"]
     with pytest.raises(RunError, match="direction"):  # a backward run continues only as a backward one
-        pretrain(tiny_runs["recipe"], tmp_path / "mixed", from_run=backward)
+        pretrain(tiny_runs["recipe"], tmp_path / "mixed", tiny_runs["corpus"], from_run=backward)
 
     run = tmp_path / "ensemble"
-    metrics = finetune(tiny_runs["recipe"], [tiny_runs["pretrain"], backward], run)
+    metrics = finetune(tiny_runs["recipe"], [tiny_runs["pretrain"], backward], run, tiny_runs["labeled"])
     members = metrics["members"]
     assert [member["direction"] for member in members] == ["forward", "backward"]
     assert all({"valid", "test", "best_epoch"} <= set(member) for member in members)
@@ -305,9 +304,9 @@ def test_a_call_runs_off_the_main_thread_and_leaves_the_dtype_policy_as_it_was(t
     def train():  # as a notebook's background job would
         try:
             keras.mixed_precision.set_global_policy("float32")
-            seen["pretrain"] = pretrain(recipe, tmp_path / "lm")["precision_policy"]
+            seen["pretrain"] = pretrain(recipe, tmp_path / "lm", tiny_runs["corpus"])["precision_policy"]
             seen["after_pretrain"] = keras.mixed_precision.global_policy().name
-            seen["finetune"] = finetune(recipe, tmp_path / "lm", tmp_path / "clf")["precision_policy"]
+            seen["finetune"] = finetune(recipe, tmp_path / "lm", tmp_path / "clf", tiny_runs["labeled"])["precision_policy"]
             seen["after_finetune"] = keras.mixed_precision.global_policy().name
         except Exception as e:  # reported below, in the test's thread
             seen["error"] = repr(e)

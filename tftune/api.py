@@ -1,7 +1,9 @@
 """The Python API: `pretrain`, `finetune`, `load`, `predict` and `interpret` on texts in memory or in files.
 
-The functions behind `import tftune`. They run what the command line runs (same recipes, same
-run directories, same checks, same errors) and hand back Keras models:
+The functions behind `import tftune`, and the one layer the `tftune` command line calls. Every
+training request is resolved the same way for both (`tftune.plans`: the recipe, with `resume`
+the checkpoint's; `--from` names; the data; the checks made before TensorFlow is imported), then
+run (`run_plan`):
 
 - `pretrain(texts, out=...)` trains (or continues) a language model and returns it.
 - `finetune(from_run, (texts, labels), out=...)` fine-tunes a classifier with gradual
@@ -11,10 +13,9 @@ run directories, same checks, same errors) and hand back Keras models:
 - `interpret(run, test, out=...)` reports the highest-loss texts, the most confused classes,
   per-class scores and the training curves of a finetune run.
 
-Texts may be lists of strings, pandas Series or DataFrames (when pandas is installed), or
-files. Texts given in memory are written once to CSV files in the hidden folder beside `out`
-(`.NAME.data/`, named by their content), because a run records the files it read: its
-`recipe.toml` and `--resume` find them there.
+Data are arguments, never recipe settings: files, lists of texts (and labels), a pandas
+DataFrame or a `tf.data.Dataset` (see `tftune.inputs`), used as they are; nothing is written but
+the run. The run's `run.json` records each input's fingerprint, and `resume` refuses other data.
 
 Progress goes through the `tftune` logger; `logging.basicConfig(level=logging.INFO)` shows it.
 `callbacks=` and `verbose=` pass through to every Keras `fit`, and the result carries the Keras
@@ -37,21 +38,16 @@ labels, probabilities = tftune.predict("runs/clf", ["a gripping, moving film"])
 """
 
 import contextlib
-import csv
-import hashlib
-import io
+import logging
 import os
 import random
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tftune.errors import DataError, RunError
-from tftune.presets import resolve_run
+from tftune.inputs import labeled_input, text_list
+from tftune.plans import plan_finetune, plan_pretrain, run_plan
 from tftune.quiet_import import import_tensorflow_quietly
-from tftune.recipe import DEFAULT_RECIPE, LOCAL_DISTRIBUTE, Recipe, load_recipe
-from tftune.runs import FinetuneRun, PretrainRun, data_folder
-
+from tftune.runs import FinetuneRun
 
 
 class Trained(NamedTuple):
@@ -72,24 +68,29 @@ class Trained(NamedTuple):
     history: Any = None
 
 
-def pretrain(texts=None, *, out, from_run=None, recipe=None, settings=(), force=False, resume=False, callbacks=(),
-             verbose="auto"):
+def pretrain(texts=None, *, out=None, valid=None, from_run=None, recipe=None, settings=(), force=False, resume=False,
+             callbacks=(), verbose="auto", text_column="text", encoding="utf-8"):
     """Trains a next-token language model on `texts` and returns it with its metrics.
 
     Args:
-        texts: the unlabeled text: a list of documents, a pandas Series or DataFrame (its `text`
-            column), a file or a list of files; None = the recipe's `pretrain.corpus`.
-        out: the pretrain run directory to create.
+        texts: the unlabeled text: a list of documents, a pandas Series or DataFrame (its
+            `text_column`), a `tf.data.Dataset` of strings, a file or a list of files
+            (`pathlib.Path`s). Required, except with `resume`: then the interrupted run's files
+            are read again (texts given in memory must be given again).
+        out: the pretrain run directory to create; default `runs/RECIPE-pretrain`.
+        valid: held-out text to measure perplexity on, in the same forms; None = the last
+            `pretrain.valid_fraction` of `texts`.
         from_run: continue from this pretrain run or shipped model (ULMFiT's target-domain step),
             e.g. `"lstm-glove-general"`; its recipe is the default one.
-        recipe: a shipped recipe's name, a recipe file or a `Recipe`; default: `from_run`'s
-            recipe, else the default recipe.
+        recipe: a shipped recipe's name, a recipe file or a `Recipe`; default: with `resume`, the
+            checkpoint's; else `from_run`'s recipe, else the default recipe.
         settings: recipe overrides: a mapping `{"pretrain.epochs": 2}` or `"section.key=value"` strings.
         force: replace an existing non-empty `out`.
         resume: continue an interrupted run from its checkpoint.
         callbacks: extra Keras callbacks for `fit`.
         verbose: Keras' `verbose` for `fit` (0 silent, 1 progress bar, 2 a line per epoch);
             `"auto"`: a progress bar on a terminal, a line per epoch elsewhere.
+        text_column, encoding: how to read files and DataFrames.
 
     Returns:
         `Trained(model, metrics, run, history)`, the model a `LanguageModel`.
@@ -101,38 +102,33 @@ def pretrain(texts=None, *, out, from_run=None, recipe=None, settings=(), force=
                          settings={"pretrain.epochs": 1})
     ```
     """
-    import_tensorflow_quietly()
-    from tftune.models import LanguageModel
-    from tftune.pretraining import pretrain as train_language_model
-
-    from_run = None if from_run is None else resolve_run(from_run)
-    default = PretrainRun.open(from_run).recipe_file if from_run is not None else DEFAULT_RECIPE
-    overrides = []
-    if texts is not None:
-        overrides.append(("pretrain.corpus", _corpus_files(texts, out)))
-    resolved = _recipe(recipe, default, overrides, settings, from_run_recipe=from_run is not None)
+    plan = plan_pretrain(texts, out=out, valid=valid, from_run=from_run, recipe=recipe, settings=settings,
+                         force=force, resume=resume, text_column=text_column, encoding=encoding)
     history = keras_history()
     with callers_state_kept(verbose):  # building a model draws seeds too
-        metrics = train_language_model(resolved, out, force=force, from_run=from_run, resume=resume,
-                                       callbacks=[history, *callbacks])
-        return Trained(LanguageModel.from_preset(out), metrics, Path(out), history)
+        from tftune.models import LanguageModel
+
+        metrics = run_plan(plan, callbacks=[history, *callbacks])
+        return Trained(LanguageModel.from_preset(plan.out), metrics, plan.out, history)
 
 
-def finetune(from_run, train=None, *, out, valid=None, test=None, recipe=None, settings=(), text_column="text",
-             label_column="label", force=False, resume=False, callbacks=(), verbose="auto"):
+def finetune(from_run, train=None, *, out=None, valid=None, test=None, recipe=None, settings=(), text_column="text",
+             label_column="label", encoding="utf-8", force=False, resume=False, callbacks=(), verbose="auto"):
     """Fine-tunes a classifier on pretrained encoders, exports it, and returns it with its metrics.
 
     Args:
         from_run: a pretrain run or shipped model, or a list of them (an ensemble).
         train: the labeled examples: `(texts, labels)`, a pandas DataFrame (`text_column` and
-            `label_column`), or a file; None = the recipe's `finetune.train`.
-        out: the finetune run directory to create (the SavedModel goes to `out/export`).
+            `label_column`), a `tf.data.Dataset` of `(text, label)` pairs, or a file. Required,
+            except with `resume` (as for `pretrain`).
+        out: the finetune run directory to create (the SavedModel goes to `out/export`); default
+            `runs/RECIPE-finetune`.
         valid: validation examples, in the same forms; None = hold out part of `train`.
-        test: test examples, in the same forms; None = none (with `train` given).
-        recipe: a shipped recipe's name, a recipe file or a `Recipe`; default: the (first)
-            pretrain run's recipe.
+        test: test examples, in the same forms; None = none.
+        recipe: a shipped recipe's name, a recipe file or a `Recipe`; default: with `resume`, the
+            checkpoint's; else the (first) pretrain run's recipe.
         settings: recipe overrides: a mapping `{"finetune.epochs": 4}` or `"section.key=value"` strings.
-        text_column, label_column: the columns of DataFrames and files.
+        text_column, label_column, encoding: how to read files and DataFrames.
         force: replace an existing non-empty `out`.
         resume: continue an interrupted run from its checkpoint.
         callbacks: extra Keras callbacks for every `fit` (one per unfreezing stage).
@@ -149,20 +145,13 @@ def finetune(from_run, train=None, *, out, valid=None, test=None, recipe=None, s
     clf.metrics["valid"]["accuracy"]
     ```
     """
-    import_tensorflow_quietly()
-    from tftune.finetuning import finetune as train_classifier
-
-    from_runs = [resolve_run(run) for run in ([from_run] if isinstance(from_run, (str, os.PathLike)) else from_run)]
-    overrides = [("finetune.text_column", text_column), ("finetune.label_column", label_column)]
-    if train is not None:
-        for split, examples in (("train", train), ("valid", valid), ("test", test)):
-            path = "" if examples is None else _labeled_file(examples, split, out, text_column, label_column)
-            overrides.append((f"finetune.{split}", path))
-    resolved = _recipe(recipe, PretrainRun.open(from_runs[0]).recipe_file, overrides, settings, from_run_recipe=True)
+    plan = plan_finetune(from_run, train, out=out, valid=valid, test=test, recipe=recipe, settings=settings,
+                         text_column=text_column, label_column=label_column, encoding=encoding, force=force,
+                         resume=resume)
     history = keras_history()
     with callers_state_kept(verbose):  # building a model draws seeds too
-        metrics = train_classifier(resolved, from_runs, out, force=force, resume=resume, callbacks=[history, *callbacks])
-        return Trained(load(out), metrics, Path(out), history)
+        metrics = run_plan(plan, callbacks=[history, *callbacks])
+        return Trained(load(plan.out), metrics, plan.out, history)
 
 
 def load(path):
@@ -204,10 +193,99 @@ def predict(path, texts):
         `(labels, probabilities)`: the most probable class name per text, and a float32 array
         `[len(texts), classes]` in the order of the run's labels.
     """
+    return predictor(path).predict(text_list(texts, "texts"))
+
+
+def predictor(path):
+    """The exported SavedModel of a finetune run (or an export directory), loaded once for many calls.
+
+    A damaged export is one `RunError` naming the file, as on the command line.
+
+    Args:
+        path: a finetune run or its export.
+
+    Returns:
+        A `tftune.export.Predictor`: `predict(texts)` gives `(labels, probabilities)`, and `labels`
+        holds the class names, the columns of the probabilities.
+    """
     import_tensorflow_quietly()
     from tftune.export import Predictor
 
-    return Predictor(path).predict(_texts(texts, "texts"))
+    with _reading_export(path):
+        return Predictor(path)
+
+
+def evaluate(model, data, *, text_column="text", label_column="label", encoding="utf-8", plot=None, force=False):
+    """Metrics of an exported model (or a finetune run's export) on a labeled file, the twin of `tftune evaluate`.
+
+    Args:
+        model: a finetune run or its export.
+        data: the labeled file (.csv/.tsv/.jsonl).
+        text_column, label_column, encoding: how to read it.
+        plot: also draw the confusion matrix and per-class scores into this PNG (needs matplotlib).
+        force: replace an existing `plot` file.
+
+    Returns:
+        The metrics: accuracy, macro-F1, per-class scores, the confusion matrix, the examples.
+
+    Example:
+
+    ```python
+    tftune.api.evaluate("runs/clf", "task/test.csv")["accuracy"]
+    ```
+    """
+    from tftune.data import read_labeled
+    from tftune.errors import WriteError
+    from tftune.runs import check_output_paths
+
+    if plot is not None:
+        check_output_paths([("--plot", plot)], [("evaluated model", model), ("--data file", data)])
+        _check_plot_path(Path(plot), force)
+    texts, labels = read_labeled(data, text_column, label_column, encoding=encoding)
+    import_tensorflow_quietly()
+    from tftune.export import evaluate_export
+
+    with _reading_export(model):
+        metrics = evaluate_export(model, texts, labels, source=data)
+    if plot is not None:
+        from tftune.metrics import plot_metrics
+
+        try:
+            plot_metrics(metrics, list(metrics["per_class"]), plot, f"{Path(model).name} on {Path(data).name}")
+        except OSError as e:
+            raise WriteError(f"{plot}: writing the plot failed ({e.strerror or e}); nothing was written") from e
+        logging.getLogger(__name__).info(f"plot written to {plot}")
+    return metrics
+
+
+def export(run, out=None, *, force=False):
+    """Exports a finetune run's classifier again, as a SavedModel that serves raw strings.
+
+    Args:
+        run: the finetune run.
+        out: the export directory; default `RUN/export`.
+        force: replace an earlier export at `out`.
+
+    Returns:
+        The export directory.
+    """
+    from tftune.errors import WriteError
+    from tftune.runs import check_export_paths
+    from tftune.staging import write_failure
+
+    out = Path(out if out is not None else FinetuneRun(run).export)
+    check_export_paths(run, out)
+    import_tensorflow_quietly()
+    from tftune.finetuning import reexport
+
+    try:
+        reexport(run, out, force=force)
+    except Exception as e:
+        reason = write_failure(e)
+        if reason is None:
+            raise
+        raise WriteError(f"{out}: writing the export failed ({reason}); nothing was written") from e
+    return out
 
 
 def interpret(run, test, out=None, *, top=10, plot=None, force=False, text_column="text", label_column="label",
@@ -240,16 +318,66 @@ def interpret(run, test, out=None, *, top=10, plot=None, force=False, text_colum
     ```
     """
     from tftune.data import read_labeled
-    from tftune.interpretation import interpret_run
+    from tftune.errors import DataError
+    from tftune.interpretation import PLOT_MISSING, check_report_paths, interpret_run, matplotlib_available
+    from tftune.metrics import check_known_labels
 
-    data_file = None
-    if _is_file_like(test):
-        data_file = test
+    # What can be told before reading the data and importing TensorFlow.
+    data_file = test if isinstance(test, (str, os.PathLike)) else None
+    run_labels = FinetuneRun.open(run).labels()
+    if out is not None:
+        check_report_paths(run, out, force, data_file)
+    if plot and not matplotlib_available():
+        raise DataError(f"--plot {PLOT_MISSING}")
+    if data_file is not None:
         texts, labels = read_labeled(test, text_column, label_column, encoding=encoding)
     else:
-        texts, labels = _labeled_examples(test, "test", text_column, label_column)
+        example = labeled_input("test", test, text_column, label_column)
+        texts, labels = list(example.texts), list(example.labels)
+    check_known_labels(labels, run_labels, data_file or "test")
     import_tensorflow_quietly()
     return interpret_run(run, texts, labels, out, top=top, plot=plot, force=force, data_file=data_file)
+
+
+# === Exports ===
+
+
+@contextlib.contextmanager
+def _reading_export(model):
+    """Names the export in one line when its SavedModel cannot be read (a file truncated or damaged).
+
+    TensorFlow logs a traceback when it cannot read `fingerprint.pb`, and then loads the model
+    anyway; that file only identifies the model, so its log stays quiet.
+    """
+    from tftune.export import find_export
+    from tftune.runs import reading_artifact
+
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)
+    try:
+        with reading_artifact(find_export(model)):
+            yield
+    finally:
+        absl.setLevel(level)
+
+
+def _check_plot_path(plot, force):
+    """Refuses a --plot that cannot be written, before any work is done."""
+    from tftune.errors import DataError
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise DataError("--plot needs matplotlib, which is not installed: pip install 'tftune[plot]'") from None
+    if plot.suffix.lower() != ".png":
+        raise DataError(f"{plot}: --plot writes a PNG; give a file name ending in .png")
+    if not plot.parent.is_dir():
+        raise DataError(f"{plot}: directory {plot.parent} does not exist")
+    if plot.is_dir():
+        raise DataError(f"{plot}: is a directory")
+    if plot.exists() and not force:
+        raise DataError(f"{plot}: exists; choose another --plot or pass --force to replace it")
 
 
 # === The caller's process ===
@@ -285,95 +413,3 @@ def callers_state_kept(verbose):
         random.setstate(python_state)
         np.random.set_state(numpy_state)
         tf.random.set_seed(global_seed)
-
-
-# === Inputs ===
-
-
-def _recipe(recipe, default, overrides, settings, from_run_recipe):
-    """The recipe to train with: `recipe` (or `default`), then the data `overrides`, then `settings`."""
-    if isinstance(settings, Mapping):
-        settings = list(settings.items())
-    elif isinstance(settings, str):
-        settings = [settings]
-    if isinstance(recipe, Recipe):
-        return recipe.with_overrides([*overrides, *settings])
-    reset = LOCAL_DISTRIBUTE if recipe is None and from_run_recipe else []
-    return load_recipe(recipe or default, [*reset, *overrides, *settings])
-
-
-def _texts(texts, what):
-    """A list of strings from a list or a pandas Series; a clear error for anything else."""
-    if hasattr(texts, "tolist"):
-        texts = texts.tolist()
-    if isinstance(texts, str) or not isinstance(texts, Sequence):
-        raise DataError(f"{what}: expected a list of strings, got {type(texts).__name__}")
-    bad = next((text for text in texts if not isinstance(text, str)), None)
-    if bad is not None:
-        raise DataError(f"{what}: expected strings only, got {type(bad).__name__} {bad!r:.60}")
-    return list(texts)
-
-
-def _is_file_like(value):
-    return isinstance(value, (str, os.PathLike))
-
-
-def _corpus_files(texts, out):
-    """The corpus file(s) of `pretrain`'s `texts`: given files as they are, documents written to a CSV."""
-    if _is_file_like(texts):
-        return [str(texts)]
-    if isinstance(texts, Sequence) and texts and all(isinstance(item, os.PathLike) for item in texts):
-        return [str(item) for item in texts]
-    if hasattr(texts, "columns"):  # a DataFrame
-        texts = texts["text"]
-    return [str(_write_csv({"text": _texts(texts, "texts")}, "corpus", out))]
-
-
-def _labeled_file(examples, split, out, text_column, label_column):
-    """The file of one labeled split: a given file as it is, examples in memory written to a CSV."""
-    if _is_file_like(examples):
-        return str(examples)
-    texts, labels = _labeled_examples(examples, split, text_column, label_column)
-    return str(_write_csv({text_column: texts, label_column: labels}, split, out))
-
-
-def _labeled_examples(examples, split, text_column, label_column):
-    """`(texts, labels)` as lists of strings from a pair of sequences or a DataFrame."""
-    if hasattr(examples, "columns"):  # a DataFrame
-        examples = (examples[text_column], examples[label_column])
-    if not (isinstance(examples, (tuple, list)) and len(examples) == 2):
-        raise DataError(f"{split}: expected (texts, labels), a DataFrame or a file, got {type(examples).__name__}")
-    texts = _texts(examples[0], f"{split} texts")
-    labels = [str(label) for label in _texts_or_values(examples[1])]
-    if len(texts) != len(labels):
-        raise DataError(f"{split}: {len(texts)} texts but {len(labels)} labels")
-    return texts, labels
-
-
-def _texts_or_values(values):
-    return values.tolist() if hasattr(values, "tolist") else list(values)
-
-
-def _write_csv(columns, stem, out):
-    """Writes the columns to `data_folder(out)/STEM-HASH.csv` unless that file exists; returns its path.
-
-    Named by content, so no call ever changes a file an earlier run read.
-    """
-    if not next(iter(columns.values())):
-        raise DataError(f"{stem}: no examples")
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(list(columns))
-    writer.writerows(zip(*columns.values()))
-    data = buffer.getvalue().encode("utf-8")
-    folder = data_folder(out)
-    path = folder / f"{stem}-{hashlib.sha256(data).hexdigest()[:16]}.csv"
-    if not path.is_file():
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            staging = path.with_name(f".{path.name}.tmp")
-            staging.write_bytes(data)
-            staging.replace(path)
-        except OSError as e:
-            raise RunError(f"{folder}: cannot write the examples there ({e.strerror})") from None
-    return path

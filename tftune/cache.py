@@ -96,13 +96,13 @@ def _file_sha256(path):
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def corpus_key(paths, tokenizer, valid_fraction, *, valid_paths=(), max_size=None, min_freq=1, vocab=None,
-               open_words=None, text_column="text", encoding="utf-8"):
+def corpus_key(paths, tokenizer, valid_fraction, *, valid_paths=(), documents=None, valid_documents=None,
+               max_size=None, min_freq=1, vocab=None, open_words=None, text_column="text", encoding="utf-8"):
     """Returns the cache key of an encoded corpus, a sha256 hex digest.
 
     Args:
-        paths, tokenizer, valid_fraction, valid_paths, max_size, min_freq, vocab, open_words, text_column, encoding:
-            As for `PendingCorpus`.
+        paths, tokenizer, valid_fraction, valid_paths, documents, valid_documents, max_size, min_freq, vocab,
+            open_words, text_column, encoding: As for `PendingCorpus`.
 
     Raises:
         OSError: A corpus file cannot be read.
@@ -113,6 +113,8 @@ def corpus_key(paths, tokenizer, valid_fraction, *, valid_paths=(), max_size=Non
         # read_corpus parses a file by its suffix; its name and place do not matter.
         "files": [[Path(path).suffix.lower(), _file_sha256(path)] for path in paths],
         "valid_files": [[Path(path).suffix.lower(), _file_sha256(path)] for path in valid_paths],
+        "documents": _documents_sha256(documents),
+        "valid_documents": _documents_sha256(valid_documents),
         "tokenizer": tokenizer.get_config(),
         "vocab": {"max_size": max_size, "min_freq": min_freq} if vocab is None else vocab.fingerprint(),
         "open_words": None if open_words is None else open_words.fingerprint,
@@ -121,6 +123,12 @@ def corpus_key(paths, tokenizer, valid_fraction, *, valid_paths=(), max_size=Non
         "encoding": encoding,
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _documents_sha256(documents):
+    if documents is None:
+        return None
+    return hashlib.sha256(json.dumps(list(documents), ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -184,6 +192,8 @@ class PendingCorpus:
         valid_fraction: Share of the documents held out for validation, from the end.
         valid_paths: Files of held-out text to validate on instead; then every document of
             `paths` trains.
+        documents: The documents in memory, instead of `paths` (then `paths` is empty).
+        valid_documents: Held-out documents in memory, instead of `valid_paths`.
         max_size: Largest vocabulary to build from the training split; None with `vocab`.
         min_freq: Smallest count of a word in the built vocabulary.
         vocab: A `Vocabulary` to encode with instead of building one.
@@ -195,14 +205,17 @@ class PendingCorpus:
             why it could not be used); None for silence.
     """
 
-    def __init__(self, paths, tokenizer, valid_fraction, *, valid_paths=(), max_size=None, min_freq=1, vocab=None,
-                 open_words=None, text_column="text", encoding="utf-8", log=None):
+    def __init__(self, paths, tokenizer, valid_fraction, *, valid_paths=(), documents=None, valid_documents=None,
+                 max_size=None, min_freq=1, vocab=None, open_words=None, text_column="text", encoding="utf-8",
+                 log=None):
         if (max_size is None) == (vocab is None):
             raise ValueError("give either max_size, to build the vocabulary, or vocab")
         self.paths = list(paths)
         self.tokenizer = tokenizer
         self.valid_fraction = valid_fraction
         self.valid_paths = list(valid_paths)
+        self.documents = documents
+        self.valid_documents = valid_documents
         self.max_size = max_size
         self.min_freq = min_freq
         self.vocab = vocab
@@ -215,7 +228,7 @@ class PendingCorpus:
         if self.directory is not None:
             try:
                 key = corpus_key(self.paths, tokenizer, valid_fraction, valid_paths=self.valid_paths,
-                                 max_size=max_size, min_freq=min_freq, vocab=vocab, open_words=open_words,
+                                 documents=documents, valid_documents=valid_documents, max_size=max_size, min_freq=min_freq, vocab=vocab, open_words=open_words,
                                  text_column=text_column, encoding=encoding)
             except OSError:
                 pass  # a file that cannot be read: read_corpus below says why, as it always did
@@ -227,11 +240,14 @@ class PendingCorpus:
             self._splits = self._read()
 
     def _read(self):
-        documents = read_corpus(self.paths, self.text_column, self.encoding)
-        if self.valid_paths:
-            held_out = read_corpus(self.valid_paths, self.text_column, self.encoding)
+        documents = self._documents(self.paths, self.documents)
+        if self.valid_paths or self.valid_documents is not None:
+            held_out = self._documents(self.valid_paths, self.valid_documents)
             return (documents, held_out), len(documents) + len(held_out)
         return split_documents(documents, self.valid_fraction), len(documents)
+
+    def _documents(self, paths, in_memory):
+        return list(in_memory) if in_memory is not None else read_corpus(paths, self.text_column, self.encoding)
 
     def encode(self):
         """Returns the `EncodedCorpus`, from the cache or tokenized and then cached."""

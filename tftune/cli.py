@@ -5,7 +5,6 @@ unexpected failures print one line and exit with status 1 (set `TFTUNE_DEBUG=1` 
 traceback).
 """
 
-import contextlib
 import json
 import logging
 import os
@@ -17,9 +16,7 @@ import click
 
 from tftune.distribute import STRATEGIES
 from tftune.embeddings import FORMATS
-from tftune.errors import DataError, EncodingError, TftuneError, WriteError, has_undecodable_bytes, printable
-from tftune.quiet_import import import_tensorflow_quietly
-from tftune.recipe import LOCAL_DISTRIBUTE
+from tftune.errors import DataError, EncodingError, TftuneError, has_undecodable_bytes, printable
 
 
 
@@ -165,14 +162,6 @@ encoding_option = click.option(
     callback=_check_encoding,
     help="Text encoding of the input files (a Python codec name: latin-1, cp1252, utf-16...).",
 )
-# For training commands the recipe holds the encoding (pretrain.encoding / finetune.encoding).
-recipe_encoding_option = click.option(
-    "--encoding",
-    default=None,
-    metavar="NAME",
-    callback=_check_encoding,
-    help="Text encoding of the input files, e.g. latin-1 [default: the recipe's, utf-8].",
-)
 max_memory_option = click.option(
     "--max-memory", metavar="SIZE", help="Refuse a recipe whose estimated peak training memory is above SIZE "
     "(e.g. 8G, 512M) [default: the machine's memory].")
@@ -194,60 +183,6 @@ def _distribute_flags(strategy):
     return [("distribute.strategy", strategy)] + ([("distribute.devices", "")] if strategy != "mirrored" else [])
 
 
-def _check_distribution(resolved, resume):
-    """What can be told from the recipe alone, before the slow TensorFlow import.
-
-    Returns:
-        Whether to check --out now. Not under multi-worker training: the chief checks it once
-        every worker has joined the cluster, so that its error also stops the others (a process
-        that ends before joining leaves them waiting for it), and the other workers never look.
-    """
-    from tftune import distribute
-    from tftune.errors import RunError
-
-    if resolved.distribute.strategy != "multi-worker":
-        return True
-    if resume:
-        raise RunError(distribute.MULTI_WORKER_RESUME)
-    return False
-
-
-def _check_memory(resolved, kind, max_memory, base_run=None):
-    """Refuses a recipe whose estimated training memory is above --max-memory or the machine's, before any work."""
-    from tftune.embeddings import vector_size
-    from tftune.resources import check_fits, parse_size
-
-    limit = parse_size(max_memory) if max_memory is not None else None
-    vocab_size, dim = None, vector_size(resolved.embeddings.path, resolved.embeddings.format)
-    if base_run is not None:
-        vocab_size, dim = base_run.vocab_size(), base_run.info.get("embedding_dim")
-    check_fits(resolved, kind, limit, vocab_size, dim)
-
-
-def _start_strategy(resolved):
-    """Imports TensorFlow and creates the recipe's strategy before any other TensorFlow work
-    (a multi-worker strategy must come first in the process)."""
-    from tftune import distribute
-
-    config = distribute.read_tf_config() if resolved.distribute.strategy == "multi-worker" else None
-    if config is not None:
-        logging.getLogger("tftune.cli").info(  # not __name__: `python -m tftune.cli` runs as __main__
-            f"multi-worker: worker {config.worker_index} of {config.num_workers} "
-            f"({config.task_type} {config.task_index}) waits for every worker to join the cluster"
-        )
-    import_tensorflow_quietly()
-    if config is None:
-        return distribute.recipe_strategy(resolved)
-    # Joining blocks inside TensorFlow, where Python never sees Ctrl-C or SIGTERM: let them end
-    # the process outright until every worker is there (nothing is written before).
-    previous = {number: signal.signal(number, signal.SIG_DFL) for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return distribute.recipe_strategy(resolved)
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-
-
 @click.group(cls=TftuneGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tftune")
 def main():
@@ -263,21 +198,6 @@ def main():
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
-def _checkpoint_recipe(out):
-    """The recipe file saved with the checkpoint of `--out`, for `--resume` without `--recipe`."""
-    from tftune.errors import RunError
-
-    if out is None:
-        raise RunError("--resume needs the --out of the interrupted run")
-    import_tensorflow_quietly()  # tftune.checkpoints imports Keras
-    from tftune.checkpoints import RunCheckpoint
-
-    checkpoint = RunCheckpoint(out)
-    if not checkpoint.exists():
-        raise RunError(f"{out}: no checkpoint to resume ({checkpoint.path} does not exist); run without --resume")
-    return str(checkpoint.recipe_file)
-
-
 @main.command()
 @recipe_option
 @click.option("--corpus", multiple=True, metavar="PATH", help="Unlabeled text: .txt (one document per line), or the text column of .csv/.tsv/.jsonl (repeatable).")
@@ -287,7 +207,7 @@ def _checkpoint_recipe(out):
 @click.option("--embeddings", metavar="PATH", help="Pretrained vectors file (overrides embeddings.path).")
 @click.option("--embeddings-format", type=click.Choice(FORMATS), help="Format of --embeddings.")
 @click.option("--out", metavar="DIR", callback=_given_out, help="Run directory to create [default: runs/RECIPE-pretrain].")
-@recipe_encoding_option
+@encoding_option
 @distribute_option
 @set_option
 @force_option
@@ -303,47 +223,15 @@ def pretrain(recipe, corpus, valid, from_run, embeddings, embeddings_format, out
     With --distribute multi-worker, start the same command on every machine, each with its own
     TF_CONFIG; only the chief writes --out.
     """
-    from tftune.data import check_data_files
-    from tftune.presets import resolve_run
-    from tftune.recipe import load_recipe
-    from tftune.runs import PretrainRun, check_run_paths, check_writable_target
+    from tftune import api
 
-    base = recipe
-    reset = []
-    if from_run is not None:
-        # A wrong --from fails here, before the slow TensorFlow import.
-        from_run = resolve_run(from_run)
-        run = PretrainRun.open(from_run, require=() if recipe else ("recipe_file",))
-        base = recipe or str(run.recipe_file)
-        reset = [] if recipe else LOCAL_DISTRIBUTE
-    if resume and not recipe:
-        base, reset = _checkpoint_recipe(out), []
-    resolved = load_recipe(
-        base,
-        [*reset, *_overrides(
-            [
-                ("pretrain.corpus", list(corpus)),
-                ("pretrain.valid", valid),
-                ("pretrain.encoding", encoding),
-                ("embeddings.path", embeddings),
-                ("embeddings.format", embeddings_format),
-                *_distribute_flags(distribute),
-            ],
-            settings,
-        )],
+    flags = [("embeddings.path", embeddings), ("embeddings.format", embeddings_format), *_distribute_flags(distribute)]
+    plan = api.plan_pretrain(
+        [Path(path) for path in corpus] or None, valid=valid, out=out, from_run=from_run, recipe=recipe,
+        settings=_overrides(flags, settings), force=force, resume=resume, encoding=encoding, max_memory=max_memory,
     )
-    out = Path(out or f"runs/{resolved.name}-pretrain")
-    if _check_distribution(resolved, resume):
-        # Before the slow TensorFlow import; an --out over an input is refused even with --force.
-        check_run_paths(resolved, "pretrain", out, [from_run] if from_run is not None else [], resume)
-        check_writable_target(out, force, resume=resume)
-        check_data_files([*resolved.pretrain.corpus, *filter(None, [resolved.pretrain.valid])])
-    _check_memory(resolved, "pretrain", max_memory, run if from_run is not None else None)
-    strategy = _start_strategy(resolved)
-    from tftune.pretraining import pretrain as run_pretrain
-
-    run_pretrain(resolved, out, force=force, from_run=from_run, resume=resume, strategy=strategy)
-    click.echo(out)
+    api.run_plan(plan)
+    click.echo(plan.out)
 
 
 @main.command()
@@ -351,13 +239,14 @@ def pretrain(recipe, corpus, valid, from_run, embeddings, embeddings_format, out
               help="A pretrain run directory or a shipped model's name (`tftune pretrained list`); give it twice "
                    "(e.g. a forward and a backward run) for an ensemble.")
 @recipe_option
-@click.option("--train", metavar="PATH", help="Labeled training data (.csv/.tsv/.jsonl).")
+@click.option("--train", metavar="PATH", help="Labeled training data (.csv/.tsv/.jsonl); required, except with "
+                                             "--resume (the interrupted run's files are read again).")
 @click.option("--valid", metavar="PATH", help="Labeled validation data [default: hold out part of --train].")
 @click.option("--test", metavar="PATH", help="Labeled test data, evaluated once at the end.")
-@click.option("--text-column", metavar="NAME", help="Text column or key [default: text].")
-@click.option("--label-column", metavar="NAME", help="Label column or key [default: label].")
+@click.option("--text-column", default="text", show_default=True, metavar="NAME", help="Text column or key.")
+@click.option("--label-column", default="label", show_default=True, metavar="NAME", help="Label column or key.")
 @click.option("--out", metavar="DIR", callback=_given_out, help="Run directory to create [default: runs/RECIPE-finetune].")
-@recipe_encoding_option
+@encoding_option
 @distribute_option
 @set_option
 @force_option
@@ -371,42 +260,16 @@ def finetune(from_runs, recipe, train, valid, test, text_column, label_column, o
     With several --from runs, each gets its own classifier and the export averages their
     probabilities. --distribute works as for pretrain.
     """
-    from tftune.data import LABELED_SUFFIXES, check_data_files
-    from tftune.presets import resolve_run
-    from tftune.recipe import load_recipe
-    from tftune.runs import FinetuneRun, PretrainRun, check_run_paths, check_writable_target
+    from tftune import api
+    from tftune.runs import FinetuneRun
 
-    # A wrong --from fails here, before the slow TensorFlow import; training checks the rest of the run.
-    from_runs = [PretrainRun.open(resolve_run(from_run), require=() if recipe else ("recipe_file",))
-                 for from_run in from_runs]
-    base = recipe or (_checkpoint_recipe(out) if resume else str(from_runs[0].recipe_file))
-    reset = LOCAL_DISTRIBUTE if not recipe and not resume else []
-    flags = [
-        ("finetune.encoding", encoding),
-        ("finetune.train", train),
-        ("finetune.valid", valid),
-        ("finetune.test", test),
-        ("finetune.text_column", text_column),
-        ("finetune.label_column", label_column),
-    ]
-    if train and not valid:
-        flags.append(("finetune.valid", ""))
-    if train and not test:
-        flags.append(("finetune.test", ""))
-    flags += _distribute_flags(distribute)
-    resolved = load_recipe(base, [*reset, *_overrides(flags, settings)])
-    out = Path(out or f"runs/{resolved.name}-finetune")
-    if _check_distribution(resolved, resume):
-        check_run_paths(resolved, "finetune", out, [run.path for run in from_runs], resume)
-        check_writable_target(out, force, resume=resume)
-        splits = (resolved.finetune.train, resolved.finetune.valid, resolved.finetune.test)
-        check_data_files(filter(None, splits), LABELED_SUFFIXES)
-    _check_memory(resolved, "finetune", max_memory, from_runs[0])
-    strategy = _start_strategy(resolved)
-    from tftune.finetuning import finetune as run_finetune
-
-    run_finetune(resolved, [run.path for run in from_runs], out, force=force, resume=resume, strategy=strategy)
-    click.echo(FinetuneRun(out).export)
+    plan = api.plan_finetune(
+        from_runs, train, out=out, valid=valid, test=test, recipe=recipe,
+        settings=_overrides(_distribute_flags(distribute), settings), text_column=text_column,
+        label_column=label_column, encoding=encoding, force=force, resume=resume, max_memory=max_memory,
+    )
+    api.run_plan(plan)
+    click.echo(FinetuneRun(plan.out).export)
 
 
 @main.command()
@@ -415,22 +278,9 @@ def finetune(from_runs, recipe, train, valid, test, text_column, label_column, o
 @force_option
 def export(run_dir, out, force):
     """Export a finetune run as a SavedModel that serves raw strings."""
-    from tftune.runs import FinetuneRun, check_export_paths
-    from tftune.staging import write_failure
+    from tftune import api
 
-    out = Path(out or FinetuneRun(run_dir).export)
-    check_export_paths(run_dir, out)
-    import_tensorflow_quietly()
-    from tftune.finetuning import reexport
-
-    try:
-        reexport(run_dir, out, force=force)
-    except Exception as e:
-        reason = write_failure(e)
-        if reason is None:
-            raise
-        raise WriteError(f"{out}: writing the export failed ({reason}); nothing was written") from e
-    click.echo(out)
+    click.echo(api.export(run_dir, out, force=force))
 
 
 @main.command()
@@ -445,44 +295,12 @@ def export(run_dir, out, force):
 @encoding_option
 def evaluate(model, data, text_column, label_column, plot, force, encoding):
     """Evaluate an exported model on labeled data; prints a JSON object of metrics."""
-    from tftune.data import read_labeled
-    from tftune.runs import check_output_paths
+    from tftune import api
 
-    if plot is not None:
-        check_output_paths([("--plot", plot)], [("evaluated model", model), ("--data file", data)])
-        _check_plot_path(Path(plot), force)
-    texts, labels = read_labeled(data, text_column, label_column, encoding=encoding)
-    import_tensorflow_quietly()
-    from tftune.export import evaluate_export
-
-    with _reading_export(model):
-        metrics = evaluate_export(model, texts, labels, source=data)
-    if plot is not None:
-        from tftune.metrics import plot_metrics
-
-        try:
-            plot_metrics(metrics, list(metrics["per_class"]), plot, f"{Path(model).name} on {Path(data).name}")
-        except OSError as e:
-            raise WriteError(f"{plot}: writing the plot failed ({e.strerror or e}); nothing was written") from e
-        # stdout stays one JSON object (for jq and the like); the file written goes to the log.
-        logging.getLogger("tftune.cli").info(f"plot written to {plot}")
+    metrics = api.evaluate(model, data, text_column=text_column, label_column=label_column, encoding=encoding,
+                           plot=plot, force=force)
+    # stdout stays one JSON object (for jq and the like); a plot written goes to the log.
     click.echo(json.dumps(metrics, indent=2))
-
-
-def _check_plot_path(plot, force):
-    """Refuse a --plot that cannot be written before any work is done."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise DataError("--plot needs matplotlib, which is not installed: pip install 'tftune[plot]'") from None
-    if plot.suffix.lower() != ".png":
-        raise DataError(f"{plot}: --plot writes a PNG; give a file name ending in .png")
-    if not plot.parent.is_dir():
-        raise DataError(f"{plot}: directory {plot.parent} does not exist")
-    if plot.is_dir():
-        raise DataError(f"{plot}: is a directory")
-    if plot.exists() and not force:
-        raise DataError(f"{plot}: exists; choose another --plot or pass --force to replace it")
 
 
 @main.command()
@@ -504,23 +322,12 @@ def interpret(run_dir, data, out, top, plot, text_column, label_column, force, e
     labels, the most confused pairs, the highest-loss texts), DIR/top_losses.csv and
     DIR/curves.png (loss and accuracy per epoch, unfreezing stages marked), and prints their paths.
     """
-    from tftune.data import read_labeled
-    from tftune.interpretation import PLOT_MISSING, check_report_paths, matplotlib_available
-    from tftune.metrics import check_known_labels
-    from tftune.runs import FinetuneRun
+    from tftune import api
 
-    run = FinetuneRun.open(run_dir)
     named = Path(run_dir) if Path(run_dir).name not in ("", "..") else Path(run_dir).resolve()  # "." has no name
     out = Path(out or named.with_name(f"{named.name}-interpret"))
-    check_report_paths(run_dir, out, force, data)
-    if plot and not matplotlib_available():
-        raise DataError(f"--plot {PLOT_MISSING}")
-    texts, labels = read_labeled(data, text_column, label_column, encoding=encoding)
-    check_known_labels(labels, run.labels(), data)
-    import_tensorflow_quietly()
-    from tftune.interpretation import interpret_run
-
-    report = interpret_run(run_dir, texts, labels, out, top=top, plot=plot, force=force, data_file=data)
+    report = api.interpret(run_dir, data, out, top=top, plot=plot, force=force, text_column=text_column,
+                           label_column=label_column, encoding=encoding)
     for path in report["files"]:
         click.echo(path)
 
@@ -547,38 +354,16 @@ def predict(model, texts, encoding, output_format):
         texts = read_stream_lines(sys.stdin.buffer, "standard input", encoding)
     else:
         texts = [_argument_text(text, number, encoding) for number, text in enumerate(texts, start=1)]
-    import_tensorflow_quietly()
-    from tftune.export import Predictor
+    from tftune import api
 
-    with _reading_export(model):
-        predictor = Predictor(model)
-        labels, probabilities = predictor.predict(list(texts))
+    predictor = api.predictor(model)
+    labels, probabilities = predictor.predict(list(texts))
     for index, (label, row) in enumerate(zip(labels, probabilities)):
         if output_format == "jsonl":
             by_class = {name: round(float(p), 6) for name, p in zip(predictor.labels, row)}
             click.echo(json.dumps({"index": index, "label": label, "probabilities": by_class}, ensure_ascii=False))
         else:  # printable: a label of an older export may hold a line break
             click.echo(f"{printable(label)}\t{row.max():.4f}")
-
-
-@contextlib.contextmanager
-def _reading_export(model):
-    """Names the export in one line when its SavedModel cannot be read (a file truncated or damaged).
-
-    TensorFlow logs a traceback when it cannot read `fingerprint.pb`, and then loads the model
-    anyway; that file only identifies the model, so its log stays off the terminal.
-    """
-    from tftune.export import find_export
-    from tftune.runs import reading_artifact
-
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.CRITICAL)
-    try:
-        with reading_artifact(find_export(model)):
-            yield
-    finally:
-        absl.setLevel(level)
 
 
 def _argument_text(text, number, encoding):

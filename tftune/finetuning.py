@@ -8,10 +8,11 @@ triangular cycle and discriminative rates. `_finetune` only calls the stages in 
 
 Example:
 
+>>> from tftune.inputs import labeled_data
 >>> from tftune.recipe import load_recipe
 >>> from tftune.finetuning import finetune
 >>> recipe = load_recipe("gru-glove", ["finetune.epochs=3"])  # doctest: +SKIP
->>> finetune(recipe, "runs/lm", "runs/clf")["valid"]["accuracy"]  # doctest: +SKIP
+>>> finetune(recipe, "runs/lm", "runs/clf", labeled_data("train.csv"))["valid"]["accuracy"]  # doctest: +SKIP
 """
 
 import dataclasses
@@ -33,10 +34,11 @@ from tftune.callbacks import (
     tensorboard,
 )
 from tftune.checkpoints import Checkpointing, RunCheckpoint, fit_from
-from tftune.data import classification_dataset, read_labeled, stratified_holdout, truncate
+from tftune.data import classification_dataset, stratified_holdout, truncate
 from tftune.embeddings import load_vectors
 from tftune.errors import DataError, RunError
 from tftune.export import export_classifier
+from tftune.inputs import LabeledData
 from tftune.metrics import classification_metrics
 from tftune.models import ClassifierEnsemble, TextClassifier, TextPreprocessor, ensemble_members, global_policy_restored
 from tftune.models.presets import classifier_config, encoder_dropouts, load_backbone, load_classifier
@@ -64,6 +66,7 @@ from tftune.text import Vocabulary
 from tftune.training import (
     RESUME_HINT,
     check_encoder_matches,
+    check_same_data,
     chief_verbosity,
     distribution_summary,
     log,
@@ -78,7 +81,7 @@ from tftune.training import (
 ADAM_BETAS = {"beta_1": 0.7, "beta_2": 0.99}
 
 
-def finetune(recipe: Recipe, from_run, out, force=False, callbacks=(), resume=False, strategy=None):
+def finetune(recipe: Recipe, from_run, out, data: LabeledData, force=False, callbacks=(), resume=False, strategy=None):
     """Fine-tunes pretrained encoders as a classifier, then exports it.
 
     With `finetune.unfreeze = "gradual"`, stage 0 trains the head only and each following
@@ -95,6 +98,8 @@ def finetune(recipe: Recipe, from_run, out, force=False, callbacks=(), resume=Fa
         from_run: a pretrain run directory, or a list of them for an ensemble.
         out: the finetune run directory to create (the SavedModel goes to `out/export`); it may
             not be, hold or lie inside anything the run reads (see `tftune.runs.check_run_paths`).
+        data: the labeled examples (`tftune.inputs.LabeledData`); their fingerprints go into
+            `run.json`, and a resumed run refuses other data.
         force: replace an existing non-empty `out`.
         callbacks: extra Keras callbacks for every `fit` call.
         resume: continue an interrupted run of the same recipe and runs from its checkpoint
@@ -107,28 +112,29 @@ def finetune(recipe: Recipe, from_run, out, force=False, callbacks=(), resume=Fa
     """
     from_runs = [resolve_run(path) for path in ([from_run] if isinstance(from_run, (str, Path)) else from_run)]
     strategy = start_distribution(recipe, strategy, resume, "finetune.batch_size")
-    check_run_paths(recipe, "finetune", out, from_runs, resume)
+    check_run_paths(recipe, out, from_runs, resume, data.files())
     with distribute.chief_output(out, strategy) as target, worker_failures(strategy), global_policy_restored():
-        return _finetune(recipe, from_runs, target, force, callbacks, resume, strategy)
+        return _finetune(recipe, from_runs, target, data, force, callbacks, resume, strategy)
 
 
 @holds_output_lock
-def _finetune(recipe, from_runs, out, force, callbacks, resume, strategy):
+def _finetune(recipe, from_runs, out, data, force, callbacks, resume, strategy):
     started = time.time()
     checkpoint = RunCheckpoint(out)
     resumed = open_checkpoint(checkpoint, "finetune", recipe, resume, force, from_run=[str(path) for path in from_runs])
+    fingerprints = check_same_data(data, resumed)
     members = open_members(recipe, from_runs)
     keras.utils.set_random_seed(recipe.finetune.seed)
-    task = prepare_task(recipe, members)
+    task = prepare_task(recipe, members, data)
     policy = set_precision(recipe.precision.policy)
     log(distribute.describe(strategy))
     log(f"precision policy: {policy}")
-    progress = FinetuneProgress(checkpoint, recipe, from_runs, resumed)
+    progress = FinetuneProgress(checkpoint, recipe, from_runs, resumed, fingerprints)
     trained = train_members(recipe, members, task, progress, callbacks, strategy)
     model, metrics, history = evaluate_members(recipe, members, trained, task)
     metrics.update(precision_policy=policy, distribute=distribution_summary(strategy),
                    wall_seconds=round(time.time() - started, 1))
-    write_finetune_run(out, force, recipe, members, task, model, history, metrics, checkpoint)
+    write_finetune_run(out, force, recipe, members, task, model, history, metrics, checkpoint, fingerprints)
     log_written("finetune", out, strategy)
     return metrics
 
@@ -204,11 +210,11 @@ class LabeledTask:
     test_data: object
 
 
-def prepare_task(recipe, members):
+def prepare_task(recipe, members, data):
     """Reads the labeled splits, opens the vocabulary to their words, and batches them."""
     settings = recipe.finetune
     tokenizer = members[0].tokenizer
-    splits = load_labeled_splits(settings)
+    splits = load_labeled_splits(settings, data)
     opened = open_vocabulary(recipe, members[0].vocab, tokenizer, splits.train[0] + splits.valid[0])
     label_index = {label: i for i, label in enumerate(splits.labels)}
 
@@ -229,35 +235,29 @@ def prepare_task(recipe, members):
     return LabeledTask(splits.labels, opened, tokenizer, data, dataset(splits.test) if splits.test else None)
 
 
-def load_labeled_splits(settings):
-    """Reads train/valid/test; holds out part of train when there is no valid file."""
-    columns = {
-        "text_column": settings.text_column,
-        "label_column": settings.label_column,
-        "encoding": settings.encoding,
-    }
-    train = read_labeled(settings.train, **columns)
-    if settings.valid:
-        valid = read_labeled(settings.valid, **columns)
+def load_labeled_splits(settings, data):
+    """Reads train/valid/test (`tftune.inputs.LabeledData`); holds out part of train when there is no valid."""
+    train = data.read(data.train)
+    if data.valid is not None:
+        valid = data.read(data.valid)
     else:
         held, kept = stratified_holdout(train[1], settings.valid_fraction, settings.seed)
         if not held:
-            raise DataError(f"{settings.train}: no class has 2 examples, so none can be held out for validation; "
-                            "give a --valid file")
+            raise DataError(f"{data.train.origin}: no class has 2 examples, so none can be held out for validation; "
+                            "give validation examples (--valid)")
         valid = tuple([rows[i] for i in held] for rows in train)
         train = tuple([rows[i] for i in kept] for rows in train)
-    test = read_labeled(settings.test, **columns) if settings.test else None
+    test = data.read(data.test) if data.test is not None else None
     labels = sorted(set(train[1]))
     if len(labels) < 2:
-        raise DataError(f"{settings.train}: only one class ({labels[0]!r}); a classifier needs at least 2")
-    for name, split, path in (("valid", valid, settings.valid), ("test", test, settings.test)):
+        raise DataError(f"{data.train.origin}: only one class ({labels[0]!r}); a classifier needs at least 2")
+    for name, split, given in (("valid", valid, data.valid), ("test", test, data.test)):
         if split is None:
             continue
         unseen = sorted(set(split[1]) - set(labels))
         if unseen:
-            raise DataError(
-                f"{path or settings.train}: {name} label(s) {', '.join(map(repr, unseen[:5]))} never seen in training"
-            )
+            raise DataError(f"{(given or data.train).origin}: {name} label(s) {', '.join(map(repr, unseen[:5]))} "
+                            "never seen in training")
     return LabeledSplits(labels, train, valid, test)
 
 
@@ -300,6 +300,7 @@ class FinetuneProgress:
         recipe: the run's recipe.
         from_runs: the pretrain runs, one per member.
         resumed: the state to resume from, or None.
+        inputs: the fingerprints of the run's data (`tftune.inputs`).
         finished: the members already trained (`TrainedMember`s).
     """
 
@@ -307,6 +308,7 @@ class FinetuneProgress:
     recipe: Recipe
     from_runs: list
     resumed: dict | None
+    inputs: dict | None = None
     finished: list = dataclasses.field(default_factory=list)
 
     def resumed_member(self, index):
@@ -320,6 +322,7 @@ class FinetuneProgress:
             "kind": "finetune",
             "recipe": self.recipe.to_toml(),
             "from_run": [str(path) for path in self.from_runs],
+            "inputs": self.inputs,
             "member": member,
             "epochs_done": epochs_done,
             "steps_done": steps_done,
@@ -644,14 +647,14 @@ def evaluate_members(recipe, members, trained, task):
 # === Stage 4: write ===
 
 
-def write_finetune_run(out, force, recipe, members, task, model, history, metrics, checkpoint):
+def write_finetune_run(out, force, recipe, members, task, model, history, metrics, checkpoint, inputs):
     """Writes the finetune run whole: the classifier's config and weights, its export, history and logs;
     then removes its checkpoint."""
     classifiers = ensemble_members(model)
     with FinetuneRun.create(out, force, checkpoint) as run:
         run.write_info(
             task.opened.vocab, task.tokenizer, members[0].embedding_dim,
-            pretrain_run=str(members[0].path),
+            pretrain_run=str(members[0].path), inputs=inputs,
             members=[{"name": classifier.name, "pretrain_run": str(pretrained.path), "direction": classifier.direction}
                      for classifier, pretrained in zip(classifiers, members)],
         )

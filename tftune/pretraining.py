@@ -7,10 +7,11 @@ calls them in order.
 
 Example:
 
+>>> from tftune.inputs import corpus_data
 >>> from tftune.recipe import load_recipe
 >>> from tftune.pretraining import pretrain
 >>> recipe = load_recipe("gru-glove", ["pretrain.epochs=1"])  # doctest: +SKIP
->>> pretrain(recipe, "runs/lm")["valid"]["perplexity"]  # doctest: +SKIP
+>>> pretrain(recipe, "runs/lm", corpus_data("corpus.txt"))["valid"]["perplexity"]  # doctest: +SKIP
 """
 
 import dataclasses
@@ -28,6 +29,7 @@ from tftune.checkpoints import Checkpointing, RunCheckpoint, fit_from
 from tftune.data import lm_dataset
 from tftune.embeddings import align, load_vectors
 from tftune.errors import RunError
+from tftune.inputs import CorpusData
 from tftune.models import LanguageModel, TextBackbone, global_policy_restored
 from tftune.models.presets import backbone_config, encoder_dropouts, language_model_config, load_backbone
 from tftune.open_vocab import OpenWords, copy_recurrent_weights, grow_encoder, grow_output_weights, measure_growth, unk_shares
@@ -39,6 +41,7 @@ from tftune.text import Tokenizer
 from tftune.training import (
     RESUME_HINT,
     check_encoder_matches,
+    check_same_data,
     chief_verbosity,
     distribution_summary,
     log,
@@ -51,11 +54,12 @@ from tftune.training import (
 )
 
 
-def pretrain(recipe: Recipe, out, force=False, callbacks=(), from_run=None, resume=False, strategy=None):
+def pretrain(recipe: Recipe, out, data: CorpusData, force=False, callbacks=(), from_run=None, resume=False,
+             strategy=None):
     """Trains the encoder as a next-token language model and writes a pretrain run.
 
     With `from_run`, language-model training continues from an existing pretrain run over
-    `pretrain.corpus` (ULMFiT's target-domain step: e.g. the task's own text), keeping the
+    the corpus (ULMFiT's target-domain step: e.g. the task's own text), keeping the
     run's vocabulary, tokenizer, encoder and LM head. With `pretrain.epochs = 0` nothing
     trains: the run holds the vocabulary and an untrained encoder (a from-scratch baseline).
 
@@ -65,6 +69,8 @@ def pretrain(recipe: Recipe, out, force=False, callbacks=(), from_run=None, resu
             must match the run's).
         out: the run directory to create; it may not be, hold or lie inside anything the run
             reads (see `tftune.runs.check_run_paths`).
+        data: the text to train on (`tftune.inputs.CorpusData`); its fingerprints go into `run.json`,
+            and a resumed run refuses other data.
         force: replace an existing non-empty `out`.
         callbacks: extra Keras callbacks for `fit`.
         from_run: an existing pretrain run directory, or a shipped model's name, to continue from.
@@ -81,26 +87,29 @@ def pretrain(recipe: Recipe, out, force=False, callbacks=(), from_run=None, resu
     from_run = None if from_run is None else resolve_run(from_run)
     strategy = start_distribution(recipe, strategy, resume, "pretrain.batch_size")
     # Every worker checks the real `out` (a worker other than the chief writes elsewhere).
-    check_run_paths(recipe, "pretrain", out, [] if from_run is None else [from_run], resume)
+    check_run_paths(recipe, out, [] if from_run is None else [from_run], resume, data.files())
     with distribute.chief_output(out, strategy) as target, worker_failures(strategy), global_policy_restored():
-        return _pretrain(recipe, target, force, callbacks, from_run, resume, strategy)
+        return _pretrain(recipe, target, data, force, callbacks, from_run, resume, strategy)
 
 
 @holds_output_lock
-def _pretrain(recipe, out, force, callbacks, from_run, resume, strategy):
+def _pretrain(recipe, out, data, force, callbacks, from_run, resume, strategy):
     started = time.time()
     keras.utils.set_random_seed(recipe.pretrain.seed)
     checkpoint = RunCheckpoint(out)
     resumed = open_checkpoint(checkpoint, "pretrain", recipe, resume, force, from_run=from_run)
+    fingerprints = check_same_data(data, resumed)
     base = open_base_run(recipe, from_run)
-    corpus = prepare_corpus(recipe, base)
+    corpus = prepare_corpus(recipe, base, data)
     policy = set_precision(recipe.precision.policy)
     language_model = build_language_model(recipe, corpus, base, strategy)
     log_setup(strategy, policy, language_model.encoder)
-    fitted = fit_language_model(language_model, recipe, corpus, checkpoint, resumed, callbacks, strategy, from_run)
+    fitted = fit_language_model(language_model, recipe, corpus, checkpoint, resumed, callbacks, strategy, from_run,
+                                fingerprints)
     metrics = evaluate_language_model(language_model, recipe, corpus, fitted, strategy)
     metrics.update(precision_policy=policy, wall_seconds=round(time.time() - started, 1))
-    write_pretrain_run(out, force, recipe, corpus, language_model, fitted.history, metrics, from_run, checkpoint)
+    write_pretrain_run(out, force, recipe, corpus, language_model, fitted.history, metrics, from_run, checkpoint,
+                       fingerprints)
     log_written("pretrain", out, strategy)
     return metrics
 
@@ -155,17 +164,18 @@ def open_base_run(recipe, from_run):
     return base
 
 
-def prepare_corpus(recipe, base):
+def prepare_corpus(recipe, base, data):
     """Reads and tokenizes the corpus (or takes its ids from the cache) and aligns the vectors.
 
     The vectors are loaded before tokenizing, so that a bad vectors file fails fast, as one line.
     """
     settings = recipe.pretrain
     tokenizer, vocab_options, vectors = _vocabulary_source(recipe, base)
+    valid = data.valid
     pending = PendingCorpus(
-        settings.corpus, tokenizer, settings.valid_fraction,
-        valid_paths=[settings.valid] if settings.valid else [],
-        encoding=settings.encoding, **vocab_options, log=log,
+        data.corpus.paths, tokenizer, settings.valid_fraction, documents=data.corpus.texts,
+        valid_paths=valid.paths if valid else (), valid_documents=valid.texts if valid else None,
+        text_column=data.text_column, encoding=data.encoding, **vocab_options, log=log,
     )
     if base is None:
         vectors = load_vectors(recipe.embeddings.path, recipe.embeddings.format)
@@ -285,7 +295,7 @@ class FittedLanguageModel:
     valid_data: object
 
 
-def fit_language_model(model, recipe, corpus, checkpoint, resumed, callbacks, strategy, from_run=None):
+def fit_language_model(model, recipe, corpus, checkpoint, resumed, callbacks, strategy, from_run=None, inputs=None):
     """Fits the language model for `pretrain.epochs`, from the checkpoint's position when resumed.
 
     A checkpoint is written every epoch (and every `pretrain.checkpoint_every` steps); the
@@ -307,7 +317,7 @@ def fit_language_model(model, recipe, corpus, checkpoint, resumed, callbacks, st
 
     def progress(epochs, steps):
         return {"kind": "pretrain", "recipe": recipe.to_toml(), "from_run": from_run and str(from_run),
-                "epochs_done": epochs, "steps_done": steps}
+                "inputs": inputs, "epochs_done": epochs, "steps_done": steps}
 
     saver = Checkpointing(checkpoint, progress, [history], settings.checkpoint_every, resume_hint=RESUME_HINT)
     log(f"live curves: tensorboard --logdir {checkpoint.logs} (moved into the run when it is written)")
@@ -349,11 +359,11 @@ def evaluate_language_model(model, recipe, corpus, fitted, strategy):
 # === Stage 5: write ===
 
 
-def write_pretrain_run(out, force, recipe, corpus, model, history, metrics, from_run, checkpoint):
+def write_pretrain_run(out, force, recipe, corpus, model, history, metrics, from_run, checkpoint, inputs):
     """Writes the pretrain run whole (staged, then moved into place), its live logs included; then
     removes its checkpoint."""
     with PretrainRun.create(out, force, checkpoint) as run:
-        run.write_info(corpus.vocab, corpus.tokenizer, corpus.embedding_dim,
+        run.write_info(corpus.vocab, corpus.tokenizer, corpus.embedding_dim, inputs=inputs,
                        **({"from_run": str(Path(from_run))} if from_run is not None else {}))
         run.write_recipe(recipe)
         model.encoder.save_weights(run.encoder_weights)

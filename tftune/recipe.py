@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import importlib.resources
 import math
+import logging
 import os
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -56,6 +57,17 @@ DEFAULT_RECIPE = "lstm-glove"
 # A run's [distribute] section describes the machine it ran on, not the model: a recipe taken from a
 # run (pretrain --from, finetune without --recipe) starts from these defaults instead.
 LOCAL_DISTRIBUTE = (("distribute.strategy", "none"), ("distribute.devices", ""))
+# Data are arguments of a run, not recipe settings. Recipes written before (every earlier run's
+# recipe.toml, the shipped models' included) still hold these keys: reading such a file drops them,
+# with a warning naming the flag that replaced each; an override that sets one is refused.
+DATA_KEYS = {
+    "pretrain.corpus": "--corpus", "pretrain.valid": "--valid", "pretrain.encoding": "--encoding",
+    "finetune.train": "--train", "finetune.valid": "--valid", "finetune.test": "--test",
+    "finetune.text_column": "--text-column", "finetune.label_column": "--label-column",
+    "finetune.encoding": "--encoding",
+}
+
+logger = logging.getLogger(__name__)
 
 
 def shipped_dirs() -> tuple[Path, ...]:
@@ -79,8 +91,7 @@ class _Sentinel:
 REQUIRED = _Sentinel("required")
 FILE_NAME = _Sentinel("file name")  # the recipe's file name without ".toml"
 
-_STRING_KINDS = ("str", "name", "text", "choice", "path", "optional_path", "path_list")
-_PATH_KINDS = ("path", "optional_path", "path_list")
+_STRING_KINDS = ("str", "name", "text", "choice", "path")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,9 +99,8 @@ class Field:
     """Declaration of one recipe key.
 
     Attributes:
-        kind: "str" (non-empty), "text" (any string), "int", "float", "bool",
-            "choice", "path", "optional_path" (a path or "" for none) or
-            "path_list" (a non-empty list of paths).
+        kind: "str" (non-empty), "name" (a one-line name), "text" (any string), "int",
+            "float", "bool", "choice" or "path".
         help: One line shown in the docs.
         default: Value used when the key is left out; `REQUIRED` if it must be given.
         choices: Allowed values of a "choice" key.
@@ -120,8 +130,6 @@ class Field:
         return {
             "name": "str",
             "text": "str",
-            "optional_path": 'path or ""',
-            "path_list": "list of paths",
         }.get(self.kind, self.kind)
 
     def expected(self) -> str:
@@ -138,8 +146,6 @@ class Field:
             "text": "a string",
             "bool": "true or false",
             "path": "a non-empty path string",
-            "optional_path": 'a path string, or "" for none',
-            "path_list": "a non-empty list of path strings",
         }[self.kind]
 
     def _range_label(self) -> str:
@@ -156,18 +162,12 @@ class Field:
 
     def check(self, value: Any) -> Any:
         """Returns `value` in canonical form, or raises ValueError if invalid."""
-        if self.kind in ("str", "name", "text", "choice", "path", "optional_path"):
-            ok = isinstance(value, str) and (value != "" or self.kind in ("text", "optional_path"))
+        if self.kind in _STRING_KINDS:
+            ok = isinstance(value, str) and (value != "" or self.kind == "text")
             if self.kind == "name":  # it names the default run folder, runs/NAME-pretrain
                 ok = ok and value.isprintable() and not any(part in value for part in ("/", "\\", ".."))
             if self.kind == "choice":
                 ok = ok and value in self.choices
-        elif self.kind == "path_list":
-            if isinstance(value, str):
-                value = [value]
-            ok = (isinstance(value, (list, tuple)) and len(value) > 0
-                  and all(isinstance(item, str) and item for item in value))
-            value = tuple(value) if ok else value
         elif self.kind == "bool":
             ok = isinstance(value, bool)
         elif self.kind == "int":
@@ -238,10 +238,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
                                 "head or the classifier's pooling; 0 = none.", 0.0, low=0, high=1, high_open=True),
     },
     "pretrain": {
-        "corpus": Field("path_list", "Plain-text files for language-model pretraining, one document a line."),
-        "valid": Field("optional_path", 'Held-out text to measure perplexity on (same formats as corpus); "" = hold '
-                                        "out the last valid_fraction of the corpus documents.", ""),
-        "valid_fraction": Field("float", "Share of corpus lines held out to measure perplexity.", 0.05,
+        "valid_fraction": Field("float", "Share of corpus documents held out to measure perplexity when no --valid "
+                                "text is given.", 0.05,
                                 low=0, high=0.5, low_open=True, high_open=True),
         "seq_len": Field("int", "Tokens per training sequence (backpropagation through time).", 70, low=2,
                          high=10000),
@@ -261,7 +259,6 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "tar": Field("float", "Temporal activation regularization (AWD-LSTM's beta): adds tar * the mean squared "
                      "change of the top-layer output from one step to the next (before output_dropout) to the "
                      "training loss, not to the reported loss; 0 = none.", 0.0, low=0),
-        "encoding": Field("str", "Text encoding of the corpus files (a Python codec name).", "utf-8"),
         "checkpoint_every": Field("int", "Also write the resumable checkpoint every this many steps (it is always "
                                   "written after every epoch); 0 = epochs only.", 0, low=0),
         "direction": _choice("forward = predict the next word; backward = read the corpus right to left and "
@@ -270,14 +267,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "seed": Field("int", "Random seed of pretraining.", 0, low=0, high=2**32 - 1),
     },
     "finetune": {
-        "train": Field("path", "Labelled CSV file to train the classifier on."),
-        "valid": Field("optional_path", 'Labelled CSV file for validation; "" holds out valid_fraction of train.', ""),
-        "test": Field("optional_path", 'Labelled CSV file scored once after training; "" for none.', ""),
-        "valid_fraction": Field("float", 'Share of train held out for validation when valid is "".', 0.1,
+        "valid_fraction": Field("float", "Share of the training examples held out for validation when no --valid "
+                                "examples are given.", 0.1,
                                 low=0, high=0.5, low_open=True, high_open=True),
-        "text_column": Field("str", "CSV column holding the text.", "text"),
-        "label_column": Field("str", "CSV column holding the label.", "label"),
-        "encoding": Field("str", "Text encoding of the train/valid/test files (a Python codec name).", "utf-8"),
         "max_len": Field("int", "Tokens kept per document; longer documents are cut.", 400, low=1, high=100_000),
         "batch_size": Field("int", "Documents per batch.", 32, low=1, high=65536),
         "head": _choice("Classifier input: concat_pool = last state, max-pool and mean-pool of the top layer; "
@@ -331,8 +323,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
 
 # === Typed sections ===
 
-_PYTHON_TYPES = {"str": str, "name": str, "text": str, "choice": str, "path": str, "optional_path": str,
-                 "path_list": tuple[str, ...], "int": int, "float": float, "bool": bool}
+_PYTHON_TYPES = {"str": str, "name": str, "text": str, "choice": str, "path": str, "int": int, "float": float,
+                 "bool": bool}
 
 
 def _section_class(section: str, fields: Mapping[str, Field]) -> type:
@@ -393,15 +385,30 @@ def _checked(field: Field, value: Any, dotted: str, origin: str, base_dir: Path)
         value = field.check(value)
     except ValueError as exc:
         raise RecipeError(f"{origin}: {dotted} must be {exc}, got {_show(value)}") from None
-    for text in value if field.kind == "path_list" else [value]:
-        if isinstance(text, str) and has_undecodable_bytes(text):
-            raise RecipeError(f"{origin}: {dotted} '{printable(text)}' is not valid UTF-8, and a run records it "
-                              "as UTF-8 text; rename it")
-    if field.kind == "path_list":
-        return tuple(_resolve_path(item, base_dir) for item in value)
-    if field.kind in _PATH_KINDS:
+    if isinstance(value, str) and has_undecodable_bytes(value):
+        raise RecipeError(f"{origin}: {dotted} '{printable(value)}' is not valid UTF-8, and a run records it "
+                          "as UTF-8 text; rename it")
+    if field.kind == "path":
         return _resolve_path(value, base_dir)
     return value
+
+
+def _without_data_keys(data: Mapping[str, Any], path: Path | None = None) -> dict[str, Any]:
+    """A recipe tree without the data keys of older recipes (see `DATA_KEYS`).
+
+    A recipe file of the user's (`path`) gets a warning naming the flag to use instead. The
+    recipes that tftune wrote itself (a run's, a checkpoint's; no `path`) lose them quietly.
+    """
+    data, dropped = dict(data), []
+    for dotted in DATA_KEYS:
+        section, key = dotted.split(".")
+        if isinstance(data.get(section), dict) and key in data[section]:
+            data[section] = {name: value for name, value in data[section].items() if name != key}
+            dropped.append(dotted)
+    if dropped and path is not None:
+        flags = ", ".join(f"{dotted} (use {DATA_KEYS[dotted]})" for dotted in dropped)
+        logger.warning(f"{path}: ignoring data keys, which are no longer recipe settings: {flags}")
+    return data
 
 
 def _check_tree(data: Mapping[str, Any], origin: str, base_dir: Path) -> dict[str, Any]:
@@ -473,8 +480,7 @@ def _parse_override_value(raw: str, field: Field) -> Any:
         return raw
     value = parsed["value"]
     # A string key takes the text as typed: name=2024 means "2024", not 2024.
-    wanted = (str, list) if field.kind == "path_list" else str
-    if field.kind in _STRING_KINDS and not isinstance(value, wanted):
+    if field.kind in _STRING_KINDS and not isinstance(value, str):
         return raw
     return value
 
@@ -500,6 +506,9 @@ def _apply_overrides(
             field, dotted = TOP_LEVEL[key], key
             target = tree
         else:
+            if f"{section}.{key}" in DATA_KEYS:
+                raise RecipeError(f"{origin}: {section}.{key} is no longer a recipe setting (data are arguments); "
+                                  f"pass {DATA_KEYS[f'{section}.{key}']} instead")
             if section not in SCHEMA or key not in SCHEMA[section]:
                 raise _unknown_name_error(origin, section, key)
             field, dotted = SCHEMA[section][key], f"{section}.{key}"
@@ -644,8 +653,10 @@ def load_recipe(
     return _load_file(find_recipe(name_or_path), overrides)
 
 
-def _load_file(path: Path, overrides: Sequence[str | tuple[str, Any]]) -> Recipe:
-    tree = _check_tree(_read_toml(path), str(path), path.resolve().parent)
+def _load_file(path: Path, overrides: Sequence[str | tuple[str, Any]], users: bool = True) -> Recipe:
+    """The recipe of a file; `users`: a file the user wrote (not a run's), whose old data keys get a warning."""
+    tree = _check_tree(_without_data_keys(_read_toml(path), path if users else None), str(path),
+                       path.resolve().parent)
     tree = _apply_overrides(tree, overrides, Path.cwd())
     return Recipe(tree, source=path)
 
@@ -654,8 +665,7 @@ class Recipe:
     """A complete, validated recipe: sections of settings.
 
     Each section is a frozen dataclass generated from `SCHEMA` (`recipe.encoder` is an
-    `EncoderSection`, `recipe.encoder.units` an int); lists (`pretrain.corpus`) are tuples;
-    paths are absolute strings. `get("section.key")` reads a key named at run time.
+    `EncoderSection`, `recipe.encoder.units` an int); paths are absolute strings. `get("section.key")` reads a key named at run time.
 
     Args:
         data: Recipe tree like the TOML file's (missing keys take their
@@ -677,7 +687,7 @@ class Recipe:
         self._source = Path(source) if source is not None else None
         origin = str(self._source) if self._source is not None else "recipe"
         file_name = self._source.stem if self._source is not None else "custom"
-        tree = _check_tree(data, origin, Path.cwd())
+        tree = _check_tree(_without_data_keys(data), origin, Path.cwd())
         self._data = _complete(tree, origin, file_name)
         for section, values in self._data.items():
             if section in SECTIONS:
@@ -693,9 +703,12 @@ class Recipe:
     distribute: DistributeSection
 
     @classmethod
-    def from_toml_file(cls, path: str | os.PathLike) -> Recipe:
-        """Loads a recipe file (e.g. one written by `to_toml`)."""
-        return _load_file(Path(path).expanduser(), ())
+    def from_toml_file(cls, path: str | os.PathLike, overrides: Sequence[str | tuple[str, Any]] = ()) -> Recipe:
+        """Loads a recipe file that tftune wrote (`to_toml`: a run's or a checkpoint's), then `overrides`.
+
+        The data keys that older runs' recipes hold are dropped quietly (see `DATA_KEYS`).
+        """
+        return _load_file(Path(path).expanduser(), overrides, users=False)
 
     @property
     def name(self) -> str:
@@ -726,12 +739,8 @@ class Recipe:
         return Recipe(_apply_overrides(self._data, overrides, Path.cwd()), source=self._source)
 
     def to_dict(self) -> dict[str, Any]:
-        """Returns the recipe as plain nested dicts and lists (a fresh copy)."""
-        def plain(value):
-            if isinstance(value, dict):
-                return {key: plain(item) for key, item in value.items()}
-            return list(value) if isinstance(value, tuple) else value
-        return plain(self._data)
+        """Returns the recipe as plain nested dicts (a fresh copy)."""
+        return {name: dict(value) if isinstance(value, dict) else value for name, value in self._data.items()}
 
     def to_toml(self, write_path: Callable[[str], str] | None = None) -> str:
         """Returns the recipe as TOML text that `Recipe.from_toml_file` reads back equal.
@@ -743,11 +752,9 @@ class Recipe:
         """
 
         def written(section: str, key: str, value: Any) -> Any:
-            if write_path is None or SCHEMA[section][key].kind not in _PATH_KINDS:
+            if write_path is None or SCHEMA[section][key].kind != "path":
                 return value
-            if isinstance(value, (list, tuple)):
-                return [write_path(path) for path in value]
-            return value and write_path(value)
+            return write_path(value)
 
         lines = [f"{name} = {_toml_value(self._data[name])}" for name in TOP_LEVEL]
         for section in SCHEMA:

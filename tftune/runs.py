@@ -13,7 +13,7 @@ may be, hold or lie inside what the command reads (`check_output_paths`), `force
 
 Example:
 
->>> check_run_paths(recipe, "pretrain", "runs/pretrain")  # doctest: +SKIP
+>>> check_run_paths(recipe, "runs/pretrain")  # doctest: +SKIP
 >>> with PretrainRun.create("runs/pretrain", force=False) as run:  # doctest: +SKIP
 ...     run.write_info(vocab, tokenizer, embedding_dim=50)
 ...     encoder.save_weights(run.encoder_weights)
@@ -174,12 +174,6 @@ def live_logs(out):
     return hidden_sibling(out, "logs")
 
 
-def data_folder(out):
-    """The hidden `.NAME.data/` beside a run, where the Python API writes the examples it was given
-    in memory (as files named by their content), so that the run's recipe can name them."""
-    return hidden_sibling(out, "data")
-
-
 def run_outputs(out):
     """What a pretrain or finetune run writes, for `check_output_paths`: `out`, and beside it its
     checkpoint folder, live logs and lock file. (Its staging folders are new, uniquely named ones: they
@@ -190,31 +184,23 @@ def run_outputs(out):
             ("live TensorBoard logs", live_logs(out)), ("lock file", hidden_sibling(out, "lock"))]
 
 
-def check_run_paths(recipe, kind, out, from_runs=(), resume=False):
+def check_run_paths(recipe, out, from_runs=(), resume=False, data_files=()):
     """`check_output_paths` for a pretrain or finetune run that writes `out`.
 
-    The run reads its `--from` runs, the recipe's data files (`pretrain.corpus` and `valid`, or
-    `finetune.train`, `valid` and `test`), its vectors file (`embeddings.path`) and the recipe
-    file. With `resume`, a recipe file inside the checkpoint folder of `out` is that checkpoint's
+    The run reads its `--from` runs, its data files (`--corpus` and `--valid`, or `--train`,
+    `--valid` and `--test`), its vectors file (`embeddings.path`) and the recipe file. With `resume`, a recipe file inside the checkpoint folder of `out` is that checkpoint's
     own (`--resume` without `--recipe` reads it, and the run goes on from that folder by design),
     so it does not count as an input.
 
     Args:
         recipe: the resolved `Recipe`.
-        kind: "pretrain" or "finetune".
         out: the run directory to write.
         from_runs: the pretrain runs it starts from.
         resume: whether the run resumes from its checkpoint.
+        data_files: `(label, path)` of each data file (`tftune.inputs.CorpusData.files()`).
     """
     outputs = run_outputs(out)
-    inputs = [("--from run", path) for path in from_runs]
-    if kind == "pretrain":
-        inputs += [("--corpus file", path) for path in recipe.pretrain.corpus]
-        if recipe.pretrain.valid:
-            inputs.append(("--valid file", recipe.pretrain.valid))
-    else:
-        splits = ("train", "valid", "test")
-        inputs += [(f"--{split} file", getattr(recipe.finetune, split)) for split in splits if getattr(recipe.finetune, split)]
+    inputs = [("--from run", path) for path in from_runs] + list(data_files)
     inputs.append(("vectors file (embeddings.path)", recipe.embeddings.path))
     for _, path in inputs[len(from_runs):]:  # a FIFO or a device would hang the run once it reads it
         if path:

@@ -153,6 +153,15 @@ def log_written(kind, out, strategy):
         log(f"worker {distribute.worker_index(strategy)}: done; the chief wrote the {kind} run")
 
 
+def check_same_data(data, resumed):
+    """The fingerprints of the run's data (`tftune.inputs`); a resumed run refuses other data than its
+    checkpoint's, in one line naming the input."""
+    fingerprints = data.fingerprints()
+    if resumed is not None and resumed.get("inputs") is not None:  # older checkpoints held their data in the recipe
+        data.check_unchanged(resumed["inputs"], fingerprints)
+    return fingerprints
+
+
 def open_checkpoint(checkpoint, kind, recipe, resume, force, **expected):
     """The saved state to resume from, or None for a fresh start.
 
