@@ -26,7 +26,7 @@ TFTUNE = [sys.executable, "-m", "tftune.cli"]
 SEED = 27
 FLIPPED_BYTES = 16
 # finetune --from a damaged run that still loads trains for real: keep it to one short stage.
-FAST_FINETUNE = ["--set", "finetune.epochs=1", "--set", "finetune.unfreeze=all", "--set", "finetune.test="]
+FAST_FINETUNE = ["--set", "finetune.epochs=1", "--set", "finetune.unfreeze=all"]
 PRETRAIN_FILES = ["encoder.weights.h5", "language_model.weights.h5", "vocab.txt", "run.json", "recipe.toml",
                   "metrics.json"]
 # Read by pretrain --from only: finetune --from would not notice, and train for nothing.
