@@ -341,7 +341,7 @@ def small_lm(args, runner, root):
 def find_general(name):
     """The general LM's run directory (a preset's name or a pretrain run), or a string saying why there is none."""
     from tftune.errors import RunError
-    from tftune.presets import resolve_run
+    from tftune.pretrained_models import resolve_run
     from tftune.runs import PretrainRun
 
     try:

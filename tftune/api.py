@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from tftune.errors import DataError, RunError
-from tftune.presets import resolve_run
+from tftune.pretrained_models import resolve_run
 from tftune.quiet_import import import_tensorflow_quietly
 from tftune.recipe import DEFAULT_RECIPE, LOCAL_DISTRIBUTE, Recipe, load_recipe
 from tftune.runs import FinetuneRun, PretrainRun, data_folder
@@ -174,7 +174,7 @@ def load(path):
 
     Args:
         path: a finetune run (its classifier or ensemble), or a pretrain run or shipped model's
-            name (its `LanguageModel`; the encoder is `model.encoder`).
+            name (its `LanguageModel`; the backbone is `model.backbone`).
 
     Example:
 
@@ -186,10 +186,9 @@ def load(path):
     """
     import_tensorflow_quietly()
     from tftune.models import LanguageModel
-    from tftune.models.presets import load_classifier
 
     if FinetuneRun.kind_at(path) == FinetuneRun.kind:
-        return load_classifier(path)
+        return FinetuneRun.open(path).load_model()
     return LanguageModel.from_preset(path)
 
 

@@ -304,7 +304,7 @@ def pretrain(recipe, corpus, valid, from_run, embeddings, embeddings_format, out
     TF_CONFIG; only the chief writes --out.
     """
     from tftune.data import check_data_files
-    from tftune.presets import resolve_run
+    from tftune.pretrained_models import resolve_run
     from tftune.recipe import load_recipe
     from tftune.runs import PretrainRun, check_run_paths, check_writable_target
 
@@ -372,7 +372,7 @@ def finetune(from_runs, recipe, train, valid, test, text_column, label_column, o
     probabilities. --distribute works as for pretrain.
     """
     from tftune.data import LABELED_SUFFIXES, check_data_files
-    from tftune.presets import resolve_run
+    from tftune.pretrained_models import resolve_run
     from tftune.recipe import load_recipe
     from tftune.runs import FinetuneRun, PretrainRun, check_run_paths, check_writable_target
 
@@ -431,6 +431,18 @@ def export(run_dir, out, force):
             raise
         raise WriteError(f"{out}: writing the export failed ({reason}); nothing was written") from e
     click.echo(out)
+
+
+@main.command()
+@click.argument("run_dir", metavar="RUN_DIR")
+@click.option("--out", metavar="DIR", callback=_given_out, help="The converted run's directory.")
+@click.option("--in-place", is_flag=True, help="Replace RUN_DIR by its conversion (staged, then swapped in whole).")
+def convert(run_dir, out, in_place):
+    """Convert a run of run format 1 to format 2 (its model as preset files), keeping its weights."""
+    import_tensorflow_quietly()
+    from tftune.convert import convert_run
+
+    click.echo(convert_run(run_dir, out, in_place))
 
 
 @main.command()
@@ -649,7 +661,7 @@ def pretrained():
 @pretrained.command("list")
 def list_pretrained():
     """Name, size, corpus, tokens and held-out perplexity of each shipped language model."""
-    from tftune.presets import list_presets
+    from tftune.pretrained_models import list_presets
 
     click.echo("name\tsize\ttrain tokens\tperplexity\tmodel and corpus")
     for preset in list_presets():
