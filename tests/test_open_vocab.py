@@ -77,7 +77,7 @@ def test_grown_language_model_keeps_every_old_word_probability(kv, output):
     model = build_language_model(encoder, output, num_sampled=8)
     rng = np.random.default_rng(0)
     model.set_weights([w + rng.normal(scale=0.3, size=w.shape).astype(w.dtype) for w in model.get_weights()])
-    model.encoder.get_layer("embedding").set_weights([matrix])
+    model.backbone.get_layer("embedding").set_weights([matrix])
 
     grown_encoder = build_encoder(grow_embedding(matrix, kv, words), "gru", 1, 8)
     copy_recurrent_weights(encoder, grown_encoder)

@@ -683,8 +683,7 @@ def reexport(run_dir, out, force=False):
     check_export_paths(run_dir, out)
     check_writable_target(out, force, replaces="export")
     run = FinetuneRun.open(run_dir)
-    with reading_artifact(run.task_weights):
-        classifier = run.load_model()
+    classifier = run.load_model()  # a damaged file is named in one line
     with exclusive_output(out, force, replaces="export"):  # also cleans up what a stopped export left
         return export_classifier(classifier, run.labels(), out)
 

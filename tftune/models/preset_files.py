@@ -101,13 +101,19 @@ def task_config(preset):
 # === Loading ===
 
 
+# What h5py and Keras raise on a truncated or overwritten weights file, or one of another model.
+_UNREADABLE = (OSError, ValueError, KeyError, IndexError, EOFError, RuntimeError)
+
+
 def _load_weights(model, path, skip=()):
     if not path.is_file():
         raise RunError(f"{path}: missing; not a complete preset")
     try:
         keras_private.load_weights_skipping(model, path, skip)
-    except (ValueError, KeyError) as e:
-        raise RunError(f"{path}: does not fit {model.name} ({e})") from None
+    except _UNREADABLE as e:
+        reason = " ".join(str(e).split())[:160]
+        raise RunError(f"{path}: cannot be loaded into {model.name}; is it truncated or damaged, or another "
+                       f"model's? ({type(e).__name__}: {reason})") from None
 
 
 def load_backbone(preset, **config):
