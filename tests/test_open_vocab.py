@@ -123,7 +123,7 @@ def test_grown_encoder_reads_old_ids_as_before_and_new_words_by_their_vectors(kv
 
 
 def _vocab_words(run):
-    return (run / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    return (run / "assets" / "tokenizer" / "vocabulary.txt").read_text(encoding="utf-8").splitlines()
 
 
 def test_finetune_adds_the_task_words_that_have_a_vector_and_the_export_reads_them(tiny_runs):

@@ -277,9 +277,10 @@ def test_a_failed_write_leaves_nothing_and_a_good_one_publishes_whole(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["lm"]
 
 
-# Files of other formats that share a run file's name: the checkpoint folder's copy of the recipe
-# (`tftune.checkpoints`) and the SavedModel's labels (`tftune.export`, in assets.extra/).
-OTHER_FORMATS = {("checkpoints.py", "recipe.toml"), ("export.py", "labels.json")}
+# Files of other formats that share a run file's name: the checkpoint folder's copy of the recipe and
+# its model's weights (`tftune.checkpoints`) and the SavedModel's labels (`tftune.export`, in assets.extra/).
+OTHER_FORMATS = {("checkpoints.py", "recipe.toml"), ("checkpoints.py", "model.weights.h5"),
+                 ("export.py", "labels.json")}
 
 
 def test_only_tftune_runs_names_the_files_of_a_run():

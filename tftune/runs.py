@@ -391,7 +391,7 @@ class Run:
             raise RunError(f"{path}: written in run format {version}; convert it once with "
                            f"`tftune convert {path} --out NEW_DIR` (or `--in-place`)")
         require = cls.required if require is None else require
-        missing = [getattr(run, role).name for role in require if not getattr(run, role).is_file()]
+        missing = [str(getattr(run, role).relative_to(path)) for role in require if not getattr(run, role).is_file()]
         if missing:
             raise RunError(f"{path}: incomplete {cls.kind} run, missing {', '.join(missing)}")
         return run
