@@ -24,13 +24,15 @@ import json, sys
 import keras
 import numpy as np
 import tftune
-from tftune.models import LanguageModel, TextClassifier, load_task
 path, kind, texts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 if kind == "language_model":
+    from tftune.models import LanguageModel
     model = LanguageModel.from_preset(path)
 elif kind == "classifier":
+    from tftune.models import TextClassifier
     model = TextClassifier.from_preset(path, num_classes=3)
-else:
+else:  # straight from the submodule, before any model class is imported
+    from tftune.models.preset_files import load_task
     model = load_task(path)
 outputs = model.predict(texts, verbose=0)
 above = sorted(name for name in sys.modules if name.split(".")[:2] in (

@@ -81,6 +81,9 @@ def _read_json(path):
 
 
 def _registered_class(config, path):
+    import tftune
+
+    tftune.register_keras_objects()  # a preset names any of tftune's classes, imported or not yet
     cls = keras.saving.get_registered_object(config.get("registered_name", ""))
     if cls is None:
         raise RunError(f"{path}: names the class {config.get('registered_name')!r}, which is not a tftune model")
