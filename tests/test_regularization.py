@@ -10,7 +10,14 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tftune.errors import RecipeError
 from tftune.export import Predictor, export_classifier
 from tftune.model_configs import backbone_config, language_model_config
-from tftune.models import LanguageModel, TextBackbone, TextPreprocessor, build_encoder, build_language_model, cudnn_report
+from tftune.models import (
+    LanguageModel,
+    TextBackbone,
+    TextPreprocessor,
+    build_encoder,
+    build_language_model,
+    cudnn_report,
+)
 from tftune.recipe import load_recipe
 from tftune.regularization import LockedDropout, WordDropout, activation_regularization
 from tftune.text import Tokenizer, Vocabulary

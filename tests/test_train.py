@@ -121,7 +121,7 @@ def test_finetune_starts_from_pretrained_weights(tiny_runs, tmp_path):
     assert pretrained.vocab.tokens[:3] == ["<pad>", "<unk>", "<eos>"]
     from tftune.models import TextBackbone
 
-    encoder = TextBackbone.from_preset(pretrained)
+    encoder = TextBackbone.from_preset(pretrained.path)
     assert same(encoder.get_layer("rnn_1").get_weights(), log.snapshots[0]["begin"]["rnn_1"])
 
 
