@@ -375,7 +375,7 @@ def small_lm(args, runner, root, store=None):
 def open_pretrain_run(name):
     """A whole pretrain run's directory (a preset's name or a run directory), or a string saying why there is none."""
     from tftune.errors import RunError
-    from tftune.presets import resolve_run
+    from tftune.pretrained_models import resolve_run
     from tftune.runs import PretrainRun
 
     try:

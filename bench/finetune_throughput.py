@@ -127,7 +127,7 @@ def measure_loaded_task(name, task, recipe, vectors, sizes):
     from tftune.data import classification_dataset, truncate
     from tftune.embeddings import align
     from tftune.models import TextBackbone, TextClassifier
-    from tftune.models.presets import backbone_config, classifier_config
+    from tftune.model_configs import backbone_config, classifier_config
     from tftune.text import Tokenizer, Vocabulary
 
     texts, labels, source = task

@@ -90,13 +90,12 @@ def make_run(tmp, sizes, smoke):
 
 def load_keras_classifier(run):
     """The run's classifier rebuilt in this process, with its vocabulary, tokenizer and max_len."""
-    from tftune.models.presets import load_classifier
     from tftune.runs import FinetuneRun
 
     run_files = FinetuneRun.open(run)
     recipe, vocab = run_files.recipe, run_files.vocab
     settings = recipe.finetune
-    classifier = load_classifier(run_files)
+    classifier = run_files.load_model()
     return classifier, vocab, run_files.tokenizer, settings.max_len, recipe
 
 

@@ -7,7 +7,7 @@
 # Extra arguments go to `tftune pretrain` after the fixed settings, so they win: the size sweep in
 # pretrained/README.md ran `... --set encoder.units=128 --set pretrain.epochs=2`.
 # Run again with the same arguments to resume an interrupted run (it adds --resume when a
-# checkpoint exists beside OUT_DIR). Then `python -c "from tftune.presets import publish; ..."`
+# checkpoint exists beside OUT_DIR). Then `python -c "from tftune.pretrained_models import publish; ..."`
 # copies the run into pretrained/CELL-glove-general (see the model card there).
 set -euo pipefail
 CELL=$1 CORPUS=$2 OUT=$3

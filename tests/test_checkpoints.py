@@ -154,10 +154,12 @@ class CrashAtStep(keras.callbacks.Callback):
 
 
 def saved_weights(run):
-    """The arrays of a finetune run's classifier weights file, by their path in it."""
+    """The arrays of a finetune run's weights files (backbone and task), by file and path in it."""
     arrays = {}
-    with h5py.File(run / "classifier.weights.h5", "r") as f:
-        f.visititems(lambda name, item: arrays.update({name: item[()]}) if isinstance(item, h5py.Dataset) else None)
+    for weights_file in ("model.weights.h5", "task.weights.h5"):
+        with h5py.File(run / weights_file, "r") as f:
+            f.visititems(lambda name, item: arrays.update({f"{weights_file}/{name}": item[()]})
+                         if isinstance(item, h5py.Dataset) else None)
     return arrays
 
 

@@ -138,11 +138,11 @@ RUN_RECIPE = load_recipe("gru-glove").to_toml()
 
 
 def pretrain_run(name):
-    return {f"{name}/run.json": '{"kind": "pretrain"}\n', f"{name}/recipe.toml": RUN_RECIPE}
+    return {f"{name}/run.json": '{"kind": "pretrain", "format": 2}\n', f"{name}/recipe.toml": RUN_RECIPE}
 
 
 def finetune_run(name):
-    return {f"{name}/run.json": '{"kind": "finetune"}\n', f"{name}/classifier.weights.h5": b"\x89HDF weights",
+    return {f"{name}/run.json": '{"kind": "finetune", "format": 2}\n', f"{name}/task.weights.h5": b"\x89HDF weights",
             f"{name}/export/saved_model.pb": b"a SavedModel"}
 
 
@@ -538,8 +538,8 @@ CASES = {
         finetune_run("runs/clf"),
     ),
     "export --out a file of the run": Case(
-        ["export", "clf", "--out", "clf/classifier.weights.h5", "--force"],
-        ["--out clf/classifier.weights.h5: lies inside the exported run clf " + INPUT],
+        ["export", "clf", "--out", "clf/task.weights.h5", "--force"],
+        ["--out clf/task.weights.h5: lies inside the exported run clf " + INPUT],
         finetune_run("clf"),
     ),
     "export --out a symbolic link to the run": Case(
@@ -601,7 +601,7 @@ def copy_of_the_run(damage=None):
 
 
 def add_a_word(run):
-    with open(run / "vocab.txt", "a", encoding="utf-8") as f:
+    with open(run / "assets" / "tokenizer" / "vocabulary.txt", "a", encoding="utf-8") as f:
         f.write("zyzzyva\n")
 
 
@@ -612,12 +612,12 @@ def one_class_csv():
 SLOW_CASES = {
     "finetune --from an incomplete run": Case(
         ["finetune", "--train", TRAIN, "--from", "pretrain", "--out", "out"],
-        ["pretrain: incomplete pretrain run, missing encoder.weights.h5"],
-        prepare=copy_of_the_run(lambda run: (run / "encoder.weights.h5").unlink()),
+        ["pretrain: incomplete pretrain run, missing model.weights.h5"],
+        prepare=copy_of_the_run(lambda run: (run / "model.weights.h5").unlink()),
     ),
-    "finetune --from a run whose vocab.txt changed": Case(
+    "finetune --from a run whose vocabulary changed": Case(
         ["finetune", "--train", TRAIN, "--from", "pretrain", "--out", "out"],
-        ["vocab.txt", "vocabulary does not match the one the encoder was trained with"],
+        ["vocabulary.txt", "vocabulary does not match the one the encoder was trained with"],
         prepare=copy_of_the_run(add_a_word),
     ),
     "finetune with other vocab settings than the pretrain run": Case(

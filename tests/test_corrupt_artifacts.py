@@ -27,11 +27,13 @@ SEED = 27
 FLIPPED_BYTES = 16
 # finetune --from a damaged run that still loads trains for real: keep it to one short stage.
 FAST_FINETUNE = ["--set", "finetune.epochs=1", "--set", "finetune.unfreeze=all"]
-PRETRAIN_FILES = ["encoder.weights.h5", "language_model.weights.h5", "vocab.txt", "run.json", "recipe.toml",
+VOCABULARY = "assets/tokenizer/vocabulary.txt"
+PRETRAIN_FILES = ["config.json", "model.weights.h5", "task.weights.h5", VOCABULARY, "run.json", "recipe.toml",
                   "metrics.json"]
 # Read by pretrain --from only: finetune --from would not notice, and train for nothing.
-LANGUAGE_MODEL_FILES = ("language_model.weights.h5", "metrics.json")
-FINETUNE_FILES = ["classifier.weights.h5", "classifier.json", "labels.json", "run.json", "vocab.txt", "recipe.toml"]
+LANGUAGE_MODEL_FILES = ("task.weights.h5", "metrics.json")
+FINETUNE_FILES = ["config.json", "task.json", "preprocessor.json", "model.weights.h5", "task.weights.h5",
+                  "labels.json", "run.json", VOCABULARY, "recipe.toml"]
 EXPORT_FILES = ["saved_model.pb", "variables/variables.index", "variables/variables.data-00000-of-00001",
                 "assets.extra/labels.json", "fingerprint.pb"]
 

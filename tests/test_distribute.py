@@ -309,7 +309,7 @@ def train(strategy, cell, output, optimizer, **regularization):
         model = LanguageModel(build_encoder(vectors, cell, 2, U, 0.0), output=output, num_sampled=V, **regularization)
         model.compile(optimizer=optimizer())
     losses = model.fit(lm_data, epochs=2, verbose=0).history["loss"]
-    fast = all(model.encoder.get_layer(name).uses_fast_path for name in ("rnn_1", "rnn_2"))
+    fast = all(model.backbone.get_layer(name).uses_fast_path for name in ("rnn_1", "rnn_2"))
     return losses, model.get_weights(), fast
 
 
@@ -560,7 +560,7 @@ report["checksum"] = float(sum(np.abs(w).astype("float64").sum() for w in classi
 with distribute.chief_output(out, strategy) as target:
     report["wrote_to"] = str(target)
     with FinetuneRun.create(target) as run:
-        classifier.save_weights(run.classifier_weights)
+        classifier.save_weights(run.path / "classifier.weights.h5")
         write_json(run.path / "report.json", report)
         classifier.preprocessor = TextPreprocessor(Vocabulary([f"w{i}" for i in range(3, V)]), max_len=20)
         export_classifier(classifier, ["a", "b", "c"], run.export)
@@ -841,8 +841,8 @@ def test_two_worker_cli_pretrain_writes_one_run_that_finetune_uses(tmp_path, sma
     assert metrics["distribute"] == {"strategy": "multi-worker", "replicas": 2, "workers": 2}
     assert steps[0] == steps[1] == metrics["train_steps"] > 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "encoder.weights.h5", "history.json", "language_model.weights.h5", "logs", "metrics.json", "recipe.toml",
-        "run.json", "vocab.txt",
+        "assets", "config.json", "history.json", "logs", "metadata.json", "metrics.json", "model.weights.h5",
+        "preprocessor.json", "recipe.toml", "run.json", "task.json", "task.weights.h5",
     ]
     # No lock, checkpoint or staging directory left beside the run, and the worker's scratch is gone.
     assert sorted(p.name for p in out.parent.iterdir()) == ["lm"]

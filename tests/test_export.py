@@ -36,24 +36,17 @@ def in_process_probabilities(run, texts):
     """Probabilities of the trained classifier, computed by the Keras model in this process."""
     import keras
 
-    from tftune.models import TextClassifier, build_encoder
+    from tftune.models import TextClassifier
     from tftune.recipe import Recipe
     from tftune.text import Tokenizer, Vocabulary
 
     recipe = Recipe.from_toml_file(run / "recipe.toml")
     info = json.loads((run / "run.json").read_text())
-    vocab = Vocabulary.load(run / "vocab.txt")
-    labels = json.loads((run / "labels.json").read_text())
     # The finetune run's vocabulary: the pretrain run's, grown by the task's words (open vocabulary).
-    shape = recipe.encoder
-    encoder = build_encoder(
-        np.zeros((len(vocab), info["embedding_dim"]), "float32"), shape.cell, shape.layers, shape.units
-    )
+    vocab = Vocabulary.load(run / "assets" / "tokenizer" / "vocabulary.txt")
+    labels = json.loads((run / "labels.json").read_text())
     settings = recipe.finetune
-    classifier = TextClassifier(
-        encoder, len(labels), settings.head, settings.head_units, pool_embeddings=settings.pool_embeddings
-    )
-    classifier.load_weights(run / "classifier.weights.h5")
+    classifier = TextClassifier.from_preset(run, num_classes=len(labels))  # the run's files alone
     ids = vocab.encode(texts, Tokenizer.from_config(info["tokenizer"]))
     rows = []
     for doc in ids:

@@ -7,6 +7,7 @@ import inspect
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tftune import keras_private
@@ -92,3 +93,22 @@ def test_weight_dropped_inner_loop_hands_keras_the_kernel_of_the_call():
     plain.cell.recurrent_kernel.assign(np.zeros_like(plain.cell.recurrent_kernel.numpy()))
     np.testing.assert_allclose(layer(inputs, training=True), plain(inputs), atol=1e-6)
     assert not np.allclose(layer(inputs, training=True), layer(inputs, training=False))
+
+
+def test_weights_saved_skipping_the_inner_model_leave_it_out_and_load_back_around_it(tmp_path):
+    """A preset's `task.weights.h5`: the task's weights without its backbone's, loaded around a loaded backbone."""
+    inner = keras.Sequential([keras.layers.Dense(3, name="inner_dense")], name="inner")
+    inputs = keras.Input((2,))
+    outer = keras.Model(inputs, keras.layers.Dense(1, name="head")(inner(inputs)))
+    path = tmp_path / "task.weights.h5"
+    keras_private.save_weights_skipping(outer, path, skip=[inner])
+    fresh_inner = keras.Sequential([keras.layers.Dense(3, name="inner_dense")], name="inner")
+    fresh = keras.Model(inputs := keras.Input((2,)), keras.layers.Dense(1, name="head")(fresh_inner(inputs)))
+    kept = [weight.numpy() for weight in fresh_inner.weights]
+    keras_private.load_weights_skipping(fresh, path, skip=[fresh_inner])
+    for saved, loaded in zip(outer.get_layer("head").weights, fresh.get_layer("head").weights, strict=True):
+        np.testing.assert_array_equal(saved.numpy(), loaded.numpy())
+    for before, after in zip(kept, fresh_inner.weights, strict=True):
+        np.testing.assert_array_equal(before, after.numpy())  # left as it was, not read from the file
+    with pytest.raises(ValueError):  # the file holds no backbone: loading everything fails
+        fresh.load_weights(path)

@@ -68,7 +68,7 @@ def test_sampled_softmax_trains_and_validates_with_the_full_softmax(vectors, dat
     kernel, bias = model.get_layer("lm_head").get_weights()
     losses, counts = [], []
     for inputs, targets in valid:
-        hidden = model.encoder(inputs, training=False).numpy()
+        hidden = model.backbone(inputs, training=False).numpy()
         losses.append(full_softmax_loss(hidden @ kernel + bias, targets.numpy()))
         counts.append(targets.shape[0])
     assert after == pytest.approx(np.average(losses, weights=counts), rel=1e-4)
@@ -116,13 +116,13 @@ def test_tied_sampled_head_trains_only_per_word_biases_and_validates_with_the_fu
     assert history["loss"][-1] < history["loss"][0]
     after = model.evaluate(valid, verbose=0)
     assert after < before
-    np.testing.assert_array_equal(model.encoder.get_layer("embedding").get_weights()[0], vectors)
+    np.testing.assert_array_equal(model.backbone.get_layer("embedding").get_weights()[0], vectors)
 
     # The validation loss is the full softmax of the projected states against the frozen vectors.
     (bias,) = model.get_layer("lm_head").get_weights()
     losses, counts = [], []
     for inputs, targets in valid:
-        projected = model.get_layer("lm_projection")(model.encoder(inputs, training=False)).numpy()
+        projected = model.get_layer("lm_projection")(model.backbone(inputs, training=False)).numpy()
         losses.append(full_softmax_loss(projected @ vectors.T + bias, targets.numpy()))
         counts.append(targets.shape[0])
     assert after == pytest.approx(np.average(losses, weights=counts), rel=1e-4)
@@ -157,10 +157,10 @@ def test_tied_head_scores_against_the_frozen_embedding_matrix(vectors, data):
     assert not any(weight.path.startswith("embedding") for weight in model.trainable_weights)
     model.fit(train, epochs=1, shuffle=False, verbose=0)
 
-    embedding = model.encoder.get_layer("embedding").get_weights()[0]
+    embedding = model.backbone.get_layer("embedding").get_weights()[0]
     np.testing.assert_array_equal(embedding, vectors)  # bit for bit
     inputs, _ = next(iter(valid))
-    projected = model.get_layer("lm_projection")(model.encoder(inputs)).numpy()
+    projected = model.get_layer("lm_projection")(model.backbone(inputs)).numpy()
     expected = projected @ embedding.T + head.get_weights()[0]
     np.testing.assert_allclose(model(inputs).numpy(), expected, rtol=1e-4, atol=1e-4)
 
@@ -171,7 +171,7 @@ def test_mixed_float16_sampled_loss_is_finite_float32(vectors, data):
     try:
         model = language_model(vectors, "sampled")
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-        assert model.encoder.get_layer("rnn_1").compute_dtype == "float16"
+        assert model.backbone.get_layer("rnn_1").compute_dtype == "float16"
         inputs, targets = next(iter(train))
         loss = model.sampled_loss(model.hidden_states(inputs, training=True), targets)
         assert loss.dtype == "float32" and np.isfinite(float(loss))
@@ -185,15 +185,15 @@ def test_mixed_float16_sampled_loss_is_finite_float32(vectors, data):
 
 
 @pytest.mark.parametrize("output", ["sampled", "tied"])
-def test_encoder_weights_of_the_language_model_load_into_the_classifier(vectors, data, tmp_path, output):
+def test_backbone_weights_of_the_language_model_load_into_the_classifier(vectors, data, tmp_path, output):
     train, _ = data
     model = language_model(vectors, output)
     model.fit(train.take(3), epochs=1, shuffle=False, verbose=0)
-    model.encoder.save_weights(tmp_path / "encoder.weights.h5")
+    model.backbone.save_weights(tmp_path / "encoder.weights.h5")
 
     encoder = build_encoder(np.zeros_like(vectors), "lstm", 1, UNITS)
     encoder.load_weights(tmp_path / "encoder.weights.h5")
-    for trained, loaded in zip(model.encoder.weights, encoder.weights, strict=True):
+    for trained, loaded in zip(model.backbone.weights, encoder.weights, strict=True):
         np.testing.assert_array_equal(trained.numpy(), loaded.numpy())
     classifier = TextClassifier(encoder, num_classes=3)
     assert classifier(np.array([[5, 6, 2]])).shape == (1, 3)

@@ -78,7 +78,7 @@ def test_grown_language_model_keeps_every_old_word_probability(kv, output):
     model = build_language_model(encoder, output, num_sampled=8)
     rng = np.random.default_rng(0)
     model.set_weights([w + rng.normal(scale=0.3, size=w.shape).astype(w.dtype) for w in model.get_weights()])
-    model.encoder.get_layer("embedding").set_weights([matrix])
+    model.backbone.get_layer("embedding").set_weights([matrix])
 
     grown_encoder = build_encoder(grow_embedding(matrix, kv, words), "gru", 1, 8)
     copy_recurrent_weights(encoder, grown_encoder)
@@ -124,7 +124,7 @@ def test_grown_encoder_reads_old_ids_as_before_and_new_words_by_their_vectors(kv
 
 
 def _vocab_words(run):
-    return (run / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    return (run / "assets" / "tokenizer" / "vocabulary.txt").read_text(encoding="utf-8").splitlines()
 
 
 def test_finetune_adds_the_task_words_that_have_a_vector_and_the_export_reads_them(tiny_runs):

@@ -4,14 +4,14 @@ import json
 
 import pytest
 
-from tftune import presets
+from tftune import pretrained_models as presets
 from tftune.errors import RunError
 
 
 def _preset(directory, name, perplexity=123.4):
     path = directory / name
     path.mkdir(parents=True)
-    (path / "run.json").write_text(json.dumps({"kind": "pretrain"}))
+    (path / "run.json").write_text(json.dumps({"kind": "pretrain", "format": 2}))
     (path / "README.md").write_text(f"# {name}\n")
     (path / "metrics.json").write_text(json.dumps({"train_tokens": 1000, "valid": {"perplexity": perplexity}}))
     (path / "recipe.toml").write_text(f'name = "{name}"\ndescription = "LSTM on a test corpus"\n')
@@ -24,7 +24,7 @@ def shipped(tmp_path, monkeypatch):
     _preset(directory, "lstm-test-general")
     (directory / "authors").mkdir()  # data folders are not presets
     (directory / "not-a-card").mkdir()
-    (directory / "not-a-card" / "run.json").write_text(json.dumps({"kind": "pretrain"}))
+    (directory / "not-a-card" / "run.json").write_text(json.dumps({"kind": "pretrain", "format": 2}))
     monkeypatch.setattr(presets, "PRETRAINED_DIR", directory)
     return directory
 
@@ -55,17 +55,21 @@ def test_an_unknown_name_says_what_is_shipped(shipped, tmp_path, monkeypatch):
 # --- publishing a run, and the shipped presets ---
 
 
-def test_publish_stores_float16_weights_and_the_preset_fine_tunes(tiny_runs, tmp_path):
+def float_dtypes(path):
+    """The dtypes of the float arrays of a weights file."""
     import h5py
-    import numpy as np
 
+    dtypes = set()
+    with h5py.File(path) as weights:
+        weights.visititems(lambda name, item: dtypes.add(item.dtype) if isinstance(item, h5py.Dataset) else None)
+    return {dtype.name for dtype in dtypes if dtype.kind == "f"}
+
+
+def test_publish_stores_float16_weights_and_the_preset_fine_tunes(tiny_runs, tmp_path):
     from tftune.finetuning import finetune
 
     preset = presets.publish(tiny_runs["pretrain"], tmp_path / "pretrained" / "tiny-general")
-    with h5py.File(preset / "language_model.weights.h5") as weights:
-        dtypes = set()
-        weights.visititems(lambda name, item: dtypes.add(item.dtype) if isinstance(item, h5py.Dataset) else None)
-    assert {dtype for dtype in dtypes if dtype.kind == "f"} == {np.dtype("float16")}
+    assert float_dtypes(preset / "model.weights.h5") == float_dtypes(preset / "task.weights.h5") == {"float16"}
     assert not (preset / "logs").exists()
     # The recipe names no data (data are arguments), only the vectors, relative to the preset.
     assert "corpus" not in (preset / "recipe.toml").read_text()
@@ -110,8 +114,12 @@ def test_each_shipped_preset_loads_by_name_and_has_a_model_card(name):
     assert model.output_kind == pretrained.recipe.pretrain.output
     classifier = TextClassifier.from_preset(name, num_classes=4)
     backbone = TextBackbone.from_preset(name)
-    for loaded in (model.encoder, classifier.backbone):
+    for loaded in (model.backbone, classifier.backbone):
         assert all(np.array_equal(a, b) for a, b in zip(loaded.get_weights(), backbone.get_weights()))
+    assert classifier.predict(["the film was a delight"], verbose=0).shape == (1, 4)  # its preprocessor came along
+    # Shipped as float16, half the size of float32.
+    for weights in (pretrained.backbone_weights, pretrained.task_weights):
+        assert float_dtypes(weights) == {"float16"}
     ids = np.array([pretrained.vocab.ids(pretrained.tokenizer.tokenize("the film was a delight from start to end ."))])
     loss = model.compute_loss(y=ids[:, 1:], y_pred=model(ids[:, :-1]))
     assert math.isfinite(float(loss)) and float(loss) < math.log(len(pretrained.vocab))

@@ -9,7 +9,15 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from tftune.errors import RecipeError
 from tftune.export import Predictor, export_classifier
-from tftune.models import LanguageModel, build_encoder, build_language_model, cudnn_report
+from tftune.model_configs import backbone_config, language_model_config
+from tftune.models import (
+    LanguageModel,
+    TextBackbone,
+    TextPreprocessor,
+    build_encoder,
+    build_language_model,
+    cudnn_report,
+)
 from tftune.recipe import load_recipe
 from tftune.regularization import LockedDropout, WordDropout, activation_regularization
 from tftune.text import Tokenizer, Vocabulary
@@ -136,7 +144,7 @@ def test_ar_and_tar_join_the_training_loss_but_not_the_reported_one(vectors, out
     for variable, value in zip(fresh.trainable_variables, start, strict=True):
         variable.assign(value)
     with tf.GradientTape() as tape:
-        states = fresh.encoder(x, training=True)
+        states = fresh.backbone(x, training=True)
         penalty = 2.0 * tf.reduce_mean(states**2) + tf.reduce_mean((states[:, 1:] - states[:, :-1]) ** 2)
     gradients = tape.gradient(penalty, fresh.trainable_variables)
     assert max(float(tf.reduce_max(tf.abs(g))) for g in gradients if g is not None) > 1e-2  # far above atol
@@ -173,7 +181,7 @@ def test_shipped_recipe_uses_ar_tar_without_awd_dropouts_and_bad_values_are_reje
 
 @pytest.fixture
 def pretrained(vectors, tmp_path):
-    """A small pretrain run with every AWD rate on: its recipe, vocabulary and untrained encoder weights."""
+    """A small pretrain run with every AWD rate on: its recipe, vocabulary and untrained language model."""
     texts = ["a fine and moving film", "a dull and tired film", "moving , fine , bright", "dull , tired , grey"]
     tokenizer = Tokenizer()
     vocab = Vocabulary.build([tokenizer.tokenize(text) for text in texts], max_size=VOCAB)
@@ -184,7 +192,8 @@ def pretrained(vectors, tmp_path):
     with PretrainRun.create(tmp_path / "lm") as run:
         run.write_info(vocab, tokenizer, DIM)
         run.write_recipe(recipe)
-        build_encoder(vectors[: len(vocab)], "lstm", 2, UNITS).save_weights(run.encoder_weights)
+        backbone = TextBackbone(**backbone_config(recipe.encoder, len(vocab), DIM), embeddings=vectors[: len(vocab)])
+        run.save_model(LanguageModel(backbone, **language_model_config(recipe), preprocessor=TextPreprocessor(vocab)))
         run.write_metrics({})
     return PretrainRun.open(tmp_path / "lm"), texts
 

@@ -41,7 +41,7 @@ INPUT = "(an input of this command"
 def tree(tmp_path, monkeypatch):
     """A working directory with runs, data files, and symbolic links to some of them."""
     monkeypatch.chdir(tmp_path)
-    files = ["runs/lm/run.json", "runs/lm-back/run.json", "runs/clf/run.json", "runs/clf/classifier.weights.h5",
+    files = ["runs/lm/run.json", "runs/lm-back/run.json", "runs/clf/run.json", "runs/clf/task.weights.h5",
              "runs/clf/export/saved_model.pb", "data/corpus.txt", "data/train.csv", "elsewhere.csv"]
     for name in files:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +150,7 @@ def test_outputs_beside_the_inputs_pass(tree, outputs, inputs):
     [
         ("runs/clf", "is"),
         ("runs", "contains"),
-        ("runs/clf/classifier.weights.h5", "lies inside"),
+        ("runs/clf/task.weights.h5", "lies inside"),
         ("runs/clf/logs", "lies inside"),
     ],
 )
@@ -259,11 +259,15 @@ def test_a_run_of_the_wrong_kind_or_a_newer_format_is_one_clear_error(tiny_runs,
         PretrainRun.open(newer)
 
 
-def test_a_run_from_before_the_format_field_still_opens(tmp_path):
-    (tmp_path / "run.json").write_text(json.dumps({"kind": "pretrain"}))
-    assert PretrainRun.open(tmp_path, require=()).info == {"kind": "pretrain"}
-    with pytest.raises(RunError, match="incomplete pretrain run, missing recipe.toml, vocab.txt, metrics.json, "
-                                       "encoder.weights.h5$"):
+def test_a_run_of_format_1_says_how_to_convert_it_and_an_incomplete_one_what_it_misses(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"kind": "pretrain"}))  # before the format field: format 1
+    with pytest.raises(RunError, match=rf"^{tmp_path}: written in run format 1; convert it once with "
+                                       rf"`tftune convert {tmp_path} --out NEW_DIR` \(or `--in-place`\)$"):
+        PretrainRun.open(tmp_path, require=())
+    (tmp_path / "run.json").write_text(json.dumps({"kind": "pretrain", "format": FORMAT_VERSION}))
+    with pytest.raises(RunError, match="incomplete pretrain run, missing recipe.toml, metrics.json, "
+                                       "assets/tokenizer/vocabulary.txt, config.json, task.json, preprocessor.json, "
+                                       "model.weights.h5, task.weights.h5, metadata.json$"):
         PretrainRun.open(tmp_path)
 
 
@@ -278,9 +282,10 @@ def test_a_failed_write_leaves_nothing_and_a_good_one_publishes_whole(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["lm"]
 
 
-# Files of other formats that share a run file's name: the checkpoint folder's copy of the recipe
-# (`tftune.checkpoints`) and the SavedModel's labels (`tftune.export`, in assets.extra/).
-OTHER_FORMATS = {("checkpoints.py", "recipe.toml"), ("export.py", "labels.json")}
+# Files of other formats that share a run file's name: the checkpoint folder's copy of the recipe and
+# its model's weights (`tftune.checkpoints`) and the SavedModel's labels (`tftune.export`, in assets.extra/).
+OTHER_FORMATS = {("checkpoints.py", "recipe.toml"), ("checkpoints.py", "model.weights.h5"),
+                 ("export.py", "labels.json")}
 
 
 def test_only_tftune_runs_names_the_files_of_a_run():

@@ -13,14 +13,16 @@ from tftune.errors import RunError
 from tftune.finetuning import finetune
 from tftune.pretraining import pretrain
 from tftune.recipe import load_recipe
-from tftune.runs import PretrainRun
+from tftune.runs import FinetuneRun, PretrainRun
 
 pytestmark = pytest.mark.slow
 
 
 def test_pretrain_run_holds_what_finetune_needs(tiny_runs):
     run = tiny_runs["pretrain"]
-    for name in ("recipe.toml", "vocab.txt", "encoder.weights.h5", "history.json", "metrics.json", "run.json"):
+    for name in ("recipe.toml", "history.json", "metrics.json", "run.json", "config.json", "task.json",
+                 "preprocessor.json", "assets/tokenizer/vocabulary.txt", "model.weights.h5", "task.weights.h5",
+                 "metadata.json"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     # A model that learned nothing sits at the vocabulary size; a trained one is far below.
@@ -120,7 +122,7 @@ def test_finetune_starts_from_pretrained_weights(tiny_runs, tmp_path):
     assert pretrained.vocab.tokens[:3] == ["<pad>", "<unk>", "<eos>"]
     from tftune.models import TextBackbone
 
-    encoder = TextBackbone.from_preset(pretrained)
+    encoder = TextBackbone.from_preset(pretrained.path)
     assert same(encoder.get_layer("rnn_1").get_weights(), log.snapshots[0]["begin"]["rnn_1"])
 
 
@@ -136,9 +138,10 @@ def test_finetune_refuses_a_changed_vocabulary(tiny_runs, tmp_path):
 
     copy = tmp_path / "pretrain"
     shutil.copytree(tiny_runs["pretrain"], copy)
-    tokens = (copy / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    vocabulary = copy / "assets" / "tokenizer" / "vocabulary.txt"
+    tokens = vocabulary.read_text(encoding="utf-8").splitlines()
     tokens[10], tokens[11] = tokens[11], tokens[10]
-    (copy / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    vocabulary.write_text("\n".join(tokens) + "\n", encoding="utf-8")
     with pytest.raises(RunError, match="vocabulary"):
         finetune(tiny_runs["recipe"], copy, tmp_path / "run", tiny_runs["labeled"])
 
@@ -230,7 +233,8 @@ def test_pretrain_from_a_run_continues_its_encoder_on_new_text(tiny_runs, tmp_pa
     # Zero epochs: the continued run holds exactly the base run's weights and (closed) vocabulary.
     untouched = tiny_runs["recipe"].with_overrides(["pretrain.epochs=0", "vocab.open=false"])
     before = pretrain(untouched, tmp_path / "zero", task_text, from_run=base)
-    assert (tmp_path / "zero" / "vocab.txt").read_text() == (base / "vocab.txt").read_text()
+    vocabulary = "assets/tokenizer/vocabulary.txt"
+    assert (tmp_path / "zero" / vocabulary).read_text() == (base / vocabulary).read_text()
     info = json.loads((tmp_path / "zero" / "run.json").read_text())
     assert info["from_run"] == str(base) and info["vocab_fingerprint"] == PretrainRun.open(base).vocab.fingerprint()
     from tftune.models import TextBackbone
@@ -264,7 +268,6 @@ def test_zero_epoch_pretrain_is_an_untrained_encoder_to_fine_tune_from_scratch(t
 def test_forward_and_backward_runs_fine_tune_into_one_averaging_export(tiny_runs, tmp_path):
     from tftune.export import Predictor
     from tftune.models import ClassifierEnsemble
-    from tftune.models.presets import load_classifier
     from tftune.finetuning import reexport
 
     backward = tmp_path / "backward"
@@ -287,7 +290,7 @@ def test_forward_and_backward_runs_fine_tune_into_one_averaging_export(tiny_runs
     reexport(run, tmp_path / "again")
     assert np.allclose(Predictor(tmp_path / "again").predict(texts)[1], served, atol=1e-6)
     # Both rebuild the trained model from the config the run keeps, head dropout included.
-    model = load_classifier(run)
+    model = FinetuneRun.open(run).load_model()
     assert isinstance(model, ClassifierEnsemble)
     assert [member.direction for member in model.members] == ["forward", "backward"]
     assert {member.head_dropout for member in model.members} == {tiny_runs["recipe"].finetune.head_dropout}

@@ -163,7 +163,7 @@ def load(path):
 
     Args:
         path: a finetune run (its classifier or ensemble), or a pretrain run or shipped model's
-            name (its `LanguageModel`; the encoder is `model.encoder`).
+            name (its `LanguageModel`; the backbone is `model.backbone`).
 
     Example:
 
@@ -175,10 +175,9 @@ def load(path):
     """
     import_tensorflow_quietly()
     from tftune.models import LanguageModel
-    from tftune.models.presets import load_classifier
 
     if FinetuneRun.kind_at(path) == FinetuneRun.kind:
-        return load_classifier(path)
+        return FinetuneRun.open(path).load_model()
     return LanguageModel.from_preset(path)
 
 

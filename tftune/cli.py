@@ -284,6 +284,18 @@ def export(run_dir, out, force):
 
 
 @main.command()
+@click.argument("run_dir", metavar="RUN_DIR")
+@click.option("--out", metavar="DIR", callback=_given_out, help="The converted run's directory.")
+@click.option("--in-place", is_flag=True, help="Replace RUN_DIR by its conversion (staged, then swapped in whole).")
+def convert(run_dir, out, in_place):
+    """Convert a run of run format 1 to format 2 (its model as preset files), keeping its weights."""
+    import_tensorflow_quietly()
+    from tftune.convert import convert_run
+
+    click.echo(convert_run(run_dir, out, in_place))
+
+
+@main.command()
 @click.argument("model", metavar="RUN_OR_EXPORT")
 @click.option("--data", required=True, metavar="PATH", help="Labeled data (.csv/.tsv/.jsonl).")
 @click.option("--text-column", default="text", show_default=True, help="Text column or key.")
@@ -434,7 +446,7 @@ def pretrained():
 @pretrained.command("list")
 def list_pretrained():
     """Name, size, corpus, tokens and held-out perplexity of each shipped language model."""
-    from tftune.presets import list_presets
+    from tftune.pretrained_models import list_presets
 
     click.echo("name\tsize\ttrain tokens\tperplexity\tmodel and corpus")
     for preset in list_presets():

@@ -40,10 +40,17 @@ from tftune.errors import DataError, RunError
 from tftune.export import export_classifier
 from tftune.inputs import LabeledData
 from tftune.metrics import classification_metrics
-from tftune.models import ClassifierEnsemble, TextClassifier, TextPreprocessor, ensemble_members, global_policy_restored
-from tftune.models.presets import classifier_config, encoder_dropouts, load_backbone, load_classifier
+from tftune.model_configs import classifier_config, encoder_dropouts
+from tftune.models import (
+    ClassifierEnsemble,
+    TextBackbone,
+    TextClassifier,
+    TextPreprocessor,
+    ensemble_members,
+    global_policy_restored,
+)
 from tftune.open_vocab import OpenWords, grow_encoder, grow_vocabulary, measure_growth
-from tftune.presets import resolve_run
+from tftune.pretrained_models import resolve_run
 from tftune.recipe import Recipe
 from tftune.runs import (
     FinetuneRun,
@@ -381,8 +388,8 @@ def build_member_classifier(recipe, pretrained, name, n_classes, opened=None):
     With `opened` (an `OpenedVocabulary`), the encoder's embedding also holds the added words.
     """
     rates, _ = classifier_dropouts(recipe, pretrained)
-    with reading_artifact(pretrained.encoder_weights):
-        backbone = load_backbone(pretrained, **rates)
+    with reading_artifact(pretrained.backbone_weights):
+        backbone = TextBackbone.from_preset(pretrained.path, **rates)
     if opened is not None and opened.added:
         backbone = grow_encoder(backbone, opened.vectors, opened.added)
     preprocessor = TextPreprocessor(opened.vocab if opened is not None else pretrained.vocab,
@@ -660,8 +667,7 @@ def write_finetune_run(out, force, recipe, members, task, model, history, metric
         )
         run.write_recipe(recipe)
         run.write_labels(task.labels)
-        run.write_model_config(keras.saving.serialize_keras_object(model))
-        model.save_weights(run.classifier_weights)
+        run.save_model(model)
         run.write_history(history)
         run.adopt_logs(checkpoint.logs)
         export_classifier(model, task.labels, run.export)
@@ -680,9 +686,7 @@ def reexport(run_dir, out, force=False):
     check_export_paths(run_dir, out)
     check_writable_target(out, force, replaces="export")
     run = FinetuneRun.open(run_dir)
-    run.model_config()  # a damaged classifier.json is named before the weights are read
-    with reading_artifact(run.classifier_weights):
-        classifier = load_classifier(run)
+    classifier = run.load_model()  # a damaged file is named in one line
     with exclusive_output(out, force, replaces="export"):  # also cleans up what a stopped export left
         return export_classifier(classifier, run.labels(), out)
 

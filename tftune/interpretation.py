@@ -204,7 +204,6 @@ def interpret_run(run, texts, labels, out=None, top=10, plot=None, force=False, 
     Returns:
         The report as a dict (what `report.json` holds), with `files`: the paths written.
     """
-    from tftune.api import load
     from tftune.runs import FinetuneRun
 
     finetune_run = FinetuneRun.open(run)
@@ -217,7 +216,7 @@ def interpret_run(run, texts, labels, out=None, top=10, plot=None, force=False, 
     check_known_labels(labels, run_labels, source)
     if not texts:
         raise DataError(f"{source}: no examples")
-    model = load(run)
+    model = finetune_run.load_model()
     probabilities = model.predict(list(texts), verbose=0)
     index = {label: i for i, label in enumerate(run_labels)}
     report = {"run": str(run), "data": data_file and str(data_file),

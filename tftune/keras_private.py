@@ -10,6 +10,7 @@ training run.
 | `Optimizer._get_variable_index` | a variable's slot in `update_step` (discriminative rates) | `optimizer_variable_index` |
 | `Optimizer._clip_gradients`, `Optimizer._all_reduce_sum_gradients` | clipping the gradients summed over the replicas | `ClipAfterAllReduce` |
 | `Model._symbolic_build` | building a model, its metrics and optimizer from a dataset's `element_spec` | `symbolic_build` |
+| `saving_lib.save_weights_only`, `saving_lib.load_weights_only` (`objects_to_skip`) | a task's weights without its backbone's (keras-hub's `task.weights.h5`) | `save_weights_skipping`, `load_weights_skipping` |
 | `RNN.inner_loop` | handing the weight-dropped recurrent kernel to Keras' (cuDNN) recurrence | `WeightDroppedInnerLoop` |
 
 Checked on Keras 3.15. TensorFlow and Keras are imported when first used, so `tftune.distribute`
@@ -40,6 +41,26 @@ def symbolic_build(model, element_spec) -> None:
     Call it inside the strategy's scope.
     """
     model._symbolic_build(data_batch=element_spec)
+
+
+def save_weights_skipping(model, path, skip) -> None:
+    """`model.save_weights(path)` without the weights of the objects in `skip` (e.g. its backbone).
+
+    keras-hub writes a preset's `task.weights.h5` so; `load_weights_skipping` reads it back.
+    """
+    from keras.src.saving import saving_lib
+
+    saving_lib.save_weights_only(model, str(path), objects_to_skip=list(skip))
+
+
+def load_weights_skipping(model, path, skip) -> None:
+    """`model.load_weights(path)` leaving the objects in `skip` (e.g. its loaded backbone) as they are.
+
+    The file may hold their weights or not: they are neither read nor required.
+    """
+    from keras.src.saving import saving_lib
+
+    saving_lib.load_weights_only(model, str(path), objects_to_skip=list(skip))
 
 
 def _in_multi_replica_context() -> bool:

@@ -30,7 +30,7 @@ from typing import Any
 
 from tftune.errors import DataError, RunError
 from tftune.inputs import corpus_data, labeled_data
-from tftune.presets import resolve_run
+from tftune.pretrained_models import resolve_run
 from tftune.quiet_import import import_tensorflow_quietly
 from tftune.recipe import DEFAULT_RECIPE, LOCAL_DISTRIBUTE, Recipe, load_recipe
 from tftune.runs import PretrainRun

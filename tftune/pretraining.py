@@ -22,7 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tftune import distribute
+from tftune import distribute, keras_private
 from tftune.cache import PendingCorpus
 from tftune.callbacks import StageHistory, StopOnNonFiniteLoss, Throughput, restore_plugins, tensorboard
 from tftune.checkpoints import Checkpointing, RunCheckpoint, fit_from
@@ -30,10 +30,10 @@ from tftune.data import lm_dataset
 from tftune.embeddings import align, load_vectors
 from tftune.errors import RunError
 from tftune.inputs import CorpusData
-from tftune.models import LanguageModel, TextBackbone, global_policy_restored
-from tftune.models.presets import backbone_config, encoder_dropouts, language_model_config, load_backbone
+from tftune.model_configs import backbone_config, encoder_dropouts, language_model_config
+from tftune.models import LanguageModel, TextBackbone, TextPreprocessor, global_policy_restored
 from tftune.open_vocab import OpenWords, copy_recurrent_weights, grow_encoder, grow_output_weights, measure_growth, unk_shares
-from tftune.presets import resolve_run
+from tftune.pretrained_models import resolve_run
 from tftune.recipe import Recipe
 from tftune.run_lock import holds_output_lock
 from tftune.runs import PretrainRun, check_run_paths, reading_artifact
@@ -103,7 +103,7 @@ def _pretrain(recipe, out, data, force, callbacks, from_run, resume, strategy):
     corpus = prepare_corpus(recipe, base, data)
     policy = set_precision(recipe.precision.policy)
     language_model = build_language_model(recipe, corpus, base, strategy)
-    log_setup(strategy, policy, language_model.encoder)
+    log_setup(strategy, policy, language_model.backbone)
     fitted = fit_language_model(language_model, recipe, corpus, checkpoint, resumed, callbacks, strategy, from_run,
                                 fingerprints)
     metrics = evaluate_language_model(language_model, recipe, corpus, fitted, strategy)
@@ -236,8 +236,8 @@ def build_language_model(recipe, corpus, base, strategy):
                 **backbone_config(recipe.encoder, len(corpus.vocab), corpus.embedding_dim), embeddings=corpus.matrix
             )
         else:
-            with reading_artifact(base.encoder_weights):
-                base_backbone = load_backbone(base, **encoder_dropouts(recipe.encoder)[0])
+            with reading_artifact(base.backbone_weights):
+                base_backbone = TextBackbone.from_preset(base.path, **encoder_dropouts(recipe.encoder)[0])
             backbone = grow_encoder(base_backbone, corpus.vectors, corpus.added) if corpus.added else base_backbone
         unigram_counts = np.bincount(corpus.train_ids, minlength=len(corpus.vocab))
         model = LanguageModel(backbone, unigram_counts=unigram_counts, **language_model_config(recipe))
@@ -251,33 +251,33 @@ def build_language_model(recipe, corpus, base, strategy):
     return model
 
 
-def restore_language_model(language_model, pretrained, base_encoder, shares=None):
-    """Loads a pretrain run's encoder + LM head weights into `language_model`.
+def restore_language_model(language_model, pretrained, base_backbone, shares=None):
+    """Loads a pretrain run's LM head weights into `language_model`, whose backbone is loaded.
 
     Args:
         language_model: the language model to load into.
         pretrained: the `tftune.runs.PretrainRun`.
-        base_encoder: the run's own encoder (`TextBackbone.from_preset`).
+        base_backbone: the run's own backbone (`TextBackbone.from_preset`).
         shares: `tftune.open_vocab.unk_shares` when `language_model` reads a vocabulary grown from
             the run's: the weights then load into a language model of the run's size, and its
             head grows into `language_model`'s, every new word a share of `<unk>`.
     """
-    path = pretrained.language_model_weights
+    path = pretrained.task_weights
     if not path.is_file():
         raise RunError(f"{path}: missing; {pretrained.path} is not a complete pretrain run")
     source = language_model
     if shares is not None:
-        source = LanguageModel(base_encoder, language_model.output_kind, language_model.num_sampled)
+        source = LanguageModel(base_backbone, language_model.output_kind, language_model.num_sampled)
     try:
         with reading_artifact(path):
-            source.load_weights(path)
+            keras_private.load_weights_skipping(source, path, skip=[source.backbone])
     except (ValueError, KeyError) as e:
         raise RunError(
             f"{path}: does not fit pretrain.output = {language_model.output_kind!r} "
             f"(the run used {pretrained.recipe.pretrain.output!r}; {e})"
         ) from None
     if shares is not None:
-        copy_recurrent_weights(base_encoder, language_model.encoder)
+        copy_recurrent_weights(base_backbone, language_model.backbone)
         language_model.lm_head.set_weights(grow_output_weights(source.lm_head.get_weights(), *shares))
         if source.lm_projection is not None:
             language_model.lm_projection.set_weights(source.lm_projection.get_weights())
@@ -366,8 +366,8 @@ def write_pretrain_run(out, force, recipe, corpus, model, history, metrics, from
         run.write_info(corpus.vocab, corpus.tokenizer, corpus.embedding_dim, inputs=inputs,
                        **({"from_run": str(Path(from_run))} if from_run is not None else {}))
         run.write_recipe(recipe)
-        model.encoder.save_weights(run.encoder_weights)
-        model.save_weights(run.language_model_weights)
+        model.preprocessor = TextPreprocessor(corpus.vocab, lowercase=corpus.tokenizer.lowercase)
+        run.save_model(model)
         run.write_history(history)
         run.adopt_logs(checkpoint.logs)
         run.write_metrics(metrics)

@@ -16,7 +16,7 @@ Example:
 >>> check_run_paths(recipe, "runs/pretrain")  # doctest: +SKIP
 >>> with PretrainRun.create("runs/pretrain", force=False) as run:  # doctest: +SKIP
 ...     run.write_info(vocab, tokenizer, embedding_dim=50)
-...     encoder.save_weights(run.encoder_weights)
+...     run.save_model(language_model)
 ...     run.write_metrics({"valid": {"perplexity": 123.4}})
 >>> PretrainRun.open("runs/pretrain").metrics()["valid"]["perplexity"]  # doctest: +SKIP
 123.4
@@ -31,6 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
+from tftune import models
 from tftune.data import check_input_file
 from tftune.errors import RunError, TftuneError, WriteError
 from tftune.recipe import shipped_dirs
@@ -51,9 +52,9 @@ def reading_artifact(path):
 
     Example:
 
-    >>> with reading_artifact(run.classifier_weights):  # doctest: +SKIP
-    ...     classifier = load_classifier(run)
-    tftune.errors.RunError: runs/clf/classifier.weights.h5: cannot be read; is it truncated or damaged? (...)
+    >>> with reading_artifact(run.task_weights):  # doctest: +SKIP
+    ...     classifier = run.load_model()
+    tftune.errors.RunError: runs/clf/task.weights.h5: cannot be read; is it truncated or damaged? (...)
     """
     try:
         yield
@@ -272,7 +273,10 @@ def check_writable_target(out, force, replaces="run", resume=False):
 # === The run-directory format ===
 
 # Written into every run's `run.json`. A run without it predates the field and has format 1's files.
-FORMAT_VERSION = 1
+# Format 2: a run directory is a preset in keras-hub's layout (`tftune.models.preset_files`), plus
+# tftune's run files. Format 1 (separate encoder and task weights, rebuilt from the recipe) is
+# converted once by `tftune convert` (`tftune.convert`).
+FORMAT_VERSION = 2
 
 
 class RunFile:
@@ -304,17 +308,27 @@ class Run:
     >>> run.vocab, run.metrics()["valid"]["perplexity"]  # doctest: +SKIP
     >>> with FinetuneRun.create("runs/clf", force=False) as run:  # doctest: +SKIP
     ...     run.write_info(vocab, tokenizer, embedding_dim=50, pretrain_run="runs/lm")
-    ...     model.save_weights(run.classifier_weights)
+    ...     run.save_model(classifier)
     """
 
     kind = None
+    format_version = FORMAT_VERSION  # the format `open` reads
     info_file = RunFile(RUN_INFO)
     recipe_file = RunFile("recipe.toml")
-    vocab_file = RunFile("vocab.txt")
     history_file = RunFile("history.json")
     metrics_file = RunFile("metrics.json")
     logs = RunFile("logs")  # TensorBoard event files
-    required = ("recipe_file", "vocab_file", "metrics_file")
+    # The run's model, as a preset (`save_model` writes them, `from_preset` reads them).
+    vocab_file = RunFile(f"{models.TOKENIZER_ASSETS_DIR}/vocabulary.txt")
+    backbone_config_file = RunFile(models.BACKBONE_CONFIG_FILE)
+    task_config_file = RunFile(models.TASK_CONFIG_FILE)
+    preprocessor_config_file = RunFile(models.PREPROCESSOR_CONFIG_FILE)
+    backbone_weights = RunFile(models.BACKBONE_WEIGHTS_FILE)
+    task_weights = RunFile(models.TASK_WEIGHTS_FILE)
+    metadata_file = RunFile(models.METADATA_FILE)
+    preset_files = ("vocab_file", "backbone_config_file", "task_config_file", "preprocessor_config_file",
+                    "backbone_weights", "task_weights", "metadata_file")
+    required = ("recipe_file", "metrics_file", *preset_files)
 
     def __init__(self, path, info=None):
         self.path = Path(path)
@@ -354,13 +368,16 @@ class Run:
         if run.info.get("kind") != cls.kind:
             raise RunError(f"{path}: is a {run.info.get('kind', 'unknown')} run, expected a {cls.kind} run")
         version = run.info.get("format", 1)
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not isinstance(version, int) or version > cls.format_version:
             raise RunError(
-                f"{path}: written in run format {version}, newer than this tftune reads ({FORMAT_VERSION}); "
+                f"{path}: written in run format {version}, newer than this tftune reads ({cls.format_version}); "
                 "upgrade tftune"
             )
+        if version < cls.format_version:
+            raise RunError(f"{path}: written in run format {version}; convert it once with "
+                           f"`tftune convert {path} --out NEW_DIR` (or `--in-place`)")
         require = cls.required if require is None else require
-        missing = [getattr(run, role).name for role in require if not getattr(run, role).is_file()]
+        missing = [str(getattr(run, role).relative_to(path)) for role in require if not getattr(run, role).is_file()]
         if missing:
             raise RunError(f"{path}: incomplete {cls.kind} run, missing {', '.join(missing)}")
         return run
@@ -431,7 +448,14 @@ class Run:
         if self.checkpoint_run_id is not None:
             self.info["checkpoint_run_id"] = self.checkpoint_run_id
         write_json(self.info_file, self.info)
+        self.vocab_file.parent.mkdir(parents=True, exist_ok=True)
         vocab.save(self.vocab_file)
+
+    def save_model(self, model):
+        """Writes the run's model (a task with its preprocessor) as the run's preset files."""
+        from tftune.models.preset_files import save_to_preset
+
+        save_to_preset(model, self.path)
 
     def write_recipe(self, recipe, write_path=None):
         self.recipe_file.write_text(recipe.to_toml(write_path), encoding="utf-8")
@@ -449,18 +473,15 @@ class Run:
 
 
 class PretrainRun(Run):
-    """A pretrain run: the encoder and the language model over it.
+    """A pretrain run: the language model (`LanguageModel.from_preset`) and its backbone.
 
-    Presets (`tftune.presets`) are pretrain runs too, with a model card beside the files.
+    Shipped pretrained models (`tftune.pretrained_models`) are pretrain runs too, with a model card
+    beside the files.
     """
 
     kind = "pretrain"
-    encoder_weights = RunFile("encoder.weights.h5")
-    language_model_weights = RunFile("language_model.weights.h5")
-    required = Run.required + ("encoder_weights",)
     # What a copy of the run keeps to be fine-tuned and continued (the TensorBoard logs stay behind).
-    portable = ("info_file", "vocab_file", "encoder_weights", "language_model_weights", "metrics_file",
-                "history_file")
+    portable = ("info_file", *Run.preset_files, "metrics_file", "history_file")
 
 
 class FinetuneRun(Run):
@@ -468,11 +489,8 @@ class FinetuneRun(Run):
 
     kind = "finetune"
     labels_file = RunFile("labels.json")
-    classifier_weights = RunFile("classifier.weights.h5")
-    # The classifier's Keras config (`keras.saving.serialize_keras_object`), to rebuild it with `from_config`.
-    classifier_config = RunFile("classifier.json")
     export = RunFile("export")  # the SavedModel
-    required = Run.required + ("labels_file", "classifier_weights")
+    required = Run.required + ("labels_file",)
 
     def labels(self) -> list:
         return read_json(self.labels_file)
@@ -480,14 +498,14 @@ class FinetuneRun(Run):
     def write_labels(self, labels):
         write_json(self.labels_file, list(labels))
 
-    def model_config(self) -> dict | None:
-        """The classifier's serialized Keras config, or None for a run written before it was kept."""
-        if not self.classifier_config.is_file():
-            return None
-        return read_json(self.classifier_config)
+    def load_model(self):
+        """The trained classifier (or ensemble), with its preprocessor, compiled for `fit` and `evaluate`."""
+        from tftune.models.preset_files import load_task
 
-    def write_model_config(self, config):
-        write_json(self.classifier_config, config)
+        self.vocab  # checks the vocabulary against the one the weights were trained with
+        model = load_task(self.path)
+        model.compile_for_classes()
+        return model
 
 
 class RunDirectory:

@@ -24,7 +24,7 @@ import tensorflow as tf
 from tftune import distribute
 from tftune.checkpoints import check_resumable
 from tftune.errors import RunError, TrainingError
-from tftune.models.presets import ENCODER_DROPOUT_KEYS
+from tftune.model_configs import ENCODER_DROPOUT_KEYS
 from tftune.runs import check_vector_size
 
 logger = logging.getLogger(__name__)

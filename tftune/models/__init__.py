@@ -5,8 +5,8 @@
 - `LanguageModel` (`language_model.py`): the backbone with a next-token head, for pretraining.
 - `TextClassifier` and `ClassifierEnsemble` (`classifier.py`): the backbone under concat pooling
   and an MLP head, and the average of several such classifiers.
-- `presets.py`: each model's config from a recipe, and `from_preset` loading from shipped models
-  and runs.
+- `preset_files.py`: `save_to_preset` and `from_preset` in keras-hub's preset layout (the files
+  below), read with these classes alone: no recipe, no run-directory code.
 
 Each model has `get_config`/`from_config` and saves to `.keras` files; that is the one way a
 model is rebuilt (export, re-export, ensembles, `tftune.load`). Layer names are fixed
@@ -32,6 +32,16 @@ OUTPUTS = ("full", "sampled", "tied", "tied_sampled")  # the language model's ne
 DIRECTIONS = ("forward", "backward")  # reading direction of a language model and its classifier
 HEADS = ("concat_pool", "last")  # what the classifier reads from the backbone
 
+# A preset's files (keras-hub's layout), named here so that run directories, which hold them, know
+# them without importing Keras.
+BACKBONE_CONFIG_FILE = "config.json"  # the backbone's class and config
+TASK_CONFIG_FILE = "task.json"  # the task's class and config (backbone and preprocessor included)
+PREPROCESSOR_CONFIG_FILE = "preprocessor.json"  # the preprocessor's class and config
+TOKENIZER_ASSETS_DIR = "assets/tokenizer"  # the preprocessor's assets: its vocabulary
+BACKBONE_WEIGHTS_FILE = "model.weights.h5"  # the backbone's weights
+TASK_WEIGHTS_FILE = "task.weights.h5"  # the task's weights but the backbone's
+METADATA_FILE = "metadata.json"  # tftune and Keras versions, date, parameter count
+
 # Each public name and the submodule that defines it; imported on first use (PEP 562), so that
 # `from tftune.models import CELLS` stays free of Keras.
 _EXPORTS = {
@@ -42,6 +52,7 @@ _EXPORTS = {
                    "ensemble_members"),
     "language_model": ("LanguageModel", "TiedOutput", "build_language_model"),
     "preprocessor": ("TextPreprocessor",),
+    "preset_files": ("load_backbone", "load_preprocessor", "load_task", "preset_folder", "save_to_preset"),
     "task": ("ClassifierTask", "Task"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

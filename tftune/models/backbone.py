@@ -66,7 +66,10 @@ def deserialized(config, key):
     value = config.get(key)
     if value is None:  # e.g. a task without a preprocessor, or a config written before it had one
         return {**config, key: None}
-    rebuild = keras.saving.deserialize_keras_object
+
+    def rebuild(item):  # a part already built (e.g. a preset's loaded backbone) is kept as it is
+        return keras.saving.deserialize_keras_object(item) if isinstance(item, dict) else item
+
     return {**config, key: [rebuild(item) for item in value] if isinstance(value, list) else rebuild(value)}
 
 
@@ -237,13 +240,21 @@ class TextBackbone(keras.Model):
 
     @classmethod
     def from_preset(cls, preset, **config):
-        """The encoder of a pretrain run or shipped model, its weights loaded.
+        """The backbone of a preset (any run directory, or a shipped model's name), its weights loaded.
+
+        Reads the preset's `config.json` and `model.weights.h5` (see `tftune.models.preset_files`).
 
         Args:
-            preset: a shipped model's name (`tftune pretrained list`) or a pretrain run directory.
+            preset: a preset folder or run directory, or a shipped model's name (`tftune pretrained list`).
             **config: config entries to change, e.g. dropout rates or `use_cudnn=False`.
+
+        Example:
+
+        ```python
+        backbone = TextBackbone.from_preset("lstm-glove-general", use_cudnn=False)
+        ```
         """
-        from tftune.models.presets import load_backbone
+        from tftune.models.preset_files import load_backbone
 
         return load_backbone(preset, **config)
 

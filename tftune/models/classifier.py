@@ -230,15 +230,17 @@ class TextClassifier(ClassifierTask, keras.Model):
 
     @classmethod
     def from_preset(cls, preset, num_classes, **config):
-        """A new classifier on the backbone of a pretrain run or shipped model (ready to fine-tune).
+        """The classifier of a preset, or a new one on its backbone (ready to fine-tune).
 
-        The head starts untrained; the direction is the pretrained language model's. To load a
-        trained classifier, use `tftune.load` on its finetune run.
+        A preset that holds a `TextClassifier` of `num_classes` classes (a finetune run) gives it
+        back trained. Any other (a language model: a pretrain run, a shipped model) gives a new
+        head, untrained, on its pretrained backbone, reading in the language model's direction,
+        with its preprocessor (so it takes text).
 
         Args:
-            preset: a shipped model's name (`tftune pretrained list`) or a pretrain run directory.
+            preset: a preset folder or run directory, or a shipped model's name (`tftune pretrained list`).
             num_classes: number of labels.
-            **config: the head's arguments (`head`, `head_units`, ...).
+            **config: the new head's arguments (`head`, `head_units`, ...).
 
         Example:
 
@@ -246,10 +248,16 @@ class TextClassifier(ClassifierTask, keras.Model):
         classifier = TextClassifier.from_preset("lstm-glove-general", num_classes=6)
         ```
         """
-        from tftune.models.presets import load_backbone, preset_direction
+        from tftune.models import preset_files
 
-        config.setdefault("direction", preset_direction(preset))
-        return cls(load_backbone(preset), num_classes, **config)
+        held, saved = preset_files.task_class(preset), {}
+        if held is not None:
+            saved = preset_files.task_config(preset)
+            if issubclass(held, cls) and saved["num_classes"] == num_classes and not config:
+                return preset_files.load_task(preset, expected=cls)
+        config.setdefault("direction", saved.get("direction", "forward"))
+        config.setdefault("preprocessor", preset_files.load_preprocessor(preset))
+        return cls(preset_files.load_backbone(preset), num_classes, **config)
 
 
 @keras.saving.register_keras_serializable(package="tftune")

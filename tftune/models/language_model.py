@@ -18,7 +18,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from tftune.distribute import scale_loss_for_replicas
-from tftune.models import OUTPUTS
+from tftune.models import DIRECTIONS, OUTPUTS
 from tftune.models.backbone import deserialized, serialized
 from tftune.models.task import Task
 from tftune.regularization import LockedDropout, activation_regularization
@@ -28,7 +28,7 @@ from tftune.regularization import LockedDropout, activation_regularization
 class TiedOutput(keras.layers.Layer):
     """Scores hidden states against a given matrix of word vectors, plus a trained bias per word.
 
-    The matrix is passed in at call time (the encoder's frozen embedding), so this layer owns
+    The matrix is passed in at call time (the backbone's frozen embedding), so this layer owns
     only the bias.
 
     Args:
@@ -62,7 +62,7 @@ class TiedOutput(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="tftune")
 class LanguageModel(Task, keras.Model):
-    """Encoder + next-token head that can train on a sampled softmax but always evaluates on the full one.
+    """Backbone + next-token head that can train on a sampled softmax but always evaluates on the full one.
 
     `call` returns float32 logits over the whole vocabulary, and the model's own loss is the
     full-softmax cross-entropy, so `evaluate`, `validation_data` and perplexity are exact
@@ -93,8 +93,7 @@ class LanguageModel(Task, keras.Model):
     differentiates. The `loss` it reports stays the cross-entropy alone, like every evaluation.
 
     Args:
-        encoder: the `TextBackbone`; its weights are shared, not copied. (Named `encoder`, not
-            `backbone`, because weight files address the layers by attribute name.)
+        backbone: the `TextBackbone`; its weights are shared, not copied.
         output: `"full"`, `"sampled"`, `"tied"` or `"tied_sampled"`.
         num_sampled: candidates per training step for `"sampled"` and `"tied_sampled"` (at most
             the vocabulary size).
@@ -103,10 +102,12 @@ class LanguageModel(Task, keras.Model):
             unigram model instead of a uniform one. Needed with the sampled outputs: rare words are
             seldom sampled, so without it their logits stay high for long and the full-softmax
             perplexity lags far behind.
-        output_dropout: locked dropout rate on the encoder's outputs, before the head.
+        output_dropout: locked dropout rate on the backbone's outputs, before the head.
         ar: weight of activation regularization (AR) in the training loss; 0 = none.
         tar: weight of temporal activation regularization (TAR) in the training loss; 0 = none.
-        preprocessor: the `TextPreprocessor` of the encoder's vocabulary, or None (ids only); with
+        direction: the order in which it reads its text, `"forward"` or `"backward"` (its training
+            corpus is reversed for it); a classifier on its backbone reads in the same order.
+        preprocessor: the `TextPreprocessor` of the backbone's vocabulary, or None (ids only); with
             it, `predict` takes raw strings too (and returns logits for every token of each text).
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
@@ -115,8 +116,8 @@ class LanguageModel(Task, keras.Model):
     >>> import numpy as np
     >>> vectors = np.random.rand(100, 8).astype("float32")
     >>> from tftune.models import build_encoder
-    >>> encoder = build_encoder(vectors, cell="lstm", layers=1, units=16)
-    >>> model = LanguageModel(encoder, output="sampled", num_sampled=20)
+    >>> backbone = build_encoder(vectors, cell="lstm", layers=1, units=16)
+    >>> model = LanguageModel(backbone, output="sampled", num_sampled=20)
     >>> model.compile(optimizer="adam")
     >>> ids = np.random.randint(3, 100, size=(4, 11)).astype("int32")
     >>> model.fit(ids[:, :-1], ids[:, 1:], verbose=0).history["loss"][0] > 0
@@ -127,13 +128,14 @@ class LanguageModel(Task, keras.Model):
 
     def __init__(
         self,
-        encoder,
+        backbone,
         output="full",
         num_sampled=1024,
         unigram_counts=None,
         output_dropout=0.0,
         ar=0.0,
         tar=0.0,
+        direction="forward",
         preprocessor=None,
         **kwargs,
     ):
@@ -141,8 +143,11 @@ class LanguageModel(Task, keras.Model):
         super().__init__(**kwargs)
         if output not in OUTPUTS:
             raise ValueError(f"unknown output {output!r}; expected one of {OUTPUTS}")
-        embedding = encoder.get_layer("embedding")
-        self.encoder = encoder
+        if direction not in DIRECTIONS:
+            raise ValueError(f"unknown direction {direction!r}; expected one of {DIRECTIONS}")
+        embedding = backbone.get_layer("embedding")
+        self.backbone = backbone
+        self.direction = direction
         self.preprocessor = preprocessor
         self.output_kind = output
         self.tied = output in ("tied", "tied_sampled")
@@ -151,7 +156,7 @@ class LanguageModel(Task, keras.Model):
         self.ar, self.tar = ar, tar
         self.vocab_size = embedding.input_dim
         self.num_sampled = min(num_sampled, self.vocab_size)
-        units = encoder.output.shape[-1]
+        units = backbone.output.shape[-1]
         if self.tied:
             self.lm_projection = layers.Dense(embedding.output_dim, name="lm_projection")
             self.lm_projection.build((None, None, units))
@@ -177,34 +182,43 @@ class LanguageModel(Task, keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
-            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
             "output": self.output_kind,
             "num_sampled": self.num_sampled,
             "output_dropout": self.output_dropout.rate,
             "ar": self.ar,
             "tar": self.tar,
+            "direction": self.direction,
             "preprocessor": serialized(self.preprocessor),
         }
 
     @classmethod
     def from_config(cls, config):
-        return cls(**deserialized(deserialized(config, "encoder"), "preprocessor"))
+        return cls(**deserialized(deserialized(config, "backbone"), "preprocessor"))
 
     @classmethod
     def from_preset(cls, preset, **config):
-        """The language model of a pretrain run or shipped model, its weights loaded.
+        """The language model of a preset (a pretrain run, or a shipped model's name), its weights
+        loaded, with its preprocessor (so it takes text).
 
         Args:
-            preset: a shipped model's name (`tftune pretrained list`) or a pretrain run directory.
+            preset: a preset folder or pretrain run directory, or a shipped model's name.
             **config: backbone config entries to change, e.g. dropout rates.
-        """
-        from tftune.models.presets import load_language_model
 
-        return load_language_model(preset, **config)
+        Example:
+
+        ```python
+        model = LanguageModel.from_preset("lstm-glove-general")
+        model.predict(["the film was"])  # next-token logits for each token
+        ```
+        """
+        from tftune.models.preset_files import load_task
+
+        return load_task(preset, expected=cls, **config)
 
     def _forward(self, ids, training):
         """The top layer's outputs, the same after output dropout, and the float32 vectors the head scores."""
-        states = self.encoder(ids, training=training)
+        states = self.backbone(ids, training=training)
         dropped = self.output_dropout(states, training=training)
         hidden = dropped if self.lm_projection is None else self.lm_projection(dropped)
         return states, dropped, ops.cast(hidden, "float32")
@@ -215,7 +229,7 @@ class LanguageModel(Task, keras.Model):
 
     def _output_vectors(self):
         """The frozen word vectors a tied head scores against."""
-        return self.encoder.get_layer("embedding").embeddings
+        return self.backbone.get_layer("embedding").embeddings
 
     def _logits(self, hidden):
         if self.tied:
@@ -298,7 +312,7 @@ class LanguageModel(Task, keras.Model):
         compiles once, and every recurrent layer runs `tftune.fast_rnn`'s own ops: a cuDNN
         kernel (an LSTM or GRU on a GPU) has no XLA form.
         """
-        return x.shape[1] is not None and all(layer.uses_fast_path for layer in self.encoder.recurrent_layers)
+        return x.shape[1] is not None and all(layer.uses_fast_path for layer in self.backbone.recurrent_layers)
 
     def train_step(self, data):
         # Mirrors keras/src/backend/tensorflow/trainer.py, with the sampled loss where it applies
@@ -332,11 +346,11 @@ class LanguageModel(Task, keras.Model):
         return self.compute_metrics(x, y, logits)
 
 
-def build_language_model(encoder, output="full", num_sampled=1024, unigram_counts=None, **regularization):
-    """Encoder + next-token head; see `LanguageModel` for the output kinds.
+def build_language_model(backbone, output="full", num_sampled=1024, unigram_counts=None, **regularization):
+    """Backbone + next-token head; see `LanguageModel` for the output kinds.
 
     Args:
-        encoder: the model from `build_encoder`.
+        backbone: the model from `build_encoder`.
         output: one of `tftune.models.OUTPUTS` (`"full"`, `"sampled"`, `"tied"`, `"tied_sampled"`).
         num_sampled: candidates per training step for the sampled outputs.
         unigram_counts: optional count of every id in the training corpus, to start the
@@ -347,7 +361,7 @@ def build_language_model(encoder, output="full", num_sampled=1024, unigram_count
         A `LanguageModel` whose call returns float32 logits `[batch, time, vocab]`.
     """
     model = LanguageModel(
-        encoder, output=output, num_sampled=num_sampled, unigram_counts=unigram_counts, **regularization
+        backbone, output=output, num_sampled=num_sampled, unigram_counts=unigram_counts, **regularization
     )
     model(np.zeros((1, 2), dtype="int32"))  # builds it, so weights can be saved or loaded before training
     return model

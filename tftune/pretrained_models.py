@@ -1,7 +1,8 @@
-"""Shipped pretrained language models ("presets"), found by name.
+"""The registry of shipped pretrained language models ("presets"), found by name.
 
-A preset is an ordinary pretrain run kept in the shipped `pretrained/` folder, with a model card
-(`README.md`) beside its files. Wherever a command takes a pretrain run (`finetune --from`,
+A shipped preset is an ordinary pretrain run kept in the shipped `pretrained/` folder, with a model
+card (`README.md`) beside its files; as every run, it holds its model in keras-hub's preset layout
+(`tftune.models.preset_files`). Wherever a command takes a pretrain run (`finetune --from`,
 `pretrain --from`), it takes a preset's name too: an existing directory of that name wins, then
 the preset.
 
@@ -21,8 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tftune.errors import RunError
-from tftune.recipe import PRETRAINED_DIR
 from tftune.runs import PretrainRun
+from tftune.shipped import PRETRAINED_DIR
 
 MODEL_CARD = "README.md"
 
@@ -112,7 +113,7 @@ def resolve_run(name_or_path: str | os.PathLike) -> Path:
     if path.exists() or os.sep in str(name_or_path) or "/" in str(name_or_path):
         return path
     preset = PRETRAINED_DIR / str(name_or_path)
-    if _open_preset(preset) is not None:
+    if (preset / MODEL_CARD).is_file():  # opening it says what is wrong with it, if anything
         return preset
     names = ", ".join(preset_names()) or "none shipped"
     raise RunError(f"{name_or_path}: no such run directory, nor a pretrained model of that name (pretrained: {names})")
@@ -172,8 +173,9 @@ def publish(
     preset = PretrainRun(destination)
     for role in PretrainRun.portable:
         source, target = getattr(run, role), getattr(preset, role)
+        target.parent.mkdir(parents=True, exist_ok=True)
         if role.endswith("_weights"):
-            _copy_as_float16(source, target)
+            copy_as_float16(source, target)
         else:
             shutil.copyfile(source, target)
     shipped = destination.resolve().parent
@@ -194,7 +196,8 @@ def publish(
     return destination
 
 
-def _copy_as_float16(source: Path, target: Path) -> None:
+def copy_as_float16(source: Path, target: Path) -> None:
+    """Copies a Keras weights file with its float32 arrays stored as float16, without optimizer state."""
     import h5py
     import numpy as np
 
