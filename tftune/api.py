@@ -257,6 +257,29 @@ def evaluate(model, data, *, text_column="text", label_column="label", encoding=
     return metrics
 
 
+def convert(run_dir, out=None, *, in_place=False):
+    """Converts a run of run format 1 to format 2 (its model as preset files), keeping its weights.
+
+    Args:
+        run_dir: a pretrain or finetune run written in run format 1.
+        out: the converted run's directory; or None with `in_place=True`.
+        in_place: replace `run_dir` by its conversion (staged beside it, then swapped in whole).
+
+    Returns:
+        The converted run's directory, as a `Path`.
+
+    Example:
+
+    >>> from tftune.api import convert
+    >>> convert("runs/old-lm", "runs/old-lm-v2")  # doctest: +SKIP
+    PosixPath('runs/old-lm-v2')
+    """
+    import_tensorflow_quietly()
+    from tftune.convert import convert_run
+
+    return convert_run(run_dir, out, in_place)
+
+
 def export(run, out=None, *, force=False):
     """Exports a finetune run's classifier again, as a SavedModel that serves raw strings.
 

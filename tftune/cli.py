@@ -289,10 +289,9 @@ def export(run_dir, out, force):
 @click.option("--in-place", is_flag=True, help="Replace RUN_DIR by its conversion (staged, then swapped in whole).")
 def convert(run_dir, out, in_place):
     """Convert a run of run format 1 to format 2 (its model as preset files), keeping its weights."""
-    import_tensorflow_quietly()
-    from tftune.convert import convert_run
+    from tftune import api
 
-    click.echo(convert_run(run_dir, out, in_place))
+    click.echo(api.convert(run_dir, out, in_place=in_place))
 
 
 @main.command()
