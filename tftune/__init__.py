@@ -19,6 +19,7 @@ tftune.load("runs/clf").predict(["a gripping, moving film"])
 
 import importlib
 import importlib.abc
+import importlib.util
 import sys
 
 __version__ = "0.1.0"
