@@ -43,6 +43,7 @@ import regex
 
 from tftune import data, open_vocab, text
 from tftune.data import check_data_files, read_corpus
+from tftune.inputs import file_sha256
 from tftune.errors import DataError
 from tftune.open_vocab import grow_vocabulary
 from tftune.text import EOS_ID, Vocabulary
@@ -92,8 +93,7 @@ def _file_sha256(path):
     # As `read_corpus` checks it (type, then a regular file): opening a FIFO would wait for a writer,
     # and /dev/zero would never end.
     check_data_files([path])
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return file_sha256(path)
 
 
 def corpus_key(paths, tokenizer, valid_fraction, *, valid_paths=(), documents=None, valid_documents=None,
