@@ -471,7 +471,7 @@ def labeled_files(tmp_path, train_rows, valid_rows=None):
 
 
 def test_load_labeled_splits_holds_out_every_class(tmp_path, reviews):
-    from tftune.finetuning import load_labeled_splits
+    from tftune.labeled_task import load_labeled_splits
 
     rows = [(f"{text} ({number})", f"topic-{number % 12}") for number, (text, _) in enumerate(reviews * 10)]
     splits = load_labeled_splits(*labeled_files(tmp_path, rows))
@@ -480,7 +480,7 @@ def test_load_labeled_splits_holds_out_every_class(tmp_path, reviews):
 
 
 def test_a_valid_label_never_seen_in_training_blames_the_valid_file(tmp_path, reviews):
-    from tftune.finetuning import load_labeled_splits
+    from tftune.labeled_task import load_labeled_splits
 
     settings, data = labeled_files(tmp_path, reviews, [(reviews[0][0], "neutral")])
     message = one_line_error(lambda: load_labeled_splits(settings, data), tmp_path / "valid.csv", "'neutral'")

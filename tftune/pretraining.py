@@ -25,7 +25,7 @@ import numpy as np
 from tftune import distribute, keras_private
 from tftune.cache import PendingCorpus
 from tftune.callbacks import StageHistory, StopOnNonFiniteLoss, Throughput, restore_plugins, tensorboard
-from tftune.checkpoints import Checkpointing, RunCheckpoint, fit_from
+from tftune.checkpoints import Checkpointing, RunCheckpoint
 from tftune.data import lm_dataset
 from tftune.embeddings import align, load_vectors
 from tftune.errors import RunError
@@ -35,6 +35,7 @@ from tftune.models import LanguageModel, TextBackbone, TextPreprocessor, global_
 from tftune.open_vocab import OpenWords, copy_recurrent_weights, grow_encoder, grow_output_weights, measure_growth, unk_shares
 from tftune.pretrained_models import resolve_run
 from tftune.recipe import Recipe
+from tftune.replicas import clip_after_all_reduce
 from tftune.run_lock import holds_output_lock
 from tftune.runs import PretrainRun, check_run_paths, reading_artifact
 from tftune.text import Tokenizer
@@ -245,7 +246,7 @@ def build_language_model(recipe, corpus, base, strategy):
             shares = unk_shares(corpus.counts, corpus.vocab, corpus.added) if corpus.added else None
             restore_language_model(model, base, base_backbone, shares)
         # Clips the gradient summed over the replicas (Keras clips each replica's share), as on one device.
-        adam = distribute.clip_after_all_reduce(keras.optimizers.Adam)
+        adam = clip_after_all_reduce(keras.optimizers.Adam)
         # The model owns its loss: sampled or full softmax in training, always the full one in evaluation.
         model.compile(optimizer=adam(recipe.pretrain.learning_rate, global_clipnorm=1.0))
     return model
@@ -321,7 +322,7 @@ def fit_language_model(model, recipe, corpus, checkpoint, resumed, callbacks, st
 
     saver = Checkpointing(checkpoint, progress, [history], settings.checkpoint_every, resume_hint=RESUME_HINT)
     log(f"live curves: tensorboard --logdir {checkpoint.logs} (moved into the run when it is written)")
-    fit_from(
+    distribute.fit_from(
         model, train_data, epochs_done, steps_done, settings.epochs,
         validation_data=valid_data,
         # A non-finite loss stops before the step's checkpoint: the last one saved stays good.

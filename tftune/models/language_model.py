@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from tftune.distribute import scale_loss_for_replicas
+from tftune.replicas import scale_loss_for_replicas
 from tftune.models import DIRECTIONS, OUTPUTS
 from tftune.models.backbone import deserialized, serialized
 from tftune.models.task import Task
