@@ -400,7 +400,7 @@ def callers_state_kept(verbose):
     import numpy as np
     import tensorflow as tf
 
-    from tftune.training import FIT_VERBOSITY
+    from tftune.run_setup import FIT_VERBOSITY
 
     python_state, numpy_state = random.getstate(), np.random.get_state()
     global_seed = tf.compat.v1.get_seed(None)[0]

@@ -61,7 +61,7 @@ from tftune.runs import (
 )
 from tftune.run_lock import exclusive_output, holds_output_lock
 from tftune.schedules import DiscriminativeAdam, discriminative_multipliers
-from tftune.training import (
+from tftune.run_setup import (
     RESUME_HINT,
     check_encoder_matches,
     check_same_data,

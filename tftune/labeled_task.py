@@ -21,7 +21,7 @@ from tftune.embeddings import load_vectors
 from tftune.errors import DataError
 from tftune.open_vocab import OpenWords, grow_vocabulary, measure_growth
 from tftune.text import Vocabulary
-from tftune.training import log
+from tftune.run_setup import log
 
 
 @dataclasses.dataclass

@@ -39,7 +39,7 @@ from tftune.replicas import clip_after_all_reduce
 from tftune.run_lock import holds_output_lock
 from tftune.runs import PretrainRun, check_run_paths, reading_artifact
 from tftune.text import Tokenizer
-from tftune.training import (
+from tftune.run_setup import (
     RESUME_HINT,
     check_encoder_matches,
     check_same_data,

@@ -20,7 +20,7 @@ import tensorflow as tf
 from tftune import distribute
 from tftune.callbacks import Plugin
 from tftune.schedules import OneCycle, SlantedTriangular, Stage, unfreezing_stages
-from tftune.training import log
+from tftune.run_setup import log
 
 
 def member_stages(settings, n_layers):

@@ -1,4 +1,4 @@
-"""What pretraining and fine-tuning share: logging, precision, distribution, checkpoints, run checks.
+"""A training run's setup, shared by pretraining and fine-tuning: logging, precision, distribution, checkpoints.
 
 `tftune.pretraining` and `tftune.finetuning` run their stages with these. Both train under the
 recipe's `[distribute]` strategy (see `tftune.distribute`): one device, `mirrored` over local
@@ -6,7 +6,7 @@ devices, or `multi-worker` over several processes, where only the chief writes t
 
 Example:
 
->>> from tftune.training import resolve_policy
+>>> from tftune.run_setup import resolve_policy
 >>> resolve_policy("float32")
 'float32'
 """
