@@ -32,7 +32,8 @@ import numpy as np
 from tftune.callbacks import plugin_arrays, plugin_states
 from tftune.errors import Interrupted, RecipeError, RunError, WriteError
 from tftune.recipe import Recipe
-from tftune.runs import CHECKPOINT_STATE, hidden_sibling, live_logs
+from tftune.output_paths import hidden_sibling, live_logs
+from tftune.runs import CHECKPOINT_STATE
 from tftune.staging import close_failed_h5_files, fault_point, replace_directory, write_failure
 
 STATE = CHECKPOINT_STATE
@@ -58,7 +59,7 @@ class RunCheckpoint:
 
     @property
     def logs(self):
-        """The run's live TensorBoard logs, beside the checkpoint (`tftune.runs.live_logs`)."""
+        """The run's live TensorBoard logs, beside the checkpoint (`tftune.output_paths.live_logs`)."""
         return live_logs(self.out)
 
     @property

@@ -51,14 +51,8 @@ from tftune.models import (
 from tftune.open_vocab import grow_encoder
 from tftune.pretrained_models import resolve_run
 from tftune.recipe import Recipe
-from tftune.runs import (
-    FinetuneRun,
-    PretrainRun,
-    check_export_paths,
-    check_run_paths,
-    check_writable_target,
-    reading_artifact,
-)
+from tftune.output_paths import check_export_paths, check_run_paths
+from tftune.runs import FinetuneRun, PretrainRun, check_writable_target, reading_artifact
 from tftune.run_lock import exclusive_output, holds_output_lock
 from tftune.schedules import DiscriminativeAdam, discriminative_multipliers
 from tftune.run_setup import (
@@ -96,7 +90,7 @@ def finetune(recipe: Recipe, from_run, out, data: LabeledData, force=False, call
             encoder must match the pretrain runs').
         from_run: a pretrain run directory, or a list of them for an ensemble.
         out: the finetune run directory to create (the SavedModel goes to `out/export`); it may
-            not be, hold or lie inside anything the run reads (see `tftune.runs.check_run_paths`).
+            not be, hold or lie inside anything the run reads (see `tftune.output_paths.check_run_paths`).
         data: the labeled examples (`tftune.inputs.LabeledData`); their fingerprints go into
             `run.json`, and a resumed run refuses other data.
         force: replace an existing non-empty `out`.
@@ -429,7 +423,7 @@ def reexport(run_dir, out, force=False):
     Args:
         run_dir: the finetune run.
         out: the export directory; `run_dir/export`, or a place outside the run (see
-            `tftune.runs.check_export_paths`).
+            `tftune.output_paths.check_export_paths`).
         force: replace an existing non-empty `out`.
     """
     check_export_paths(run_dir, out)

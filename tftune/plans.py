@@ -232,7 +232,8 @@ def _check_before_training(plan, max_memory, base_run):
     from tftune.data import LABELED_SUFFIXES, TEXT_SUFFIXES, check_data_files
     from tftune.embeddings import vector_size
     from tftune.resources import check_fits, parse_size
-    from tftune.runs import check_run_paths, check_writable_target
+    from tftune.output_paths import check_run_paths
+    from tftune.runs import check_writable_target
 
     recipe = plan.recipe
     if recipe.distribute.strategy != "multi-worker":

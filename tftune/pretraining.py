@@ -37,7 +37,8 @@ from tftune.pretrained_models import resolve_run
 from tftune.recipe import Recipe
 from tftune.replicas import clip_after_all_reduce
 from tftune.run_lock import holds_output_lock
-from tftune.runs import PretrainRun, check_run_paths, reading_artifact
+from tftune.output_paths import check_run_paths
+from tftune.runs import PretrainRun, reading_artifact
 from tftune.text import Tokenizer
 from tftune.run_setup import (
     RESUME_HINT,
@@ -69,7 +70,7 @@ def pretrain(recipe: Recipe, out, data: CorpusData, force=False, callbacks=(), f
             `precision` sections are used; with `from_run`, its encoder and vocab sections
             must match the run's).
         out: the run directory to create; it may not be, hold or lie inside anything the run
-            reads (see `tftune.runs.check_run_paths`).
+            reads (see `tftune.output_paths.check_run_paths`).
         data: the text to train on (`tftune.inputs.CorpusData`); its fingerprints go into `run.json`,
             and a resumed run refuses other data.
         force: replace an existing non-empty `out`.

@@ -59,7 +59,7 @@ def shipped_dirs() -> tuple[Path, ...]:
 
     These are the folders in use: inside the installed package, or the checkout's for an
     editable install. Every command reads from them, so none may write there (see
-    `tftune.runs.check_output_paths`).
+    `tftune.output_paths.check_output_paths`).
     """
     return tuple(path.resolve() for path in (RECIPES_DIR, PRETRAINED_DIR))
 
