@@ -300,7 +300,7 @@ import keras
 """
     + TINY_DATA
     + """
-from tftune.data import lm_dataset
+from tftune.batches import lm_dataset
 from tftune.models import LanguageModel, build_encoder
 
 
@@ -408,7 +408,7 @@ import keras
 """
     + TINY_DATA
     + """
-from tftune.data import classification_dataset
+from tftune.batches import classification_dataset
 from tftune.models import TextClassifier, build_encoder
 from tftune.schedules import DiscriminativeAdam, SlantedTriangular
 
@@ -503,7 +503,7 @@ import keras
 """
     + TINY_DATA
     + """
-from tftune.data import ShuffledEpochs, classification_dataset
+from tftune.batches import ShuffledEpochs, classification_dataset
 from tftune.unfreezing import fit_unfreezing_stages
 from tftune.export import export_classifier
 from tftune.models import LanguageModel, TextClassifier, TextPreprocessor, build_encoder
@@ -624,7 +624,7 @@ import keras
 """
     + TINY_DATA
     + """
-from tftune.data import classification_dataset
+from tftune.batches import classification_dataset
 from tftune.models import TextClassifier, build_encoder
 
 data = classification_dataset(docs, labels, 8).take(1)

@@ -19,14 +19,14 @@ What was found on TensorFlow 2.21 / Keras 3.15 (see `tests/test_distribute.py`):
   `tftune.fast_rnn` layers with their custom gradient, `DiscriminativeAdam` with its
   per-variable multipliers, the classifier re-compiled per unfreezing stage, class weights)
   with the same losses and weights as one device, up to float rounding, on unshuffled data and
-  over several epochs of shuffled training batches (`tftune.data.ShuffledEpochs`).
+  over several epochs of shuffled training batches (`tftune.batches.ShuffledEpochs`).
 - Under a strategy, Keras' `fit` first pulls a batch from a fresh iteration of the data to build
   the model (`_maybe_symbolic_build`), and without `steps_per_epoch` it iterates the data afresh
   every epoch. That once shifted the order of datasets that reshuffled on every iteration.
   tftune's training batches (`ShuffledEpochs`) draw each epoch in an order that depends on the
   seed and the epoch alone, and every iteration starts at the same epoch, so extra iterations
   change nothing: `fit` here calls Keras' `fit` on one device and under `MirroredStrategy` alike
-  (`tftune.checkpoints.fit_from` gives it the epochs back to back and `steps_per_epoch`, so
+  (`fit_from` gives it the epochs back to back and `steps_per_epoch`, so
   that one iterator runs across them).
 - Two `MirroredStrategy` objects over the same devices in one process number their collectives
   alike; training under the second after the first fails with a collective "shape mismatch".
@@ -445,7 +445,7 @@ def fit_from(model, data, epochs_done, steps_done, epochs, **fit_kwargs):
 
     Args:
         model: the compiled model, its weights and optimizer already restored.
-        data: the training batches, a `tftune.data.ShuffledEpochs`.
+        data: the training batches, a `tftune.batches.ShuffledEpochs`.
         epochs_done: epochs completed before the checkpoint.
         steps_done: steps of the next epoch completed before the checkpoint.
         epochs: the epoch to stop after (Keras' `epochs`).

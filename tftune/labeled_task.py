@@ -2,7 +2,7 @@
 
 `prepare_task` reads train/valid/test (`tftune.inputs.LabeledData`), holds out validation
 examples when none are given, grows the pretrain run's vocabulary with the task's words that
-have a vector (`vocab.open`), and batches each split by length (`tftune.data.classification_dataset`).
+have a vector (`vocab.open`), and batches each split by length (`tftune.batches.classification_dataset`).
 
 Example:
 
@@ -16,7 +16,8 @@ from collections import Counter
 
 import numpy as np
 
-from tftune.data import classification_dataset, stratified_holdout, truncate
+from tftune.batches import classification_dataset, truncate
+from tftune.data import stratified_holdout
 from tftune.embeddings import load_vectors
 from tftune.errors import DataError
 from tftune.open_vocab import OpenWords, grow_vocabulary, measure_growth

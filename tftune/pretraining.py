@@ -26,7 +26,7 @@ from tftune import distribute, keras_private
 from tftune.cache import PendingCorpus
 from tftune.callbacks import StageHistory, StopOnNonFiniteLoss, Throughput, restore_plugins, tensorboard
 from tftune.checkpoints import Checkpointing, RunCheckpoint
-from tftune.data import lm_dataset
+from tftune.batches import lm_dataset
 from tftune.embeddings import align, load_vectors
 from tftune.errors import RunError
 from tftune.inputs import CorpusData

@@ -109,7 +109,7 @@ def fit_unfreezing_stages(classifier, optimizer, stages, train_data, stage_rate,
         classifier: a `TextClassifier`.
         optimizer: its optimizer, built on every variable that will ever train.
         stages: `tftune.schedules.Stage`s, in order.
-        train_data: the training batches, a `tftune.data.ShuffledEpochs` (see `tftune.checkpoints.fit_from`).
+        train_data: the training batches, a `tftune.batches.ShuffledEpochs` (see `tftune.distribute.fit_from`).
         stage_rate: `(stage number, start step, steps) -> learning rate or schedule` of a stage.
         validation_data, class_weight, callbacks, verbose: as in `fit`.
         position: the `StagePosition` to start from (default: the start); it tracks the stage's start step.
