@@ -243,7 +243,7 @@ def _check_before_training(plan, max_memory, base_run):
         check_data_files([path for _, path in plan.data.files()],
                          TEXT_SUFFIXES if plan.kind == "pretrain" else LABELED_SUFFIXES)
     limit = parse_size(max_memory) if max_memory is not None else None
-    vocab_size, dim = None, vector_size(recipe.embeddings.path, recipe.embeddings.format)
+    vocabulary_size, dim = None, vector_size(recipe.embeddings.path, recipe.embeddings.format)
     if base_run is not None:
-        vocab_size, dim = base_run.vocab_size(), base_run.info.get("embedding_dim")
-    check_fits(recipe, plan.kind, limit, vocab_size, dim)
+        vocabulary_size, dim = base_run.vocabulary_size(), base_run.info.get("embedding_dim")
+    check_fits(recipe, plan.kind, limit, vocabulary_size, dim)

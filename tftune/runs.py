@@ -281,7 +281,7 @@ class Run:
     def embedding_dim(self) -> int:
         return self.info["embedding_dim"]
 
-    def vocab_size(self) -> int | None:
+    def vocabulary_size(self) -> int | None:
         """Rows of the vocabulary, counted without loading it (None if the file cannot be read)."""
         try:
             with open(self.vocab_file, "rb") as vocab:
