@@ -241,38 +241,50 @@ def make_strategy(name, devices=None):
             raise RecipeError('distribute.devices: only used with distribute.strategy = "mirrored"')
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        if devices:
-            available = {_canonical_device(d.name) for d in tf.config.list_logical_devices()}
-            unknown = [d for d in devices if _canonical_device(d) not in available]
-            if unknown:
-                raise RecipeError(
-                    f"distribute.devices: no such device {', '.join(map(repr, unknown))}; this machine has "
-                    f"{', '.join(sorted(available))}"
-                )
-            if len({_canonical_device(d) for d in devices}) != len(devices):
-                raise RecipeError(f"distribute.devices: a device is listed twice in {devices}")
-        # MirroredStrategy(None) takes every GPU, else the CPU: the same devices, the same strategy.
-        default = [d.name for d in tf.config.list_logical_devices("GPU")] or ["/cpu:0"]
-        key = (name, tuple(sorted(_canonical_device(d) for d in devices or default)))
-        if key not in _MIRRORED:
-            _MIRRORED[key] = tf.distribute.MirroredStrategy(devices or None)
-        return _MIRRORED[key]
+        return _mirrored_strategy(devices)
     if devices:
         raise RecipeError(
             'distribute.devices: not used with "multi-worker"; each worker uses its local devices '
             "(CUDA_VISIBLE_DEVICES picks them)"
         )
-    config = read_tf_config()
-    if config is None:
+    return _multi_worker_strategy()
+
+
+def _mirrored_strategy(devices):
+    """The process's `MirroredStrategy` over `devices` (checked), or over every GPU (else the CPU)."""
+    tf = _tf()
+    if devices:
+        available = {_canonical_device(d.name) for d in tf.config.list_logical_devices()}
+        unknown = [d for d in devices if _canonical_device(d) not in available]
+        if unknown:
+            raise RecipeError(
+                f"distribute.devices: no such device {', '.join(map(repr, unknown))}; this machine has "
+                f"{', '.join(sorted(available))}"
+            )
+        if len({_canonical_device(d) for d in devices}) != len(devices):
+            raise RecipeError(f"distribute.devices: a device is listed twice in {devices}")
+    # MirroredStrategy(None) takes every GPU, else the CPU: the same devices, the same strategy.
+    default = [d.name for d in tf.config.list_logical_devices("GPU")] or ["/cpu:0"]
+    key = ("mirrored", tuple(sorted(_canonical_device(d) for d in devices or default)))
+    if key not in _MIRRORED:
+        _MIRRORED[key] = tf.distribute.MirroredStrategy(devices or None)
+    return _MIRRORED[key]
+
+
+def _multi_worker_strategy():
+    """The process's `MultiWorkerMirroredStrategy`, joined once, from `TF_CONFIG`."""
+    tf = _tf()
+    if read_tf_config() is None:
         raise RunError(
             'distribute.strategy = "multi-worker" needs the TF_CONFIG environment variable, e.g. '
             '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
         )
-    if (name, ()) in _MIRRORED:
-        return _MIRRORED[name, ()]  # one per process: the cluster is joined once
+    key = ("multi-worker", ())
+    if key in _MIRRORED:
+        return _MIRRORED[key]  # one per process: the cluster is joined once
     try:
-        _MIRRORED[name, ()] = tf.distribute.MultiWorkerMirroredStrategy()
-        return _MIRRORED[name, ()]
+        _MIRRORED[key] = tf.distribute.MultiWorkerMirroredStrategy()
+        return _MIRRORED[key]
     except (RuntimeError, ValueError) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RunError(

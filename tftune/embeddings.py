@@ -344,17 +344,24 @@ def align(
         matrix[found_rows] = kv.vectors[found_indices]
 
     if marker_rows or missing_rows:
-        mean, std = _column_stats(kv.vectors)
-        random_rows = sorted(marker_rows + missing_rows) if oov == "random" else marker_rows
-        rng = np.random.default_rng(seed)
-        matrix[random_rows] = rng.standard_normal((len(random_rows), kv.vector_size)) * std
-        if oov == "mean":
-            matrix[missing_rows] = mean
+        _fill_rows_without_vectors(matrix, kv.vectors, marker_rows, missing_rows, oov, seed)
 
     words = [token for token in tokens if token not in SPECIAL_TOKENS]
     missing = {tokens[row] for row in missing_rows}
     coverage = _measure(words, missing, counts, vocab_size=len(tokens))
     return matrix, coverage
+
+
+def _fill_rows_without_vectors(matrix, vectors, marker_rows, missing_rows, oov, seed):
+    """Fills the rows of the special markers (always random) and of words without a vector (by `oov`)."""
+    import numpy as np
+
+    mean, std = _column_stats(vectors)
+    random_rows = sorted(marker_rows + missing_rows) if oov == "random" else marker_rows
+    rng = np.random.default_rng(seed)
+    matrix[random_rows] = rng.standard_normal((len(random_rows), vectors.shape[1])) * std
+    if oov == "mean":
+        matrix[missing_rows] = mean
 
 
 def inspect_vectors(
