@@ -49,9 +49,9 @@ from tftune.models import (
     global_policy_restored,
 )
 from tftune.open_vocab import grow_encoder
+from tftune.output_paths import check_export_paths, check_run_paths
 from tftune.pretrained_models import resolve_run
 from tftune.recipe import Recipe
-from tftune.output_paths import check_export_paths, check_run_paths
 from tftune.runs import FinetuneRun, PretrainRun, check_writable_target, reading_artifact
 from tftune.run_lock import exclusive_output, holds_output_lock
 from tftune.schedules import DiscriminativeAdam, discriminative_multipliers

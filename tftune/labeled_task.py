@@ -21,8 +21,8 @@ from tftune.data import stratified_holdout
 from tftune.embeddings import load_vectors
 from tftune.errors import DataError
 from tftune.open_vocab import OpenWords, grow_vocabulary, measure_growth
-from tftune.text import Vocabulary
 from tftune.run_setup import log
+from tftune.text import Vocabulary
 
 
 @dataclasses.dataclass

@@ -19,8 +19,8 @@ import tensorflow as tf
 
 from tftune import distribute
 from tftune.callbacks import Plugin
-from tftune.schedules import OneCycle, SlantedTriangular, Stage, unfreezing_stages
 from tftune.run_setup import log
+from tftune.schedules import OneCycle, SlantedTriangular, Stage, unfreezing_stages
 
 
 def member_stages(settings, n_layers):
@@ -139,8 +139,8 @@ def fit_unfreezing_stages(classifier, optimizer, stages, train_data, stage_rate,
             if hasattr(callback, "set_stage"):
                 callback.set_stage(number + 1, sorted(trainable))
         distribute.fit_from(classifier, train_data, position.epochs_done, position.steps_done, stage_end,
-                 validation_data=validation_data, class_weight=class_weight, callbacks=list(callbacks), shuffle=False,
-                 verbose=verbose)
+                            validation_data=validation_data, class_weight=class_weight, callbacks=list(callbacks),
+                            shuffle=False, verbose=verbose)
         position.epochs_done, position.steps_done = stage_end, 0
         if classifier.stop_training:
             break
