@@ -143,7 +143,8 @@ def _prepared_data(spec):
     import numpy as np
 
     from tftune.cache import split_documents
-    from tftune.data import lm_windows, read_corpus
+    from tftune.batches import lm_windows
+    from tftune.data import read_corpus
     from tftune.embeddings import align, load_vectors
     from tftune.text import Tokenizer, Vocabulary
 

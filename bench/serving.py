@@ -144,7 +144,8 @@ def measure(args):
     import keras
     import tensorflow as tf
 
-    from tftune.data import read_labeled, truncate
+    from tftune.batches import truncate
+    from tftune.data import read_labeled
     from tftune.export import SIGNATURE, find_export
 
     sizes = SMOKE if args.smoke else FULL

@@ -235,7 +235,7 @@ def evaluate(model, data, *, text_column="text", label_column="label", encoding=
     """
     from tftune.data import read_labeled
     from tftune.errors import WriteError
-    from tftune.runs import check_output_paths
+    from tftune.output_paths import check_output_paths
 
     if plot is not None:
         check_output_paths([("--plot", plot)], [("evaluated model", model), ("--data file", data)])
@@ -292,7 +292,7 @@ def export(run, out=None, *, force=False):
         The export directory.
     """
     from tftune.errors import WriteError
-    from tftune.runs import check_export_paths
+    from tftune.output_paths import check_export_paths
     from tftune.staging import write_failure
 
     out = Path(out if out is not None else FinetuneRun(run).export)
@@ -423,7 +423,7 @@ def callers_state_kept(verbose):
     import numpy as np
     import tensorflow as tf
 
-    from tftune.training import FIT_VERBOSITY
+    from tftune.run_setup import FIT_VERBOSITY
 
     python_state, numpy_state = random.getstate(), np.random.get_state()
     global_seed = tf.compat.v1.get_seed(None)[0]

@@ -232,7 +232,8 @@ def _check_before_training(plan, max_memory, base_run):
     from tftune.data import LABELED_SUFFIXES, TEXT_SUFFIXES, check_data_files
     from tftune.embeddings import vector_size
     from tftune.resources import check_fits, parse_size
-    from tftune.runs import check_run_paths, check_writable_target
+    from tftune.output_paths import check_run_paths
+    from tftune.runs import check_writable_target
 
     recipe = plan.recipe
     if recipe.distribute.strategy != "multi-worker":
@@ -242,7 +243,7 @@ def _check_before_training(plan, max_memory, base_run):
         check_data_files([path for _, path in plan.data.files()],
                          TEXT_SUFFIXES if plan.kind == "pretrain" else LABELED_SUFFIXES)
     limit = parse_size(max_memory) if max_memory is not None else None
-    vocab_size, dim = None, vector_size(recipe.embeddings.path, recipe.embeddings.format)
+    vocabulary_size, dim = None, vector_size(recipe.embeddings.path, recipe.embeddings.format)
     if base_run is not None:
-        vocab_size, dim = base_run.vocab_size(), base_run.info.get("embedding_dim")
-    check_fits(recipe, plan.kind, limit, vocab_size, dim)
+        vocabulary_size, dim = base_run.vocabulary_size(), base_run.info.get("embedding_dim")
+    check_fits(recipe, plan.kind, limit, vocabulary_size, dim)
