@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tftune import bidirectional
 from tftune.errors import DataError, RunError
 from tftune.inputs import corpus_data, labeled_data
 from tftune.pretrained_models import resolve_run
@@ -75,6 +76,9 @@ def plan_pretrain(texts=None, *, out=None, valid=None, from_run=None, recipe=Non
         The `Plan`.
     """
     from_runs = [] if from_run is None else [resolve_run(from_run)]
+    if from_runs and bidirectional.members(from_runs[0]) is not None:
+        raise RunError(f"{from_run}: is a bidirectional run; continue it with --bidirectional, or give one of "
+                       f"its directions (e.g. {Path(from_run) / 'forward'})")
     base = PretrainRun.open(from_runs[0], require=() if recipe else ("recipe_file",)) if from_runs else None
     resolved = resolve_recipe(recipe, settings, base, out, resume)
     _check_resumable_here(resolved, resume)
@@ -104,7 +108,8 @@ def plan_finetune(from_run, train=None, *, out=None, valid=None, test=None, reci
     """
     given = [from_run] if isinstance(from_run, (str, os.PathLike)) else list(from_run)
     # A wrong --from fails here, before the slow TensorFlow import; training checks the rest of the run.
-    members = [PretrainRun.open(resolve_run(run), require=() if recipe else ("recipe_file",)) for run in given]
+    # A bidirectional run stands for its forward and backward runs.
+    members = [PretrainRun.open(run, require=() if recipe else ("recipe_file",)) for run in bidirectional.expand(given)]
     resolved = resolve_recipe(recipe, settings, members[0], out, resume)
     _check_resumable_here(resolved, resume)
     out = Path(out if out is not None else f"runs/{resolved.name}-finetune")
@@ -203,11 +208,16 @@ def _checkpoint(out):
 def _recorded_data(out, roles):
     """What the interrupted run at `out` was trained on, for `resume` without data: its files (one
     argument per role, None for a role it had not) and how it read them (columns, encoding)."""
-    inputs = _checkpoint(out).load_state().get("inputs")
+    return recorded_files(_checkpoint(out).load_state().get("inputs"), roles, out)
+
+
+def recorded_files(inputs, roles, where):
+    """The files (one argument per role) and how they were read, from the `inputs` a checkpoint or
+    `run.json` at `where` recorded; a one-line error when they were not files."""
     if inputs is None:  # written before data were recorded (they were recipe settings then)
-        raise DataError(f"{out}: its checkpoint does not record the run's data; give the same data again to resume")
+        raise DataError(f"{where}: its checkpoint does not record the run's data; give the same data again to resume")
     if any(isinstance(inputs.get(role), dict) for role in roles):
-        raise DataError(f"{out}: the interrupted run was trained on examples in memory; give them again to resume")
+        raise DataError(f"{where}: the interrupted run was trained on examples in memory; give them again to resume")
     files = [[Path(item["path"]) for item in inputs[role]] if inputs.get(role) else None for role in roles]
     # A pretrain corpus may be several files; a labeled split is one.
     files = [paths if role == "corpus" or paths is None else paths[0] for role, paths in zip(roles, files)]

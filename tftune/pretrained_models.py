@@ -18,11 +18,11 @@ run_dir = resolve_run("lstm-glove-general")  # .../pretrained/lstm-glove-general
 import dataclasses
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tftune.errors import RunError
-from tftune.runs import PretrainRun
+from tftune.runs import PretrainRun, read_json, write_json
 from tftune.shipped import PRETRAINED_DIR
 
 MODEL_CARD = "README.md"
@@ -130,6 +130,7 @@ def publish(
     continue_with: str | os.PathLike | None = None,
     description: str | None = None,
     overrides: Sequence[str] = (),
+    partners: Mapping[str, str] | None = None,
 ) -> Path:
     """Copies a pretrain run into a preset folder: float16 weights, no optimizer state, relative paths.
 
@@ -155,6 +156,9 @@ def publish(
             default: the run's.
         overrides: "section.key=value" settings applied last to the preset's recipe, e.g. a
             lower `pretrain.learning_rate` for the target-domain step.
+        partners: the presets of the other direction, by direction, e.g.
+            `{"backward": "lstm-glove-general-backward"}`: `pretrain --bidirectional` continues
+            both (`tftune.bidirectional`). Recorded in the preset's `run.json`.
 
     Example:
 
@@ -193,6 +197,8 @@ def publish(
         recipe["description"] = description
     recipe = Recipe(recipe).with_overrides(overrides)
     preset.write_recipe(recipe, write_path)
+    if partners:
+        write_json(preset.info_file, {**read_json(preset.info_file), "partners": dict(partners)})
     return destination
 
 
