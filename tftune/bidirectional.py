@@ -122,7 +122,7 @@ def plan_bidirectional(texts=None, *, out=None, valid=None, from_run=None, recip
     Returns:
         The `BidirectionalPlan`.
     """
-    from tftune.plans import plan_pretrain, resolve_recipe
+    from tftune.plans import plan_pretrain, resolve_recipe, settings_list
 
     if from_run is None:
         raise DataError("--bidirectional needs --from: a forward pretrain run or shipped model that names its "
@@ -147,7 +147,7 @@ def plan_bidirectional(texts=None, *, out=None, valid=None, from_run=None, recip
             plans[direction] = None
             continue
         interrupted = resume and (hidden_sibling(target, "checkpoint") / CHECKPOINT_STATE).is_file()
-        direction_settings = [*_as_list(settings), ("pretrain.direction", direction)] if recipe else settings
+        direction_settings = [*settings_list(settings), ("pretrain.direction", direction)] if recipe else settings
         plans[direction] = plan_pretrain(
             texts, out=target, valid=valid, from_run=base_run, recipe=recipe, settings=direction_settings,
             force=force and not resume, resume=interrupted, text_column=text_column, encoding=encoding, max_memory=max_memory)
@@ -202,9 +202,3 @@ def _recorded_data(work):
                 return recorded_files(read_json(record).get("inputs"), ("corpus", "valid"), target)
     raise DataError(f"{work}: no direction was started; give the data again to resume")
 
-
-def _as_list(settings):
-    """Recipe settings (a mapping, one string or a sequence) as a list of overrides."""
-    if isinstance(settings, dict):
-        return list(settings.items())
-    return [settings] if isinstance(settings, str) else list(settings)

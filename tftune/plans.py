@@ -133,11 +133,7 @@ def resolve_recipe(recipe, settings=(), base_run=None, out=None, resume=False):
     defaults; else the default recipe. `settings` go on top: a mapping, `"section.key=value"`
     strings or `(key, value)` pairs.
     """
-    if isinstance(settings, Mapping):
-        settings = list(settings.items())
-    elif isinstance(settings, str):
-        settings = [settings]
-    settings = list(settings)
+    settings = settings_list(settings)
     if isinstance(recipe, Recipe):
         return recipe.with_overrides(settings)
     if recipe is not None:
@@ -147,6 +143,13 @@ def resolve_recipe(recipe, settings=(), base_run=None, out=None, resume=False):
     if base_run is not None:
         return Recipe.from_toml_file(base_run.recipe_file, [*LOCAL_DISTRIBUTE, *settings])
     return load_recipe(DEFAULT_RECIPE, settings)
+
+
+def settings_list(settings):
+    """Recipe settings, given as a mapping, one `"section.key=value"` string or a sequence, as a list."""
+    if isinstance(settings, Mapping):
+        return list(settings.items())
+    return [settings] if isinstance(settings, str) else list(settings)
 
 
 def run_plan(plan, callbacks=(), strategy=None):
