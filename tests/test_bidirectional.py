@@ -1,4 +1,5 @@
-"""Both directions in one command: `pretrain --bidirectional`, then `finetune` of the ensemble, served from raw strings."""
+"""Both directions in one command: `pretrain --bidirectional`, then `finetune` of the ensemble, served from
+raw strings."""
 
 import json
 import os

@@ -127,11 +127,12 @@ def _pretrain_both(texts, *, callbacks, verbose, **request):
     plan = plan_bidirectional(texts, **request)
     history = keras_history()
     with callers_state_kept(verbose):
-        from tftune.bidirectional import members
+        from tftune.pretrained_models import bidirectional_members
         from tftune.models import LanguageModel
 
         metrics = run_bidirectional(plan, callbacks=[history, *callbacks])
-        models = {direction: LanguageModel.from_preset(path) for direction, path in members(plan.out).items()}
+        runs = bidirectional_members(plan.out)
+        models = {direction: LanguageModel.from_preset(path) for direction, path in runs.items()}
         return Trained(models, metrics, plan.out, history)
 
 

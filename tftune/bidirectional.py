@@ -31,35 +31,14 @@ from pathlib import Path
 
 from tftune.errors import DataError, RunError
 from tftune.models import DIRECTIONS
-from tftune.pretrained_models import resolve_run
+from tftune.plans import plan_pretrain, recorded_files, resolve_recipe, run_plan, settings_list
+from tftune.pretrained_models import BIDIRECTIONAL_KIND, bidirectional_members, resolve_run
 from tftune.runs import (CHECKPOINT_STATE, FORMAT_VERSION, RUN_INFO, PretrainRun, check_output_paths,
-                         check_writable_target, checkpoint_published, hidden_sibling, read_json, run_outputs, write_json)
+                         check_writable_target, checkpoint_published, hidden_sibling, read_json, run_outputs,
+                         write_json)
 from tftune.staging import replace_directory
 
 logger = logging.getLogger(__name__)
-
-KIND = "bidirectional-pretrain"
-
-
-def members(path):
-    """`{direction: run directory}` of the bidirectional run at `path`, or None when it is none."""
-    path = Path(path)
-    if not (path / RUN_INFO).is_file():
-        return None
-    info = read_json(path / RUN_INFO)
-    if not isinstance(info, dict) or info.get("kind") != KIND:
-        return None
-    return {direction: path / name for direction, name in info["members"].items()}
-
-
-def expand(runs):
-    """The pretrain runs behind `runs` (names or paths): a bidirectional run stands for its members."""
-    expanded = []
-    for run in runs:
-        path = resolve_run(run)
-        expanded.extend((members(path) or {None: path}).values())
-    return expanded
-
 
 def partner_runs(from_run):
     """`{"forward": run, "backward": run}` for `--from from_run --bidirectional`: the run and its partner.
@@ -67,7 +46,7 @@ def partner_runs(from_run):
     A one-line `DataError` when the run names no partner of the other direction.
     """
     path = resolve_run(from_run)
-    own = members(path)
+    own = bidirectional_members(path)
     if own is not None:
         return own
     run = PretrainRun.open(path, require=("recipe_file",))
@@ -122,8 +101,6 @@ def plan_bidirectional(texts=None, *, out=None, valid=None, from_run=None, recip
     Returns:
         The `BidirectionalPlan`.
     """
-    from tftune.plans import plan_pretrain, resolve_recipe, settings_list
-
     if from_run is None:
         raise DataError("--bidirectional needs --from: a forward pretrain run or shipped model that names its "
                         "backward partner, or a bidirectional run")
@@ -150,14 +127,13 @@ def plan_bidirectional(texts=None, *, out=None, valid=None, from_run=None, recip
         direction_settings = [*settings_list(settings), ("pretrain.direction", direction)] if recipe else settings
         plans[direction] = plan_pretrain(
             texts, out=target, valid=valid, from_run=base_run, recipe=recipe, settings=direction_settings,
-            force=force and not resume, resume=interrupted, text_column=text_column, encoding=encoding, max_memory=max_memory)
+            force=force and not resume, resume=interrupted, text_column=text_column, encoding=encoding,
+            max_memory=max_memory)
     return BidirectionalPlan(out, work, plans, from_runs, force, resume)
 
 
 def run_bidirectional(plan, callbacks=(), strategy=None):
     """Trains the directions `plan` has left, then publishes both as one run; returns `{direction: metrics}`."""
-    from tftune.plans import run_plan
-
     if not plan.resume and plan.work.exists():  # --force: start over from an interrupted run
         shutil.rmtree(plan.work)
     plan.work.mkdir(parents=True, exist_ok=True)
@@ -170,14 +146,15 @@ def run_bidirectional(plan, callbacks=(), strategy=None):
     from tftune import __version__
 
     write_json(plan.work / RUN_INFO, {
-        "kind": KIND, "format": FORMAT_VERSION, "tftune_version": __version__,
+        "kind": BIDIRECTIONAL_KIND, "format": FORMAT_VERSION, "tftune_version": __version__,
         "members": {direction: direction for direction in plan.plans},
         "from_runs": {direction: str(path) for direction, path in plan.from_runs.items()},
     })
     check_writable_target(plan.out, plan.force)
     replace_directory(plan.work, plan.out, fault="publish")
     logger.info(f"bidirectional run written to {plan.out}")
-    return {direction: PretrainRun.open(path, require=()).metrics() for direction, path in members(plan.out).items()}
+    runs = bidirectional_members(plan.out)
+    return {direction: PretrainRun.open(path, require=()).metrics() for direction, path in runs.items()}
 
 
 def _check_work_folder(out, work, force, resume):
@@ -193,8 +170,6 @@ def _check_work_folder(out, work, force, resume):
 def _recorded_data(work):
     """`((corpus, valid), reading)` that the interrupted run in `work` recorded: a direction's
     checkpoint, else a direction already written."""
-    from tftune.plans import recorded_files
-
     for direction in DIRECTIONS:
         target = work / direction
         for record in (hidden_sibling(target, "checkpoint") / CHECKPOINT_STATE, target / RUN_INFO):

@@ -28,10 +28,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tftune import bidirectional
 from tftune.errors import DataError, RunError
 from tftune.inputs import corpus_data, labeled_data
-from tftune.pretrained_models import resolve_run
+from tftune.pretrained_models import bidirectional_members, resolve_run, resolve_runs
 from tftune.quiet_import import import_tensorflow_quietly
 from tftune.recipe import DEFAULT_RECIPE, LOCAL_DISTRIBUTE, Recipe, load_recipe
 from tftune.runs import PretrainRun
@@ -76,7 +75,7 @@ def plan_pretrain(texts=None, *, out=None, valid=None, from_run=None, recipe=Non
         The `Plan`.
     """
     from_runs = [] if from_run is None else [resolve_run(from_run)]
-    if from_runs and bidirectional.members(from_runs[0]) is not None:
+    if from_runs and bidirectional_members(from_runs[0]) is not None:
         raise RunError(f"{from_run}: is a bidirectional run; continue it with --bidirectional, or give one of "
                        f"its directions (e.g. {Path(from_run) / 'forward'})")
     base = PretrainRun.open(from_runs[0], require=() if recipe else ("recipe_file",)) if from_runs else None
@@ -109,7 +108,7 @@ def plan_finetune(from_run, train=None, *, out=None, valid=None, test=None, reci
     given = [from_run] if isinstance(from_run, (str, os.PathLike)) else list(from_run)
     # A wrong --from fails here, before the slow TensorFlow import; training checks the rest of the run.
     # A bidirectional run stands for its forward and backward runs.
-    members = [PretrainRun.open(run, require=() if recipe else ("recipe_file",)) for run in bidirectional.expand(given)]
+    members = [PretrainRun.open(run, require=() if recipe else ("recipe_file",)) for run in resolve_runs(given)]
     resolved = resolve_recipe(recipe, settings, members[0], out, resume)
     _check_resumable_here(resolved, resume)
     out = Path(out if out is not None else f"runs/{resolved.name}-finetune")

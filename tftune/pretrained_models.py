@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tftune.errors import RunError
-from tftune.runs import PretrainRun, read_json, write_json
+from tftune.runs import RUN_INFO, PretrainRun, read_json, write_json
 from tftune.shipped import PRETRAINED_DIR
 
 MODEL_CARD = "README.md"
@@ -117,6 +117,30 @@ def resolve_run(name_or_path: str | os.PathLike) -> Path:
         return preset
     names = ", ".join(preset_names()) or "none shipped"
     raise RunError(f"{name_or_path}: no such run directory, nor a pretrained model of that name (pretrained: {names})")
+
+
+# A folder of two pretrain runs, one per direction (`tftune.bidirectional`).
+BIDIRECTIONAL_KIND = "bidirectional-pretrain"
+
+
+def bidirectional_members(path):
+    """`{direction: run directory}` of the bidirectional run at `path`, or None when it is none."""
+    path = Path(path)
+    if not (path / RUN_INFO).is_file():
+        return None
+    info = read_json(path / RUN_INFO)
+    if not isinstance(info, dict) or info.get("kind") != BIDIRECTIONAL_KIND:
+        return None
+    return {direction: path / name for direction, name in info["members"].items()}
+
+
+def resolve_runs(runs):
+    """The pretrain runs behind `runs` (names or paths): a bidirectional run stands for its members."""
+    expanded = []
+    for run in runs:
+        path = resolve_run(run)
+        expanded.extend((bidirectional_members(path) or {None: path}).values())
+    return expanded
 
 
 # The recipe sections that say how to train (not what the model is): a preset takes them from the
