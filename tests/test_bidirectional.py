@@ -111,3 +111,14 @@ def test_the_python_api_writes_the_same_run(presets, tiny_runs, tmp_path):
     assert {direction: lm.direction for direction, lm in both.model.items()} == {"forward": "forward",
                                                                                  "backward": "backward"}
     assert both.metrics["backward"]["valid"]["perplexity"] > 1.0
+
+
+def test_an_out_over_the_run_it_continues_is_refused_even_with_force(presets, tiny_runs, tmp_path):
+    shipped = shutil.copytree(presets, tmp_path / "pretrained")
+    before = sorted(path.name for path in (shipped / "tiny").iterdir())
+    result = run_tftune("pretrain", "--from", shipped / "tiny", "--bidirectional",
+                        *data_flags(tiny_runs["data"], "pretrain"), "--out", shipped / "tiny", "--force")
+    assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert sorted(path.name for path in (shipped / "tiny").iterdir()) == before
+    assert not (shipped / ".tiny.bidirectional").exists()

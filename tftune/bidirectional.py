@@ -109,8 +109,6 @@ def plan_bidirectional(texts=None, *, out=None, valid=None, from_run=None, recip
         base = PretrainRun.open(from_runs["forward"], require=() if recipe else ("recipe_file",))
         out = f"runs/{resolve_recipe(recipe, settings, base).name}-pretrain"
     out, work = Path(out), hidden_sibling(out, "bidirectional")
-    check_output_paths([*run_outputs(out), ("bidirectional work folder", work)],
-                       [("--from run", path) for path in from_runs.values()])
     _check_work_folder(out, work, force, resume)
     check_writable_target(out, force)
     if texts is None and resume:
@@ -129,6 +127,10 @@ def plan_bidirectional(texts=None, *, out=None, valid=None, from_run=None, recip
             texts, out=target, valid=valid, from_run=base_run, recipe=recipe, settings=direction_settings,
             force=force and not resume, resume=interrupted, text_column=text_column, encoding=encoding,
             max_memory=max_memory)
+    data_files = [file for plan in plans.values() if plan is not None for file in plan.data.files()]
+    # Each direction's plan checked its own run; --force replaces `out` and starts `work` over.
+    check_output_paths([*run_outputs(out), ("bidirectional work folder", work)],
+                       [*[("--from run", path) for path in from_runs.values()], *data_files])
     return BidirectionalPlan(out, work, plans, from_runs, force, resume)
 
 
