@@ -33,9 +33,9 @@ from tftune.errors import DataError, RunError
 from tftune.models import DIRECTIONS
 from tftune.plans import plan_pretrain, recorded_files, resolve_recipe, run_plan, settings_list
 from tftune.pretrained_models import BIDIRECTIONAL_KIND, bidirectional_members, resolve_run
-from tftune.runs import (CHECKPOINT_STATE, FORMAT_VERSION, RUN_INFO, PretrainRun, check_output_paths,
-                         check_writable_target, checkpoint_published, hidden_sibling, read_json, run_outputs,
-                         write_json)
+from tftune.output_paths import check_output_paths, hidden_sibling, run_outputs
+from tftune.runs import (CHECKPOINT_STATE, FORMAT_VERSION, RUN_INFO, PretrainRun, check_writable_target,
+                         checkpoint_published, read_json, write_json)
 from tftune.staging import replace_directory
 
 logger = logging.getLogger(__name__)
