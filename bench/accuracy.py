@@ -133,7 +133,7 @@ SMOKE = {"train": 240, "valid": 60, "test": 100, "keras_units": 16, "keras_epoch
 # --smoke's general LM (its small LM too): the shipped recipe with these overrides, on this many
 # tokens of the shipped corpus. The runs that continue from it inherit its recipe, sizes included
 # (one fine-tuning epoch of every layer: gradual unfreezing would add a stage to each).
-SMOKE_LM_TOKENS = 20000
+SMOKE_LM_TOKENS = 8000
 SMOKE_LM_OVERRIDES = ["encoder.units=16", "encoder.layers=1", "vocab.max_size=3000", "pretrain.seq_len=20",
                       "pretrain.batch_size=16", "pretrain.epochs=1", "finetune.max_len=60", "finetune.batch_size=16",
                       "finetune.epochs=1", "finetune.unfreeze=all"]

@@ -5,7 +5,7 @@ units, concat pooling over the states and the word vectors; the shipped 50-d Glo
 aligned to a vocabulary built from the task's training text) trains on two input pipelines
 of the same truncated ids:
 
-- **bucketed**: `tftune.data.classification_dataset` (batches of similar lengths, each padded
+- **bucketed**: `tftune.batches.classification_dataset` (batches of similar lengths, each padded
   to its longest document) — what `tftune finetune` uses;
 - **padded** (the plain baseline): `tf.data` `padded_batch` of every document to `max_len`.
 
@@ -124,7 +124,7 @@ def measure_loaded_task(name, task, recipe, vectors, sizes):
     import keras
     import numpy as np
 
-    from tftune.data import classification_dataset, truncate
+    from tftune.batches import classification_dataset, truncate
     from tftune.embeddings import align
     from tftune.models import TextBackbone, TextClassifier
     from tftune.model_configs import backbone_config, classifier_config

@@ -43,7 +43,7 @@ CELL_RECIPES = {"lstm": "lstm-glove", "gru": "gru-glove", "simple_rnn": "rnn-glo
 FULL = {"seq_len": 70, "batch_size": 64, "units": 256, "layers": 2, "vocab_max_size": 20000}
 SMOKE = {"seq_len": 20, "batch_size": 16, "units": 16, "layers": 1, "vocab_max_size": 2000}
 SMOKE_CORPUS_LINES = 300
-SMOKE_BUDGET_SECONDS = 3.0
+SMOKE_BUDGET_SECONDS = 1.0
 # Large enough that the wall-clock budget, not the epoch count, ends training.
 MANY_EPOCHS = 100_000
 # Training text, relative to ../shared/data.
@@ -52,7 +52,7 @@ TRAIN_FILES = ("ptb/ptb.train.txt", "wikitext-2/wiki.valid.tokens", "wikitext-2/
 
 def add_arguments(parser):
     parser.add_argument("--budget-seconds", type=float, default=None,
-                        help="training time of every model [default: 300; 3 with --smoke]")
+                        help="training time of every model [default: 300; 1 with --smoke]")
     parser.add_argument("--cells", default=None,
                         help="comma-separated cells [default: lstm,gru,simple_rnn; lstm with --smoke]")
     parser.add_argument(
@@ -143,7 +143,8 @@ def _prepared_data(spec):
     import numpy as np
 
     from tftune.cache import split_documents
-    from tftune.data import lm_windows, read_corpus
+    from tftune.batches import lm_windows
+    from tftune.data import read_corpus
     from tftune.embeddings import align, load_vectors
     from tftune.text import Tokenizer, Vocabulary
 

@@ -72,7 +72,7 @@ def vocabulary_work(spec):
     import numpy as np
 
     from tftune.callbacks import Throughput
-    from tftune.data import lm_dataset
+    from tftune.batches import lm_dataset
     from tftune.embeddings import align, load_vectors
     from tftune.models import LanguageModel, build_encoder
     from tftune.recipe import load_recipe

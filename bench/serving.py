@@ -33,7 +33,7 @@ NAME = "serving"
 RECIPE = "lstm-glove"
 FULL = {"corpus_lines": 400, "train_every": 5, "valid_rows": 100, "docs": None, "latency_docs": 200,
         "min_seconds": 10.0}
-SMOKE = {"corpus_lines": 150, "train_every": 25, "valid_rows": 40, "docs": 64, "latency_docs": 10, "min_seconds": 0.5}
+SMOKE = {"corpus_lines": 150, "train_every": 25, "valid_rows": 40, "docs": 64, "latency_docs": 10, "min_seconds": 0.2}
 SMOKE_OVERRIDES = ["encoder.units=16", "encoder.layers=1", "vocab.max_size=3000", "pretrain.seq_len=20",
                    "finetune.max_len=60", "finetune.batch_size=16"]
 
@@ -144,7 +144,8 @@ def measure(args):
     import keras
     import tensorflow as tf
 
-    from tftune.data import read_labeled, truncate
+    from tftune.batches import truncate
+    from tftune.data import read_labeled
     from tftune.export import SIGNATURE, find_export
 
     sizes = SMOKE if args.smoke else FULL

@@ -20,11 +20,13 @@ from tftune.pretraining import pretrain
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 12
+# Enough epochs that a kill at the first step checkpoint (step 5 of the first epoch) lands mid-run
+# with whole epochs still to train; the tests wait for that checkpoint, not for a fixed time.
+EPOCHS = 3
 
 
 def long_overrides():
-    """A tiny model trained for enough epochs (a few seconds each) to be interrupted mid-run."""
+    """A tiny model trained for a few epochs, checkpointed every 5 steps so it can be stopped mid-epoch."""
     return tiny_overrides() + [f"pretrain.epochs={EPOCHS}", "pretrain.checkpoint_every=5"]
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CORPUS, data_flags, tiny_overrides
-from tftune import distribute
+from tftune import distribute, replicas
 from tftune.distribute import ClusterConfig, chief_output, make_strategy, read_tf_config
 from tftune.errors import RecipeError, RunError
 
@@ -239,11 +239,11 @@ def test_only_the_chief_writes_to_the_path(tmp_path, monkeypatch):
 
 
 def test_global_batch_and_loss_scaling_without_a_strategy():
-    assert distribute.check_global_batch(32) == 32
+    assert replicas.check_global_batch(32) == 32
     with pytest.raises(RecipeError, match="must be at least the number of replicas"):
-        distribute.check_global_batch(0)
-    assert distribute.replicas_in_sync() == 1
-    assert distribute.scale_loss_for_replicas(3.0) == 3.0
+        replicas.check_global_batch(0)
+    assert replicas.replicas_in_sync() == 1
+    assert replicas.scale_loss_for_replicas(3.0) == 3.0
 
 
 def test_clip_after_all_reduce_is_the_same_optimizer_outside_a_strategy():
@@ -252,10 +252,10 @@ def test_clip_after_all_reduce_is_the_same_optimizer_outside_a_strategy():
 
     from tftune.schedules import DiscriminativeAdam
 
-    adam = distribute.clip_after_all_reduce(keras.optimizers.Adam)
-    assert adam is distribute.clip_after_all_reduce(keras.optimizers.Adam)
+    adam = replicas.clip_after_all_reduce(keras.optimizers.Adam)
+    assert adam is replicas.clip_after_all_reduce(keras.optimizers.Adam)
     assert issubclass(adam, keras.optimizers.Adam) and adam.__name__ == "Adam"
-    assert issubclass(distribute.clip_after_all_reduce(DiscriminativeAdam), DiscriminativeAdam)
+    assert issubclass(replicas.clip_after_all_reduce(DiscriminativeAdam), DiscriminativeAdam)
     weights = []
     for cls in (keras.optimizers.Adam, adam):
         variable = keras.Variable(np.ones(3, "float32"))
@@ -292,14 +292,15 @@ def test_logical_cpus_must_come_first(tmp_path):
 MIRRORED_LM = (
     """
 import json
-from tftune import distribute
-from tftune.distribute import clip_after_all_reduce, configure_logical_cpus, make_strategy
+from tftune import distribute, multi_worker_loop
+from tftune.distribute import configure_logical_cpus, make_strategy
+from tftune.replicas import clip_after_all_reduce
 configure_logical_cpus(2)
 import keras
 """
     + TINY_DATA
     + """
-from tftune.data import lm_dataset
+from tftune.batches import lm_dataset
 from tftune.models import LanguageModel, build_encoder
 
 
@@ -331,7 +332,7 @@ for name, (cell, output, optimizer, *extra) in cases.items():
         "single": losses_1, "mirrored": losses_2, "weights": max_difference(weights_1, weights_2), "fast_path": fast,
     }
 
-# Shuffled training batches over three epochs, as tftune.checkpoints.fit_from gives them to `fit`
+# Shuffled training batches over three epochs, as tftune.distribute.fit_from gives them to `fit`
 # (32 windows: every batch splits evenly over the replicas).
 shuffled = lm_dataset(ids.ravel()[: 4 * B * T + 1], T, B, shuffle=True, seed=0)
 
@@ -347,7 +348,7 @@ def train_shuffled(strategy, fit, first_epoch=0):
 
 
 one, later_epochs = train_shuffled(single, distribute.fit), train_shuffled(single, distribute.fit, first_epoch=1)
-two, loop = train_shuffled(mirrored, distribute.fit), train_shuffled(mirrored, distribute.fit_custom_loop)
+two, loop = train_shuffled(mirrored, distribute.fit), train_shuffled(mirrored, multi_worker_loop.fit_custom_loop)
 result["shuffled_epochs"] = {
     "single": one[0], "mirrored": two[0], "custom_loop": loop[0],
     "weights": max_difference(one[1], two[1]), "custom_loop_weights": max_difference(one[1], loop[1]),
@@ -401,13 +402,13 @@ def test_mirrored_sampled_softmax_language_model_matches_one_device(mirrored_lm)
 MIRRORED_CLASSIFIER = (
     """
 import json
-from tftune import distribute
+from tftune import distribute, multi_worker_loop
 distribute.configure_logical_cpus(2)
 import keras
 """
     + TINY_DATA
     + """
-from tftune.data import classification_dataset
+from tftune.batches import classification_dataset
 from tftune.models import TextClassifier, build_encoder
 from tftune.schedules import DiscriminativeAdam, SlantedTriangular
 
@@ -452,7 +453,7 @@ def finetune(strategy, fit):
 
 single, mirrored = distribute.make_strategy("none"), distribute.make_strategy("mirrored", ["/cpu:0", "/cpu:1"])
 keras_fit = lambda model, data, **kwargs: model.fit(data, **kwargs)
-loop_fit = lambda model, data, **kwargs: distribute.fit_custom_loop(model, data, **kwargs)
+loop_fit = lambda model, data, **kwargs: multi_worker_loop.fit_custom_loop(model, data, **kwargs)
 one = finetune(single, keras_fit)
 two = finetune(mirrored, keras_fit)
 loop = finetune(mirrored, loop_fit)
@@ -495,15 +496,15 @@ MULTI_WORKER = (
     """
 import json, sys, time
 started = time.time()
-from tftune import distribute
+from tftune import distribute, replicas
 strategy = distribute.make_strategy(sys.argv[1])  # first: before any other TensorFlow work
 out = sys.argv[2]
 import keras
 """
     + TINY_DATA
     + """
-from tftune.data import ShuffledEpochs, classification_dataset
-from tftune.finetuning import fit_unfreezing_stages
+from tftune.batches import ShuffledEpochs, classification_dataset
+from tftune.unfreezing import fit_unfreezing_stages
 from tftune.export import export_classifier
 from tftune.models import LanguageModel, TextClassifier, TextPreprocessor, build_encoder
 from tftune.runs import FinetuneRun, write_json
@@ -530,7 +531,7 @@ lm_started = time.time()
 with strategy.scope():
     encoder = build_encoder(vectors, "gru", 2, U, 0.0)
     language_model = LanguageModel(encoder, output="full")
-    adam = distribute.clip_after_all_reduce(keras.optimizers.Adam)
+    adam = replicas.clip_after_all_reduce(keras.optimizers.Adam)
     language_model.compile(optimizer=adam(0.01, global_clipnorm=1.0))
 steps = Steps()
 distribute.fit(language_model, lm_data, epochs=1, callbacks=[steps], verbose=0)
@@ -623,7 +624,7 @@ import keras
 """
     + TINY_DATA
     + """
-from tftune.data import classification_dataset
+from tftune.batches import classification_dataset
 from tftune.models import TextClassifier, build_encoder
 
 data = classification_dataset(docs, labels, 8).take(1)
@@ -649,7 +650,7 @@ KERAS_20585_ERRORS = ("Attempt to convert a value (PerReplica", "Invalid reducti
 @pytest.mark.slow
 def test_keras_fit_still_fails_under_multi_worker(tmp_path):
     """Keras' `fit` and `evaluate` fail under `MultiWorkerMirroredStrategy` (keras#20585), which is
-    all that keeps `distribute.fit_custom_loop` and `evaluate_custom_loop`: this test fails once
+    all that keeps `multi_worker_loop.fit_custom_loop` and `evaluate_custom_loop`: this test fails once
     Keras works there."""
     script = tmp_path / "keras_fit_multi_worker.py"
     script.write_text(KERAS_FIT_MULTI_WORKER, encoding="utf-8")

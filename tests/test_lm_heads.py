@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import CORPUS, tiny_corpus, tiny_overrides
-from tftune.data import lm_dataset
+from tftune.batches import lm_dataset
 from tftune.models import LanguageModel, TextClassifier, build_encoder
 from tftune.recipe import load_recipe
 from tftune.text import Tokenizer, Vocabulary

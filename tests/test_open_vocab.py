@@ -111,7 +111,7 @@ def test_grown_encoder_reads_old_ids_as_before_and_new_words_by_their_vectors(kv
     matrix = np.concatenate([np.zeros((3, 50), "float32"), kv.vectors[:37]])
     encoder = build_encoder(matrix, "lstm", 2, 8, embedding_dropout=0.1, weight_dropout=0.2)
     grown = grow_encoder(encoder, kv, ["river", "market"])
-    assert grown.get_layer("embedding").input_dim == grown.get_layer("word_dropout").vocab_size == 42
+    assert grown.get_layer("embedding").input_dim == grown.get_layer("word_dropout").vocabulary_size == 42
     grown(np.array([[40, 41]]), training=True)  # word dropout draws a mask over the grown vocabulary
     assert not grown.get_layer("embedding").trainable
     ids = np.array([[5, 9, 12, 0]], "int32")

@@ -20,7 +20,7 @@ def test_recurrent_parameters_match_a_built_keras_stack(cell):
     vocab, dim = 100, 50
     tied_head = 24 * dim + dim
     expected = vocab * dim + stack.count_params() + tied_head
-    assert estimate_training_memory(recipe, "pretrain", vocab_size=vocab, embedding_dim=dim).parameters == expected
+    assert estimate_training_memory(recipe, "pretrain", vocabulary_size=vocab, embedding_dim=dim).parameters == expected
 
 
 def test_memory_grows_with_the_settings_that_drive_it():

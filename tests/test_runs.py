@@ -1,6 +1,6 @@
 """Run directories: no command writes over what it reads, and one owner of the run format.
 
-The first part is `tftune.runs.check_output_paths` on plain paths; nothing there trains. The same
+The first part is `tftune.output_paths.check_output_paths` on plain paths; nothing there trains. The same
 cases through the real command line, with the inputs checked byte for byte afterwards, are in
 test_cli_errors.py ("outputs over inputs"). The second part is `PretrainRun` / `FinetuneRun`.
 """
@@ -17,19 +17,15 @@ import pytest
 from conftest import REPO, snapshot
 from tftune.errors import RunError
 from tftune.recipe import load_recipe, shipped_dirs
+from tftune.output_paths import Input, check_export_paths, check_output_paths, check_run_paths, run_outputs
 from tftune.runs import (
     FORMAT_VERSION,
     FinetuneRun,
     PretrainRun,
     Run,
     RunFile,
-    Input,
-    check_export_paths,
-    check_output_paths,
-    check_run_paths,
     check_writable_target,
     checkpoint_published,
-    run_outputs,
     write_json,
 )
 from tftune.run_lock import exclusive_output

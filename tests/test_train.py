@@ -103,7 +103,7 @@ def test_gradual_unfreezing_freezes_exactly_the_right_layers(tiny_runs, tmp_path
 
 
 def test_each_unfreezing_stage_peaks_lower_by_stage_lr_decay():
-    from tftune.finetuning import stage_learning_rate
+    from tftune.unfreezing import stage_learning_rate
 
     settings = load_recipe("lstm-glove").with_overrides(
         ["finetune.learning_rate=0.01", "finetune.stage_lr_decay=2.0", "finetune.schedule=stlr"]).finetune
@@ -210,7 +210,7 @@ def test_one_optimizer_keeps_its_state_across_unfreezing_stages(tiny_runs, tmp_p
 
 
 def test_balanced_class_weights():
-    from tftune.finetuning import balanced_class_weights
+    from tftune.labeled_task import balanced_class_weights
 
     assert balanced_class_weights([0, 0, 0, 1], 2) == {0: pytest.approx(4 / 6), 1: pytest.approx(2.0)}
 

@@ -44,6 +44,7 @@ import random
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from tftune.bidirectional import plan_bidirectional, run_bidirectional
 from tftune.inputs import labeled_input, text_list
 from tftune.plans import plan_finetune, plan_pretrain, run_plan
 from tftune.quiet_import import import_tensorflow_quietly
@@ -69,7 +70,7 @@ class Trained(NamedTuple):
 
 
 def pretrain(texts=None, *, out=None, valid=None, from_run=None, recipe=None, settings=(), force=False, resume=False,
-             callbacks=(), verbose="auto", text_column="text", encoding="utf-8"):
+             callbacks=(), verbose="auto", text_column="text", encoding="utf-8", bidirectional=False):
     """Trains a next-token language model on `texts` and returns it with its metrics.
 
     Args:
@@ -91,17 +92,26 @@ def pretrain(texts=None, *, out=None, valid=None, from_run=None, recipe=None, se
         verbose: Keras' `verbose` for `fit` (0 silent, 1 progress bar, 2 a line per epoch);
             `"auto"`: a progress bar on a terminal, a line per epoch elsewhere.
         text_column, encoding: how to read files and DataFrames.
+        bidirectional: continue `from_run` and its backward partner (or both runs of a
+            bidirectional run) on `texts`, and write both as one bidirectional run, which
+            `finetune` takes as an ensemble (see `tftune.bidirectional`).
 
     Returns:
-        `Trained(model, metrics, run, history)`, the model a `LanguageModel`.
+        `Trained(model, metrics, run, history)`, the model a `LanguageModel`; with
+        `bidirectional`, `model` and `metrics` are dicts by direction (`"forward"`, `"backward"`).
 
     Example:
 
     ```python
     lm = tftune.pretrain(["first document", "second one"], from_run="lstm-glove-general", out="runs/lm",
                          settings={"pretrain.epochs": 1})
+    both = tftune.pretrain(my_texts, from_run="lstm-glove-general", out="runs/lm-both", bidirectional=True)
     ```
     """
+    if bidirectional:
+        return _pretrain_both(texts, out=out, valid=valid, from_run=from_run, recipe=recipe, settings=settings,
+                              force=force, resume=resume, callbacks=callbacks, verbose=verbose,
+                              text_column=text_column, encoding=encoding)
     plan = plan_pretrain(texts, out=out, valid=valid, from_run=from_run, recipe=recipe, settings=settings,
                          force=force, resume=resume, text_column=text_column, encoding=encoding)
     history = keras_history()
@@ -112,12 +122,27 @@ def pretrain(texts=None, *, out=None, valid=None, from_run=None, recipe=None, se
         return Trained(LanguageModel.from_preset(plan.out), metrics, plan.out, history)
 
 
+def _pretrain_both(texts, *, callbacks, verbose, **request):
+    """`pretrain(..., bidirectional=True)`: both directions, one run."""
+    plan = plan_bidirectional(texts, **request)
+    history = keras_history()
+    with callers_state_kept(verbose):
+        from tftune.pretrained_models import bidirectional_members
+        from tftune.models import LanguageModel
+
+        metrics = run_bidirectional(plan, callbacks=[history, *callbacks])
+        runs = bidirectional_members(plan.out)
+        models = {direction: LanguageModel.from_preset(path) for direction, path in runs.items()}
+        return Trained(models, metrics, plan.out, history)
+
+
 def finetune(from_run, train=None, *, out=None, valid=None, test=None, recipe=None, settings=(), text_column="text",
              label_column="label", encoding="utf-8", force=False, resume=False, callbacks=(), verbose="auto"):
     """Fine-tunes a classifier on pretrained encoders, exports it, and returns it with its metrics.
 
     Args:
-        from_run: a pretrain run or shipped model, or a list of them (an ensemble).
+        from_run: a pretrain run or shipped model, or a list of them (an ensemble); a
+            bidirectional run (`pretrain(..., bidirectional=True)`) stands for its two directions.
         train: the labeled examples: `(texts, labels)`, a pandas DataFrame (`text_column` and
             `label_column`), a `tf.data.Dataset` of `(text, label)` pairs, or a file. Required,
             except with `resume` (as for `pretrain`).
@@ -235,7 +260,7 @@ def evaluate(model, data, *, text_column="text", label_column="label", encoding=
     """
     from tftune.data import read_labeled
     from tftune.errors import WriteError
-    from tftune.runs import check_output_paths
+    from tftune.output_paths import check_output_paths
 
     if plot is not None:
         check_output_paths([("--plot", plot)], [("evaluated model", model), ("--data file", data)])
@@ -292,7 +317,7 @@ def export(run, out=None, *, force=False):
         The export directory.
     """
     from tftune.errors import WriteError
-    from tftune.runs import check_export_paths
+    from tftune.output_paths import check_export_paths
     from tftune.staging import write_failure
 
     out = Path(out if out is not None else FinetuneRun(run).export)
@@ -423,7 +448,7 @@ def callers_state_kept(verbose):
     import numpy as np
     import tensorflow as tf
 
-    from tftune.training import FIT_VERBOSITY
+    from tftune.run_setup import FIT_VERBOSITY
 
     python_state, numpy_state = random.getstate(), np.random.get_state()
     global_seed = tf.compat.v1.get_seed(None)[0]

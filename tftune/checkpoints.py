@@ -29,11 +29,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tftune import distribute
 from tftune.callbacks import plugin_arrays, plugin_states
 from tftune.errors import Interrupted, RecipeError, RunError, WriteError
 from tftune.recipe import Recipe
-from tftune.runs import CHECKPOINT_STATE, hidden_sibling, live_logs
+from tftune.output_paths import hidden_sibling, live_logs
+from tftune.runs import CHECKPOINT_STATE
 from tftune.staging import close_failed_h5_files, fault_point, replace_directory, write_failure
 
 STATE = CHECKPOINT_STATE
@@ -59,7 +59,7 @@ class RunCheckpoint:
 
     @property
     def logs(self):
-        """The run's live TensorBoard logs, beside the checkpoint (`tftune.runs.live_logs`)."""
+        """The run's live TensorBoard logs, beside the checkpoint (`tftune.output_paths.live_logs`)."""
         return live_logs(self.out)
 
     @property
@@ -245,37 +245,3 @@ class Checkpointing(keras.callbacks.Callback):
     def _save(self, epochs_done, steps_done):
         state = {**self.progress(epochs_done, steps_done), **plugin_states(self.plugins)}
         self.checkpoint.save(self.model, state, {**self.arrays(), **plugin_arrays(self.plugins)})
-
-
-def fit_from(model, data, epochs_done, steps_done, epochs, **fit_kwargs):
-    """`model.fit` from a checkpoint's position: the rest of a part-done epoch, then the others.
-
-    Through `distribute.fit`. Each epoch of `data` is drawn in an order that depends on the
-    seed and the epoch alone, so nothing needs replaying: the part-done epoch skips the batches
-    it had trained on, and the others are drawn as in an uninterrupted run.
-
-    Args:
-        model: the compiled model, its weights and optimizer already restored.
-        data: the training batches, a `tftune.data.ShuffledEpochs`.
-        epochs_done: epochs completed before the checkpoint.
-        steps_done: steps of the next epoch completed before the checkpoint.
-        epochs: the epoch to stop after (Keras' `epochs`).
-        **fit_kwargs: the other `fit` arguments; the `Checkpointing` among the callbacks counts
-            the part-done epoch's steps from `steps_done`.
-    """
-    if steps_done and epochs_done < epochs:
-        for callback in fit_kwargs.get("callbacks", ()):
-            if isinstance(callback, Checkpointing):
-                callback.step_offset = steps_done
-        rest_of_epoch = data.epochs(epochs_done, epochs_done + 1).skip(steps_done)
-        distribute.fit(model, rest_of_epoch, initial_epoch=epochs_done, epochs=epochs_done + 1, **fit_kwargs)
-        epochs_done += 1
-    if epochs_done < epochs:
-        distribute.fit(
-            model,
-            data.epochs(epochs_done, epochs),
-            initial_epoch=epochs_done,
-            epochs=epochs,
-            steps_per_epoch=data.steps_per_epoch,
-            **fit_kwargs,
-        )

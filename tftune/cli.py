@@ -204,6 +204,8 @@ def main():
 @click.option("--valid", metavar="PATH", help="Held-out text to measure perplexity on (same file types as --corpus) "
                                              "[default: the last pretrain.valid_fraction of the corpus].")
 @click.option("--from", "from_run", metavar="PRETRAIN_RUN", help="Continue language-model training of this pretrain run (a directory, or a shipped model's name: `tftune pretrained list`) on --corpus, e.g. the task's own text.")
+@click.option("--bidirectional", is_flag=True, help="Continue --from and its backward partner (or both directions "
+              "of a bidirectional run) on --corpus, and write both as one run for `finetune --from`.")
 @click.option("--embeddings", metavar="PATH", help="Pretrained vectors file (overrides embeddings.path).")
 @click.option("--embeddings-format", type=click.Choice(FORMATS), help="Format of --embeddings.")
 @click.option("--out", metavar="DIR", callback=_given_out, help="Run directory to create [default: runs/RECIPE-pretrain].")
@@ -213,31 +215,34 @@ def main():
 @force_option
 @resume_option
 @max_memory_option
-def pretrain(recipe, corpus, valid, from_run, embeddings, embeddings_format, out, encoding, distribute, settings, force,
-             resume, max_memory):
+def pretrain(recipe, corpus, valid, from_run, bidirectional, embeddings, embeddings_format, out, encoding, distribute,
+             settings, force, resume, max_memory):
     """Pretrain the encoder as a next-token language model.
 
     With --from, training continues from an existing pretrain run (ULMFiT's target-domain
     step); without --recipe, that run's own recipe is used. With --resume (and the same --out),
     an interrupted run continues from its last checkpoint, with the recipe it started with.
     With --distribute multi-worker, start the same command on every machine, each with its own
-    TF_CONFIG; only the chief writes --out.
+    TF_CONFIG; only the chief writes --out. With --bidirectional, both directions train
+    one after the other into one run, OUT/forward and OUT/backward, published together.
     """
     from tftune import api
 
     flags = [("embeddings.path", embeddings), ("embeddings.format", embeddings_format), *_distribute_flags(distribute)]
-    plan = api.plan_pretrain(
+    plan_for, run = (api.plan_bidirectional, api.run_bidirectional) if bidirectional else (api.plan_pretrain,
+                                                                                          api.run_plan)
+    plan = plan_for(
         [Path(path) for path in corpus] or None, valid=valid, out=out, from_run=from_run, recipe=recipe,
         settings=_overrides(flags, settings), force=force, resume=resume, encoding=encoding, max_memory=max_memory,
     )
-    api.run_plan(plan)
+    run(plan)
     click.echo(plan.out)
 
 
 @main.command()
 @click.option("--from", "from_runs", required=True, multiple=True, metavar="PRETRAIN_RUN",
               help="A pretrain run directory or a shipped model's name (`tftune pretrained list`); give it twice "
-                   "(e.g. a forward and a backward run) for an ensemble.")
+                   "(e.g. a forward and a backward run), or a bidirectional run, for an ensemble.")
 @recipe_option
 @click.option("--train", metavar="PATH", help="Labeled training data (.csv/.tsv/.jsonl); required, except with "
                                              "--resume (the interrupted run's files are read again).")

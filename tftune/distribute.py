@@ -19,14 +19,14 @@ What was found on TensorFlow 2.21 / Keras 3.15 (see `tests/test_distribute.py`):
   `tftune.fast_rnn` layers with their custom gradient, `DiscriminativeAdam` with its
   per-variable multipliers, the classifier re-compiled per unfreezing stage, class weights)
   with the same losses and weights as one device, up to float rounding, on unshuffled data and
-  over several epochs of shuffled training batches (`tftune.data.ShuffledEpochs`).
+  over several epochs of shuffled training batches (`tftune.batches.ShuffledEpochs`).
 - Under a strategy, Keras' `fit` first pulls a batch from a fresh iteration of the data to build
   the model (`_maybe_symbolic_build`), and without `steps_per_epoch` it iterates the data afresh
   every epoch. That once shifted the order of datasets that reshuffled on every iteration.
   tftune's training batches (`ShuffledEpochs`) draw each epoch in an order that depends on the
   seed and the epoch alone, and every iteration starts at the same epoch, so extra iterations
   change nothing: `fit` here calls Keras' `fit` on one device and under `MirroredStrategy` alike
-  (`tftune.checkpoints.fit_from` gives it the epochs back to back and `steps_per_epoch`, so
+  (`fit_from` gives it the epochs back to back and `steps_per_epoch`, so
   that one iterator runs across them).
 - Two `MirroredStrategy` objects over the same devices in one process number their collectives
   alike; training under the second after the first fails with a collective "shape mismatch".
@@ -38,15 +38,7 @@ What was found on TensorFlow 2.21 / Keras 3.15 (see `tests/test_distribute.py`):
   `LanguageModel`) must divide it by the number of replicas (`scale_loss_for_replicas`), as
   Keras' own losses do; otherwise the replicas' gradients add up to N times the step.
 - `model.fit` and `model.evaluate` fail under `MultiWorkerMirroredStrategy` in Keras 3
-  (keras#20585): to build the model they mean-reduce the first input batch across the workers,
-  which raises `ValueError: Attempt to convert a value (PerReplica...)`, and past that, their
-  step reduces the scalar metrics along axis 0. Under that strategy `fit` and `evaluate` here
-  switch to `fit_custom_loop`/`evaluate_custom_loop`, which build the model from the data's
-  `element_spec` and run the model's own `train_step`/`test_step` through `strategy.run`; on
-  unshuffled data two workers end with one device's weights. Every worker draws the same
-  batches (shuffled ones too: their order depends on the seed and the epoch alone) and keeps
-  its share of every global batch. `test_keras_fit_still_fails_under_multi_worker` says when
-  the custom loop can go.
+  (keras#20585): there `fit` and `evaluate` here switch to `tftune.multi_worker_loop`.
 - Keras 3 `Dropout` draws the same mask on every replica (one seed state for all): the noise
   is correlated across replicas, though each replica applies it to other examples.
 
@@ -67,7 +59,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tftune.errors import RecipeError, RunError
-from tftune.keras_private import ClipAfterAllReduce, symbolic_build
+from tftune import multi_worker_loop
+from tftune.replicas import current_strategy
 
 STRATEGIES = ("none", "mirrored", "multi-worker")
 TASK_TYPES = ("chief", "worker", "evaluator", "ps")
@@ -248,38 +241,50 @@ def make_strategy(name, devices=None):
             raise RecipeError('distribute.devices: only used with distribute.strategy = "mirrored"')
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        if devices:
-            available = {_canonical_device(d.name) for d in tf.config.list_logical_devices()}
-            unknown = [d for d in devices if _canonical_device(d) not in available]
-            if unknown:
-                raise RecipeError(
-                    f"distribute.devices: no such device {', '.join(map(repr, unknown))}; this machine has "
-                    f"{', '.join(sorted(available))}"
-                )
-            if len({_canonical_device(d) for d in devices}) != len(devices):
-                raise RecipeError(f"distribute.devices: a device is listed twice in {devices}")
-        # MirroredStrategy(None) takes every GPU, else the CPU: the same devices, the same strategy.
-        default = [d.name for d in tf.config.list_logical_devices("GPU")] or ["/cpu:0"]
-        key = (name, tuple(sorted(_canonical_device(d) for d in devices or default)))
-        if key not in _MIRRORED:
-            _MIRRORED[key] = tf.distribute.MirroredStrategy(devices or None)
-        return _MIRRORED[key]
+        return _mirrored_strategy(devices)
     if devices:
         raise RecipeError(
             'distribute.devices: not used with "multi-worker"; each worker uses its local devices '
             "(CUDA_VISIBLE_DEVICES picks them)"
         )
-    config = read_tf_config()
-    if config is None:
+    return _multi_worker_strategy()
+
+
+def _mirrored_strategy(devices):
+    """The process's `MirroredStrategy` over `devices` (checked), or over every GPU (else the CPU)."""
+    tf = _tf()
+    if devices:
+        available = {_canonical_device(d.name) for d in tf.config.list_logical_devices()}
+        unknown = [d for d in devices if _canonical_device(d) not in available]
+        if unknown:
+            raise RecipeError(
+                f"distribute.devices: no such device {', '.join(map(repr, unknown))}; this machine has "
+                f"{', '.join(sorted(available))}"
+            )
+        if len({_canonical_device(d) for d in devices}) != len(devices):
+            raise RecipeError(f"distribute.devices: a device is listed twice in {devices}")
+    # MirroredStrategy(None) takes every GPU, else the CPU: the same devices, the same strategy.
+    default = [d.name for d in tf.config.list_logical_devices("GPU")] or ["/cpu:0"]
+    key = ("mirrored", tuple(sorted(_canonical_device(d) for d in devices or default)))
+    if key not in _MIRRORED:
+        _MIRRORED[key] = tf.distribute.MirroredStrategy(devices or None)
+    return _MIRRORED[key]
+
+
+def _multi_worker_strategy():
+    """The process's `MultiWorkerMirroredStrategy`, joined once, from `TF_CONFIG`."""
+    tf = _tf()
+    if read_tf_config() is None:
         raise RunError(
             'distribute.strategy = "multi-worker" needs the TF_CONFIG environment variable, e.g. '
             '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
         )
-    if (name, ()) in _MIRRORED:
-        return _MIRRORED[name, ()]  # one per process: the cluster is joined once
+    key = ("multi-worker", ())
+    if key in _MIRRORED:
+        return _MIRRORED[key]  # one per process: the cluster is joined once
     try:
-        _MIRRORED[name, ()] = tf.distribute.MultiWorkerMirroredStrategy()
-        return _MIRRORED[name, ()]
+        _MIRRORED[key] = tf.distribute.MultiWorkerMirroredStrategy()
+        return _MIRRORED[key]
     except (RuntimeError, ValueError) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RunError(
@@ -338,10 +343,6 @@ def is_multi_worker(strategy):
     return strategy_kind(strategy) == "multi-worker"
 
 
-def _strategy(strategy):
-    return _tf().distribute.get_strategy() if strategy is None else strategy
-
-
 def cluster_config(strategy=None):
     """This process's `ClusterConfig` under a multi-worker strategy, else None.
 
@@ -350,7 +351,7 @@ def cluster_config(strategy=None):
     """
     if isinstance(strategy, ClusterConfig):
         return strategy
-    strategy = _strategy(strategy)
+    strategy = current_strategy(strategy)
     if not is_multi_worker(strategy):
         return None
     resolver = strategy.cluster_resolver
@@ -411,69 +412,6 @@ def chief_output(path, strategy=None):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-# === Batches and losses ===
-
-
-def check_global_batch(batch_size, strategy=None, what="batch_size"):
-    """The per-replica batch of a global `batch_size`; a batch smaller than the replicas is an error.
-
-    A batch that the replicas do not divide still trains (TensorFlow gives some replicas one
-    example more), but then the replicas' mean losses weigh examples slightly unequally.
-    """
-    replicas = _strategy(strategy).num_replicas_in_sync
-    if batch_size < replicas:
-        raise RecipeError(
-            f"{what} = {batch_size} is the global batch and must be at least the number of replicas ({replicas})"
-        )
-    return batch_size // replicas
-
-
-def distribute_dataset(dataset, strategy=None):
-    """`strategy.experimental_distribute_dataset` over global batches, sharded by data.
-
-    Every worker reads the same dataset (same seed) and keeps its share of each global batch;
-    `AutoShardPolicy.DATA` says so up front (there are no files to shard by). Keras' `fit` does
-    the distribution itself; pass the result to `fit_custom_loop` or a `strategy.run` loop.
-    """
-    tf = _tf()
-    strategy = _strategy(strategy)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return strategy.experimental_distribute_dataset(dataset.with_options(options))
-
-
-def replicas_in_sync():
-    """The number of replicas of the current strategy (1 outside any)."""
-    return _tf().distribute.get_strategy().num_replicas_in_sync
-
-
-def scale_loss_for_replicas(loss):
-    """`loss / replicas`: what a custom `train_step` must differentiate when its loss is a mean
-    over the replica's own batch, so that summing the replicas' gradients gives the gradient
-    of the global batch's mean loss. Keras' own losses already do this (see
-    `keras.src.losses.loss.scale_loss_for_distribution`)."""
-    replicas = replicas_in_sync()
-    return loss if replicas == 1 else loss / replicas
-
-
-# === Gradient clipping across replicas ===
-
-
-_CLIPPING_CLASSES = {}
-
-
-def clip_after_all_reduce(optimizer_class):
-    """A subclass of a Keras optimizer class with `tftune.keras_private.ClipAfterAllReduce`:
-    gradients summed over the replicas before they are clipped (same name and config)."""
-    if issubclass(optimizer_class, ClipAfterAllReduce):
-        return optimizer_class
-    if optimizer_class not in _CLIPPING_CLASSES:
-        _CLIPPING_CLASSES[optimizer_class] = type(
-            optimizer_class.__name__, (ClipAfterAllReduce, optimizer_class), {"__module__": __name__}
-        )
-    return _CLIPPING_CLASSES[optimizer_class]
-
-
 # === Training under any strategy ===
 
 
@@ -497,7 +435,7 @@ def fit(model, train_data, strategy=None, **kwargs):
     """
     strategy = strategy or model.distribute_strategy
     if is_multi_worker(strategy):
-        return fit_custom_loop(model, train_data, strategy=strategy, **kwargs)
+        return multi_worker_loop.fit_custom_loop(model, train_data, strategy=strategy, **kwargs)
     return model.fit(train_data, **kwargs)
 
 
@@ -506,180 +444,39 @@ def evaluate(model, data, strategy=None):
     `MultiWorkerMirroredStrategy`, where Keras 3.15's `evaluate` fails (keras#20585)."""
     strategy = strategy or model.distribute_strategy
     if is_multi_worker(strategy):
-        return evaluate_custom_loop(model, data, strategy=strategy)
+        return multi_worker_loop.evaluate_custom_loop(model, data, strategy=strategy)
     return {name: float(value) for name, value in model.evaluate(data, verbose=0, return_dict=True).items()}
 
 
-def _reduce_mean(strategy, outputs):
-    tf = _tf()
-    return tf.nest.map_structure(lambda value: strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None), outputs)
+def fit_from(model, data, epochs_done, steps_done, epochs, **fit_kwargs):
+    """`fit` from a checkpoint's position: the rest of a part-done epoch, then the others.
 
-
-def _prepare(model, dataset, strategy):
-    """Builds the model, its compiled loss and metrics and its optimizer under `strategy`'s scope,
-    as `fit` does before it traces its step.
-
-    Works from the dataset's `element_spec`, not a batch: Keras reduces a batch across the
-    workers to build from it, which fails under `MultiWorkerMirroredStrategy` (keras#20585).
-    """
-    with strategy.scope():
-        symbolic_build(model, dataset.element_spec)
-
-
-def _with_class_weight(dataset, class_weight):
-    tf = _tf()
-    n_classes = max(class_weight) + 1
-    weights = tf.constant([float(class_weight.get(i, 1.0)) for i in range(n_classes)], tf.float32)
-    return dataset.map(lambda x, y: (x, y, tf.gather(weights, tf.cast(tf.reshape(y, [-1]), tf.int32))))
-
-
-def _metric_logs(model):
-    """The model's metrics, read in the cross-replica context: summed over every replica (and
-    worker), so exact for the whole epoch. Every worker must read them (a collective)."""
-    return {name: float(value) for name, value in model.get_metrics_result().items()}
-
-
-def _steps(dataset):
-    cardinality = int(dataset.cardinality())
-    return cardinality if cardinality >= 0 else None
-
-
-def _run_steps(step, iterator, steps, on_begin=None, on_end=None, stop=lambda: False):
-    """Calls `step(iterator)` until the data ends (or `steps`), with optional per-step hooks."""
-    tf = _tf()
-    done = 0
-    logs = {}
-    while steps is None or done < steps:
-        if on_begin is not None:
-            on_begin(done)
-        try:
-            logs = step(iterator)
-        except (StopIteration, tf.errors.OutOfRangeError):
-            break
-        if on_end is not None:
-            on_end(done, {name: float(value) for name, value in logs.items()})
-        done += 1
-        if stop():
-            break
-    return done, logs
-
-
-def _step_function(model, strategy, method):
-    """A `tf.function` running `method` (the model's `train_step` or `test_step`) on every replica.
-
-    Made anew for every `fit_custom_loop`/`evaluate_custom_loop` call, as `compile` makes Keras
-    build a new train function: the trace holds the trainable variables and metrics of the moment.
-    """
-    tf = _tf()
-
-    def step(iterator):
-        return _reduce_mean(strategy, strategy.run(method, args=(next(iterator),)))
-
-    return tf.function(step)
-
-
-def _evaluate(model, data, strategy, step):
-    model.reset_metrics()
-    _run_steps(step, iter(distribute_dataset(data, strategy)), _steps(data))
-    return _metric_logs(model)
-
-
-def evaluate_custom_loop(model, data, strategy=None):
-    """Evaluates a compiled model on `data` (global batches) with `strategy.run(model.test_step)`.
-
-    Returns:
-        `{metric name: value}` over the whole of `data` (all workers), like
-        `model.evaluate(data, return_dict=True)`.
-    """
-    strategy = strategy or model.distribute_strategy
-    _prepare(model, data, strategy)
-    return _evaluate(model, data, strategy, _step_function(model, strategy, model.test_step))
-
-
-def fit_custom_loop(
-    model,
-    train_data,
-    *,
-    epochs=1,
-    initial_epoch=0,
-    steps_per_epoch=None,
-    validation_data=None,
-    class_weight=None,
-    callbacks=(),
-    verbose=0,
-    shuffle=None,
-    strategy=None,
-):
-    """A stand-in for `model.fit` that works under `MultiWorkerMirroredStrategy` in Keras 3.
-
-    Each step runs the model's own `train_step` (so `LanguageModel`'s sampled softmax, compiled
-    losses, metrics, loss scaling and the optimizer all behave as in `fit`) on every replica with
-    `strategy.run`, over `train_data` distributed by `distribute_dataset` (global batches). The
-    per-step logs are the replicas' mean; the epoch logs (and `val_*` ones) are the metrics read
-    across all replicas and workers. Callbacks get the usual `on_train_begin`,
-    `on_epoch_begin/end`, `on_train_batch_begin/end` and `on_train_end` calls, and
-    `model.stop_training` stops training; under a multi-worker strategy every decision must
-    come from these (identical on every worker) logs, or the workers fall out of step.
+    Each epoch of `data` is drawn in an order that depends on the seed and the epoch alone, so
+    nothing needs replaying: the part-done epoch skips the batches it had trained on, and the
+    others are drawn as in an uninterrupted run.
 
     Args:
-        model: a model compiled under `strategy.scope()`.
-        train_data: a `tf.data.Dataset` of global batches `(x, y)`; every worker passes the
-            same dataset (same seed), and each keeps its share of every batch.
-        epochs, initial_epoch, validation_data, class_weight, callbacks, verbose: as in `fit`.
-        steps_per_epoch: as in `fit`: with it, one iteration of `train_data` runs across the
-            epochs (e.g. `ShuffledEpochs.epochs`); without it, every epoch iterates `train_data`
-            afresh, to its end.
-        shuffle: ignored (datasets shuffle themselves), accepted for `fit`'s callers.
-        strategy: default: the model's strategy.
-
-    Returns:
-        The `keras.callbacks.History` of this call.
+        model: the compiled model, its weights and optimizer already restored.
+        data: the training batches, a `tftune.batches.ShuffledEpochs`.
+        epochs_done: epochs completed before the checkpoint.
+        steps_done: steps of the next epoch completed before the checkpoint.
+        epochs: the epoch to stop after (Keras' `epochs`).
+        **fit_kwargs: the other `fit` arguments; a callback with a `step_offset` (the
+            `tftune.checkpoints.Checkpointing`) counts the part-done epoch's steps from `steps_done`.
     """
-    import keras
-
-    strategy = strategy or model.distribute_strategy
-    if class_weight:
-        train_data = _with_class_weight(train_data, class_weight)
-    _prepare(model, train_data, strategy)
-    steps = steps_per_epoch or _steps(train_data)
-    history = keras.callbacks.History()
-    callback_list = keras.callbacks.CallbackList(
-        [*callbacks, history],
-        add_progbar=bool(verbose),
-        verbose=verbose,
-        epochs=epochs,
-        steps=steps,
-        model=model,
-    )
-
-    step = _step_function(model, strategy, model.train_step)
-    test_step = None if validation_data is None else _step_function(model, strategy, model.test_step)
-    distributed = distribute_dataset(train_data, strategy)
-    model.stop_training = False
-    callback_list.on_train_begin()
-    epoch_logs = {}
-    iterator = None
-    for epoch in range(initial_epoch, epochs):
-        model.reset_metrics()
-        callback_list.on_epoch_begin(epoch)
-        if iterator is None or steps_per_epoch is None:
-            iterator = iter(distributed)
-        _run_steps(
-            step,
-            iterator,
-            steps,
-            on_begin=callback_list.on_train_batch_begin,
-            on_end=callback_list.on_train_batch_end,
-            stop=lambda: model.stop_training,
+    if steps_done and epochs_done < epochs:
+        for callback in fit_kwargs.get("callbacks", ()):
+            if hasattr(callback, "step_offset"):
+                callback.step_offset = steps_done
+        rest_of_epoch = data.epochs(epochs_done, epochs_done + 1).skip(steps_done)
+        fit(model, rest_of_epoch, initial_epoch=epochs_done, epochs=epochs_done + 1, **fit_kwargs)
+        epochs_done += 1
+    if epochs_done < epochs:
+        fit(
+            model,
+            data.epochs(epochs_done, epochs),
+            initial_epoch=epochs_done,
+            epochs=epochs,
+            steps_per_epoch=data.steps_per_epoch,
+            **fit_kwargs,
         )
-        epoch_logs = _metric_logs(model)
-        if validation_data is not None:
-            val_logs = _evaluate(model, validation_data, strategy, test_step)
-            epoch_logs.update({f"val_{name}": value for name, value in val_logs.items()})
-        callback_list.on_epoch_end(epoch, epoch_logs)
-        if model.stop_training:
-            break
-    if epochs > initial_epoch and isinstance(model.optimizer, keras.optimizers.Optimizer):
-        model.optimizer.finalize_variable_values(model.trainable_weights)
-    callback_list.on_train_end(logs=epoch_logs)
-    return history

@@ -40,18 +40,29 @@ print(coverage.summary())
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 import os
 import re
-import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tftune.data import special_file_kind
 from tftune.errors import EmbeddingsError
 from tftune.text import PAD, SPECIAL_TOKENS, Vocabulary
+from tftune.vector_files import (
+    FORMAT_NAMES,
+    HEADER,
+    check_finite,
+    load_keyedvectors,
+    load_npy,
+    load_word2vec_format,
+    npy_matrix,
+    one_line,
+    read_head,
+    read_manifest,
+    sniff_format,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -62,18 +73,7 @@ if TYPE_CHECKING:
 FORMATS = ("glove", "word2vec", "word2vec-binary", "keyedvectors", "npy")
 OOV_TREATMENTS = ("random", "zeros", "mean")
 
-_FORMAT_NAMES = {
-    "glove": "GloVe text (no header)",
-    "word2vec": "word2vec text (with a 'count dim' header)",
-    "word2vec-binary": "word2vec binary",
-    "keyedvectors": "a gensim KeyedVectors file",
-    "npy": "an npy manifest (words and matrix files)",
-}
-_HEAD_BYTES = 1 << 16
-_HEADER = re.compile(rb"\s*(\d+)\s+(\d+)\s*")
 _MISSING_TOP = 20
-# `PACKAGE:PATH` in an npy manifest: a file inside an installed Python package.
-_PACKAGE_FILE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*):(.+)")
 _STATS_CHUNK_ROWS = 1 << 16
 _MODEL_NAME = re.compile(r"[\w.-]+")
 _FILE_SUFFIXES = (".txt", ".vec", ".bin", ".gz", ".bz2", ".kv", ".npy", ".model")
@@ -151,49 +151,23 @@ def load_vectors(path: str | os.PathLike, fmt: str) -> KeyedVectors:
     kind = special_file_kind(path)
     if kind is not None:
         raise fail(f"it is {kind}, not a regular file")
-    head = _read_head(path, fail)
+    head = read_head(path, fail)
     if not head.strip():
         raise fail("file is empty")
-    detected = _sniff_format(head)
+    detected = sniff_format(head)
     if detected is not None and detected != fmt:
-        raise fail(f"it looks like {_FORMAT_NAMES[detected]}, not {_FORMAT_NAMES[fmt]}; use format '{detected}'")
+        raise fail(f"it looks like {FORMAT_NAMES[detected]}, not {FORMAT_NAMES[fmt]}; use format '{detected}'")
 
     if fmt == "keyedvectors":
-        kv = _load_keyedvectors(path, fail)
+        kv = load_keyedvectors(path, fail)
     elif fmt == "npy":
-        kv = _load_npy(path, fail)
+        kv = load_npy(path, fail)
     else:
-        kv = _load_word2vec_format(path, fmt, head, fail)
+        kv = load_word2vec_format(path, fmt, head, fail)
     if len(kv) == 0 or kv.vector_size == 0:
         raise fail("it holds no vectors")
-    _check_finite(kv, path, fmt, fail)
+    check_finite(kv, path, fmt, fail)
     return kv
-
-
-def _check_finite(kv: KeyedVectors, path: Path, fmt: str, fail: Callable[[str], EmbeddingsError]) -> None:
-    """Refuses NaN or infinite values, which would only surface later as a NaN training loss."""
-    import numpy as np
-
-    finite_rows = np.isfinite(kv.vectors).all(axis=1)
-    if finite_rows.all():
-        return
-    row = int(np.argmin(finite_rows))
-    word = kv.index_to_key[row]
-    value = kv.vectors[row][~np.isfinite(kv.vectors[row])][0]
-    where = f"record {row + 1:,}" if fmt in ("word2vec-binary", "keyedvectors", "npy") else _text_line_of(path, word, fmt)
-    raise fail(f"{where} (word {word!r}) has a non-finite value ({value}); the file is corrupt")
-
-
-def _text_line_of(path: Path, word: str, fmt: str) -> str:
-    """The line of a text vectors file that holds `word` (read again only on this error path)."""
-    from gensim import utils as gensim_utils
-
-    prefix = word.encode("utf-8") + b" "
-    with gensim_utils.open(os.fspath(path), "rb") as fin:
-        for line_no, raw in enumerate(fin, start=1):
-            if raw.startswith(prefix) and not (fmt == "word2vec" and line_no == 1):
-                return f"line {line_no:,}"
-    return "a line"
 
 
 def load_vectors_by_name(name: str) -> KeyedVectors:
@@ -241,7 +215,7 @@ def load_vectors_by_name(name: str) -> KeyedVectors:
                 "download the vectors file and use load_vectors(path, fmt)"
             ) from None
         except Exception as error:  # gensim raises bare Exception when its data directory is unusable
-            raise EmbeddingsError(f"cannot look up gensim-data model '{name}': {_one_line(error)}") from None
+            raise EmbeddingsError(f"cannot look up gensim-data model '{name}': {one_line(error)}") from None
         if name in catalog["corpora"]:
             raise EmbeddingsError(f"gensim-data '{name}' is a text corpus, not word vectors")
         if name not in catalog["models"]:
@@ -251,7 +225,7 @@ def load_vectors_by_name(name: str) -> KeyedVectors:
             kv = gensim.downloader.load(name)
         # gensim.downloader raises bare Exception (checksums) besides OSError and ValueError.
         except Exception as error:
-            raise EmbeddingsError(f"cannot download gensim-data model '{name}': {_one_line(error)}") from None
+            raise EmbeddingsError(f"cannot download gensim-data model '{name}': {one_line(error)}") from None
     finally:
         downloader_log.setLevel(level)
     if not isinstance(kv, KeyedVectors):
@@ -306,7 +280,7 @@ def convert_to_keyedvectors(
         # Storing the matrix as a separate .npy is what makes memory-mapped loading possible.
         kv.save(os.fspath(dst), separately=["vectors"])
     except OSError as error:
-        raise EmbeddingsError(f"cannot write vectors to {dst}: {error.strerror or _one_line(error)}") from None
+        raise EmbeddingsError(f"cannot write vectors to {dst}: {error.strerror or one_line(error)}") from None
     return kv
 
 
@@ -370,17 +344,24 @@ def align(
         matrix[found_rows] = kv.vectors[found_indices]
 
     if marker_rows or missing_rows:
-        mean, std = _column_stats(kv.vectors)
-        random_rows = sorted(marker_rows + missing_rows) if oov == "random" else marker_rows
-        rng = np.random.default_rng(seed)
-        matrix[random_rows] = rng.standard_normal((len(random_rows), kv.vector_size)) * std
-        if oov == "mean":
-            matrix[missing_rows] = mean
+        _fill_rows_without_vectors(matrix, kv.vectors, marker_rows, missing_rows, oov, seed)
 
     words = [token for token in tokens if token not in SPECIAL_TOKENS]
     missing = {tokens[row] for row in missing_rows}
     coverage = _measure(words, missing, counts, vocab_size=len(tokens))
     return matrix, coverage
+
+
+def _fill_rows_without_vectors(matrix, vectors, marker_rows, missing_rows, oov, seed):
+    """Fills the rows of the special markers (always random) and of words without a vector (by `oov`)."""
+    import numpy as np
+
+    mean, std = _column_stats(vectors)
+    random_rows = sorted(marker_rows + missing_rows) if oov == "random" else marker_rows
+    rng = np.random.default_rng(seed)
+    matrix[random_rows] = rng.standard_normal((len(random_rows), vectors.shape[1])) * std
+    if oov == "mean":
+        matrix[missing_rows] = mean
 
 
 def inspect_vectors(
@@ -444,17 +425,17 @@ def vector_size(path: str | os.PathLike, fmt: str) -> int | None:
     if fmt == "keyedvectors" or not path.is_file():
         return None
     try:
-        head = _read_head(path, EmbeddingsError)
-        if _sniff_format(head) != fmt:
+        head = read_head(path, EmbeddingsError)
+        if sniff_format(head) != fmt:
             return None
         if fmt == "npy":
-            return _npy_matrix(path, _read_manifest(path, EmbeddingsError), EmbeddingsError).shape[1]
+            return npy_matrix(path, read_manifest(path, EmbeddingsError), EmbeddingsError).shape[1]
     except EmbeddingsError:
         return None
     first = head.partition(b"\n")[0]
     if fmt == "glove":
         return len(first.split()) - 1
-    return int(_HEADER.fullmatch(first)[2])
+    return int(HEADER.fullmatch(first)[2])
 
 
 def _vector_index(kv: KeyedVectors, token: str, lowercase_fallback: bool) -> int | None:
@@ -504,203 +485,3 @@ def _column_stats(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def _read_head(path: Path, fail: Callable[[str], EmbeddingsError]) -> bytes:
-    """The first bytes of the (decompressed) file."""
-    from gensim import utils as gensim_utils
-
-    try:
-        with gensim_utils.open(os.fspath(path), "rb") as fin:
-            return fin.read(_HEAD_BYTES)
-    except (OSError, EOFError) as error:  # unreadable, or a corrupt .gz / .bz2
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else _one_line(error)
-        raise fail(f"cannot read the file ({reason})") from None
-
-
-def _sniff_format(head: bytes) -> str | None:
-    """Guesses the format from the first bytes; None if it cannot tell."""
-    if head.startswith(b"\x80"):  # pickle protocol 2+, as written by KeyedVectors.save
-        return "keyedvectors"
-    if _is_npy_manifest(head):
-        return "npy"
-    first, _, rest = head.partition(b"\n")
-    if _HEADER.fullmatch(first):
-        second = rest.partition(b"\n")[0]
-        if not second:
-            return None
-        return "word2vec" if _is_text_row(second) else "word2vec-binary"
-    return "glove" if _is_text_row(first) else None
-
-
-def _is_text_row(line: bytes) -> bool:
-    """Whether a line reads as `word value ...`; raw binary floats never decode and parse so."""
-    try:
-        fields = line.decode("utf-8").split()
-    except UnicodeDecodeError:
-        return False
-    return len(fields) >= 2 and _is_number(fields[1])
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_npy_manifest(head: bytes) -> bool:
-    try:
-        manifest = tomllib.loads(head.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return False
-    return {"words", "matrix"} <= manifest.keys()
-
-
-def _read_manifest(path: Path, fail: Callable[[str], EmbeddingsError]) -> dict:
-    try:
-        manifest = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise fail(f"not a TOML manifest ({_one_line(error)})") from None
-    for key in ("words", "matrix"):
-        if not isinstance(manifest.get(key), str) or not manifest[key]:
-            raise fail(f"the manifest needs a '{key}' file name (a non-empty string)")
-    return manifest
-
-
-def _manifest_file(path: Path, manifest: dict, key: str, fail: Callable[[str], EmbeddingsError]) -> Path:
-    """A file the manifest names: relative to the manifest, or `PACKAGE:PATH` inside an installed package."""
-    name = manifest[key]
-    packaged = _PACKAGE_FILE.fullmatch(name)
-    if packaged is None:
-        return path.parent / name
-    package, inside = packaged.groups()
-    # find_spec locates the package without importing (and so without running) it.
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        requirement = manifest.get("requires", package)
-        raise fail(f"{key}: the Python package '{package}' is not installed (pip install {requirement})")
-    return Path(next(iter(spec.submodule_search_locations))) / inside
-
-
-def _npy_matrix(path: Path, manifest: dict, fail: Callable[[str], EmbeddingsError]) -> np.ndarray:
-    import numpy as np
-
-    matrix_path = _manifest_file(path, manifest, "matrix", fail)
-    try:
-        matrix = np.load(matrix_path, mmap_mode="r", allow_pickle=False)
-    except FileNotFoundError:
-        raise fail(f"matrix: {matrix_path} does not exist") from None
-    except (OSError, ValueError) as error:
-        raise fail(f"matrix: {matrix_path} is not a readable .npy file ({_one_line(error)})") from None
-    if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.floating):
-        raise fail(f"matrix: {matrix_path} holds a {matrix.dtype} array of shape {matrix.shape}, not [words, dim] floats")
-    return matrix
-
-
-def _load_npy(path: Path, fail: Callable[[str], EmbeddingsError]) -> KeyedVectors:
-    from gensim.models import KeyedVectors
-
-    manifest = _read_manifest(path, fail)
-    matrix = _npy_matrix(path, manifest, fail)
-    words_path = _manifest_file(path, manifest, "words", fail)
-    try:
-        words = words_path.read_text(encoding="utf-8").split("\n")
-    except FileNotFoundError:
-        raise fail(f"words: {words_path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise fail(f"words: {words_path} is not readable UTF-8 text ({_one_line(error)})") from None
-    if words and words[-1] == "":
-        words.pop()
-    if len(words) != len(matrix):
-        raise fail(f"words: {words_path} has {len(words):,} words but the matrix has {len(matrix):,} rows")
-    key_to_index = {}
-    for index, word in enumerate(words):
-        if not word or word != word.strip() or " " in word:
-            raise fail(f"words: {words_path} line {index + 1}: {word!r} is not a word (empty or with spaces)")
-        if key_to_index.setdefault(word, index) != index:
-            raise fail(f"words: {words_path} line {index + 1}: {word!r} repeats line {key_to_index[word] + 1}")
-    kv = KeyedVectors(matrix.shape[1], count=0, dtype=matrix.dtype)
-    kv.index_to_key, kv.key_to_index, kv.vectors = words, key_to_index, matrix
-    return kv
-
-
-def _load_keyedvectors(path: Path, fail: Callable[[str], EmbeddingsError]) -> KeyedVectors:
-    from gensim.models import KeyedVectors
-
-    name = os.fspath(path)
-    # gensim cannot memory-map arrays stored compressed next to a .gz / .bz2 file.
-    mmap = None if name.endswith((".gz", ".bz2")) else "r"
-    try:
-        loaded = KeyedVectors.load(name, mmap=mmap)
-    except FileNotFoundError as error:
-        raise fail(f"its companion file {error.filename} is missing; keep it next to the main file") from None
-    # Unpickling arbitrary bytes can fail with almost any exception type.
-    except Exception as error:
-        raise fail(f"not a gensim KeyedVectors file ({type(error).__name__}: {_one_line(error)})") from None
-    # A saved Word2Vec / FastText model carries its vectors in `.wv`.
-    kv = getattr(loaded, "wv", loaded)
-    if not isinstance(kv, KeyedVectors):
-        raise fail(f"it holds a {type(loaded).__name__}, not KeyedVectors")
-    return kv
-
-
-def _load_word2vec_format(
-    path: Path, fmt: str, head: bytes, fail: Callable[[str], EmbeddingsError]
-) -> KeyedVectors:
-    from gensim.models import KeyedVectors
-
-    try:
-        return KeyedVectors.load_word2vec_format(
-            os.fspath(path), binary=fmt == "word2vec-binary", no_header=fmt == "glove"
-        )
-    except EOFError:
-        header = _HEADER.fullmatch(head.partition(b"\n")[0])
-        announced = f"the {int(header[1]):,} vectors its header announces" if header else "all vectors"
-        raise fail(f"the file ends before {announced} (truncated?)") from None
-    # gensim reports bad rows as ValueError (UnicodeDecodeError included) in various forms.
-    except ValueError as error:
-        cause = None if fmt == "word2vec-binary" else _find_bad_text_row(path, has_header=fmt == "word2vec")
-        if fmt == "word2vec-binary" and isinstance(error, UnicodeDecodeError):
-            cause = f"a word is not valid UTF-8 ({error.reason}); corrupt file?"
-        raise fail(cause or _one_line(error)) from None
-
-
-def _find_bad_text_row(path: Path, has_header: bool) -> str | None:
-    """Describes the first row gensim cannot read, reading lines the way gensim does."""
-    from gensim import utils as gensim_utils
-
-    expected = None
-    with gensim_utils.open(os.fspath(path), "rb") as fin:
-        for line_no, raw in enumerate(fin, start=1):
-            truncated = "" if raw.endswith(b"\n") else "; the file seems truncated"
-            if has_header and line_no == 1:
-                header = _HEADER.fullmatch(raw)
-                if header is None:
-                    return "line 1 is not a 'count dim' header (GloVe files have none: use format 'glove')"
-                expected = int(header[2])
-                continue
-            declared = has_header and line_no == 2
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                return (
-                    f"line {line_no} is not UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1}); "
-                    "a binary file, or text in another encoding?"
-                )
-            values = text.rstrip().split(" ")[1:]
-            if "" in values:
-                return f"line {line_no} has repeated spaces; values must be separated by single spaces"
-            if expected is None:
-                expected = len(values)
-            if len(values) != expected:
-                if declared and not truncated:
-                    return f"line 2 has {len(values)} values, but the header (line 1) declares {expected} dimensions"
-                return f"line {line_no} has {len(values)} values, expected {expected}{truncated or ' (ragged rows)'}"
-            bad = next((value for value in values if not _is_number(value)), None)
-            if bad is not None:
-                return f"line {line_no}: {bad[:20]!r} is not a number{truncated}"
-    return None
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())

@@ -2,7 +2,8 @@
 
 `finetune` turns pretrained encoders into a classifier (or an ensemble of one classifier per
 pretrain run, e.g. a forward and a backward one) and writes a finetune run with its raw-string
-SavedModel (`tftune.runs.FinetuneRun`). Each classifier trains through `fit_unfreezing_stages`:
+SavedModel (`tftune.runs.FinetuneRun`). The task and its open vocabulary come from
+`tftune.labeled_task`; each classifier trains through `tftune.unfreezing.fit_unfreezing_stages`:
 the head first, then one more recurrent layer per stage, each stage with its own slanted
 triangular cycle and discriminative rates. `_finetune` only calls the stages in order.
 
@@ -17,7 +18,6 @@ Example:
 
 import dataclasses
 import time
-from collections import Counter
 from pathlib import Path
 
 import keras
@@ -33,12 +33,11 @@ from tftune.callbacks import (
     restore_plugins,
     tensorboard,
 )
-from tftune.checkpoints import Checkpointing, RunCheckpoint, fit_from
-from tftune.data import classification_dataset, stratified_holdout, truncate
-from tftune.embeddings import load_vectors
-from tftune.errors import DataError, RunError
+from tftune.checkpoints import Checkpointing, RunCheckpoint
+from tftune.errors import RunError
 from tftune.export import export_classifier
 from tftune.inputs import LabeledData
+from tftune.labeled_task import prepare_task
 from tftune.metrics import classification_metrics
 from tftune.model_configs import classifier_config, encoder_dropouts
 from tftune.models import (
@@ -49,28 +48,14 @@ from tftune.models import (
     ensemble_members,
     global_policy_restored,
 )
-from tftune.open_vocab import OpenWords, grow_encoder, grow_vocabulary, measure_growth
+from tftune.open_vocab import grow_encoder
+from tftune.output_paths import check_export_paths, check_run_paths
 from tftune.pretrained_models import resolve_run
 from tftune.recipe import Recipe
-from tftune.runs import (
-    FinetuneRun,
-    PretrainRun,
-    check_export_paths,
-    check_run_paths,
-    check_writable_target,
-    reading_artifact,
-)
+from tftune.runs import FinetuneRun, PretrainRun, check_writable_target, reading_artifact
 from tftune.run_lock import exclusive_output, holds_output_lock
-from tftune.schedules import (
-    DiscriminativeAdam,
-    OneCycle,
-    SlantedTriangular,
-    Stage,
-    discriminative_multipliers,
-    unfreezing_stages,
-)
-from tftune.text import Vocabulary
-from tftune.training import (
+from tftune.schedules import DiscriminativeAdam, discriminative_multipliers
+from tftune.run_setup import (
     RESUME_HINT,
     check_encoder_matches,
     check_same_data,
@@ -83,6 +68,7 @@ from tftune.training import (
     start_distribution,
     worker_failures,
 )
+from tftune.unfreezing import StagePosition, describe_plan, fit_unfreezing_stages, member_stages, stage_learning_rate
 
 # ULMFiT's Adam betas for fine-tuning.
 ADAM_BETAS = {"beta_1": 0.7, "beta_2": 0.99}
@@ -104,7 +90,7 @@ def finetune(recipe: Recipe, from_run, out, data: LabeledData, force=False, call
             encoder must match the pretrain runs').
         from_run: a pretrain run directory, or a list of them for an ensemble.
         out: the finetune run directory to create (the SavedModel goes to `out/export`); it may
-            not be, hold or lie inside anything the run reads (see `tftune.runs.check_run_paths`).
+            not be, hold or lie inside anything the run reads (see `tftune.output_paths.check_run_paths`).
         data: the labeled examples (`tftune.inputs.LabeledData`); their fingerprints go into
             `run.json`, and a resumed run refuses other data.
         force: replace an existing non-empty `out`.
@@ -173,119 +159,6 @@ def check_same_vocabulary(members):
             )
 
 
-@dataclasses.dataclass
-class LabeledSplits:
-    labels: list
-    train: tuple
-    valid: tuple
-    test: tuple | None
-
-
-@dataclasses.dataclass
-class OpenedVocabulary:
-    """A pretrain run's vocabulary, grown with the words of the task's text that have a vector.
-
-    Args:
-        vocab: the grown vocabulary (the run's own when nothing was added).
-        added: the words added, in id order.
-        vectors: the `KeyedVectors` they came from (None with `vocab.open = false`).
-        growth: the token coverage before and after (`tftune.open_vocab.Growth`), or None.
-    """
-
-    vocab: Vocabulary
-    added: list
-    vectors: object
-    growth: object
-
-
-@dataclasses.dataclass
-class LabeledTask:
-    """The task as the classifiers read it.
-
-    Attributes:
-        labels: class names, in output order.
-        opened: the vocabulary (`OpenedVocabulary`) and its growth.
-        tokenizer: the pretrain runs' tokenizer.
-        data: `{"train", "valid", "class_weight"}`: the datasets and optional class weights.
-        test_data: the test dataset, or None.
-    """
-
-    labels: list
-    opened: OpenedVocabulary
-    tokenizer: object
-    data: dict
-    test_data: object
-
-
-def prepare_task(recipe, members, data):
-    """Reads the labeled splits, opens the vocabulary to their words, and batches them."""
-    settings = recipe.finetune
-    tokenizer = members[0].tokenizer
-    splits = load_labeled_splits(settings, data)
-    opened = open_vocabulary(recipe, members[0].vocab, tokenizer, splits.train[0] + splits.valid[0])
-    label_index = {label: i for i, label in enumerate(splits.labels)}
-
-    def dataset(split, shuffle=False):
-        texts, labels = split
-        ids = truncate(opened.vocab.encode(texts, tokenizer), settings.max_len)
-        targets = [label_index[label] for label in labels]
-        return classification_dataset(ids, targets, settings.batch_size, shuffle=shuffle, seed=settings.seed)
-
-    data = {"train": dataset(splits.train, shuffle=True), "valid": dataset(splits.valid), "class_weight": None}
-    if settings.class_weight == "balanced":
-        train_labels = [label_index[label] for label in splits.train[1]]
-        data["class_weight"] = balanced_class_weights(train_labels, len(splits.labels))
-    log(
-        f"classes: {', '.join(splits.labels)}; {len(splits.train[0]):,} train, "
-        f"{len(splits.valid[0]):,} valid, {len(splits.test[0]) if splits.test else 0:,} test examples"
-    )
-    return LabeledTask(splits.labels, opened, tokenizer, data, dataset(splits.test) if splits.test else None)
-
-
-def load_labeled_splits(settings, data):
-    """Reads train/valid/test (`tftune.inputs.LabeledData`); holds out part of train when there is no valid."""
-    train = data.read(data.train)
-    if data.valid is not None:
-        valid = data.read(data.valid)
-    else:
-        held, kept = stratified_holdout(train[1], settings.valid_fraction, settings.seed)
-        if not held:
-            raise DataError(f"{data.train.origin}: no class has 2 examples, so none can be held out for validation; "
-                            "give validation examples (--valid)")
-        valid = tuple([rows[i] for i in held] for rows in train)
-        train = tuple([rows[i] for i in kept] for rows in train)
-    test = data.read(data.test) if data.test is not None else None
-    labels = sorted(set(train[1]))
-    if len(labels) < 2:
-        raise DataError(f"{data.train.origin}: only one class ({labels[0]!r}); a classifier needs at least 2")
-    for name, split, given in (("valid", valid, data.valid), ("test", test, data.test)):
-        if split is None:
-            continue
-        unseen = sorted(set(split[1]) - set(labels))
-        if unseen:
-            raise DataError(f"{(given or data.train).origin}: {name} label(s) {', '.join(map(repr, unseen[:5]))} "
-                            "never seen in training")
-    return LabeledSplits(labels, train, valid, test)
-
-
-def open_vocabulary(recipe, vocab, tokenizer, texts):
-    """Grows `vocab` with the words of `texts` that have a vector (`vocab.open`), and logs the coverage."""
-    if not recipe.vocab.open:
-        return OpenedVocabulary(vocab, [], None, None)
-    vectors = load_vectors(recipe.embeddings.path, recipe.embeddings.format)
-    counts = Counter(token for text in texts for token in tokenizer.tokenize(text))
-    added = OpenWords(vectors).new_words(counts, vocab)
-    growth = measure_growth(counts, vocab, added)
-    log(growth.summary())
-    return OpenedVocabulary(grow_vocabulary(vocab, added), added, vectors, growth)
-
-
-def balanced_class_weights(label_ids, n_classes):
-    """`examples / (classes * examples of the class)` per class, as Keras' `class_weight` takes it."""
-    counts = np.bincount(np.asarray(label_ids, dtype="int64"), minlength=n_classes)
-    return {index: len(label_ids) / (n_classes * count) for index, count in enumerate(counts) if count}
-
-
 # === Stage 2: fit each member ===
 
 
@@ -324,7 +197,7 @@ class FinetuneProgress:
             return self.resumed
         return None
 
-    def state(self, member, position, epochs_done, steps_done):
+    def state(self, member, epochs_done, steps_done):
         return {
             "kind": "finetune",
             "recipe": self.recipe.to_toml(),
@@ -333,7 +206,6 @@ class FinetuneProgress:
             "member": member,
             "epochs_done": epochs_done,
             "steps_done": steps_done,
-            "stage_start_step": position.stage_start_step,
             "finished": [{"history": done.history, "best": done.best.get_state()} for done in self.finished],
         }
 
@@ -418,51 +290,6 @@ def build_finetune_optimizer(classifier, settings):
     return optimizer
 
 
-def stage_learning_rate(settings, start_step, steps, stage=0):
-    """The rate of stage number `stage` (from 0): `steps` optimizer steps from optimizer step `start_step`.
-
-    Its peak is `learning_rate / stage_lr_decay ** stage`.
-    """
-    peak = settings.learning_rate / settings.stage_lr_decay ** stage
-    schedule = {"stlr": SlantedTriangular, "one_cycle": OneCycle}.get(settings.schedule)
-    if schedule is None:
-        return peak
-    return schedule(peak, steps, start_step=start_step)
-
-
-def member_stages(settings, n_layers):
-    """The unfreezing stages of `finetune.unfreeze`: gradual (head first), or all layers at once."""
-    if settings.unfreeze == "gradual":
-        return unfreezing_stages(n_layers, settings.stage_epochs, settings.epochs)
-    return [Stage(trainable_layers=n_layers, epochs=settings.epochs)]
-
-
-def _count(number, noun):
-    return f"{number} {noun}{'' if number == 1 else 's'}"
-
-
-def describe_plan(stages, settings):
-    """One classifier's stages and epochs, and why they add up to more than `finetune.epochs` when they do.
-
-    Example:
-
-    >>> describe_plan(unfreezing_stages(2, stage_epochs=1, total_epochs=4), settings)  # doctest: +SKIP
-    '3 stages of 1 + 1 + 2 epochs = 4 epochs (gradual unfreezing: the head first, then one more recurrent layer per stage)'
-    """
-    lengths = [stage.epochs for stage in stages]
-    total = _count(sum(lengths), "epoch")
-    if len(stages) == 1:
-        return f"1 stage x {total}, every recurrent layer trainable from the start (finetune.unfreeze={settings.unfreeze})"
-    shape = (f"{len(stages)} stages x {_count(lengths[0], 'epoch')}" if len(set(lengths)) == 1
-             else f"{len(stages)} stages of {' + '.join(map(str, lengths))} epochs")
-    why = "gradual unfreezing: the head first, then one more recurrent layer per stage"
-    if sum(lengths) > settings.epochs:
-        why += (f"; every stage runs finetune.stage_epochs={settings.stage_epochs} (the last at least 1), so "
-                f"finetune.epochs={settings.epochs} becomes {sum(lengths)}; --set finetune.unfreeze=all trains "
-                "exactly finetune.epochs")
-    return f"{shape} = {total} ({why})"
-
-
 def finetune_member(recipe, pretrained, name, task, progress, callbacks=(), strategy=None):
     """Builds a classifier on a pretrained encoder and trains it with gradual unfreezing.
 
@@ -483,15 +310,15 @@ def finetune_member(recipe, pretrained, name, task, progress, callbacks=(), stra
     with strategy.scope():
         classifier = build_member_classifier(recipe, pretrained, name, len(task.labels), task.opened)
         optimizer = build_finetune_optimizer(classifier, settings)
-    history, best = StageHistory(), KeepBestWeights(settings.patience)
-    position, restore = StagePosition(), None
+    history, best, position = StageHistory(), KeepBestWeights(settings.patience), StagePosition()
+    restore = None
     resumed = progress.resumed_member(index)
     if resumed:
-        restore_plugins([history, best], resumed, progress.checkpoint.load_arrays)
-        position = StagePosition(resumed["epochs_done"], resumed["steps_done"], resumed["stage_start_step"])
+        restore_plugins([history, best, position], resumed, progress.checkpoint.load_arrays)
+        position.resume_at(resumed["epochs_done"], resumed["steps_done"])
         restore = progress.checkpoint.restore
     saver = Checkpointing(
-        progress.checkpoint, lambda epochs, steps: progress.state(index, position, epochs, steps), [history, best],
+        progress.checkpoint, lambda epochs, steps: progress.state(index, epochs, steps), [history, best, position],
         settings.checkpoint_every, resume_hint=RESUME_HINT, arrays=progress.arrays,
     )
     if not best.stopped:
@@ -510,90 +337,6 @@ def finetune_member(recipe, pretrained, name, task, progress, callbacks=(), stra
         best.restore(classifier)
         log(f"{name}: kept the weights of epoch {best.best_epoch} (validation accuracy {best.best_accuracy:.4f})")
     return TrainedMember(classifier, history.epochs, best)
-
-
-@dataclasses.dataclass
-class StagePosition:
-    """Where a classifier's training is: epochs done, steps done in the next epoch, and the optimizer
-    step at which the current stage's learning-rate cycle started (None: at the next stage's start)."""
-
-    epochs_done: int = 0
-    steps_done: int = 0
-    stage_start_step: int | None = None
-
-
-def fit_unfreezing_stages(classifier, optimizer, stages, train_data, stage_rate, validation_data=None,
-                          class_weight=None, callbacks=(), position=None, restore=None, strategy=None, verbose=0):
-    """Fits a classifier stage by stage, unfreezing its top recurrent layers as each stage says.
-
-    Each stage sets which of the backbone's recurrent layers train (the top
-    `stage.trainable_layers`), compiles (Keras reads trainable flags at compile time), gives the
-    optimizer a fresh learning-rate cycle, and fits its epochs. Training stops early when a
-    callback sets `stop_training`. Callbacks with a `set_stage(number, trainable_names)` method
-    (`StageHistory`) hear of each stage.
-
-    Args:
-        classifier: a `TextClassifier`.
-        optimizer: its optimizer, built on every variable that will ever train.
-        stages: `tftune.schedules.Stage`s, in order.
-        train_data: the training batches, a `tftune.data.ShuffledEpochs` (see `tftune.checkpoints.fit_from`).
-        stage_rate: `(stage number, start step, steps) -> learning rate or schedule` of a stage.
-        validation_data, class_weight, callbacks, verbose: as in `fit`.
-        position: the `StagePosition` to start from (default: the start); it tracks the stage's start step.
-        restore: a callable loading a checkpoint into the compiled classifier, when resuming.
-        strategy: the `tf.distribute` strategy (default: the current one).
-
-    Example:
-
-    ```python
-    stages = unfreezing_stages(n_layers=2, stage_epochs=1, total_epochs=3)
-    fit_unfreezing_stages(classifier, optimizer, stages, train, lambda n, start, steps: SlantedTriangular(
-        0.01 / 2.6 ** n, steps, start_step=start))
-    ```
-    """
-    strategy = tf.distribute.get_strategy() if strategy is None else strategy
-    position = StagePosition() if position is None else position
-    layers = classifier.backbone.recurrent_layers
-    steps_per_epoch = train_data.steps_per_epoch
-    stage_end = 0
-    for number, stage in enumerate(stages):
-        stage_begin, stage_end = stage_end, stage_end + stage.epochs
-        if position.epochs_done >= stage_end:
-            continue  # done before the checkpoint this run resumes from
-        trainable = [layer.name for layer in layers[len(layers) - stage.trainable_layers :]]
-        for layer in layers:
-            layer.trainable = layer.name in trainable
-        epochs = f"epoch {stage_end}" if stage.epochs == 1 else f"epochs {stage_begin + 1}-{stage_end}"
-        log(f"{classifier.name} stage {number + 1}/{len(stages)}, {epochs} of {sum(s.epochs for s in stages)}: "
-            "training the head" + (f" and {', '.join(sorted(trainable))}" if trainable else " only"))
-        with strategy.scope():
-            compile_classifier(classifier, optimizer)
-            if restore is not None:
-                restore(classifier)
-        inside_stage = position.epochs_done > stage_begin or position.steps_done > 0
-        if restore is None or not inside_stage or position.stage_start_step is None:
-            position.stage_start_step = int(optimizer.iterations.numpy())
-        restore = None
-        optimizer.learning_rate = stage_rate(number, position.stage_start_step, stage.epochs * steps_per_epoch)
-        for callback in callbacks:
-            if hasattr(callback, "set_stage"):
-                callback.set_stage(number + 1, sorted(trainable))
-        fit_from(classifier, train_data, position.epochs_done, position.steps_done, stage_end,
-                 validation_data=validation_data, class_weight=class_weight, callbacks=list(callbacks), shuffle=False,
-                 verbose=verbose)
-        position.epochs_done, position.steps_done = stage_end, 0
-        if classifier.stop_training:
-            break
-    if restore is not None:  # every stage had ended before the checkpoint: only its weights are left to take
-        with strategy.scope():
-            compile_classifier(classifier, optimizer)
-            restore(classifier)
-
-
-def compile_classifier(classifier, optimizer):
-    """Compiles a classifier for its next stage (Keras reads the trainable flags when it compiles)."""
-    classifier.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                       metrics=["accuracy"])
 
 
 # === Stage 3: evaluate ===
@@ -680,7 +423,7 @@ def reexport(run_dir, out, force=False):
     Args:
         run_dir: the finetune run.
         out: the export directory; `run_dir/export`, or a place outside the run (see
-            `tftune.runs.check_export_paths`).
+            `tftune.output_paths.check_export_paths`).
         force: replace an existing non-empty `out`.
     """
     check_export_paths(run_dir, out)

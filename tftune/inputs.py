@@ -113,7 +113,7 @@ class _Data:
                 if isinstance(item, Input)]
 
     def files(self):
-        """`(label, path)` of every input file, for `tftune.runs.check_output_paths`."""
+        """`(label, path)` of every input file, for `tftune.output_paths.check_output_paths`."""
         return [(f"--{item.role} file", path) for item in self.inputs() for path in item.paths]
 
     def reading(self):

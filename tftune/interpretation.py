@@ -179,7 +179,8 @@ def matplotlib_available():
 def check_report_paths(run, out, force, data=None):
     """Refuses an `out` that overlaps the run or the data, or that exists without `force`
     (before the slow TensorFlow import)."""
-    from tftune.runs import check_output_paths, check_writable_target
+    from tftune.output_paths import check_output_paths
+    from tftune.runs import check_writable_target
 
     inputs = [("finetune run", run)] + ([("data file", data)] if data is not None else [])
     check_output_paths([("--out", out)], inputs)

@@ -82,7 +82,7 @@ class ClipAfterAllReduce:
     clipping, and the later sum is skipped. Without clipping, or outside a multi-replica step,
     nothing changes.
 
-    Use it through `tftune.distribute.clip_after_all_reduce(keras.optimizers.Adam)`.
+    Use it through `tftune.replicas.clip_after_all_reduce(keras.optimizers.Adam)`.
     """
 
     def _clips(self):

@@ -98,29 +98,8 @@ def plot_metrics(metrics, labels, path, title):
     FigureCanvasAgg(figure)
     matrix_axes, scores_axes = figure.subplots(1, 2, width_ratios=[1, 1])
 
-    image = matrix_axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
-    for row in range(n):
-        for column in range(n):
-            matrix_axes.text(column, row, f"{int(confusion[row, column])}", ha="center", va="center",
-                             color="white" if shares[row, column] > 0.5 else "black", fontsize=9)
-    matrix_axes.set_xticks(range(n), labels, rotation=45, ha="right")
-    matrix_axes.set_yticks(range(n), labels)
-    matrix_axes.set_xlabel("predicted")
-    matrix_axes.set_ylabel("true")
-    matrix_axes.set_title("confusion matrix (colour: share of the true class)")
-    figure.colorbar(image, ax=matrix_axes, shrink=0.8)
-
-    positions = np.arange(n)
-    width = 0.27
-    for offset, score in zip((-width, 0.0, width), ("precision", "recall", "f1")):
-        scores_axes.barh(positions + offset, [metrics["per_class"][label][score] for label in labels], width,
-                         label=score)
-    scores_axes.set_yticks(positions, [f"{label} ({metrics['per_class'][label]['support']})" for label in labels])
-    scores_axes.invert_yaxis()
-    scores_axes.set_xlim(0.0, 1.0)
-    scores_axes.set_xlabel("score")
-    scores_axes.set_title("per class (support)")
-    scores_axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=3)
+    _draw_confusion(figure, matrix_axes, confusion, shares, labels)
+    _draw_class_scores(scores_axes, metrics, labels)
     figure.suptitle(f"{title}: accuracy {metrics['accuracy']:.1%}, macro-F1 {metrics['macro_f1']:.3f}, "
                     f"{metrics['examples']:,} examples")
 
@@ -134,3 +113,35 @@ def plot_metrics(metrics, labels, path, title):
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _draw_confusion(figure, matrix_axes, confusion, shares, labels):
+    """The confusion matrix: colours by share of the true class, cells with raw counts."""
+    n = len(labels)
+    image = matrix_axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    for row in range(n):
+        for column in range(n):
+            matrix_axes.text(column, row, f"{int(confusion[row, column])}", ha="center", va="center",
+                             color="white" if shares[row, column] > 0.5 else "black", fontsize=9)
+    matrix_axes.set_xticks(range(n), labels, rotation=45, ha="right")
+    matrix_axes.set_yticks(range(n), labels)
+    matrix_axes.set_xlabel("predicted")
+    matrix_axes.set_ylabel("true")
+    matrix_axes.set_title("confusion matrix (colour: share of the true class)")
+    figure.colorbar(image, ax=matrix_axes, shrink=0.8)
+
+
+def _draw_class_scores(scores_axes, metrics, labels):
+    """Precision, recall and F1 of every class as horizontal bars, with its support."""
+    n = len(labels)
+    positions = np.arange(n)
+    width = 0.27
+    for offset, score in zip((-width, 0.0, width), ("precision", "recall", "f1")):
+        scores_axes.barh(positions + offset, [metrics["per_class"][label][score] for label in labels], width,
+                         label=score)
+    scores_axes.set_yticks(positions, [f"{label} ({metrics['per_class'][label]['support']})" for label in labels])
+    scores_axes.invert_yaxis()
+    scores_axes.set_xlim(0.0, 1.0)
+    scores_axes.set_xlabel("score")
+    scores_axes.set_title("per class (support)")
+    scores_axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=3)

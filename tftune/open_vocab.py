@@ -103,7 +103,7 @@ def grow_embedding(matrix: np.ndarray, kv, words: Sequence[str], lowercase_fallb
     """The embedding matrix with one more row per word: its pretrained vector.
 
     Args:
-        matrix: The model's embedding `[vocab_size, dim]` (its special and out-of-vector rows
+        matrix: The model's embedding `[vocabulary_size, dim]` (its special and out-of-vector rows
             stay as they were trained with).
         kv: gensim `KeyedVectors` holding a vector for each of `words`.
         words: The words to add, as given to `grow_vocabulary`.

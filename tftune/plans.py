@@ -30,7 +30,7 @@ from typing import Any
 
 from tftune.errors import DataError, RunError
 from tftune.inputs import corpus_data, labeled_data
-from tftune.pretrained_models import resolve_run
+from tftune.pretrained_models import bidirectional_members, resolve_run, resolve_runs
 from tftune.quiet_import import import_tensorflow_quietly
 from tftune.recipe import DEFAULT_RECIPE, LOCAL_DISTRIBUTE, Recipe, load_recipe
 from tftune.runs import PretrainRun
@@ -75,6 +75,9 @@ def plan_pretrain(texts=None, *, out=None, valid=None, from_run=None, recipe=Non
         The `Plan`.
     """
     from_runs = [] if from_run is None else [resolve_run(from_run)]
+    if from_runs and bidirectional_members(from_runs[0]) is not None:
+        raise RunError(f"{from_run}: is a bidirectional run; continue it with --bidirectional, or give one of "
+                       f"its directions (e.g. {Path(from_run) / 'forward'})")
     base = PretrainRun.open(from_runs[0], require=() if recipe else ("recipe_file",)) if from_runs else None
     resolved = resolve_recipe(recipe, settings, base, out, resume)
     _check_resumable_here(resolved, resume)
@@ -104,7 +107,8 @@ def plan_finetune(from_run, train=None, *, out=None, valid=None, test=None, reci
     """
     given = [from_run] if isinstance(from_run, (str, os.PathLike)) else list(from_run)
     # A wrong --from fails here, before the slow TensorFlow import; training checks the rest of the run.
-    members = [PretrainRun.open(resolve_run(run), require=() if recipe else ("recipe_file",)) for run in given]
+    # A bidirectional run stands for its forward and backward runs.
+    members = [PretrainRun.open(run, require=() if recipe else ("recipe_file",)) for run in resolve_runs(given)]
     resolved = resolve_recipe(recipe, settings, members[0], out, resume)
     _check_resumable_here(resolved, resume)
     out = Path(out if out is not None else f"runs/{resolved.name}-finetune")
@@ -128,11 +132,7 @@ def resolve_recipe(recipe, settings=(), base_run=None, out=None, resume=False):
     defaults; else the default recipe. `settings` go on top: a mapping, `"section.key=value"`
     strings or `(key, value)` pairs.
     """
-    if isinstance(settings, Mapping):
-        settings = list(settings.items())
-    elif isinstance(settings, str):
-        settings = [settings]
-    settings = list(settings)
+    settings = settings_list(settings)
     if isinstance(recipe, Recipe):
         return recipe.with_overrides(settings)
     if recipe is not None:
@@ -142,6 +142,13 @@ def resolve_recipe(recipe, settings=(), base_run=None, out=None, resume=False):
     if base_run is not None:
         return Recipe.from_toml_file(base_run.recipe_file, [*LOCAL_DISTRIBUTE, *settings])
     return load_recipe(DEFAULT_RECIPE, settings)
+
+
+def settings_list(settings):
+    """Recipe settings, given as a mapping, one `"section.key=value"` string or a sequence, as a list."""
+    if isinstance(settings, Mapping):
+        return list(settings.items())
+    return [settings] if isinstance(settings, str) else list(settings)
 
 
 def run_plan(plan, callbacks=(), strategy=None):
@@ -203,11 +210,16 @@ def _checkpoint(out):
 def _recorded_data(out, roles):
     """What the interrupted run at `out` was trained on, for `resume` without data: its files (one
     argument per role, None for a role it had not) and how it read them (columns, encoding)."""
-    inputs = _checkpoint(out).load_state().get("inputs")
+    return recorded_files(_checkpoint(out).load_state().get("inputs"), roles, out)
+
+
+def recorded_files(inputs, roles, where):
+    """The files (one argument per role) and how they were read, from the `inputs` a checkpoint or
+    `run.json` at `where` recorded; a one-line error when they were not files."""
     if inputs is None:  # written before data were recorded (they were recipe settings then)
-        raise DataError(f"{out}: its checkpoint does not record the run's data; give the same data again to resume")
+        raise DataError(f"{where}: its checkpoint does not record the run's data; give the same data again to resume")
     if any(isinstance(inputs.get(role), dict) for role in roles):
-        raise DataError(f"{out}: the interrupted run was trained on examples in memory; give them again to resume")
+        raise DataError(f"{where}: the interrupted run was trained on examples in memory; give them again to resume")
     files = [[Path(item["path"]) for item in inputs[role]] if inputs.get(role) else None for role in roles]
     # A pretrain corpus may be several files; a labeled split is one.
     files = [paths if role == "corpus" or paths is None else paths[0] for role, paths in zip(roles, files)]
@@ -232,7 +244,8 @@ def _check_before_training(plan, max_memory, base_run):
     from tftune.data import LABELED_SUFFIXES, TEXT_SUFFIXES, check_data_files
     from tftune.embeddings import vector_size
     from tftune.resources import check_fits, parse_size
-    from tftune.runs import check_run_paths, check_writable_target
+    from tftune.output_paths import check_run_paths
+    from tftune.runs import check_writable_target
 
     recipe = plan.recipe
     if recipe.distribute.strategy != "multi-worker":
@@ -242,7 +255,7 @@ def _check_before_training(plan, max_memory, base_run):
         check_data_files([path for _, path in plan.data.files()],
                          TEXT_SUFFIXES if plan.kind == "pretrain" else LABELED_SUFFIXES)
     limit = parse_size(max_memory) if max_memory is not None else None
-    vocab_size, dim = None, vector_size(recipe.embeddings.path, recipe.embeddings.format)
+    vocabulary_size, dim = None, vector_size(recipe.embeddings.path, recipe.embeddings.format)
     if base_run is not None:
-        vocab_size, dim = base_run.vocab_size(), base_run.info.get("embedding_dim")
-    check_fits(recipe, plan.kind, limit, vocab_size, dim)
+        vocabulary_size, dim = base_run.vocabulary_size(), base_run.info.get("embedding_dim")
+    check_fits(recipe, plan.kind, limit, vocabulary_size, dim)

@@ -18,11 +18,11 @@ run_dir = resolve_run("lstm-glove-general")  # .../pretrained/lstm-glove-general
 import dataclasses
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tftune.errors import RunError
-from tftune.runs import PretrainRun
+from tftune.runs import RUN_INFO, PretrainRun, read_json, write_json
 from tftune.shipped import PRETRAINED_DIR
 
 MODEL_CARD = "README.md"
@@ -119,6 +119,30 @@ def resolve_run(name_or_path: str | os.PathLike) -> Path:
     raise RunError(f"{name_or_path}: no such run directory, nor a pretrained model of that name (pretrained: {names})")
 
 
+# A folder of two pretrain runs, one per direction (`tftune.bidirectional`).
+BIDIRECTIONAL_KIND = "bidirectional-pretrain"
+
+
+def bidirectional_members(path):
+    """`{direction: run directory}` of the bidirectional run at `path`, or None when it is none."""
+    path = Path(path)
+    if not (path / RUN_INFO).is_file():
+        return None
+    info = read_json(path / RUN_INFO)
+    if not isinstance(info, dict) or info.get("kind") != BIDIRECTIONAL_KIND:
+        return None
+    return {direction: path / name for direction, name in info["members"].items()}
+
+
+def resolve_runs(runs):
+    """The pretrain runs behind `runs` (names or paths): a bidirectional run stands for its members."""
+    expanded = []
+    for run in runs:
+        path = resolve_run(run)
+        expanded.extend((bidirectional_members(path) or {None: path}).values())
+    return expanded
+
+
 # The recipe sections that say how to train (not what the model is): a preset takes them from the
 # shipped recipe, so `pretrain --from PRESET` and `finetune` after it train as that recipe does.
 _TRAINING_SECTIONS = ("pretrain", "finetune", "precision", "distribute")
@@ -130,6 +154,7 @@ def publish(
     continue_with: str | os.PathLike | None = None,
     description: str | None = None,
     overrides: Sequence[str] = (),
+    partners: Mapping[str, str] | None = None,
 ) -> Path:
     """Copies a pretrain run into a preset folder: float16 weights, no optimizer state, relative paths.
 
@@ -155,6 +180,9 @@ def publish(
             default: the run's.
         overrides: "section.key=value" settings applied last to the preset's recipe, e.g. a
             lower `pretrain.learning_rate` for the target-domain step.
+        partners: the presets of the other direction, by direction, e.g.
+            `{"backward": "lstm-glove-general-backward"}`: `pretrain --bidirectional` continues
+            both (`tftune.bidirectional`). Recorded in the preset's `run.json`.
 
     Example:
 
@@ -193,6 +221,8 @@ def publish(
         recipe["description"] = description
     recipe = Recipe(recipe).with_overrides(overrides)
     preset.write_recipe(recipe, write_path)
+    if partners:
+        write_json(preset.info_file, {**read_json(preset.info_file), "partners": dict(partners)})
     return destination
 
 

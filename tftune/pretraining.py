@@ -25,8 +25,8 @@ import numpy as np
 from tftune import distribute, keras_private
 from tftune.cache import PendingCorpus
 from tftune.callbacks import StageHistory, StopOnNonFiniteLoss, Throughput, restore_plugins, tensorboard
-from tftune.checkpoints import Checkpointing, RunCheckpoint, fit_from
-from tftune.data import lm_dataset
+from tftune.checkpoints import Checkpointing, RunCheckpoint
+from tftune.batches import lm_dataset
 from tftune.embeddings import align, load_vectors
 from tftune.errors import RunError
 from tftune.inputs import CorpusData
@@ -35,10 +35,12 @@ from tftune.models import LanguageModel, TextBackbone, TextPreprocessor, global_
 from tftune.open_vocab import OpenWords, copy_recurrent_weights, grow_encoder, grow_output_weights, measure_growth, unk_shares
 from tftune.pretrained_models import resolve_run
 from tftune.recipe import Recipe
+from tftune.replicas import clip_after_all_reduce
 from tftune.run_lock import holds_output_lock
-from tftune.runs import PretrainRun, check_run_paths, reading_artifact
+from tftune.output_paths import check_run_paths
+from tftune.runs import PretrainRun, reading_artifact
 from tftune.text import Tokenizer
-from tftune.training import (
+from tftune.run_setup import (
     RESUME_HINT,
     check_encoder_matches,
     check_same_data,
@@ -68,7 +70,7 @@ def pretrain(recipe: Recipe, out, data: CorpusData, force=False, callbacks=(), f
             `precision` sections are used; with `from_run`, its encoder and vocab sections
             must match the run's).
         out: the run directory to create; it may not be, hold or lie inside anything the run
-            reads (see `tftune.runs.check_run_paths`).
+            reads (see `tftune.output_paths.check_run_paths`).
         data: the text to train on (`tftune.inputs.CorpusData`); its fingerprints go into `run.json`,
             and a resumed run refuses other data.
         force: replace an existing non-empty `out`.
@@ -245,7 +247,7 @@ def build_language_model(recipe, corpus, base, strategy):
             shares = unk_shares(corpus.counts, corpus.vocab, corpus.added) if corpus.added else None
             restore_language_model(model, base, base_backbone, shares)
         # Clips the gradient summed over the replicas (Keras clips each replica's share), as on one device.
-        adam = distribute.clip_after_all_reduce(keras.optimizers.Adam)
+        adam = clip_after_all_reduce(keras.optimizers.Adam)
         # The model owns its loss: sampled or full softmax in training, always the full one in evaluation.
         model.compile(optimizer=adam(recipe.pretrain.learning_rate, global_clipnorm=1.0))
     return model
@@ -321,7 +323,7 @@ def fit_language_model(model, recipe, corpus, checkpoint, resumed, callbacks, st
 
     saver = Checkpointing(checkpoint, progress, [history], settings.checkpoint_every, resume_hint=RESUME_HINT)
     log(f"live curves: tensorboard --logdir {checkpoint.logs} (moved into the run when it is written)")
-    fit_from(
+    distribute.fit_from(
         model, train_data, epochs_done, steps_done, settings.epochs,
         validation_data=valid_data,
         # A non-finite loss stops before the step's checkpoint: the last one saved stays good.

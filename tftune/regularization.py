@@ -83,13 +83,13 @@ class WordDropout(keras.layers.Layer):
     """Word (embedding) dropout: drops whole words of the vocabulary for a batch.
 
     In training, each word of the vocabulary is dropped with probability `rate` for the whole
-    call (a `[vocab_size]` mask, gathered by the ids): a dropped word's vector is zero wherever
+    call (a `[vocabulary_size]` mask, gathered by the ids): a dropped word's vector is zero wherever
     it occurs in the batch, and the kept vectors are scaled by `1 / (1 - rate)`. The embedding
     matrix itself is not touched (it may stay frozen). In inference the layer passes the vectors
     through. It keeps the vectors' padding mask and has no weights.
 
     Args:
-        vocab_size: number of ids (rows of the embedding).
+        vocabulary_size: number of ids (rows of the embedding).
         rate: share of the vocabulary to drop, in [0, 1).
         seed: optional int seed of the masks.
         **kwargs: passed to `keras.layers.Layer` (e.g. `name`).
@@ -108,9 +108,9 @@ class WordDropout(keras.layers.Layer):
     True
     """
 
-    def __init__(self, vocab_size, rate, seed=None, **kwargs):
+    def __init__(self, vocabulary_size, rate, seed=None, **kwargs):
         super().__init__(**kwargs)
-        self.vocab_size = vocab_size
+        self.vocabulary_size = vocabulary_size
         self.rate = _check_rate(rate)
         self.seed = seed
         self.supports_masking = True
@@ -120,14 +120,14 @@ class WordDropout(keras.layers.Layer):
     def call(self, vectors, ids, training=False):
         if not (training and self.rate):
             return vectors
-        kept = keras.random.dropout(ops.ones((self.vocab_size,), vectors.dtype), self.rate, seed=self.seed_generator)
+        kept = keras.random.dropout(ops.ones((self.vocabulary_size,), vectors.dtype), self.rate, seed=self.seed_generator)
         return vectors * ops.expand_dims(ops.take(kept, ids), -1)
 
     def compute_output_shape(self, vectors_shape, ids_shape=None):
         return vectors_shape
 
     def get_config(self):
-        return {**super().get_config(), "vocab_size": self.vocab_size, "rate": self.rate, "seed": self.seed}
+        return {**super().get_config(), "vocabulary_size": self.vocabulary_size, "rate": self.rate, "seed": self.seed}
 
 
 def activation_regularization(states, dropped_states, ar=0.0, tar=0.0):

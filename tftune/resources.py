@@ -62,20 +62,20 @@ def _recurrent_parameters(cell, layers, units, embedding_dim):
     return total
 
 
-def estimate_training_memory(recipe, kind, vocab_size=None, embedding_dim=None):
+def estimate_training_memory(recipe, kind, vocabulary_size=None, embedding_dim=None):
     """Parameters and peak memory of pretraining (`kind="pretrain"`) or fine-tuning (`"finetune"`).
 
     Args:
         recipe: the resolved `Recipe`.
         kind: "pretrain" or "finetune".
-        vocab_size: rows of the vocabulary if known (a pretrain run's); else `vocab.max_size`.
+        vocabulary_size: rows of the vocabulary if known (a pretrain run's); else `vocab.max_size`.
         embedding_dim: the vectors' size if known; else `DEFAULT_EMBEDDING_DIM`.
 
     Returns:
         A `MemoryEstimate`.
     """
     encoder = recipe.encoder
-    vocab = vocab_size or recipe.vocab.max_size
+    vocab = vocabulary_size or recipe.vocab.max_size
     dim = embedding_dim or DEFAULT_EMBEDDING_DIM
     gates = GATES[encoder.cell]
     embedding = vocab * dim
@@ -140,13 +140,13 @@ def format_size(size):
     return f"{size:,.1f} TB"
 
 
-def check_fits(recipe, kind, limit=None, vocab_size=None, embedding_dim=None):
+def check_fits(recipe, kind, limit=None, vocabulary_size=None, embedding_dim=None):
     """Refuses, in one line with the estimate, a run that cannot fit in `limit` bytes (default: the machine's).
 
     Raises:
         RecipeError: the estimated peak memory is above the limit.
     """
-    cost = estimate_training_memory(recipe, kind, vocab_size, embedding_dim)
+    cost = estimate_training_memory(recipe, kind, vocabulary_size, embedding_dim)
     bound = limit if limit is not None else machine_memory()
     if cost.bytes > bound:
         where = "--max-memory" if limit is not None else "this machine's memory"

@@ -20,7 +20,8 @@ import shutil
 from pathlib import Path
 
 from tftune.errors import Interrupted, RunError, WriteError
-from tftune.runs import CHECKPOINT_STATE, Run, check_writable_target, checkpoint_published, hidden_sibling, live_logs
+from tftune.output_paths import hidden_sibling, live_logs
+from tftune.runs import CHECKPOINT_STATE, Run, check_writable_target, checkpoint_published
 
 logger = logging.getLogger(__name__)
 

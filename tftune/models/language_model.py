@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from tftune.distribute import scale_loss_for_replicas
+from tftune.replicas import scale_loss_for_replicas
 from tftune.models import DIRECTIONS, OUTPUTS
 from tftune.models.backbone import deserialized, serialized
 from tftune.models.task import Task
@@ -32,7 +32,7 @@ class TiedOutput(keras.layers.Layer):
     only the bias.
 
     Args:
-        vocab_size: number of words (rows of the matrix).
+        vocabulary_size: number of words (rows of the matrix).
 
     Example:
 
@@ -42,22 +42,22 @@ class TiedOutput(keras.layers.Layer):
     [[[2.0, 5.0, 0.0]]]
     """
 
-    def __init__(self, vocab_size, **kwargs):
+    def __init__(self, vocabulary_size, **kwargs):
         super().__init__(**kwargs)
-        self.vocab_size = vocab_size
+        self.vocabulary_size = vocabulary_size
         self.supports_masking = True
 
     def build(self, inputs_shape, vectors_shape=None):
-        self.bias = self.add_weight(shape=(self.vocab_size,), initializer="zeros", name="bias")
+        self.bias = self.add_weight(shape=(self.vocabulary_size,), initializer="zeros", name="bias")
 
     def call(self, inputs, vectors):
         return ops.matmul(inputs, ops.transpose(ops.cast(vectors, inputs.dtype))) + self.bias
 
     def compute_output_shape(self, inputs_shape, vectors_shape=None):
-        return (*inputs_shape[:-1], self.vocab_size)
+        return (*inputs_shape[:-1], self.vocabulary_size)
 
     def get_config(self):
-        return {**super().get_config(), "vocab_size": self.vocab_size}
+        return {**super().get_config(), "vocabulary_size": self.vocabulary_size}
 
 
 @keras.saving.register_keras_serializable(package="tftune")
@@ -154,17 +154,17 @@ class LanguageModel(Task, keras.Model):
         self.sampled = output in ("sampled", "tied_sampled")
         self.output_dropout = LockedDropout(output_dropout, name="lm_output_dropout")
         self.ar, self.tar = ar, tar
-        self.vocab_size = embedding.input_dim
-        self.num_sampled = min(num_sampled, self.vocab_size)
+        self.vocabulary_size = embedding.input_dim
+        self.num_sampled = min(num_sampled, self.vocabulary_size)
         units = backbone.output.shape[-1]
         if self.tied:
             self.lm_projection = layers.Dense(embedding.output_dim, name="lm_projection")
             self.lm_projection.build((None, None, units))
-            self.lm_head = TiedOutput(self.vocab_size, dtype="float32", name="lm_head")
+            self.lm_head = TiedOutput(self.vocabulary_size, dtype="float32", name="lm_head")
             self.lm_head.build((None, None, embedding.output_dim))
         else:
             self.lm_projection = None
-            self.lm_head = layers.Dense(self.vocab_size, dtype="float32", name="lm_head")
+            self.lm_head = layers.Dense(self.vocabulary_size, dtype="float32", name="lm_head")
             self.lm_head.build((None, None, units))
         if unigram_counts is not None:
             counts = np.asarray(unigram_counts, dtype="float64") + 1.0
@@ -258,7 +258,7 @@ class LanguageModel(Task, keras.Model):
         """
         labels = ops.reshape(ops.cast(targets, "int64"), (-1, 1))
         return tf.random.log_uniform_candidate_sampler(
-            true_classes=labels, num_true=1, num_sampled=self.num_sampled, unique=True, range_max=self.vocab_size
+            true_classes=labels, num_true=1, num_sampled=self.num_sampled, unique=True, range_max=self.vocabulary_size
         )
 
     def sampled_loss(self, hidden, targets, candidates=None):

@@ -1,4 +1,4 @@
-"""What pretraining and fine-tuning share: logging, precision, distribution, checkpoints, run checks.
+"""A training run's setup, shared by pretraining and fine-tuning: logging, precision, distribution, checkpoints.
 
 `tftune.pretraining` and `tftune.finetuning` run their stages with these. Both train under the
 recipe's `[distribute]` strategy (see `tftune.distribute`): one device, `mirrored` over local
@@ -6,7 +6,7 @@ devices, or `multi-worker` over several processes, where only the chief writes t
 
 Example:
 
->>> from tftune.training import resolve_policy
+>>> from tftune.run_setup import resolve_policy
 >>> resolve_policy("float32")
 'float32'
 """
@@ -25,6 +25,7 @@ from tftune import distribute
 from tftune.checkpoints import check_resumable
 from tftune.errors import RunError, TrainingError
 from tftune.model_configs import ENCODER_DROPOUT_KEYS
+from tftune.replicas import check_global_batch
 from tftune.runs import check_vector_size
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def start_distribution(recipe, strategy, resume, batch_key):
         strategy = distribute.recipe_strategy(recipe)
     if resume and distribute.is_multi_worker(strategy):
         raise RunError(distribute.MULTI_WORKER_RESUME)
-    distribute.check_global_batch(recipe.get(batch_key), strategy, batch_key)
+    check_global_batch(recipe.get(batch_key), strategy, batch_key)
     return strategy
 
 
