@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import preloaded_python
+
 import tftune
 from tftune.errors import DataError, RecipeError
 
@@ -120,6 +122,7 @@ print(json.dumps({"fingerprints": plan.data.fingerprints(), "pandas": "pandas" i
 def test_the_api_takes_lists_without_importing_pandas_or_tensorflow(tmp_path):
     valid = tmp_path / "valid.csv"
     valid.write_text("text,label\nfine,pos\n", encoding="utf-8")
+    # subprocess, not preloaded_python: what a new process imports is the point
     result = subprocess.run([sys.executable, "-c", PLAN_ON_LISTS, str(valid), str(tmp_path / "clf")],
                             capture_output=True, text=True, check=True)
     report = json.loads(result.stdout)
@@ -162,13 +165,13 @@ def test_resume_behaves_the_same_through_the_command_line_and_the_api(tiny_runs,
     # Other data than the checkpoint's are refused, in one line naming the input.
     other = tmp_path / "other.csv"
     other.write_text("text,label\nfine,positive\nawful,negative\n", encoding="utf-8")
-    refused = subprocess.run([*command, str(by_cli), "--resume", "--train", str(other)], capture_output=True,
+    refused = preloaded_python.run([*command, str(by_cli), "--resume", "--train", str(other)], capture_output=True,
                              text=True)
     assert refused.returncode == 2 and refused.stderr.splitlines()[-1] == (
         f"error: --train file {other}: not the data the interrupted run was trained on; resume with the same "
         "data, or start over with --force"), refused.stderr
 
-    resumed = subprocess.run([*command, str(by_cli), "--resume"], capture_output=True, text=True)
+    resumed = preloaded_python.run([*command, str(by_cli), "--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     metrics = tftune.finetune(tiny_runs["pretrain"], out=by_api, resume=True, verbose=0).metrics
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import preloaded_python
+
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = ("lm_throughput", "rnn_stack", "finetune_throughput", "scaling", "vectors", "serving", "accuracy")
 RUN_KEYS = {"tokens_per_second", "valid_perplexity", "steps", "epochs", "train_seconds", "vocab_size",
@@ -34,7 +36,7 @@ def smoke_outputs():
     """{benchmark: (exit status, stdout, stderr)} of all the smoke runs, started together."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     processes = {
-        name: subprocess.Popen(
+        name: preloaded_python.Popen(
             [sys.executable, "-m", f"bench.{name}", "--smoke"],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
@@ -119,7 +121,7 @@ def test_pytorch_columns_say_not_installed_without_it():
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     commands = {"rnn_stack": ["--cells", "lstm"], "lm_throughput": []}
     processes = {
-        name: subprocess.Popen([sys.executable, "-c", WITHOUT_TORCH.format(f"bench.{name}"), "--smoke", *options],
+        name: preloaded_python.Popen([sys.executable, "-c", WITHOUT_TORCH.format(f"bench.{name}"), "--smoke", *options],
                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for name, options in commands.items()
     }
@@ -267,7 +269,7 @@ def test_scaling(smoke_outputs):
 def test_markdown_table_from_results(smoke_outputs, tmp_path):
     for name in BENCHMARKS:
         (tmp_path / f"{name}.json").write_text(smoke_outputs[name][1].splitlines()[0])
-    completed = subprocess.run(
+    completed = preloaded_python.run(
         [sys.executable, "-m", "bench", "--markdown", "--results-dir", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, check=True,
     )

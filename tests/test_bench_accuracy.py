@@ -6,11 +6,12 @@ baseline on 240 questions), so the file takes about a minute.
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import preloaded_python
 
 REPO = Path(__file__).resolve().parents[1]
 TREC6 = REPO.parent / "shared" / "data" / "trec6" / "train_5500.label"
@@ -23,7 +24,7 @@ pytestmark = [pytest.mark.slow,
 
 def accuracy(*args):
     """`(exit status, the JSON result or None, stderr)` of `python -m bench.accuracy ARGS`."""
-    completed = subprocess.run([sys.executable, "-m", "bench.accuracy", *map(str, args)], cwd=REPO,
+    completed = preloaded_python.run([sys.executable, "-m", "bench.accuracy", *map(str, args)], cwd=REPO,
                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True, text=True)
     lines = completed.stdout.strip().splitlines()
     return completed.returncode, json.loads(lines[0]) if lines else None, completed.stderr

@@ -4,11 +4,11 @@ raw strings."""
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
 
+import preloaded_python
 from conftest import PRETRAINED, data_flags, tiny_overrides
 
 pytestmark = pytest.mark.slow
@@ -17,7 +17,7 @@ VECTORS = PRETRAINED / "glove.6B.50d.toml"  # gru-glove's
 
 
 def run_tftune(*args, env=None):
-    return subprocess.run([*TFTUNE, *map(str, args)], capture_output=True, text=True, env=env)
+    return preloaded_python.run([*TFTUNE, *map(str, args)], capture_output=True, text=True, env=env)
 
 
 def succeeds(*args):

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 
+import preloaded_python
 from conftest import REPO, data_flags, tiny_corpus, tiny_overrides
 from tftune.errors import RunError
 from tftune.recipe import load_recipe
@@ -34,7 +35,7 @@ def start_pretrain(data, out, *extra):
     args = ["pretrain", "--recipe", "gru-glove", "--out", str(out), *data_flags(data, "pretrain"), *extra]
     args += [arg for override in long_overrides() for arg in ("--set", override)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(
+    return preloaded_python.Popen(
         [sys.executable, "-m", "tftune.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 

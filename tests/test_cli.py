@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import preloaded_python
 from conftest import GLOVE, WORD2VEC, data_flags, tiny_overrides
 
 pytestmark = pytest.mark.slow
@@ -15,7 +16,7 @@ TFTUNE = [sys.executable, "-m", "tftune.cli"]
 
 
 def run_tftune(*args):
-    result = subprocess.run([*TFTUNE, *map(str, args)], capture_output=True, text=True)
+    result = preloaded_python.run([*TFTUNE, *map(str, args)], capture_output=True, text=True)
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 0, result.stderr
     return result
@@ -108,7 +109,7 @@ def test_evaluate_plot_draws_the_confusion_matrix(tiny_runs, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["confusion.png"]  # no temporary file left
 
     before = plot.read_bytes()
-    refused = subprocess.run([*TFTUNE, "evaluate", str(tiny_runs["finetune"]), "--data", str(data), "--plot", str(plot)],
+    refused = preloaded_python.run([*TFTUNE, "evaluate", str(tiny_runs["finetune"]), "--data", str(data), "--plot", str(plot)],
                              capture_output=True, text=True)
     assert refused.returncode == 2 and "--force" in refused.stderr and plot.read_bytes() == before
     tftune("evaluate", tiny_runs["finetune"], "--data", data, "--plot", plot, "--force")
@@ -116,7 +117,7 @@ def test_evaluate_plot_draws_the_confusion_matrix(tiny_runs, tmp_path):
 
 
 def test_predict_reads_standard_input(tiny_runs):
-    result = subprocess.run(
+    result = preloaded_python.run(
         [*TFTUNE, "predict", str(tiny_runs["finetune"])], input="great fun\nawful\n", capture_output=True, text=True
     )
     assert result.returncode == 0 and len(result.stdout.splitlines()) == 2
@@ -128,7 +129,7 @@ def test_predict_reads_standard_input(tiny_runs):
 def test_predict_into_a_closed_pipe_stops_quietly(tiny_runs):
     """`tftune predict RUN < texts | head -1`: once the reader is gone, no traceback and no error line."""
     texts = "".join(f"review number {number} was fine\n" for number in range(20000)).encode()
-    process = subprocess.Popen([*TFTUNE, "predict", str(tiny_runs["finetune"])], stdin=subprocess.PIPE,
+    process = preloaded_python.Popen([*TFTUNE, "predict", str(tiny_runs["finetune"])], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     process.stdin.write(texts)
     process.stdin.close()
@@ -149,13 +150,13 @@ def test_predict_with_standard_input_closed_says_so(tiny_runs):
 
 def test_predict_argument_that_is_not_utf8_is_read_in_encoding(tiny_runs):
     latin1 = "un café très réussi".encode("latin-1")
-    refused = subprocess.run([*TFTUNE, "predict", str(tiny_runs["finetune"]), "fine", latin1], capture_output=True)
+    refused = preloaded_python.run([*TFTUNE, "predict", str(tiny_runs["finetune"]), "fine", latin1], capture_output=True)
     assert refused.returncode == 2
     assert refused.stderr.decode() == (
         "error: TEXT argument 2: not valid utf-8 at byte 6 (line 1, column 7); if it is latin-1 text, "
         "pass --encoding latin-1\n"
     )
-    accepted = subprocess.run([*TFTUNE, "predict", str(tiny_runs["finetune"]), "--encoding", "latin-1", "fine", latin1],
+    accepted = preloaded_python.run([*TFTUNE, "predict", str(tiny_runs["finetune"]), "--encoding", "latin-1", "fine", latin1],
                               capture_output=True)
     assert accepted.returncode == 0, accepted.stderr
     assert accepted.stdout.decode() == tftune("predict", tiny_runs["finetune"], "fine", "un café très réussi")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+import preloaded_python
 from conftest import snapshot, tiny_overrides
 from tftune.recipe import load_recipe, shipped_dirs
 
@@ -42,13 +43,13 @@ TIMEOUT_SECONDS = 120
 # Small enough that the first weights file of a run cannot be written: a full disk, simulated.
 FULL_DISK_BYTES = 64 * 1024
 # Sets RLIMIT_FSIZE and ignores SIGXFSZ (so a write past the limit fails with EFBIG instead of
-# killing the process), then becomes the CLI. A launcher rather than a preexec_fn, which is not
-# safe while the harness's other threads start processes.
+# killing the process), then runs the CLI as `python -m tftune.cli` would. A launcher rather than
+# a preexec_fn, which is not safe while the harness's other threads start processes.
 LIMITED_LAUNCHER = (
-    "import os, resource, signal, sys; "
+    "import resource, runpy, signal, sys; "
     "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
     "limit = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
-    "os.execv(sys.executable, [sys.executable, '-m', 'tftune.cli', *sys.argv[2:]])"
+    "sys.argv = ['-m', *sys.argv[2:]]; runpy.run_module('tftune.cli', run_name='__main__', alter_sys=True)"
 )
 
 
@@ -64,7 +65,7 @@ def run_tftune(args, cwd=None, stdin=b"", max_file_size=None):
     command = [*TFTUNE, *map(str, args)]
     if max_file_size is not None:
         command = [sys.executable, "-c", LIMITED_LAUNCHER, str(max_file_size), *map(str, args)]
-    result = subprocess.run(
+    result = preloaded_python.run(
         command, cwd=cwd, env=cli_environment(), input=stdin, capture_output=True, timeout=TIMEOUT_SECONDS
     )
     result.stdout = result.stdout.decode("utf-8", "replace")

@@ -11,13 +11,13 @@ one overwritten run of bytes per file, at seeded offsets; the commands run concu
 import os
 import random
 import shutil
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+import preloaded_python
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -87,7 +87,7 @@ def commands(tiny_runs, root):
 def run_tftune(args):
     env = {name: value for name, value in os.environ.items() if name not in ("TF_CPP_MIN_LOG_LEVEL", "TFTUNE_DEBUG")}
     env["PYTHONPATH"] = str(REPO)
-    return subprocess.run([*TFTUNE, *map(str, args)], env=env, capture_output=True, text=True, timeout=600)
+    return preloaded_python.run([*TFTUNE, *map(str, args)], env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+import preloaded_python
 from conftest import CORPUS, data_flags, tiny_overrides
 from tftune import distribute, replicas
 from tftune.distribute import ClusterConfig, chief_output, make_strategy, read_tf_config
@@ -34,7 +35,7 @@ def run_script(tmp_path, name, source, *args, env=None, timeout=240):
     """Runs `source` as a script in a fresh Python; returns the JSON of its `RESULT ` line."""
     script = tmp_path / f"{name}.py"
     script.write_text(textwrap.dedent(source), encoding="utf-8")
-    completed = subprocess.run(
+    completed = preloaded_python.run(
         [sys.executable, str(script), *map(str, args)],
         cwd=REPO,
         env={**script_env(), **(env or {})},
@@ -63,7 +64,7 @@ def free_port():
 
 def start_script(script, *args, env):
     """Starts the script file `script` in a fresh Python, its output captured."""
-    return subprocess.Popen(
+    return preloaded_python.Popen(
         [sys.executable, str(script), *map(str, args)],
         cwd=REPO,
         env=env,
@@ -819,7 +820,7 @@ def test_two_worker_cli_pretrain_writes_one_run_that_finetune_uses(tmp_path, sma
                "--out", str(out), *cli_args(small_data)]
     started = time.time()
     processes = [
-        subprocess.Popen(
+        preloaded_python.Popen(
             command, cwd=tmp_path, env={**cli_env(tmp_path / f"tmp-{index}"), **tf_config(cluster, "worker", index)},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
@@ -851,7 +852,7 @@ def test_two_worker_cli_pretrain_writes_one_run_that_finetune_uses(tmp_path, sma
     assert 'strategy = "multi-worker"' in (out / "recipe.toml").read_text()
 
     # Without --recipe, finetune takes the run's recipe but not its [distribute] section.
-    finetune = subprocess.run(
+    finetune = preloaded_python.run(
         [sys.executable, "-m", "tftune.cli", "finetune", "--from", str(out), "--out", str(tmp_path / "clf"),
          *data_flags(small_data, "finetune"), "--set", "finetune.epochs=1"],
         cwd=tmp_path, env=cli_env(tmp_path / "tmp-finetune"), capture_output=True, text=True, timeout=180,
@@ -863,7 +864,7 @@ def test_two_worker_cli_pretrain_writes_one_run_that_finetune_uses(tmp_path, sma
 
 
 def run_cli(tmp_path, *args, env=None):
-    return subprocess.run(
+    return preloaded_python.run(
         [sys.executable, "-m", "tftune.cli", *map(str, args)],
         cwd=tmp_path, env={**cli_env(tmp_path / "tmp"), **(env or {})}, capture_output=True, text=True, timeout=120,
     )

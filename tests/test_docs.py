@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+import preloaded_python
+
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 EXAMPLE_LANGUAGES = {"sh": "sh", "bash": "sh", "shell": "sh", "console": "sh", "python": "python", "py": "python",
@@ -87,7 +89,7 @@ def run_example(block, cwd):
     else:
         (cwd / "example.py").write_text(block.code, encoding="utf-8")
         command = [sys.executable, "example.py"]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return preloaded_python.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def assert_ran(block, result):

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+import preloaded_python
 from conftest import tiny_corpus, tiny_labeled, tiny_overrides
 
 from tftune.data import read_labeled
@@ -58,7 +59,7 @@ def in_process_probabilities(run, texts):
 def test_fresh_process_matches_in_process_model_on_the_whole_test_set(tiny_runs):
     run = tiny_runs["finetune"]
     texts, _ = read_labeled(tiny_runs["data"]["test"])
-    result = subprocess.run(
+    result = preloaded_python.run(
         [sys.executable, "-c", FRESH_PROCESS, str(run / "export")],
         input=json.dumps(texts),
         capture_output=True,

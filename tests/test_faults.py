@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import preloaded_python
 from conftest import REPO, data_flags, tiny_overrides
 from tftune.cli import main
 
@@ -42,7 +43,7 @@ def tftune(args, fault=None):
     args = [str(arg) for arg in args]
     if fault is not None and fault.split(":")[1] == "kill":
         env = {**os.environ, "PYTHONPATH": str(REPO), "TFTUNE_FAULT": fault}
-        done = subprocess.run([sys.executable, "-m", "tftune.cli", *args], env=env, capture_output=True, text=True,
+        done = preloaded_python.run([sys.executable, "-m", "tftune.cli", *args], env=env, capture_output=True, text=True,
                               timeout=600)
         return Result(done.returncode, done.stdout, done.stderr)
     handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
@@ -192,7 +193,7 @@ def test_sigterm_before_training_writes_nothing(small_data, tmp_path):
     """SIGTERM while the run reads its data (the lock is held, nothing trains yet) ends as Ctrl-C does."""
     out = tmp_path / "pretrain"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-m", "tftune.cli", *map(str, pretrain_args(small_data, out))], env=env,
+    process = preloaded_python.Popen([sys.executable, "-m", "tftune.cli", *map(str, pretrain_args(small_data, out))], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = tmp_path / ".pretrain.lock"
     while not lock.exists():
@@ -228,7 +229,7 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_nothing(small_da
     """A real full disk (not a simulated error): h5py fails inside the checkpoint's weights file."""
     disk = full_disk("256k")  # less than the first checkpoint
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "tftune.cli", *map(str, pretrain_args(small_data, disk / "run"))],
+    done = preloaded_python.run([sys.executable, "-m", "tftune.cli", *map(str, pretrain_args(small_data, disk / "run"))],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 1, done.stderr[-2000:]
     (line,) = error_lines(done.stderr)

@@ -9,11 +9,11 @@ recipe's 0.002, 0.31, 0.58, 0.73. Batches of 8 give the short run enough optimiz
 
 import csv
 import json
-import subprocess
 import sys
 
 import pytest
 
+import preloaded_python
 from conftest import PRETRAINED
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def test_unfreezing_the_gru_preset_does_not_lower_training_accuracy(tmp_path):
     valid = authors_passages(AUTHORS / "valid.csv", tmp_path / "valid.csv", per_label=10)
     out = tmp_path / "clf"
     # The preset's own recipe; only the run is made short: one epoch per stage (head, rnn_2, both).
-    result = subprocess.run(
+    result = preloaded_python.run(
         [sys.executable, "-m", "tftune.cli", "finetune", "--from", "gru-glove-general", "--train", train,
          "--valid", valid, "--out", out, "--set", "finetune.epochs=3", "--set", "finetune.batch_size=8"],
         capture_output=True, text=True,

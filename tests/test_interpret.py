@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+import preloaded_python
 from conftest import snapshot
 from tftune.interpretation import interpretation, most_confused
 
@@ -17,8 +18,10 @@ TFTUNE = [sys.executable, "-m", "tftune.cli"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def run_tftune(*args, env=None):
-    return subprocess.run([*TFTUNE, *map(str, args)], capture_output=True, text=True, env=env)
+def run_tftune(*args, env=None, cold=False):
+    """Runs the CLI; `cold`: in a process that has imported nothing yet (for tests of what it imports)."""
+    start = subprocess.run if cold else preloaded_python.run
+    return start([*TFTUNE, *map(str, args)], capture_output=True, text=True, env=env)
 
 
 def mode(path):
@@ -138,10 +141,11 @@ def test_interpret_without_matplotlib(interpreted, tiny_runs, tmp_path):
     (blocker / "__init__.py").write_text("raise ImportError('matplotlib is blocked in this test')\n")
     env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
     run, test = tiny_runs["finetune"], tiny_runs["data"]["test"]
-    assert_input_error(run_tftune("interpret", run, "--test", test, "--out", tmp_path / "a", "--plot", env=env),
+    assert_input_error(run_tftune("interpret", run, "--test", test, "--out", tmp_path / "a", "--plot", env=env, cold=True),
                        "matplotlib")
     # --force replaces the earlier report whole (same command otherwise): the old curves.png goes too.
-    result = run_tftune("interpret", run, "--test", test, "--top", 5, "--out", interpreted["out"], "--force", env=env)
+    result = run_tftune("interpret", run, "--test", test, "--top", 5, "--out", interpreted["out"], "--force", env=env,
+                        cold=True)
     assert result.returncode == 0, result.stderr
     assert [line for line in result.stderr.splitlines() if "curves" in line] == [
         "tftune: training curves not drawn: curves.png needs matplotlib, which is not installed: "

@@ -6,11 +6,12 @@ Each check runs where a user would run it: a fresh Python process that imports `
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+import preloaded_python
 
 TEXTS = [
     "A gripping, moving film with a fine cast.",
@@ -53,7 +54,7 @@ print(json.dumps({"outputs": probabilities.astype("float64").tolist()}))
 
 def fresh_process(script, *args):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, env=env)
+    result = preloaded_python.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     output = json.loads(result.stdout.strip().splitlines()[-1])
     output["outputs"] = np.asarray(output["outputs"])

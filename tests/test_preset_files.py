@@ -8,11 +8,12 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+import preloaded_python
 
 TEXTS = ["A gripping, moving film with a fine cast.", "Dull .", "the the the unknownword", ""]
 VOCABULARY = ["<pad>", "<unk>", "<eos>", "a", "gripping", ",", "moving", "film", "with", "fine", "cast", ".", "dull",
@@ -44,7 +45,7 @@ print(json.dumps({"class": type(model).__name__, "outputs": np.asarray(outputs, 
 
 def run(args, **kwargs):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, **kwargs)
+    return preloaded_python.run([sys.executable, *args], capture_output=True, text=True, env=env, **kwargs)
 
 
 def load_in_fresh_process(path, kind):
