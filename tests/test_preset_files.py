@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import preloaded_python
+from conftest import PRETRAINED, snapshot
 
 TEXTS = ["A gripping, moving film with a fine cast.", "Dull .", "the the the unknownword", ""]
 VOCABULARY = ["<pad>", "<unk>", "<eos>", "a", "gripping", ",", "moving", "film", "with", "fine", "cast", ".", "dull",
@@ -173,8 +174,7 @@ def test_a_format1_run_is_refused_in_one_line_then_converted_once_without_touchi
     refused = run(["-m", "tftune.cli", *command])
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines() == [
-        f"error: {old}: written in run format 1; convert it once with `tftune convert {old} --out NEW_DIR` "
-        "(or `--in-place`)"
+        f"error: {old}: written in run format 1; convert it once with `tftune convert {old} --out NEW_DIR`"
     ]
 
     converted = run(["-m", "tftune.cli", "convert", str(old), "--out", str(tmp_path / "new")])
@@ -183,8 +183,21 @@ def test_a_format1_run_is_refused_in_one_line_then_converted_once_without_touchi
     expected = tftune.load(tiny_runs[kind]).predict(TEXTS, verbose=0)
     np.testing.assert_allclose(tftune.load(tmp_path / "new").predict(TEXTS, verbose=0), expected, rtol=1e-6)
 
-    in_place = run(["-m", "tftune.cli", "convert", str(old), "--in-place"])
-    assert in_place.returncode == 0, in_place.stderr[-2000:]
-    assert fingerprint(old) == fingerprint(tmp_path / "new") | {"metadata.json": fingerprint(old)["metadata.json"]}
-    again = run(["-m", "tftune.cli", "convert", str(old), "--in-place"])
-    assert (again.returncode, again.stderr.strip()) == (2, f"error: {old}: already in run format 2; nothing to convert")
+    again = run(["-m", "tftune.cli", "convert", str(tmp_path / "new"), "--out", str(tmp_path / "again")])
+    assert (again.returncode, again.stderr.strip()) == (
+        2, f"error: {tmp_path / 'new'}: already in run format 2; nothing to convert")
+    assert not (tmp_path / "again").exists()
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]], ids=["", "force"])
+def test_convert_never_writes_over_into_or_around_the_run_it_converts(tmp_path, force):
+    old = tmp_path / "runs" / "old"
+    as_format1(PRETRAINED / "gru-glove-general", old)
+    before = snapshot(tmp_path)
+    for out, relation in ((old, "is"), (old / "v2", "lies inside"), (old.parent, "contains")):
+        refused = run(["-m", "tftune.cli", "convert", str(old), "--out", str(out), *force])
+        assert (refused.returncode, refused.stdout) == (2, "")
+        assert refused.stderr.strip().splitlines() == [
+            f"error: --out {out}: {relation} the format-1 run {old} (an input of this command); choose another --out"
+        ]
+        assert snapshot(tmp_path) == before  # the run is byte-for-byte as it was, and nothing was written

@@ -282,13 +282,15 @@ def evaluate(model, data, *, text_column="text", label_column="label", encoding=
     return metrics
 
 
-def convert(run_dir, out=None, *, in_place=False):
+def convert(run_dir, out, *, force=False):
     """Converts a run of run format 1 to format 2 (its model as preset files), keeping its weights.
+
+    The run itself is never changed: the converted run is a new directory.
 
     Args:
         run_dir: a pretrain or finetune run written in run format 1.
-        out: the converted run's directory; or None with `in_place=True`.
-        in_place: replace `run_dir` by its conversion (staged beside it, then swapped in whole).
+        out: the converted run's directory; not `run_dir`, nor inside it, nor holding it.
+        force: replace an earlier run at `out`.
 
     Returns:
         The converted run's directory, as a `Path`.
@@ -299,10 +301,13 @@ def convert(run_dir, out=None, *, in_place=False):
     >>> convert("runs/old-lm", "runs/old-lm-v2")  # doctest: +SKIP
     PosixPath('runs/old-lm-v2')
     """
+    from tftune.output_paths import check_convert_paths
+
+    check_convert_paths(run_dir, out)  # before the slow TensorFlow import
     import_tensorflow_quietly()
     from tftune.convert import convert_run
 
-    return convert_run(run_dir, out, in_place)
+    return convert_run(run_dir, out, force=force)
 
 
 def export(run, out=None, *, force=False):

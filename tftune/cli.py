@@ -290,13 +290,17 @@ def export(run_dir, out, force):
 
 @main.command()
 @click.argument("run_dir", metavar="RUN_DIR")
-@click.option("--out", metavar="DIR", callback=_given_out, help="The converted run's directory.")
-@click.option("--in-place", is_flag=True, help="Replace RUN_DIR by its conversion (staged, then swapped in whole).")
-def convert(run_dir, out, in_place):
-    """Convert a run of run format 1 to format 2 (its model as preset files), keeping its weights."""
+@click.option("--out", metavar="DIR", required=True, callback=_given_out,
+              help="The converted run's directory (a new one: never RUN_DIR, inside it or holding it).")
+@force_option
+def convert(run_dir, out, force):
+    """Convert a run of run format 1 to format 2 (its model as preset files), keeping its weights.
+
+    RUN_DIR itself is never changed.
+    """
     from tftune import api
 
-    click.echo(api.convert(run_dir, out, in_place=in_place))
+    click.echo(api.convert(run_dir, out, force=force))
 
 
 @main.command()

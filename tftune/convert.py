@@ -8,8 +8,8 @@ loads the old weights (nothing is retrained) and writes the preset files; weight
 float16 (the shipped models) stay float16. The other files (`run.json`, the recipe, history,
 metrics, labels, model card, export, logs) are kept as they are, `run.json` with its new format.
 
-The input is never changed: the converted run is written to `out`, or, with `in_place=True`,
-staged beside the run and then swapped in for it whole.
+The input is never changed: the converted run is written to a new directory, `out`, which may not
+be the run, lie inside it or hold it (`tftune.output_paths.check_convert_paths`), `force` or not.
 
 Example:
 
@@ -17,7 +17,7 @@ Example:
 convert_run("runs/old-lm", "runs/old-lm-v2")
 ```
 
-From the command line: `tftune convert RUN --out NEW_DIR`, or `tftune convert RUN --in-place`.
+From the command line: `tftune convert RUN --out NEW_DIR` (`--force` to replace an earlier run there).
 A format-1 run given to any other command is refused in one line that says so.
 """
 
@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 from tftune.errors import RunError
+from tftune.output_paths import check_convert_paths
 from tftune.runs import RUN_INFO, FinetuneRun, PretrainRun, Run, RunDirectory, RunFile, read_json, write_json
 
 logger = logging.getLogger("tftune")
@@ -154,26 +155,32 @@ def _halve_weights(run, staging, new_run):
             copy_as_float16(full, path)
 
 
-def convert_run(run_dir, out=None, in_place=False):
-    """Writes the format-2 run of the format-1 run at `run_dir`; returns where it is.
+def convert_run(run_dir, out, force=False):
+    """Writes the format-2 run of the format-1 run at `run_dir` to `out`; returns `out`.
 
     Args:
-        run_dir: a pretrain or finetune run of run format 1 (a shipped model's folder included).
-        out: the new run directory (must not exist, or be empty).
-        in_place: replace `run_dir` by its conversion (staged beside it, then swapped in whole).
+        run_dir: a pretrain or finetune run of run format 1 (a shipped model's folder included);
+            never changed.
+        out: the new run directory (must not exist, or be empty); never `run_dir`, a folder inside
+            it or one that holds it.
+        force: replace an earlier run at `out`.
+
+    Example:
+
+    >>> convert_run("runs/old-lm", "runs/old-lm-v2")  # doctest: +SKIP
+    PosixPath('runs/old-lm-v2')
     """
-    if (out is None) == (not in_place):
-        raise RunError("give either an --out directory for the converted run or --in-place")
+    out = Path(out)
+    check_convert_paths(run_dir, out)
     run = open_format1(run_dir)
     model = _language_model(run) if isinstance(run, Format1PretrainRun) else _classifier(run)
-    target = Path(run_dir) if in_place else Path(out)
     new_class = PretrainRun if isinstance(run, Format1PretrainRun) else FinetuneRun
-    with RunDirectory(target, force=in_place, run_class=new_class) as new_run:
+    with RunDirectory(out, force=force, run_class=new_class) as new_run:
         _copy_run_files(run, new_run.path)
         write_json(new_run.info_file, {**run.info, "format": new_class.format_version})
         new_run.save_model(model)
         _halve_weights(run, new_run.path, new_run)
-    new_run = new_class.open(target)
+    new_run = new_class.open(out)
     new_run.vocab  # the converted vocabulary is the one the weights were trained with
-    logger.info("converted %s to run format %d: %s", run_dir, new_class.format_version, target)
-    return target
+    logger.info("converted %s to run format %d: %s", run_dir, new_class.format_version, out)
+    return out

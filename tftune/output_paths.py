@@ -1,9 +1,10 @@
 """Where a command may write: no output may be, hold or lie inside anything the command reads.
 
-`check_output_paths` is the rule; `check_run_paths` and `check_export_paths` apply it to a
-pretrain or finetune run (its `--out` and what it writes beside it: checkpoint folder, live logs,
-lock file) and to an export. Every command calls them before it writes anything, `--force` or not,
-so e.g. `tftune finetune --from runs/lm --out runs/lm --force` cannot delete the run it reads.
+`check_output_paths` is the rule; `check_run_paths`, `check_export_paths` and
+`check_convert_paths` apply it to a pretrain or finetune run (its `--out` and what it writes beside
+it: checkpoint folder, live logs, lock file), to an export and to a run's conversion. Every command
+calls them before it writes anything, `--force` or not, so e.g.
+`tftune finetune --from runs/lm --out runs/lm --force` cannot delete the run it reads.
 
 Example:
 
@@ -152,3 +153,12 @@ def check_export_paths(run_dir, out):
     may be that folder, but not the run, a folder that holds it, or anything else inside it.
     """
     check_output_paths([("--out", out)], [Input("exported run", run_dir, unread=("export",))])
+
+
+def check_convert_paths(run_dir, out):
+    """`check_output_paths` for converting the format-1 run `run_dir` to `out` (`tftune convert`).
+
+    The conversion reads every file of the run, so `out` may not be the run, lie inside it or
+    hold it: with `--force` it would replace, or be published over, the run it converts.
+    """
+    check_output_paths([("--out", out)], [("format-1 run", run_dir)])

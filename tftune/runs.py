@@ -239,7 +239,7 @@ class Run:
             )
         if version < cls.format_version:
             raise RunError(f"{path}: written in run format {version}; convert it once with "
-                           f"`tftune convert {path} --out NEW_DIR` (or `--in-place`)")
+                           f"`tftune convert {path} --out NEW_DIR`")
         require = cls.required if require is None else require
         missing = [str(getattr(run, role).relative_to(path)) for role in require if not getattr(run, role).is_file()]
         if missing:

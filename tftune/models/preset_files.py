@@ -65,7 +65,7 @@ def preset_folder(preset):
         return path
     if (path / "run.json").is_file():
         raise RunError(f"{path}: a run in tftune's run format 1, which holds no preset; convert it once with "
-                       f"`tftune convert {path} --out NEW_DIR` (or `--in-place`)")
+                       f"`tftune convert {path} --out NEW_DIR`")
     if path.is_dir():
         raise RunError(f"{path}: not a preset (no {BACKBONE_CONFIG_FILE})")
     raise RunError(f"{preset}: no such preset folder, nor a shipped preset of that name")
