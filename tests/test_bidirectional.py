@@ -122,3 +122,18 @@ def test_an_out_over_the_run_it_continues_is_refused_even_with_force(presets, ti
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert sorted(path.name for path in (shipped / "tiny").iterdir()) == before
     assert not (shipped / ".tiny.bidirectional").exists()
+
+
+def test_the_shipped_lstm_model_continues_with_its_shipped_backward_partner(tiny_runs, tmp_path):
+    """`--from lstm-glove-general --bidirectional` finds lstm-glove-general-backward among the shipped models."""
+    for name, direction in (("lstm-glove-general", "backward"), ("lstm-glove-general-backward", "forward")):
+        info = json.loads((PRETRAINED / name / "run.json").read_text(encoding="utf-8"))
+        assert (PRETRAINED / info["partners"][direction] / "run.json").is_file()
+    out = tmp_path / "lm"
+    succeeds("pretrain", "--from", "lstm-glove-general", "--bidirectional", "--corpus", tiny_runs["data"]["corpus"],
+             "--set", "pretrain.epochs=0", "--out", out)
+    info = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    assert info["kind"] == "bidirectional-pretrain" and set(info["members"]) == {"forward", "backward"}
+    for direction in ("forward", "backward"):
+        recipe = (out / direction / "recipe.toml").read_text(encoding="utf-8")
+        assert f'direction = "{direction}"' in recipe
