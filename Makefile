@@ -31,8 +31,9 @@ demo: install
 		"Father Brown blinked at the policeman and said that the cross was the only answer to the riddle."
 	@$(BIN)/python -c "import pathlib; print(pathlib.Path('$(DEMO_FINETUNE)/export').resolve())"
 
+# Two workers (pytest-xdist), each file in one of them so module fixtures are built once.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The benchmark suite (about 2 h on 2 cores); results go to bench/results/, see bench/README.md.
 bench: install
