@@ -75,18 +75,30 @@ def test_tensorboard_curves_are_written_during_training(tmp_path):
     assert sorted(steps) == [0, 1]
 
 
-def test_run_progress_numbers_the_epochs_of_every_fit_call_and_logs_the_run_eta(capsys, caplog, monkeypatch):
-    monkeypatch.setattr(logging.getLogger("tftune"), "propagate", True)  # to caplog, even after the CLI's set-up
+class Messages(logging.Handler):
+    """The messages logged to a logger, whatever other tests did to the root logger's handlers."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_run_progress_numbers_the_epochs_of_every_fit_call_and_logs_the_run_eta(capsys, monkeypatch):
+    logger, logged = logging.getLogger("tftune"), Messages()
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    monkeypatch.setattr(logger, "handlers", [logged])
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="adam", loss="mse")
     x, y = np.ones((8, 2), "float32"), np.ones((8, 1), "float32")
     # A second classifier of an ensemble, after a first one's 2 epochs: stages of 1 and 2 epochs.
     progress = RunProgress(total_epochs=5, epoch_offset=2)
-    with caplog.at_level(logging.INFO, logger="tftune"):
-        model.fit(x, y, epochs=1, verbose=2, callbacks=[progress])
-        model.fit(x, y, initial_epoch=1, epochs=3, verbose=2, callbacks=[progress])
+    model.fit(x, y, epochs=1, verbose=2, callbacks=[progress])
+    model.fit(x, y, initial_epoch=1, epochs=3, verbose=2, callbacks=[progress])
     headers = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch ")]
     assert headers == ["Epoch 3/5", "Epoch 4/5", "Epoch 5/5"]  # Keras alone: none, "Epoch 2/3", "Epoch 3/3"
-    etas = [message.rsplit(" ", 1) for message in caplog.messages if "of the run, ETA" in message]
+    etas = [message.rsplit(" ", 1) for message in logged.messages if "of the run, ETA" in message]
     assert [prefix for prefix, _ in etas] == [f"epoch {k}/5 of the run, ETA" for k in (3, 4, 5)]
     assert etas[-1][1] == "00:00" and all(re.fullmatch(r"\d\d:\d\d", eta) for _, eta in etas)
