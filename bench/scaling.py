@@ -78,6 +78,8 @@ def vocabulary_work(spec):
     from tftune.recipe import load_recipe
 
     sizes, vocabulary_size = spec["sizes"], spec["vocabulary_size"]
+    common.log(f"{NAME}: vocabulary {vocabulary_size:,} / {spec['side']}")
+    keras.backend.clear_session()  # a worker may run several sizes and sides in turn (--smoke)
     keras.utils.set_random_seed(0)
     # The first step (tracing, XLA compilation) is never timed.
     output = VOCABULARY_SIDES[spec["side"]]
@@ -114,8 +116,9 @@ def vocabulary_work(spec):
     }
 
 
-def measure_vocabulary(sizes, vocabulary_sizes):
-    rows = {}
+def measure_vocabulary(sizes, vocabulary_sizes, fresh=True):
+    """The vocabulary part's rows; each size and side in a fresh process (with `fresh`) or all in one."""
+    rows, specs = {}, []
     for vocabulary_size in vocabulary_sizes:
         row = {"head_and_moments_mb": round(3 * sizes["units"] * vocabulary_size * 4 / 2**20, 1),
                # The tied head trains a units × 50 projection (GloVe 6B 50d) and one bias per word.
@@ -126,10 +129,10 @@ def measure_vocabulary(sizes, vocabulary_sizes):
             if side == "keras" and row["keras_logits_gb_per_batch"] > KERAS_LOGITS_LIMIT_GB:
                 row[side] = {"skipped": f"one batch's logits take {row['keras_logits_gb_per_batch']} GB"}
                 continue
-            common.log(f"{NAME}: vocabulary {vocabulary_size:,} / {side}")
-            row[side] = common.run_worker(f"bench.{NAME}", {"part": "vocabulary", "side": side, "sizes": sizes,
-                                                            "vocabulary_size": vocabulary_size})
+            specs.append({"part": "vocabulary", "side": side, "sizes": sizes, "vocabulary_size": vocabulary_size})
         rows[str(vocabulary_size)] = row
+    for spec, measured in zip(specs, common.run_workers(f"bench.{NAME}", specs, fresh)):
+        rows[str(spec["vocabulary_size"])][spec["side"]] = measured
     smallest = rows[str(vocabulary_sizes[0])]
     for row in rows.values():
         row["ratios"] = {
@@ -188,7 +191,8 @@ def measure(args):
     result = {}
     if "vocabulary" in parts:
         result["vocabulary"] = measure_vocabulary(SMOKE_LM if args.smoke else LM,
-                                                  SMOKE_VOCABULARY_SIZES if args.smoke else VOCABULARY_SIZES)
+                                                  SMOKE_VOCABULARY_SIZES if args.smoke else VOCABULARY_SIZES,
+                                                  fresh=not args.smoke)
     if "length" in parts:
         result["length"] = measure_length(args, SMOKE_MAX_LENS if args.smoke else MAX_LENS)
     return result
