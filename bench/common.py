@@ -7,7 +7,8 @@ progress bars) goes to stderr instead.
 
 Loads that need honest peak memory run in a fresh `python -m bench.NAME --worker SPEC`
 process (`run_worker`): `ru_maxrss` only ever grows, so within one process the second
-measurement would inherit the first one's peak.
+measurement would inherit the first one's peak. `run_workers` runs several, each in its own
+process, or at --smoke (whose figures are not kept) all in one, to import TensorFlow once.
 
 Example:
 

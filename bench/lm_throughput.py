@@ -357,7 +357,8 @@ def summary(result):
     config, machine = result["config"], result["machine"]
     return (
         f"{NAME} (tftune vs Keras, {config['corpus']}, {config['budget_seconds']:g} s each; CPU flags "
-        f"{' '.join(machine.get('cpu_flags', [])) or 'unknown'}, TensorFlow 2048² matmul "
+        f"{' '.join(machine.get('cpu_flags', [])) or 'unknown'}, TensorFlow "
+        f"{SMOKE_MATMUL['size'] if result['smoke'] else 2048}² matmul "
         f"{result['tensorflow_matmul_peak_gflop_per_second']} GFLOP/s): " + "; ".join(parts)
     )
 

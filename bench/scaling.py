@@ -28,6 +28,7 @@ python -m bench.scaling --smoke          # tiny sizes, seconds
 ```
 """
 
+import functools
 
 from bench import common
 
@@ -66,6 +67,14 @@ def vocabulary_and_ids(vocabulary_size, max_tokens):
     return vocab, ids[:max_tokens]
 
 
+@functools.cache
+def glove_vectors():
+    """All 400,000 words of GloVe 6B 50d, loaded once per process (a --smoke worker runs every side)."""
+    from tftune.embeddings import load_vectors
+
+    return load_vectors(common.PRETRAINED / "glove.6B.50d.toml", "npy")
+
+
 def vocabulary_work(spec):
     """In a worker process: one side (tftune or Keras) at one vocabulary size."""
     import keras
@@ -73,7 +82,7 @@ def vocabulary_work(spec):
 
     from tftune.callbacks import Throughput
     from tftune.batches import lm_dataset
-    from tftune.embeddings import align, load_vectors
+    from tftune.embeddings import align
     from tftune.models import LanguageModel, build_encoder
     from tftune.recipe import load_recipe
 
@@ -85,7 +94,7 @@ def vocabulary_work(spec):
     output = VOCABULARY_SIDES[spec["side"]]
     steps = 1 + sizes["keras_timed_steps" if output is None else "timed_steps"]
     vocab, ids = vocabulary_and_ids(vocabulary_size, (steps * sizes["batch_size"] + 1) * sizes["seq_len"] + 1)
-    matrix, _ = align(vocab, load_vectors(common.PRETRAINED / "glove.6B.50d.toml", "npy"))
+    matrix, _ = align(vocab, glove_vectors())
     rss_before_model = common.current_rss_mb()
     pretrain = load_recipe("lstm-glove").pretrain
     optimizer = keras.optimizers.Adam(pretrain.learning_rate, global_clipnorm=1.0)
