@@ -59,10 +59,10 @@ general LM ships, its training is not counted.
 already there (`bench.accuracy_store`): rerunning the same command resumes a stopped run.
 
 `--smoke` trains a tiny general LM in the temporary directory (`SMOKE_LM_OVERRIDES`: the shipped
-recipe at 1 × 16 units, one epoch of 20,000 tokens of the shipped corpus, one fine-tuning epoch of
+recipe at 1 × 16 units, one epoch of 4,000 tokens of the shipped corpus, one fine-tuning epoch of
 every layer), which is its small LM too and whose recipe the other runs inherit (so `all_layers`
 is skipped), and runs every row on TREC-6 (one low-data point) and the baselines and `tftune` on
-SST-2, at 240 / 60 / 100 examples.
+SST-2, at 120 / 30 / 50 examples. Its small_lm row takes the tftune row's steps (`TaskRuns`).
 
 Example:
 
@@ -128,12 +128,12 @@ REFERENCE = {
 FULL = {"train": None, "valid": None, "test": None, "keras_units": accuracy_keras.UNITS, "keras_epochs": 30,
         "keras_patience": 3, "keras_batch_size": 32, "ablation_tasks": TASKS, "low_data_fractions": LOW_DATA_FRACTIONS}
 # --smoke runs every code path once: the ablations and one low-data point on TREC-6 only.
-SMOKE = {"train": 240, "valid": 60, "test": 100, "keras_units": 16, "keras_epochs": 1, "keras_patience": 1,
+SMOKE = {"train": 120, "valid": 30, "test": 50, "keras_units": 16, "keras_epochs": 1, "keras_patience": 1,
          "keras_batch_size": 32, "ablation_tasks": ("trec6",), "low_data_fractions": LOW_DATA_FRACTIONS[1:]}
 # --smoke's general LM (its small LM too): the shipped recipe with these overrides, on this many
 # tokens of the shipped corpus. The runs that continue from it inherit its recipe, sizes included
 # (one fine-tuning epoch of every layer: gradual unfreezing would add a stage to each).
-SMOKE_LM_TOKENS = 8000
+SMOKE_LM_TOKENS = 4000
 SMOKE_LM_OVERRIDES = ["encoder.units=16", "encoder.layers=1", "vocab.max_size=3000", "pretrain.seq_len=20",
                       "pretrain.batch_size=16", "pretrain.epochs=1", "finetune.max_len=60", "finetune.batch_size=16",
                       "finetune.epochs=1", "finetune.unfreeze=all"]
@@ -456,12 +456,18 @@ def lm_report(run, runner):
 
 
 class TaskRuns:
-    """One task at one seed: its CSV files, and its LM runs, each made once, when a row first needs it."""
+    """One task at one seed: its CSV files, and its LM runs, each made once, when a row first needs it.
+
+    A step that an earlier row already took (the same run, overrides and data) is not taken
+    again: its record is reused. That happens with --smoke only, where the small LM is also the
+    general LM, so the small_lm row's steps are the tftune row's.
+    """
 
     def __init__(self, runner, shared, task, folder, seed):
         self.runner, self.shared, self.task, self.folder, self.seed = runner, shared, task, folder, seed
         self.files = write_task(task, folder)
         self.lms = {}
+        self.taken = {}  # {what a step does: (its out, its record) or (its scores, its record)}
 
     def lm(self, name):
         """`(run directory, the steps that made it)` of a shared run or of one of `LM_STEPS`."""
@@ -470,13 +476,15 @@ class TaskRuns:
         if name not in self.lms:
             base, continues, own = LM_STEPS[name]
             run, steps = self.shared[base]
-            common.log(f"{NAME}: {self.task['name']}, seed {self.seed}: LM run {name}")
-            corpus, overrides = [self.files["train"]], [*own, f"pretrain.seed={self.seed}"]
-            out = self.folder / f"lm-{name}"
-            if continues:
-                self.lms[name] = (out, [*steps, self.runner.pretrain(out, overrides, corpus, from_run=run)])
-            else:
-                self.lms[name] = (out, [self.runner.pretrain(out, overrides, corpus, recipe=run)])
+            step = ("pretrain", run, continues, tuple(own))
+            if step not in self.taken:
+                common.log(f"{NAME}: {self.task['name']}, seed {self.seed}: LM run {name}")
+                corpus, overrides = [self.files["train"]], [*own, f"pretrain.seed={self.seed}"]
+                out = self.folder / f"lm-{name}"
+                from_run, recipe = (run, None) if continues else (None, run)
+                self.taken[step] = out, self.runner.pretrain(out, overrides, corpus, recipe=recipe, from_run=from_run)
+            out, record = self.taken[step]
+            self.lms[name] = (out, [*steps, record] if continues else [record])
         return self.lms[name]
 
     def finetune(self, label, lm, own, train=None):
@@ -484,8 +492,11 @@ class TaskRuns:
         run, steps = self.lm(lm)
         common.log(f"{NAME}: {self.task['name']}, seed {self.seed}: {label}")
         files = {**self.files, "train": train or self.files["train"]}
-        scores, record = self.runner.finetune(self.folder / f"finetune-{label}", run,
-                                              [*own, f"finetune.seed={self.seed}"], files)
+        step = ("finetune", run, tuple(own), files["train"])
+        if step not in self.taken:
+            self.taken[step] = self.runner.finetune(self.folder / f"finetune-{label}", run,
+                                                    [*own, f"finetune.seed={self.seed}"], files)
+        scores, record = self.taken[step]
         steps = [*steps, record]
         return {"seed": self.seed, **scores, "seconds": round(sum(step["seconds"] for step in steps), 1),
                 "steps": steps}

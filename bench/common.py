@@ -7,7 +7,8 @@ progress bars) goes to stderr instead.
 
 Loads that need honest peak memory run in a fresh `python -m bench.NAME --worker SPEC`
 process (`run_worker`): `ru_maxrss` only ever grows, so within one process the second
-measurement would inherit the first one's peak.
+measurement would inherit the first one's peak. `run_workers` runs several, each in its own
+process, or at --smoke (whose figures are not kept) all in one, to import TensorFlow once.
 
 Example:
 
@@ -260,12 +261,40 @@ def run_worker(module, spec):
         return json.loads((Path(tmp) / "result.json").read_text())
 
 
+def run_workers(module, specs, fresh=True):
+    """The result dicts of `python -m MODULE --worker` for each of `specs`, in order.
+
+    With `fresh`, each spec runs in a process of its own, as honest peak memory needs. Without
+    it (--smoke, whose figures are not kept), one worker process runs them all in turn, so
+    TensorFlow is imported once; each result's peak RSS is then the process's so far.
+
+    Args:
+        module: the benchmark module whose `work` runs each spec.
+        specs: JSON-serializable dicts, as for `run_worker`.
+        fresh: one process per spec (else one for all).
+
+    Example: `run_workers("bench.scaling", [spec_a, spec_b], fresh=not args.smoke)`.
+    """
+    if fresh:
+        return [run_worker(module, spec) for spec in specs]
+    return run_worker(module, {"name": f"{len(specs)} specs", "specs": specs})["results"]
+
+
+def _worked(work, spec):
+    result = work(spec)
+    result.setdefault("peak_rss_mb", peak_rss_mb())
+    return result
+
+
 def worker_main(argv, work):
-    """In a worker process: runs `work(spec) -> dict` and writes the result with the peak RSS."""
+    """In a worker process: runs `work(spec) -> dict` (each of `spec["specs"]` in turn when given) and
+    writes the result with the peak RSS."""
     spec = json.loads(Path(argv[1]).read_text())
     with contextlib.redirect_stdout(sys.stderr):
-        result = work(spec)
-    result.setdefault("peak_rss_mb", peak_rss_mb())
+        if "specs" in spec:  # `run_workers` without fresh processes
+            result = {"results": [_worked(work, one) for one in spec["specs"]]}
+        else:
+            result = _worked(work, spec)
     Path(spec["result_path"]).write_text(json.dumps(result))
 
 

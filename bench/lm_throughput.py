@@ -44,6 +44,7 @@ FULL = {"seq_len": 70, "batch_size": 64, "units": 256, "layers": 2, "vocab_max_s
 SMOKE = {"seq_len": 20, "batch_size": 16, "units": 16, "layers": 1, "vocab_max_size": 2000}
 SMOKE_CORPUS_LINES = 300
 SMOKE_BUDGET_SECONDS = 1.0
+SMOKE_MATMUL = {"size": 256, "repeats": 3}  # the peak's code path, not its figure
 # Large enough that the wall-clock budget, not the epoch count, ends training.
 MANY_EPOCHS = 100_000
 # Training text, relative to ../shared/data.
@@ -228,6 +229,7 @@ def _work_keras(spec):
 
 
 def work(spec):
+    common.log(f"{NAME}: {spec['cell']} / {spec['impl']}, {spec['budget_seconds']:g} s budget")
     return {"tftune": _work_tftune, "keras": _work_keras, "pytorch": _work_pytorch}[spec["impl"]](spec)
 
 
@@ -286,25 +288,17 @@ def measure(args):
                 "budget_seconds": budget_seconds,
                 "settings": settings,
             }
-            runs = {}
-            for impl in ("keras", "tftune", "pytorch") if pytorch_threads else ("keras", "tftune"):
-                common.log(f"{NAME}: {cell} / {impl}, {budget_seconds:g} s budget")
-                runs[impl] = common.run_worker(
-                    f"bench.{NAME}",
-                    {
-                        **shared,
-                        "name": f"{cell}/{impl}",
-                        "impl": impl,
-                        "cell": cell,
-                        "recipe": recipe_name,
-                        "recipe_overrides": overrides,
-                        "run_dir": str(Path(tmp) / f"{cell}-pretrain"),
-                        "pytorch_threads": pytorch_threads,
-                    },
-                )
-            results[cell] = _compared(runs, recipe_name, settings)
+            impls = ("keras", "tftune", "pytorch") if pytorch_threads else ("keras", "tftune")
+            specs = [{**shared, "name": f"{cell}/{impl}", "impl": impl, "cell": cell, "recipe": recipe_name,
+                      "recipe_overrides": overrides, "run_dir": str(Path(tmp) / f"{cell}-pretrain"),
+                      "pytorch_threads": pytorch_threads} for impl in impls]
+            if args.smoke:  # one worker runs them all; PyTorch loads before TensorFlow (`_work_pytorch`)
+                specs.sort(key=lambda spec: spec["impl"] != "pytorch")
+            runs = dict(zip((spec["impl"] for spec in specs), common.run_workers(f"bench.{NAME}", specs,
+                                                                                 fresh=not args.smoke)))
+            results[cell] = _compared({impl: runs[impl] for impl in impls}, recipe_name, settings)
     common.log("timing TensorFlow's matmul peak")
-    matmul_peak = common.tensorflow_matmul_peak_gflops()
+    matmul_peak = common.tensorflow_matmul_peak_gflops(**(SMOKE_MATMUL if args.smoke else {}))
     return {
         "config": {
             "corpus": corpus_label,
@@ -363,7 +357,8 @@ def summary(result):
     config, machine = result["config"], result["machine"]
     return (
         f"{NAME} (tftune vs Keras, {config['corpus']}, {config['budget_seconds']:g} s each; CPU flags "
-        f"{' '.join(machine.get('cpu_flags', [])) or 'unknown'}, TensorFlow 2048² matmul "
+        f"{' '.join(machine.get('cpu_flags', [])) or 'unknown'}, TensorFlow "
+        f"{SMOKE_MATMUL['size'] if result['smoke'] else 2048}² matmul "
         f"{result['tensorflow_matmul_peak_gflop_per_second']} GFLOP/s): " + "; ".join(parts)
     )
 

@@ -28,6 +28,7 @@ python -m bench.scaling --smoke          # tiny sizes, seconds
 ```
 """
 
+import functools
 
 from bench import common
 
@@ -41,7 +42,7 @@ VOCABULARY_SIDES = {"tftune": "sampled", "tftune_tied": "tied_sampled", "keras":
 LM = {"units": 256, "layers": 2, "seq_len": 70, "batch_size": 64, "timed_steps": 20, "keras_timed_steps": 4}
 SMOKE_LM = {"units": 16, "layers": 1, "seq_len": 10, "batch_size": 8, "timed_steps": 2, "keras_timed_steps": 1}
 SMOKE_VOCABULARY_SIZES = (2_000, 8_000)
-SMOKE_MAX_LENS = (10, 40)
+SMOKE_MAX_LENS = (40,)  # no ratio between lengths is taken: one exercises the part
 IMDB = common.SHARED_DATA / "imdb-subset" / "train.csv"
 
 
@@ -66,6 +67,14 @@ def vocabulary_and_ids(vocabulary_size, max_tokens):
     return vocab, ids[:max_tokens]
 
 
+@functools.cache
+def glove_vectors():
+    """All 400,000 words of GloVe 6B 50d, loaded once per process (a --smoke worker runs every side)."""
+    from tftune.embeddings import load_vectors
+
+    return load_vectors(common.PRETRAINED / "glove.6B.50d.toml", "npy")
+
+
 def vocabulary_work(spec):
     """In a worker process: one side (tftune or Keras) at one vocabulary size."""
     import keras
@@ -73,17 +82,19 @@ def vocabulary_work(spec):
 
     from tftune.callbacks import Throughput
     from tftune.batches import lm_dataset
-    from tftune.embeddings import align, load_vectors
+    from tftune.embeddings import align
     from tftune.models import LanguageModel, build_encoder
     from tftune.recipe import load_recipe
 
     sizes, vocabulary_size = spec["sizes"], spec["vocabulary_size"]
+    common.log(f"{NAME}: vocabulary {vocabulary_size:,} / {spec['side']}")
+    keras.backend.clear_session()  # a worker may run several sizes and sides in turn (--smoke)
     keras.utils.set_random_seed(0)
     # The first step (tracing, XLA compilation) is never timed.
     output = VOCABULARY_SIDES[spec["side"]]
     steps = 1 + sizes["keras_timed_steps" if output is None else "timed_steps"]
     vocab, ids = vocabulary_and_ids(vocabulary_size, (steps * sizes["batch_size"] + 1) * sizes["seq_len"] + 1)
-    matrix, _ = align(vocab, load_vectors(common.PRETRAINED / "glove.6B.50d.toml", "npy"))
+    matrix, _ = align(vocab, glove_vectors())
     rss_before_model = common.current_rss_mb()
     pretrain = load_recipe("lstm-glove").pretrain
     optimizer = keras.optimizers.Adam(pretrain.learning_rate, global_clipnorm=1.0)
@@ -114,8 +125,9 @@ def vocabulary_work(spec):
     }
 
 
-def measure_vocabulary(sizes, vocabulary_sizes):
-    rows = {}
+def measure_vocabulary(sizes, vocabulary_sizes, fresh=True):
+    """The vocabulary part's rows; each size and side in a fresh process (with `fresh`) or all in one."""
+    rows, specs = {}, []
     for vocabulary_size in vocabulary_sizes:
         row = {"head_and_moments_mb": round(3 * sizes["units"] * vocabulary_size * 4 / 2**20, 1),
                # The tied head trains a units × 50 projection (GloVe 6B 50d) and one bias per word.
@@ -126,10 +138,10 @@ def measure_vocabulary(sizes, vocabulary_sizes):
             if side == "keras" and row["keras_logits_gb_per_batch"] > KERAS_LOGITS_LIMIT_GB:
                 row[side] = {"skipped": f"one batch's logits take {row['keras_logits_gb_per_batch']} GB"}
                 continue
-            common.log(f"{NAME}: vocabulary {vocabulary_size:,} / {side}")
-            row[side] = common.run_worker(f"bench.{NAME}", {"part": "vocabulary", "side": side, "sizes": sizes,
-                                                            "vocabulary_size": vocabulary_size})
+            specs.append({"part": "vocabulary", "side": side, "sizes": sizes, "vocabulary_size": vocabulary_size})
         rows[str(vocabulary_size)] = row
+    for spec, measured in zip(specs, common.run_workers(f"bench.{NAME}", specs, fresh)):
+        rows[str(spec["vocabulary_size"])][spec["side"]] = measured
     smallest = rows[str(vocabulary_sizes[0])]
     for row in rows.values():
         row["ratios"] = {
@@ -188,7 +200,8 @@ def measure(args):
     result = {}
     if "vocabulary" in parts:
         result["vocabulary"] = measure_vocabulary(SMOKE_LM if args.smoke else LM,
-                                                  SMOKE_VOCABULARY_SIZES if args.smoke else VOCABULARY_SIZES)
+                                                  SMOKE_VOCABULARY_SIZES if args.smoke else VOCABULARY_SIZES,
+                                                  fresh=not args.smoke)
     if "length" in parts:
         result["length"] = measure_length(args, SMOKE_MAX_LENS if args.smoke else MAX_LENS)
     return result

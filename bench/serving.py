@@ -33,7 +33,7 @@ NAME = "serving"
 RECIPE = "lstm-glove"
 FULL = {"corpus_lines": 400, "train_every": 5, "valid_rows": 100, "docs": None, "latency_docs": 200,
         "min_seconds": 10.0}
-SMOKE = {"corpus_lines": 150, "train_every": 25, "valid_rows": 40, "docs": 64, "latency_docs": 10, "min_seconds": 0.2}
+SMOKE = {"corpus_lines": 100, "train_every": 50, "valid_rows": 20, "docs": 32, "latency_docs": 10, "min_seconds": 0.05}
 SMOKE_OVERRIDES = ["encoder.units=16", "encoder.layers=1", "vocab.max_size=3000", "pretrain.seq_len=20",
                    "finetune.max_len=60", "finetune.batch_size=16"]
 

@@ -105,10 +105,16 @@ def work(spec):
     return {"load": _load, "convert_package": _convert_package, "convert_subset": _convert_subset}[spec["task"]](spec)
 
 
+def _workers(specs, fresh=True):
+    """The results of `specs`, each with the memory its work added (`common.run_workers`)."""
+    results = common.run_workers(f"bench.{NAME}", specs, fresh)
+    for result in results:
+        result["added_peak_mb"] = round(result["peak_rss_mb"] - result["import_rss_mb"], 1)
+    return results
+
+
 def _worker(spec):
-    result = common.run_worker(f"bench.{NAME}", spec)
-    result["added_peak_mb"] = round(result["peak_rss_mb"] - result["import_rss_mb"], 1)
-    return result
+    return _workers([spec])[0]
 
 
 # === Preparation (in this process; not measured) ===
@@ -199,13 +205,11 @@ def measure(args):
         started = time.perf_counter()
         convert_to_keyedvectors(common.SHIPPED_GLOVE, "glove", shipped_kv)
         conversion_seconds = time.perf_counter() - started
-        shipped = {}
         loads = (("text", common.SHIPPED_GLOVE, "glove"), ("keyedvectors_mmap", shipped_kv, "keyedvectors"))
-        for variant, path, fmt in loads:
-            common.log(f"{NAME}: shipped GloVe, {variant}")
-            shipped[variant] = _worker(
-                {"name": variant, "task": "load", "path": str(path), "format": fmt, "vocab": str(vocab_path)}
-            )
+        specs = [{"name": variant, "task": "load", "path": str(path), "format": fmt, "vocab": str(vocab_path)}
+                 for variant, path, fmt in loads]
+        common.log(f"{NAME}: shipped GloVe, {' and '.join(spec['name'] for spec in specs)}")
+        shipped = {spec["name"]: result for spec, result in zip(specs, _workers(specs, fresh=not args.smoke))}
         if args.smoke:
             full = "not measured with --smoke"
         else:
