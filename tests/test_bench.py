@@ -1,6 +1,6 @@
 """Smoke runs of the benchmark suite (`python -m bench.NAME --smoke`): every result has its keys.
 
-The four smoke runs start together and run side by side, to keep the whole file near a
+The seven smoke runs start together and run side by side, to keep the whole file near a
 minute; timings are never asserted.
 """
 

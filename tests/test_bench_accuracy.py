@@ -1,7 +1,7 @@
 """`python -m bench.accuracy --resume-dir`: a long run that stops resumes where it stopped.
 
 Each command is a real `--smoke` run on TREC-6 (a tiny LM of the recipe, one epoch of the Keras
-baseline on 240 questions), so the file takes about a minute.
+baseline on 120 questions), so the file takes about a minute.
 """
 
 import json
