@@ -44,6 +44,13 @@ missing. Rows:
   fine-tuning straight from GENERAL, with its recipe, without the target-domain step. The first
   three are skipped when their overrides leave the recipe as it is (`all_layers` with a recipe
   that has `finetune.unfreeze = "all"`, say): they would be the `tftune` row again.
+- **bidirectional** (run only when `--rows` names it): ULMFiT's forward and backward ensemble, the
+  user's two commands with `--bidirectional`: `tftune pretrain --from GENERAL --bidirectional
+  --corpus TASK/train.csv` (GENERAL and the backward partner its `run.json` names, each through
+  the target-domain step), then `tftune finetune --from` that run (one classifier per direction,
+  their probabilities averaged). Each member's own figures are the rows `bidirectional_forward` and
+  `bidirectional_backward` (trained once, in this row; their seconds are the row's). With
+  --smoke, a tiny backward LM trained like the small one stands in for the partner.
 - **low_data** (TREC-6 only): 10% and 25% of the training labels (stratified, seeded), fine-tuned
   from the `tftune` row's LM run (its target-domain step read all the training text, without
   labels) and from the `scratch` row's: the rows `low_data_10pct_tftune`, `low_data_10pct_scratch`,
@@ -70,6 +77,7 @@ Example:
 python -m bench.accuracy --tasks trec6 --rows keras,tftune,scratch --seeds 0,1,2
 python -m bench.accuracy --recipe gru-word2vec --baselines-from recipe --rows small_lm,scratch,keras \
     --seeds 0,1,2 --resume-dir runs/accuracy-gru-word2vec
+python -m bench.accuracy --tasks trec6,sst2 --rows bidirectional --seeds 0,1,2 --resume-dir runs/accuracy-bidirectional
 python -m bench.accuracy --smoke
 ```
 """
@@ -90,6 +98,10 @@ NAME = "accuracy"
 TASKS = ("trec6", "sst2")
 ROWS = ("keras", "reference", "tftune", "small_lm", "scratch", "no_awd", "closed_vocab", "all_layers",
         "no_lm_finetune", "low_data")
+# Rows run only when named in --rows: they train twice the models of the tftune row.
+EXTRA_ROWS = ("bidirectional",)
+BIDIRECTIONAL = "bidirectional"
+DIRECTIONS = ("forward", "backward")
 GENERAL = "lstm-glove-general"
 AWD_OFF = ["encoder.weight_dropout=0", "encoder.embedding_dropout=0", "encoder.input_dropout=0",
            "encoder.hidden_dropout=0", "encoder.output_dropout=0", "pretrain.ar=0", "pretrain.tar=0"]
@@ -103,6 +115,7 @@ LM_STEPS = {
     "no_awd": ("general", True, AWD_OFF),
     "closed_vocab": ("general", True, CLOSED_VOCAB),
     "scratch": ("baseline", False, ["pretrain.epochs=0"]),
+    BIDIRECTIONAL: ("general", True, []),  # with the general LM's backward partner: `pretrain --bidirectional`
 }
 # Rows fine-tuned by tftune: (the LM run, or shared run, they start from, finetune overrides of their own, description).
 TFTUNE_ROWS = {
@@ -114,7 +127,13 @@ TFTUNE_ROWS = {
     "closed_vocab": ("closed_vocab", CLOSED_VOCAB, "as tftune, closed vocabulary in both steps"),
     "all_layers": ("tftune", ["finetune.unfreeze=all"], "as tftune, every layer trained from the first epoch"),
     "no_lm_finetune": ("general", [], "as tftune, without the target-domain LM step"),
+    BIDIRECTIONAL: (BIDIRECTIONAL, [], "as tftune for the general LM and its backward partner "
+                                       "(`pretrain --bidirectional`), one classifier each, their probabilities "
+                                       "averaged"),
 }
+# The members of the bidirectional row's ensemble, reported as rows of their own (trained in it, not again).
+MEMBER_ROWS = {f"{BIDIRECTIONAL}_{direction}": f"the {direction} member of the bidirectional row's ensemble, alone"
+               for direction in DIRECTIONS}
 # Rows that change one setting of the tftune row: skipped when the setting is the recipe's already.
 ABLATIONS = ("no_awd", "closed_vocab", "all_layers")
 LOW_DATA_TASK = "trec6"
@@ -141,7 +160,8 @@ SMOKE_LM_OVERRIDES = ["encoder.units=16", "encoder.layers=1", "vocab.max_size=30
 
 def add_arguments(parser):
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated tasks [default: {','.join(TASKS)}]")
-    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows [default: {','.join(ROWS)}]")
+    parser.add_argument("--rows", default=",".join(ROWS),
+                        help=f"comma-separated rows [default: {','.join(ROWS)}; also: {','.join(EXTRA_ROWS)}]")
     parser.add_argument("--general", default=GENERAL, metavar="NAME_OR_RUN",
                         help=f"the general-domain LM: a shipped preset's name or a pretrain run directory "
                              f"[default: {GENERAL}; --smoke trains a tiny one]")
@@ -311,31 +331,68 @@ class Runner:
             "seconds": round(time.perf_counter() - started, 1),
         }
 
+    def pretrain_bidirectional(self, out, overrides, corpus, from_run):
+        """`tftune pretrain --from RUN --bidirectional --corpus ... --set ... --out OUT`: the step's record."""
+        import keras
+
+        from tftune.bidirectional import plan_bidirectional, run_bidirectional
+
+        _, record = self.load(from_run, overrides, reset=True)
+        keras.backend.clear_session()
+        started = time.perf_counter()
+        plan = plan_bidirectional([Path(path) for path in corpus], out=out, from_run=from_run,
+                                  settings=[*overrides, *self.last], force=True)
+        metrics = run_bidirectional(plan)
+        return {
+            "step": "pretrain --bidirectional",
+            "from_run": self.where(from_run),
+            **record,
+            "data": {"corpus": [self.where(path) for path in corpus]},
+            "out": self.where(out),
+            "valid_perplexity": {direction: metrics[direction]["valid"]["perplexity"] for direction in metrics},
+            "train_tokens": metrics["forward"]["train_tokens"],
+            "vocab_size": metrics["forward"]["vocab_size"],
+            "open_vocabulary": metrics["forward"].get("open_vocabulary"),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+
     def finetune(self, out, from_run, overrides, files):
         """`tftune finetune --from RUN --train ... --valid ... --test ... --set ... --out OUT`, with the run's
-        recipe: `(scores, record)`."""
+        recipe: `(scores, record)`. A bidirectional run gives an ensemble, whose scores hold its members'."""
         import keras
 
         from tftune.finetuning import finetune
         from tftune.inputs import labeled_data
+        from tftune.pretrained_models import bidirectional_members
 
-        loaded, record = self.load(from_run, overrides, reset=True)
+        members = bidirectional_members(from_run)
+        loaded, record = self.load(from_run if members is None else members["forward"], overrides, reset=True)
         keras.backend.clear_session()
         started = time.perf_counter()
         data = labeled_data(files["train"], files["valid"], files["test"])
-        metrics = finetune(loaded, from_run, out, data, force=True)
-        scores = {"test_accuracy": metrics["test"]["accuracy"], "test_macro_f1": metrics["test"]["macro_f1"],
-                  "valid_accuracy": metrics["valid"]["accuracy"]}
+        metrics = finetune(loaded, from_run if members is None else list(members.values()), out, data, force=True)
+        scores, training = self.scores(metrics), metrics
+        if "members" in metrics:
+            scores["members"] = {member["direction"]: self.scores(member) for member in metrics["members"]}
+            # an ensemble's epochs are its members', by direction
+            training = {key: {member["direction"]: member.get(key) for member in metrics["members"]}
+                        for key in ("epochs", "weights_from_epoch")}
         return scores, {
             "step": "finetune",
             "from_run": self.where(from_run),
             **record,
             "data": {split: self.where(files[split]) for split in ("train", "valid", "test")},
             "out": self.where(out),
-            "epochs": metrics["epochs"],
-            "weights_from_epoch": metrics.get("weights_from_epoch"),
+            "epochs": training["epochs"],
+            "weights_from_epoch": training.get("weights_from_epoch"),
             "seconds": round(time.perf_counter() - started, 1),
         }
+
+    @staticmethod
+    def scores(metrics):
+        """The figures a row keeps of a classifier's (or an ensemble member's) metrics."""
+        return {"test_accuracy": metrics["test"]["accuracy"], "test_macro_f1": metrics["test"]["macro_f1"],
+                "valid_accuracy": metrics["valid"]["accuracy"]}
 
 
 def smoke_corpus(path, tokens):
@@ -350,26 +407,37 @@ def smoke_corpus(path, tokens):
     return path
 
 
-def small_lm(args, runner, root, store=None):
+def small_lm(args, runner, root, store=None, direction="forward"):
     """`small_lm`'s own LM, `tftune pretrain --recipe RECIPE` with seed 0, shared by tasks and seeds: `(run, record)`.
 
     With --smoke, a tiny one (`SMOKE_LM_OVERRIDES`) on a slice of the shipped corpus. With a
-    `store` (--resume-dir), the run is kept there and a finished one is used again.
+    `store` (--resume-dir), the run is kept there and a finished one is used again. A backward
+    one is --smoke's stand-in for the general LM's backward partner.
     """
-    run = (root if store is None else store.folder) / "small-lm"
-    record = None if store is None else store.record("small-lm")
+    name = "small-lm" if direction == "forward" else f"small-lm-{direction}"
+    run = (root if store is None else store.folder) / name
+    record = None if store is None else store.record(name)
     if record is not None and not isinstance(open_pretrain_run(run), str):
         common.log(f"{NAME}: the small LM: already trained, {run}")
         return run, record
-    overrides, corpus = ["pretrain.seed=0"], list(common.SHIPPED_PRETRAINING_CORPUS)
+    overrides = ["pretrain.seed=0", *([] if direction == "forward" else [f"pretrain.direction={direction}"])]
+    corpus = list(common.SHIPPED_PRETRAINING_CORPUS)
     if args.smoke:
         corpus = [smoke_corpus(root / "smoke-corpus.txt", SMOKE_LM_TOKENS)]
         overrides = [*SMOKE_LM_OVERRIDES, *overrides]
-    common.log(f"{NAME}: the small LM: recipe {args.recipe}")
+    common.log(f"{NAME}: the small LM ({direction}): recipe {args.recipe}")
     record = runner.pretrain(run, overrides, corpus, recipe=args.recipe)
     if store is not None:
-        store.save_record("small-lm", record)
+        store.save_record(name, record)
     return run, record
+
+
+def name_partner(run, partner):
+    """Writes into `run`'s run.json that `partner` (a run beside it) is its backward partner, as shipped models do."""
+    from tftune.runs import RUN_INFO, read_json, write_json
+
+    info = read_json(run / RUN_INFO)
+    write_json(run / RUN_INFO, {**info, "partners": {"backward": partner.name}})
 
 
 def open_pretrain_run(name):
@@ -420,6 +488,8 @@ def shared_runs(args, runner, rows, root, store=None):
     if "small" in needed or (args.smoke and needed & {"general", "baseline"}):
         run, record = small_lm(args, runner, root, store)
         shared["small"] = (run, [record])
+        if args.smoke and BIDIRECTIONAL in rows:
+            name_partner(run, small_lm(args, runner, root, store, direction="backward")[0])
     if "general" in needed:
         general = shared["small"][0] if args.smoke else open_pretrain_run(args.general)
         if isinstance(general, str):
@@ -476,13 +546,17 @@ class TaskRuns:
         if name not in self.lms:
             base, continues, own = LM_STEPS[name]
             run, steps = self.shared[base]
-            step = ("pretrain", run, continues, tuple(own))
+            step = ("pretrain", name == BIDIRECTIONAL, run, continues, tuple(own))
             if step not in self.taken:
                 common.log(f"{NAME}: {self.task['name']}, seed {self.seed}: LM run {name}")
                 corpus, overrides = [self.files["train"]], [*own, f"pretrain.seed={self.seed}"]
                 out = self.folder / f"lm-{name}"
                 from_run, recipe = (run, None) if continues else (None, run)
-                self.taken[step] = out, self.runner.pretrain(out, overrides, corpus, recipe=recipe, from_run=from_run)
+                if name == BIDIRECTIONAL:
+                    record = self.runner.pretrain_bidirectional(out, overrides, corpus, from_run)
+                else:
+                    record = self.runner.pretrain(out, overrides, corpus, recipe=recipe, from_run=from_run)
+                self.taken[step] = out, record
             out, record = self.taken[step]
             self.lms[name] = (out, [*steps, record] if continues else [record])
         return self.lms[name]
@@ -553,6 +627,14 @@ def skip_reason(row, setup):
     base = needed_base(row)
     if base is not None and isinstance(shared[base], str):
         return "no general LM (see above)"
+    if row == BIDIRECTIONAL:
+        from tftune.bidirectional import partner_runs
+        from tftune.errors import TftuneError
+
+        try:
+            partner_runs(shared["general"][0])
+        except TftuneError as e:
+            return str(e)
     if row in ABLATIONS:
         lm, own, _ = TFTUNE_ROWS[row]
         overrides = list(dict.fromkeys([*LM_STEPS[lm][2], *own]))
@@ -574,6 +656,8 @@ def planned_rows(name, rows, reasons, setup):
             continue
         if row == "keras":
             labels = {row: accuracy_keras.description(setup.keras, sizes["keras_units"])}
+        elif row == BIDIRECTIONAL:
+            labels = {row: TFTUNE_ROWS[row][2], **MEMBER_ROWS}
         elif row == "low_data":
             labels = {low_data_label(fraction, arm): f"{fraction:.0%} of the labels, from the {arm} row's LM run"
                       for fraction in sizes["low_data_fractions"] for arm in LOW_DATA_ARMS}
@@ -590,6 +674,8 @@ def seed_figures(row, runs, setup):
     if row == "keras":
         common.log(f"{NAME}: {runs.task['name']}, seed {runs.seed}: plain Keras baseline")
         return {"keras": accuracy_keras.train_and_test(runs.task, setup.sizes, runs.seed, setup.vectors, setup.keras)}
+    if row == BIDIRECTIONAL:
+        return bidirectional_figures(runs.finetune(row, BIDIRECTIONAL, []))
     if row != "low_data":
         lm, own, _ = TFTUNE_ROWS[row]
         return {row: runs.finetune(row, lm, own)}
@@ -604,6 +690,14 @@ def seed_figures(row, runs, setup):
             lm, own, _ = TFTUNE_ROWS[arm]
             figures[label] = {**runs.finetune(label, lm, own, train), "train_examples": len(subset[0])}
     return figures
+
+
+def bidirectional_figures(figures):
+    """The bidirectional row's figures, and each member's as a row of its own (with the ensemble's seconds)."""
+    members = figures.pop("members")
+    shared = {"seed": figures["seed"], "seconds": figures["seconds"]}
+    return {BIDIRECTIONAL: figures,
+            **{f"{BIDIRECTIONAL}_{direction}": {**shared, **members[direction]} for direction in DIRECTIONS}}
 
 
 def stored_seed_figures(row, runs, setup):
@@ -673,7 +767,7 @@ def measure(args):
 
     sizes = SMOKE if args.smoke else FULL
     tasks = _parse_list(args.tasks, TASKS, "task(s)")
-    rows = _parse_list(args.rows, ROWS, "row(s)")
+    rows = _parse_list(args.rows, ROWS + EXTRA_ROWS, "row(s)")
     seeds = _parse_seeds(args)
     store = open_store(args)
     loaded = {name: {seed: load_task(name, seed, sizes) for seed in seeds} for name in tasks}

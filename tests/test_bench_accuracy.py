@@ -1,7 +1,8 @@
-"""`python -m bench.accuracy --resume-dir`: a long run that stops resumes where it stopped.
+"""`python -m bench.accuracy`: a long run that stops resumes where it stopped (`--resume-dir`), and
+the bidirectional row reports its ensemble and each member.
 
 Each command is a real `--smoke` run on TREC-6 (a tiny LM of the recipe, one epoch of the Keras
-baseline on 120 questions), so the file takes about a minute.
+baseline on 120 questions), so the file takes about two minutes.
 """
 
 import json
@@ -75,3 +76,20 @@ def test_other_settings_are_refused_not_mixed_in(first_run):
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "keras_cell" in last and "Traceback" not in stderr
     assert {path: path.read_bytes() for path in store.rglob("*") if path.is_file()} == files
+
+
+def test_bidirectional_row_reports_the_ensemble_and_each_member():
+    # --smoke's small LM gets a tiny backward partner; both go through `pretrain --bidirectional`.
+    status, result, stderr = accuracy("--smoke", "--tasks", "trec6", "--rows", "bidirectional", "--seeds", "0")
+    assert status == 0, stderr[-3000:]
+    rows = result["tasks"]["trec6"]["rows"]
+    assert list(rows) == ["bidirectional", "bidirectional_forward", "bidirectional_backward"]
+    ensemble = rows["bidirectional"]["seeds"][0]
+    pretrain_step, finetune_step = ensemble["steps"]
+    assert pretrain_step["step"] == "pretrain --bidirectional"
+    assert set(pretrain_step["valid_perplexity"]) == {"forward", "backward"}
+    assert set(finetune_step["epochs"]) == {"forward", "backward"}
+    for direction in ("forward", "backward"):
+        member = rows[f"bidirectional_{direction}"]["seeds"][0]
+        assert 0 <= member["test_accuracy"] <= 1 and member["seconds"] == ensemble["seconds"]
+    assert "small LM (backward)" in stderr
