@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tftune import fast_rnn
+from tftune import recurrences
 from tftune.fast_rnn import FastGRU, FastLSTM, FastSimpleRNN
 
 PAIRS = {
@@ -115,7 +115,7 @@ def test_eager_calls_on_batches_of_new_lengths_do_not_retrace(cell):
     fast, plain = twin_layers(cell, return_sequences=True)
 
     def traces():
-        return sum(function.experimental_get_tracing_count() for function in fast_rnn._GRAPH_FUNCTIONS.values())
+        return sum(function.experimental_get_tracing_count() for function in recurrences.GRAPH_FUNCTIONS.values())
 
     before = traces()
     for length in range(2, 10):
