@@ -1,18 +1,23 @@
-"""Classifier training: tftune's length-bucketed batches against batches padded to `max_len`.
+"""Classifier training: tftune's length-bucketed batches against batches padded to `max_len`,
+and `fit` on raw strings against both.
 
 The same tftune classifier (the recipe's encoder and head, default `lstm-glove`: 2 × 128 LSTM
 units, concat pooling over the states and the word vectors; the shipped 50-d GloVe vectors
-aligned to a vocabulary built from the task's training text) trains on two input pipelines
-of the same truncated ids:
+aligned to a vocabulary built from the task's training text) trains on three input pipelines:
 
 - **bucketed**: `tftune.batches.classification_dataset` (batches of similar lengths, each padded
-  to its longest document) — what `tftune finetune` uses;
-- **padded** (the plain baseline): `tf.data` `padded_batch` of every document to `max_len`.
+  to its longest document) of the truncated ids — what `tftune finetune` uses;
+- **padded** (the plain baseline): `tf.data` `padded_batch` of the same ids, every document
+  padded to `max_len`;
+- **raw_strings**: the classifier given a `TextPreprocessor` (the bench's vocabulary, the
+  tokenizer's lowercasing, `max_len`) and trained by `model.fit(texts, targets, batch_size=...)`
+  on the raw strings, as a user of `tftune.load` would; the task turns them into batches.
 
 For each, one short warm-up fit traces the model, then one timed epoch gives examples/s; the
-share of real (non-pad) tokens is counted over one epoch of batches. Tasks: SST-2 and TREC-6
-from `../shared/data` (skipped with a message when absent) and the shipped authors task, each
-on its training split. The ratio is bucketed / padded examples/s.
+share of real (non-pad) tokens is counted over one epoch of batches (for raw_strings, of the
+batches the task builds from the texts). Tasks: SST-2 and TREC-6 from `../shared/data` (skipped
+with a message when absent) and the shipped authors task, each on its training split. The
+ratios are bucketed / padded and raw_strings / bucketed examples/s.
 
 Example:
 
@@ -29,6 +34,7 @@ NAME = "finetune_throughput"
 TASKS = ("sst2", "trec6", "authors")
 SMOKE = {"examples": 96, "layers": 1, "units": 16, "max_len": 60, "batch_size": 16, "warmup_steps": 2}
 WARMUP_STEPS = 5
+PIPELINES = ("bucketed", "padded", "raw_strings")
 
 
 def add_arguments(parser):
@@ -110,6 +116,20 @@ def time_training(build, dataset, n_examples, warmup_steps):
     return {"epoch_seconds": round(seconds, 2), "examples_per_second": n_examples / seconds}
 
 
+def time_raw_training(build, texts, targets, batch_size, warmup_steps):
+    """Examples/s of one epoch of `fit` on raw strings, after a warm-up fit on the first
+    `warmup_steps` batches' texts that traces the model; as `time_training` otherwise."""
+    import numpy as np
+
+    model = build()
+    warmup = warmup_steps * batch_size
+    model.fit(texts[:warmup], np.asarray(targets[:warmup]), batch_size=batch_size, epochs=1, verbose=0)
+    started = time.perf_counter()
+    model.fit(texts, np.asarray(targets), batch_size=batch_size, epochs=1, verbose=0)
+    seconds = time.perf_counter() - started
+    return {"epoch_seconds": round(seconds, 2), "examples_per_second": len(texts) / seconds}
+
+
 def measure_task(name, recipe, vectors, sizes, max_examples):
     loaded = load_task(name)
     if isinstance(loaded, str):
@@ -119,14 +139,15 @@ def measure_task(name, recipe, vectors, sizes, max_examples):
     return measure_loaded_task(name, (texts[:max_examples], labels[:max_examples], source), recipe, vectors, sizes)
 
 
-def measure_loaded_task(name, task, recipe, vectors, sizes):
-    """Bucketed against padded training on `task`, `(texts, labels, source)`, at `sizes` (max_len, batch, ...)."""
+def measure_loaded_task(name, task, recipe, vectors, sizes, pipelines=PIPELINES):
+    """Bucketed against padded training (and raw strings against bucketed) on `task`, `(texts,
+    labels, source)`, at `sizes` (max_len, batch, ...); `pipelines`: which of `PIPELINES` to run."""
     import keras
     import numpy as np
 
     from tftune.batches import classification_dataset, truncate
     from tftune.embeddings import align
-    from tftune.models import TextBackbone, TextClassifier
+    from tftune.models import TextBackbone, TextClassifier, TextPreprocessor
     from tftune.model_configs import backbone_config, classifier_config
     from tftune.text import Tokenizer, Vocabulary
 
@@ -142,19 +163,26 @@ def measure_loaded_task(name, task, recipe, vectors, sizes):
     ids = truncate(vocab.encode(texts, tokenizer), max_len)
     head = recipe.finetune
 
-    def build():
+    def build(preprocessor=None):
         # The classifier of the recipe, built as tftune builds one (its configs), at the bench's sizes.
         keras.utils.set_random_seed(head.seed)
         config = {**backbone_config(recipe.encoder, *matrix.shape), "num_layers": sizes["layers"],
                   "units": sizes["units"]}
         model = TextClassifier(TextBackbone(**config, embeddings=matrix),
-                               **classifier_config(recipe, recipe, len(label_index)))
+                               **classifier_config(recipe, recipe, len(label_index)), preprocessor=preprocessor)
         model.compile_for_classes()
         return model
 
-    pipelines = {
-        "bucketed": classification_dataset(ids, targets, batch_size, shuffle=True, seed=head.seed).epochs(0, 1),
-        "padded": padded_dataset(ids, targets, batch_size, max_len, seed=head.seed),
+    def build_for_text():
+        # The preprocessor tftune gives a classifier (`finetuning.build_member_classifier`): the
+        # same vocabulary, lowercasing and cut as the ids above.
+        return build(TextPreprocessor(vocab, lowercase=tokenizer.lowercase, max_len=max_len))
+
+    datasets = {
+        "bucketed": lambda: classification_dataset(ids, targets, batch_size, shuffle=True, seed=head.seed).epochs(0, 1),
+        "padded": lambda: padded_dataset(ids, targets, batch_size, max_len, seed=head.seed),
+        # One epoch of the batches `fit` makes of the texts (the task's own input pipeline).
+        "raw_strings": lambda: build_for_text()._text_dataset(texts, targets, batch_size=batch_size, shuffle=True),
     }
     result = {
         "source": source,
@@ -163,11 +191,16 @@ def measure_loaded_task(name, task, recipe, vectors, sizes):
         "mean_tokens": round(float(np.mean([len(x) for x in ids])), 1),
         "longest": max(len(x) for x in ids),
     }
-    for pipeline, dataset in pipelines.items():
+    for pipeline in pipelines:
         common.log(f"{NAME}: {name} / {pipeline}: {len(texts):,} examples")
+        dataset = datasets[pipeline]()
         real, slots, batches = count_tokens(dataset)
+        if pipeline == "raw_strings":
+            timing = time_raw_training(build_for_text, texts, targets, batch_size, sizes["warmup_steps"])
+        else:
+            timing = time_training(build, dataset, len(texts), sizes["warmup_steps"])
         result[pipeline] = {
-            **time_training(build, dataset, len(texts), sizes["warmup_steps"]),
+            **timing,
             "real_token_share": round(real / slots, 4),
             "mean_batch_length": round(slots / len(texts), 1),
             "batches": batches,
@@ -177,6 +210,9 @@ def measure_loaded_task(name, task, recipe, vectors, sizes):
                                             result["padded"]["examples_per_second"]),
         "real_token_share": common.ratio(result["bucketed"]["real_token_share"], result["padded"]["real_token_share"]),
     }
+    if "raw_strings" in result:
+        result["ratios"]["raw_strings_examples_per_second"] = common.ratio(
+            result["raw_strings"]["examples_per_second"], result["bucketed"]["examples_per_second"])
     return result
 
 
@@ -220,9 +256,12 @@ def summary(result):
         parts.append(
             f"{name} {task['ratios']['examples_per_second']:.2f}x examples/s "
             f"({task['bucketed']['examples_per_second']:,.0f} vs {task['padded']['examples_per_second']:,.0f}), "
-            f"real tokens {task['bucketed']['real_token_share']:.0%} vs {task['padded']['real_token_share']:.0%}"
+            f"real tokens {task['bucketed']['real_token_share']:.0%} vs {task['padded']['real_token_share']:.0%}, "
+            f"raw strings {task['raw_strings']['examples_per_second']:,.0f} examples/s "
+            f"({task['ratios']['raw_strings_examples_per_second']:.2f}x bucketed)"
         )
-    return f"{NAME} (bucketed vs padded to max_len {result['config']['max_len']}): " + "; ".join(parts)
+    return (f"{NAME} (bucketed vs padded to max_len {result['config']['max_len']}, raw strings vs bucketed): "
+            + "; ".join(parts))
 
 
 def markdown(result):
@@ -236,24 +275,28 @@ def markdown(result):
         f"{config['warmup_steps']} warm-up steps.",
         "",
         "| task | examples | mean tokens | bucketed examples/s | padded examples/s | ratio | "
-        "bucketed real tokens | padded real tokens |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "bucketed real tokens | padded real tokens | raw strings examples/s | raw strings / bucketed | "
+        "raw strings real tokens |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, task in result["tasks"].items():
         if "skipped" in task:
-            lines.append(f"| {name} | skipped: {task['skipped']} | | | | | | |")
+            lines.append(f"| {name} | skipped: {task['skipped']} | | | | | | | | | |")
             continue
-        bucketed, padded = task["bucketed"], task["padded"]
+        bucketed, padded, raw = task["bucketed"], task["padded"], task.get("raw_strings")
+        raw_cells = ("— | — | —" if raw is None else  # results saved before the raw-strings pipeline
+                     f"{raw['examples_per_second']:,.0f} | {task['ratios']['raw_strings_examples_per_second']:.2f}× | "
+                     f"{raw['real_token_share']:.1%}")
         lines.append(
             f"| {name} | {task['examples']:,} | {task['mean_tokens']:g} | {bucketed['examples_per_second']:,.0f} | "
             f"{padded['examples_per_second']:,.0f} | {task['ratios']['examples_per_second']:.2f}× | "
-            f"{bucketed['real_token_share']:.1%} | {padded['real_token_share']:.1%} |"
+            f"{bucketed['real_token_share']:.1%} | {padded['real_token_share']:.1%} | {raw_cells} |"
         )
     return "\n".join(lines)
 
 
 def main(argv=None):
-    return common.main(NAME, "Bucketed vs padded classifier training.", measure, summary, add_arguments, argv=argv)
+    return common.main(NAME, "Bucketed vs padded classifier training, and fit on raw strings.", measure, summary, add_arguments, argv=argv)
 
 
 if __name__ == "__main__":

@@ -181,7 +181,8 @@ def measure_length(args, max_lens):
         common.log(f"{NAME}: max_len {max_len}")
         sizes = {**base, "max_len": max_len}
         task = (texts[:max_examples], labels[:max_examples], common.display_path(IMDB))
-        row = finetune_throughput.measure_loaded_task("imdb", task, recipe, vectors, sizes)
+        row = finetune_throughput.measure_loaded_task("imdb", task, recipe, vectors, sizes,
+                                                      pipelines=("bucketed", "padded"))
         for pipeline in ("bucketed", "padded"):
             real_tokens = row[pipeline]["real_token_share"] * row[pipeline]["mean_batch_length"] * row["examples"]
             row[pipeline]["seconds_per_1k_real_tokens"] = round(1000 * row[pipeline]["epoch_seconds"] / real_tokens, 4)

@@ -141,10 +141,12 @@ def test_finetune_throughput(smoke_outputs):
         if "skipped" in task:
             assert name != "authors"  # shipped, never skipped
             continue
-        for pipeline in ("bucketed", "padded"):
+        for pipeline in ("bucketed", "padded", "raw_strings"):
             assert PIPELINE_KEYS <= set(task[pipeline])
         assert task["padded"]["real_token_share"] <= task["bucketed"]["real_token_share"]
-        assert set(task["ratios"]) == {"examples_per_second", "real_token_share"}
+        # fit on raw strings makes as many batches of the same texts
+        assert task["raw_strings"]["batches"] == task["bucketed"]["batches"]
+        assert set(task["ratios"]) == {"examples_per_second", "real_token_share", "raw_strings_examples_per_second"}
 
 
 def test_vectors(smoke_outputs):
