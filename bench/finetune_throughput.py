@@ -205,12 +205,13 @@ def measure_loaded_task(name, task, recipe, vectors, sizes, pipelines=PIPELINES)
             "mean_batch_length": round(slots / len(texts), 1),
             "batches": batches,
         }
-    result["ratios"] = {
-        "examples_per_second": common.ratio(result["bucketed"]["examples_per_second"],
-                                            result["padded"]["examples_per_second"]),
-        "real_token_share": common.ratio(result["bucketed"]["real_token_share"], result["padded"]["real_token_share"]),
-    }
-    if "raw_strings" in result:
+    result["ratios"] = {}
+    if "bucketed" in result and "padded" in result:
+        result["ratios"]["examples_per_second"] = common.ratio(result["bucketed"]["examples_per_second"],
+                                                               result["padded"]["examples_per_second"])
+        result["ratios"]["real_token_share"] = common.ratio(result["bucketed"]["real_token_share"],
+                                                            result["padded"]["real_token_share"])
+    if "bucketed" in result and "raw_strings" in result:
         result["ratios"]["raw_strings_examples_per_second"] = common.ratio(
             result["raw_strings"]["examples_per_second"], result["bucketed"]["examples_per_second"])
     return result
