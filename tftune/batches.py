@@ -1,5 +1,5 @@
 """The `tf.data` pipelines that feed training: language-model windows and length-bucketed
-classification batches.
+classification batches (`length_batches`, which also batches a task's texts in memory).
 
 The training pipelines (`lm_dataset`, `classification_dataset` with `shuffle=True`) return a
 `ShuffledEpochs`: each epoch's batch order depends on the seed and the epoch alone, so a resumed
@@ -145,7 +145,8 @@ def classification_dataset(id_lists, labels, batch_size, shuffle=False, seed=0):
     Documents are taken in pools of `BATCHES_PER_POOL` batches (in a new random order every
     epoch when `shuffle`, else in their order), sorted by length inside each pool and cut into
     batches, and with `shuffle` the batches are shuffled too, so every batch is padded only to
-    its own longest document. An epoch is `ceil(len(id_lists) / batch_size)` batches.
+    its own longest document. An epoch is `ceil(len(id_lists) / batch_size)` batches. (It is
+    `length_batches` with the labels as the one column.)
 
     Args:
         id_lists: one int array per document (already truncated).
@@ -169,13 +170,37 @@ def classification_dataset(id_lists, labels, batch_size, shuffle=False, seed=0):
     [1, 0, 2, 2, 1, 0]
     """
     import numpy as np
+
+    return length_batches(id_lists, (np.asarray(labels, dtype="int32"),), batch_size, shuffle=shuffle, seed=seed)
+
+
+def length_batches(id_lists, columns, batch_size, shuffle=False, seed=0, by_length=True):
+    """Right-padded `(ids, *columns)` batches of documents, of similar lengths with `by_length`.
+
+    `classification_dataset`'s batching (see there) with any per-document columns (labels of
+    any shape and dtype, sample weights), each batch gathering its documents' rows of every
+    column. Without `by_length` (and without `shuffle`), documents are batched in their order.
+
+    Args:
+        id_lists: one int array per document (already truncated).
+        columns: arrays whose first axis runs over the documents; none gives batches of ids alone.
+        batch_size: examples per batch.
+        shuffle: draw examples (and so batches) in another order every epoch (training).
+        seed: the shuffle's seed.
+        by_length: sort the documents by length within pools of `BATCHES_PER_POOL` batches.
+
+    Returns:
+        Without `shuffle`, a `tf.data.Dataset` of one epoch (its length known to Keras); with
+        it, a `ShuffledEpochs`.
+    """
+    import numpy as np
     import tensorflow as tf
 
     n_documents = len(id_lists)
     lengths = np.asarray([len(ids) for ids in id_lists], dtype="int64")
     starts = tf.constant(np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype("int64"))
     flat_ids = tf.constant(np.concatenate([np.zeros(0, "int32"), *id_lists]).astype("int32"))
-    labels = tf.constant(np.asarray(labels, dtype="int32"))
+    columns = tuple(tf.constant(np.asarray(column)) for column in columns)
     n_batches = -(-n_documents // batch_size)
     # Sorting by (pool, length) sorts each pool of `batch_size * BATCHES_PER_POOL` places by
     # length; a pool is a whole number of batches, so no batch straddles two pools.
@@ -188,11 +213,13 @@ def classification_dataset(id_lists, labels, batch_size, shuffle=False, seed=0):
         positions = tf.range(tf.reduce_max(batch_lengths), dtype=tf.int64)
         real = positions[None, :] < batch_lengths[:, None]
         ids = tf.gather(flat_ids, tf.where(real, tf.gather(starts, documents)[:, None] + positions[None, :], 0))
-        return tf.where(real, ids, 0), tf.gather(labels, documents)
+        ids = tf.where(real, ids, 0)
+        return (ids, *(tf.gather(column, documents) for column in columns)) if columns else ids
 
     def batches(documents, batch_order):
-        """`documents` (an order of them all) sorted by length within pools, batched, in `batch_order`."""
-        documents = tf.gather(documents, tf.argsort(pool_keys + tf.gather(lengths, documents), stable=True))
+        """`documents` (an order of them all), sorted by length within pools, batched, in `batch_order`."""
+        if by_length:
+            documents = tf.gather(documents, tf.argsort(pool_keys + tf.gather(lengths, documents), stable=True))
         return tf.data.Dataset.from_tensor_slices(batch_order).map(
             lambda batch: padded_batch(documents[batch * batch_size : (batch + 1) * batch_size]),
             num_parallel_calls=tf.data.AUTOTUNE,

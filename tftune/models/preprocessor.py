@@ -89,6 +89,13 @@ class TextPreprocessor(keras.layers.Layer):
     # === Preprocessing ===
 
     def call(self, texts):
+        return self.ragged_ids(texts).to_tensor(PAD_ID)
+
+    def ragged_ids(self, texts):
+        """The ids of each text, unpadded: an int32 `tf.RaggedTensor` `[batch, (time)]`.
+
+        What `call` pads; a task that takes texts in memory batches these rows by length.
+        """
         if self.lookup_table is None:
             raise ValueError(f"{self.name} has no vocabulary: set_vocabulary() first")
         texts = tf.convert_to_tensor(texts, dtype=tf.string)
@@ -100,7 +107,7 @@ class TextPreprocessor(keras.layers.Layer):
         ids = tf.concat([ids, eos], axis=1)
         if self.max_len is not None:
             ids = ids[:, : self.max_len]
-        return ids.to_tensor(PAD_ID)
+        return ids
 
     def compute_output_spec(self, texts):
         return keras.KerasTensor((texts.shape[0], None), dtype="int32")

@@ -5,8 +5,14 @@ A `Task` (keras-hub's shape) is a Keras model over token ids that also holds the
 
 - token ids, as any Keras model does (tftune's own training pipeline batches ids by length), or
 - raw strings: a list, a NumPy array or pandas Series of strings, or a `tf.data.Dataset` whose
-  elements (or their first part) are batches of strings. The preprocessor maps them to ids in
-  the input pipeline, batch by batch.
+  elements (or their first part) are batches of strings.
+
+Strings in memory are tokenized once by the preprocessor and their ids batched as tftune's
+fine-tuning batches them (`tftune.batches.length_batches`): `fit` with `shuffle` (the default)
+draws batches of similar lengths, each padded to its longest text, in a new order every epoch;
+`evaluate` batches them by length too; `fit(shuffle=False)` and `predict` keep the texts' order.
+A dataset's string batches are the user's batching: the preprocessor maps them to ids in the
+input pipeline, batch by batch.
 
 Example:
 
@@ -22,14 +28,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tftune.batches import length_batches
 from tftune.models.preprocessor import holds_text
 
 DEFAULT_BATCH_SIZE = 32  # Keras' own default for arrays
+TOKENIZE_CHUNK = 4096  # texts the preprocessor tokenizes at once when they are in memory
 
 
 def _as_list(values):
     """A list of a list, a NumPy array or a pandas Series."""
     return values.tolist() if hasattr(values, "tolist") else list(values)
+
+
+def _draw_seed():
+    """A seed for one `fit`'s shuffles, from TensorFlow's global seed (`keras.utils.set_random_seed`)."""
+    return int(tf.random.uniform([], maxval=2**31 - 1, dtype=tf.int64))
 
 
 class Task:
@@ -56,24 +69,48 @@ class Task:
     def _preprocess_sample(self, texts, *rest):
         return (self._require_preprocessor()(texts), *rest)
 
-    def _text_dataset(self, x, y=None, sample_weight=None, batch_size=None, shuffle=False):
-        """The `(ids, ...)` batches of texts `x` (in memory or a dataset of string batches)."""
+    def _text_batches(self, x, y=None, sample_weight=None, batch_size=None, shuffle=False, by_length=True, seed=0):
+        """The `(ids, ...)` batches of texts in memory, tokenized once (see `length_batches`).
+
+        Returns a `tftune.batches.ShuffledEpochs` with `shuffle`, else a `tf.data.Dataset` of one
+        epoch: with `by_length`, texts of similar lengths batched together; without, in their order.
+        """
+        ids = self._tokenize(_as_list(x))
+        columns = [np.asarray(_as_list(part)) for part in (y, sample_weight) if part is not None]
+        return length_batches(ids, columns, batch_size or DEFAULT_BATCH_SIZE, shuffle=shuffle, seed=seed,
+                              by_length=by_length)
+
+    def _tokenize(self, texts):
+        """One int32 array of ids per text, by the preprocessor, `TOKENIZE_CHUNK` texts at a time."""
+        preprocessor = self._require_preprocessor()
+        id_lists = []
+        for start in range(0, len(texts), TOKENIZE_CHUNK):
+            ragged = preprocessor.ragged_ids(tf.constant(texts[start : start + TOKENIZE_CHUNK], dtype=tf.string))
+            id_lists += np.split(ragged.flat_values.numpy(), np.cumsum(ragged.row_lengths().numpy())[:-1])
+        return id_lists
+
+    def _text_dataset(self, x, y=None, sample_weight=None, batch_size=None, shuffle=False, by_length=True):
+        """The `(ids, ...)` batches of texts `x` as one `tf.data.Dataset`: a dataset of string
+        batches mapped batch by batch; texts in memory as `_text_batches` makes them (with
+        `shuffle`, its first epoch, in an order drawn from TensorFlow's global seed)."""
         if isinstance(x, tf.data.Dataset):
             return x.map(self._preprocess_sample, num_parallel_calls=tf.data.AUTOTUNE)
-        texts = _as_list(x)
-        parts = [tf.constant(texts, dtype=tf.string)]
-        parts += [np.asarray(_as_list(part)) for part in (y, sample_weight) if part is not None]
-        dataset = tf.data.Dataset.from_tensor_slices(tuple(parts))
-        if shuffle:
-            dataset = dataset.shuffle(len(texts), reshuffle_each_iteration=True)
-        dataset = dataset.batch(batch_size or DEFAULT_BATCH_SIZE).map(self._preprocess_sample,
-                                                                      num_parallel_calls=tf.data.AUTOTUNE)
-        return dataset.prefetch(tf.data.AUTOTUNE)
+        batches = self._text_batches(x, y, sample_weight, batch_size, shuffle=shuffle, by_length=by_length,
+                                     seed=_draw_seed() if shuffle else 0)
+        return batches.epochs(0, 1) if shuffle else batches
 
     def fit(self, x=None, y=None, **kwargs):
         if holds_text(x):
-            x = self._text_dataset(x, y, kwargs.pop("sample_weight", None), kwargs.pop("batch_size", None),
-                                   shuffle=kwargs.get("shuffle", True) and not isinstance(x, tf.data.Dataset))
+            sample_weight, batch_size = kwargs.pop("sample_weight", None), kwargs.pop("batch_size", None)
+            if kwargs.get("shuffle", True) and not isinstance(x, tf.data.Dataset):
+                # Batches of similar lengths in a new order every epoch, epoch e's order drawn from
+                # (seed, e); Keras runs one iterator over the epochs back to back.
+                batches = self._text_batches(x, y, sample_weight, batch_size, shuffle=True, seed=_draw_seed())
+                x = batches.epochs(kwargs.get("initial_epoch", 0), kwargs.get("epochs", 1))
+                if kwargs.get("steps_per_epoch") is None:
+                    kwargs["steps_per_epoch"] = batches.steps_per_epoch
+            else:  # the texts in their order, or the dataset's own batches
+                x = self._text_dataset(x, y, sample_weight, batch_size, by_length=False)
             y, kwargs["shuffle"] = None, False  # shuffled above, before batching
         validation = kwargs.get("validation_data")
         if validation is not None and not isinstance(validation, tf.data.Dataset) and holds_text(validation[0]):
@@ -93,7 +130,7 @@ class Task:
             if self.pads_predictions_to_one_length and not isinstance(x, tf.data.Dataset):
                 x = self._require_preprocessor()(tf.constant(_as_list(x)))
             else:
-                x = self._text_dataset(x, batch_size=kwargs.pop("batch_size", None))
+                x = self._text_dataset(x, batch_size=kwargs.pop("batch_size", None), by_length=False)
         return super().predict(x, **kwargs)
 
 
