@@ -318,18 +318,8 @@ class Runner:
         keras.backend.clear_session()
         started = time.perf_counter()
         metrics = pretrain(loaded, out, corpus_data([Path(path) for path in corpus]), force=True, from_run=from_run)
-        return {
-            "step": "pretrain",
-            "from_run": None if from_run is None else self.where(from_run),
-            **record,
-            "data": {"corpus": [self.where(path) for path in corpus]},
-            "out": self.where(out),
-            "valid_perplexity": metrics["valid"]["perplexity"],
-            "train_tokens": metrics["train_tokens"],
-            "vocab_size": metrics["vocab_size"],
-            "open_vocabulary": metrics.get("open_vocabulary"),
-            "seconds": round(time.perf_counter() - started, 1),
-        }
+        return self.pretrain_record("pretrain", from_run, record, corpus, out, metrics,
+                                    metrics["valid"]["perplexity"], started)
 
     def pretrain_bidirectional(self, out, overrides, corpus, from_run):
         """`tftune pretrain --from RUN --bidirectional --corpus ... --set ... --out OUT`: the step's record."""
@@ -343,16 +333,22 @@ class Runner:
         plan = plan_bidirectional([Path(path) for path in corpus], out=out, from_run=from_run,
                                   settings=[*overrides, *self.last], force=True)
         metrics = run_bidirectional(plan)
+        perplexity = {direction: metrics[direction]["valid"]["perplexity"] for direction in metrics}
+        return self.pretrain_record("pretrain --bidirectional", from_run, record, corpus, out, metrics["forward"],
+                                    perplexity, started)
+
+    def pretrain_record(self, step, from_run, record, corpus, out, metrics, perplexity, started):
+        """What a pretrain step records: where it read and wrote, its corpus' sizes (`metrics`), its perplexity."""
         return {
-            "step": "pretrain --bidirectional",
-            "from_run": self.where(from_run),
+            "step": step,
+            "from_run": None if from_run is None else self.where(from_run),
             **record,
             "data": {"corpus": [self.where(path) for path in corpus]},
             "out": self.where(out),
-            "valid_perplexity": {direction: metrics[direction]["valid"]["perplexity"] for direction in metrics},
-            "train_tokens": metrics["forward"]["train_tokens"],
-            "vocab_size": metrics["forward"]["vocab_size"],
-            "open_vocabulary": metrics["forward"].get("open_vocabulary"),
+            "valid_perplexity": perplexity,
+            "train_tokens": metrics["train_tokens"],
+            "vocab_size": metrics["vocab_size"],
+            "open_vocabulary": metrics.get("open_vocabulary"),
             "seconds": round(time.perf_counter() - started, 1),
         }
 
