@@ -428,14 +428,6 @@ def small_lm(args, runner, root, store=None, direction="forward"):
     return run, record
 
 
-def name_partner(run, partner):
-    """Writes into `run`'s run.json that `partner` (a run beside it) is its backward partner, as shipped models do."""
-    from tftune.runs import RUN_INFO, read_json, write_json
-
-    info = read_json(run / RUN_INFO)
-    write_json(run / RUN_INFO, {**info, "partners": {"backward": partner.name}})
-
-
 def open_pretrain_run(name):
     """A whole pretrain run's directory (a preset's name or a run directory), or a string saying why there is none."""
     from tftune.errors import RunError
@@ -485,7 +477,9 @@ def shared_runs(args, runner, rows, root, store=None):
         run, record = small_lm(args, runner, root, store)
         shared["small"] = (run, [record])
         if args.smoke and BIDIRECTIONAL in rows:
-            name_partner(run, small_lm(args, runner, root, store, direction="backward")[0])
+            from tftune.pretrained_models import name_partners
+
+            name_partners(run, {"backward": small_lm(args, runner, root, store, direction="backward")[0].name})
     if "general" in needed:
         general = shared["small"][0] if args.smoke else open_pretrain_run(args.general)
         if isinstance(general, str):

@@ -222,8 +222,15 @@ def publish(
     recipe = Recipe(recipe).with_overrides(overrides)
     preset.write_recipe(recipe, write_path)
     if partners:
-        write_json(preset.info_file, {**read_json(preset.info_file), "partners": dict(partners)})
+        name_partners(destination, partners)
     return destination
+
+
+def name_partners(run: Path, partners: Mapping[str, str]) -> None:
+    """Records in a pretrain run's `run.json` the runs of the other direction, by direction: a run
+    beside it or a shipped model's name each (what `pretrain --bidirectional` looks up)."""
+    info_file = Path(run) / RUN_INFO
+    write_json(info_file, {**read_json(info_file), "partners": dict(partners)})
 
 
 def copy_as_float16(source: Path, target: Path) -> None:
